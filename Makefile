@@ -1,0 +1,160 @@
+# SPDX-License-Identifier: MIT
+# coil - one Makefile for the library, examples, tests, benchmarks and install.
+#
+#   make            build libcoil.a, libcoil.so, examples and tests
+#   make run        the HTTP echo example on 127.0.0.1:8080 (installs deps)
+#   make test       the whole CUnit suite (installs deps)
+#   make asan|tsan  the suite under ASan+UBSan / ThreadSanitizer
+#   make bench      benchmarks against baselines, as ratios
+#   make install    PREFIX=/usr/local DESTDIR=
+
+VERSION_MAJOR := $(shell sed -n 's/^\#define COIL_VERSION_MAJOR \([0-9]*\)/\1/p' include/coil/version.h)
+VERSION_MINOR := $(shell sed -n 's/^\#define COIL_VERSION_MINOR \([0-9]*\)/\1/p' include/coil/version.h)
+VERSION_PATCH := $(shell sed -n 's/^\#define COIL_VERSION_PATCH \([0-9]*\)/\1/p' include/coil/version.h)
+VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCDIR ?= $(PREFIX)/include
+DESTDIR ?=
+
+# VARIANT selects the build directory and flags: rel, asan, tsan, valgrind.
+VARIANT ?= rel
+B := build/$(VARIANT)
+
+CC ?= cc
+OPT ?= -O2
+WARN := -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow -Wstrict-prototypes
+CPPFLAGS_BASE := -D_GNU_SOURCE -Iinclude -Ilib
+CFLAGS_BASE := -std=gnu11 $(OPT) -g -fPIC -fvisibility=hidden $(WARN)
+LIBS := -luring -lpthread
+JEMALLOC := -ljemalloc
+
+ifeq ($(VARIANT),asan)
+  SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+  CPPFLAGS_BASE += -DCOIL_NO_JEMALLOC
+  JEMALLOC :=
+endif
+ifeq ($(VARIANT),tsan)
+  SAN := -fsanitize=thread -fno-omit-frame-pointer
+  CPPFLAGS_BASE += -DCOIL_NO_JEMALLOC
+  JEMALLOC :=
+endif
+ifeq ($(VARIANT),valgrind)
+  CPPFLAGS_BASE += -DCOIL_NO_JEMALLOC
+  JEMALLOC :=
+endif
+
+ALL_CPPFLAGS := $(CPPFLAGS_BASE) $(CPPFLAGS)
+ALL_CFLAGS := $(CFLAGS_BASE) $(SAN) $(CFLAGS)
+ALL_LDFLAGS := $(SAN) $(LDFLAGS)
+LDLIBS_ALL := $(LIBS) $(JEMALLOC)
+
+LIB_SRCS := $(sort $(wildcard lib/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(B)/%.o)
+STATIC := $(B)/libcoil.a
+SONAME := libcoil.so.$(VERSION_MAJOR)
+SHARED := $(B)/libcoil.so.$(VERSION)
+
+EX_COMMON_SRCS := $(sort $(wildcard examples/common/*.c))
+EX_COMMON_OBJS := $(EX_COMMON_SRCS:%.c=$(B)/%.o)
+EX_SRCS := $(sort $(wildcard examples/*.c))
+EX_BINS := $(EX_SRCS:%.c=$(B)/%)
+
+TEST_SRCS := $(sort $(wildcard test/test_*.c))
+TEST_BINS := $(TEST_SRCS:%.c=$(B)/%)
+TEST_HELPERS := $(B)/test/helpers.o
+
+.PHONY: all lib examples tests test run asan tsan valgrind bench deps deps-test \
+	install uninstall clean check-exports fuzz stress
+.DEFAULT_GOAL := all
+
+all: lib examples tests
+
+lib: $(STATIC) $(B)/libcoil.so
+
+$(B)/%.o: %.c $(wildcard include/*.h include/coil/*.h lib/*.h examples/common/*.h test/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) -Iexamples/common -Itest $(ALL_CFLAGS) -c $< -o $@
+
+$(STATIC): $(LIB_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJS)
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--no-undefined $(ALL_LDFLAGS) -o $@ $^ $(LDLIBS_ALL)
+
+$(B)/libcoil.so: $(SHARED)
+	ln -sf libcoil.so.$(VERSION) $(B)/$(SONAME)
+	ln -sf $(SONAME) $@
+
+examples: $(EX_BINS)
+
+$(B)/examples/%: $(B)/examples/%.o $(EX_COMMON_OBJS) $(STATIC)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(LDLIBS_ALL) -lm
+
+tests: $(TEST_BINS)
+
+$(B)/test/%: $(B)/test/%.o $(TEST_HELPERS) $(EX_COMMON_OBJS) $(STATIC)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ -lcunit $(LDLIBS_ALL) -lm
+
+deps:
+	@sh scripts/deps.sh build
+
+deps-test:
+	@sh scripts/deps.sh build test
+
+# The whole suite. TESTS="loop inprogress" runs a subset; TEST_TIMEOUT is per
+# program, in seconds.
+TEST_TIMEOUT ?= 300
+test: deps-test
+	@$(MAKE) --no-print-directory all
+	@sh scripts/runtests.sh $(B) $(TEST_TIMEOUT) $(TESTS)
+
+asan:
+	@$(MAKE) --no-print-directory VARIANT=asan test
+
+tsan:
+	@$(MAKE) --no-print-directory VARIANT=tsan test
+
+valgrind:
+	@sh scripts/deps.sh build test valgrind
+	@$(MAKE) --no-print-directory VARIANT=valgrind all
+	@VALGRIND=1 sh scripts/runtests.sh build/valgrind $(TEST_TIMEOUT) $(TESTS)
+
+RUN_ARGS ?= --host 127.0.0.1 --port 8080
+run: deps
+	@$(MAKE) --no-print-directory $(B)/examples/http_echo
+	@echo "coil: serving HTTP echo on http://127.0.0.1:8080/ (Ctrl-C stops it)"
+	@echo "coil: try: curl -s http://127.0.0.1:8080/hello ; curl -s -d 'hi' http://127.0.0.1:8080/echo"
+	@$(B)/examples/http_echo $(RUN_ARGS)
+
+check-exports: $(B)/libcoil.so
+	@sh scripts/check-exports.sh $(B)/libcoil.so
+
+coil.pc: coil.pc.in include/coil/version.h
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	    -e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+install: lib coil.pc
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/coil
+	install -m 644 include/coil.h $(DESTDIR)$(INCDIR)/coil.h
+	install -m 644 include/coil/version.h $(DESTDIR)$(INCDIR)/coil/version.h
+	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/libcoil.a
+	install -m 755 $(SHARED) $(DESTDIR)$(LIBDIR)/libcoil.so.$(VERSION)
+	ln -sf libcoil.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libcoil.so
+	install -m 644 coil.pc $(DESTDIR)$(LIBDIR)/pkgconfig/coil.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(INCDIR)/coil.h $(DESTDIR)$(INCDIR)/coil/version.h
+	-rmdir $(DESTDIR)$(INCDIR)/coil 2>/dev/null
+	rm -f $(DESTDIR)$(LIBDIR)/libcoil.a $(DESTDIR)$(LIBDIR)/libcoil.so \
+	      $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libcoil.so.$(VERSION) \
+	      $(DESTDIR)$(LIBDIR)/pkgconfig/coil.pc
+
+clean:
+	rm -rf build coil.pc
+
+-include bench/bench.mk
+-include test/fuzz/fuzz.mk

@@ -1,0 +1,618 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * coil.h - the whole public API of coil: socket and channel I/O on io_uring,
+ * spread over worker threads, with promise-like InProgress handles.
+ *
+ * Conventions used throughout (docs/concepts.md numbers them):
+ *  - Functions return 0 (or a non-negative value) on success and -errno on
+ *    failure. Failures inside an InProgress carry -errno plus a message.
+ *  - Every object has a *home worker*; its callbacks run only there. Calls
+ *    marked "any thread" may be made from any thread, including threads coil
+ *    did not create; the library forwards them to the home worker.
+ *  - Objects are library-allocated and opaque. InProgress handles (coil_ip_t)
+ *    are reference counted: a function that returns one gives the caller one
+ *    reference, which the caller gives back with coil_ip_unref() or hands on
+ *    to a function documented as "consumes ip".
+ *  - No user callback ever runs inside the call that started an operation,
+ *    except a callback attached with coil_ip_then()/coil_ip_on_done() to an
+ *    InProgress that has already settled: that one runs at once (kaa rule).
+ */
+#ifndef COIL_H
+#define COIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "coil/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define COIL_EXTERN __attribute__((visibility("default")))
+#define COIL_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define COIL_EXTERN
+#define COIL_PRINTF(a, b)
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Errors and memory                                                        */
+/* ------------------------------------------------------------------------ */
+
+/* End of stream reached before a read that needs more bytes could finish
+ * (read_exact): Python's EOFError. Distinct from every -errno value. */
+#define COIL_EOF (-4095)
+
+/* Text for a coil error code (negative errno or COIL_EOF). Never NULL; the
+ * string is static. Any thread. */
+COIL_EXTERN const char *coil_strerror(int err);
+
+/* Frees memory that coil handed over to the caller (for example the bytes
+ * returned by coil_ip_steal_bytes()). NULL is ignored. Any thread. */
+COIL_EXTERN void coil_free(void *p);
+
+/* ------------------------------------------------------------------------ */
+/* Loop: N worker threads, one io_uring ring each                           */
+/* ------------------------------------------------------------------------ */
+
+typedef struct coil_loop_s coil_loop_t;
+
+/* Flags for coil_loop_opts_t.flags (mostly for tests of the fallbacks). */
+#define COIL_LOOP_NO_DEFER_TASKRUN 0x1u /* do not try DEFER_TASKRUN */
+#define COIL_LOOP_NO_COOP_TASKRUN 0x2u  /* do not try COOP_TASKRUN */
+
+typedef struct coil_loop_opts_s {
+	unsigned workers;    /* worker threads; 0 = online CPUs */
+	unsigned sq_entries; /* SQ size per ring; 0 = 256 */
+	unsigned cq_entries; /* CQ size per ring; 0 = 16 * sq_entries */
+	unsigned buf_count;  /* provided buffers per worker (power of 2); 0 = 256 */
+	unsigned buf_size;   /* bytes per provided buffer; 0 = 32768 */
+	unsigned flags;      /* COIL_LOOP_* */
+} coil_loop_opts_t;
+
+/* Fills *opts with the defaults (all zero). Any thread. */
+COIL_EXTERN void coil_loop_opts_init(coil_loop_opts_t *opts);
+
+/* Creates a loop and starts its worker threads. opts may be NULL.
+ * Returns 0 and sets *out, or: -EINVAL (bad option), -ENOMEM, -ENOSYS /
+ * -EPERM (io_uring unavailable: old kernel, seccomp, io_uring_disabled),
+ * or the error of io_uring_queue_init / pthread_create. Any thread that is
+ * not a worker of another loop being freed. */
+COIL_EXTERN int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts);
+
+/* Stops the loop: every channel, socket, monitor and timer still open is
+ * closed immediately (pending InProgress handles fail with -ECANCELED or
+ * -EBADF), in-flight completions drain, the threads are joined and all loop
+ * memory is freed. InProgress handles the caller still holds stay valid for
+ * coil_ip_* getters and coil_ip_unref() only. Returns 0, or -EDEADLK when
+ * called from one of the loop's own workers (nothing is done). */
+COIL_EXTERN int coil_loop_free(coil_loop_t *loop);
+
+/* Number of workers. Any thread. */
+COIL_EXTERN unsigned coil_loop_workers(const coil_loop_t *loop);
+
+/* Index of the calling thread's worker in this loop, or -1 when the caller
+ * is not one of its workers. Any thread. */
+COIL_EXTERN int coil_loop_current_worker(const coil_loop_t *loop);
+
+/* The io_uring setup flags worker `worker` runs with (IORING_SETUP_*), or
+ * -EINVAL for a bad index. Any thread. */
+COIL_EXTERN int coil_loop_ring_flags(const coil_loop_t *loop, unsigned worker);
+
+typedef void (*coil_task_cb)(void *arg);
+
+/* Runs fn(arg) on worker `worker` (or, with -1, on the calling worker when
+ * the caller is one, else on the next worker round-robin). fn runs exactly
+ * once unless the call fails. Returns 0, -EINVAL (bad index), -ENOMEM, or
+ * -ESHUTDOWN once the loop is stopping. Any thread. */
+COIL_EXTERN int coil_loop_post(coil_loop_t *loop, int worker, coil_task_cb fn,
+			       void *arg);
+
+/* ------------------------------------------------------------------------ */
+/* InProgress: the promise                                                  */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * State machine: PENDING -> FINISHED (a value) | FAILED (-errno + message).
+ * Aborting a pending handle fails it with -ECANCELED. A handle is freed when
+ * its last reference is dropped; pending I/O holds its own reference, so
+ * dropping yours never cancels anything (use coil_ip_abort for that).
+ *
+ * Every callback of a handle runs on its home worker: the worker that created
+ * it, or for handles created outside any worker, the worker given by
+ * coil_ip_new's round-robin. Callbacks run exactly once.
+ */
+typedef struct coil_ip_s coil_ip_t;
+
+enum coil_ip_state {
+	COIL_IP_PENDING = 0,
+	COIL_IP_FINISHED = 1,
+	COIL_IP_FAILED = 2,
+};
+
+/* Creates a pending handle on `loop` (home: the calling worker if it is one
+ * of loop's, else round-robin). Returns NULL on -ENOMEM. Any thread. */
+COIL_EXTERN coil_ip_t *coil_ip_new(coil_loop_t *loop);
+
+/* Creates an already finished / already failed handle (for callbacks that
+ * return a plain value or an error into a chain). NULL on -ENOMEM. */
+COIL_EXTERN coil_ip_t *coil_ip_new_int(coil_loop_t *loop, int64_t value);
+COIL_EXTERN coil_ip_t *coil_ip_new_error(coil_loop_t *loop, int err,
+					 const char *fmt, ...) COIL_PRINTF(3, 4);
+
+/* Adds a reference (returns ip) / drops one. The last unref frees the handle,
+ * its value (through the value's free function) and reports a failure that no
+ * one observed (see coil_set_unobserved_handler). Any thread. */
+COIL_EXTERN coil_ip_t *coil_ip_ref(coil_ip_t *ip);
+COIL_EXTERN void coil_ip_unref(coil_ip_t *ip);
+
+/* Settle a pending handle. finish_bytes/finish_ptr take ownership of data:
+ * free_fn(data) runs when the handle is freed (free_fn may be NULL, and
+ * coil_free is the right one for coil allocations). Return 0, or -EALREADY
+ * if the handle already settled (or is being settled by another thread); the
+ * value's ownership then stays with the caller. fail: err must be < 0
+ * (-EINVAL otherwise); fmt may be NULL (the message is coil_strerror(err)).
+ * Any thread: from a thread other than the home worker the callbacks are
+ * forwarded and run there. */
+COIL_EXTERN int coil_ip_finish_int(coil_ip_t *ip, int64_t value);
+COIL_EXTERN int coil_ip_finish_ptr(coil_ip_t *ip, void *ptr,
+				   void (*free_fn)(void *));
+COIL_EXTERN int coil_ip_finish_bytes(coil_ip_t *ip, void *data, size_t len,
+				     void (*free_fn)(void *));
+COIL_EXTERN int coil_ip_fail(coil_ip_t *ip, int err, const char *fmt, ...)
+	COIL_PRINTF(3, 4);
+COIL_EXTERN int coil_ip_failv(coil_ip_t *ip, int err, const char *fmt,
+			      va_list ap);
+
+/* Abort hook for handles the caller creates: runs on the home worker when the
+ * handle is aborted while pending. Return 0 to let the handle fail with
+ * -ECANCELED now; return 1 when the hook started an asynchronous cancel and
+ * will settle the handle itself (with -ECANCELED or, if the cancel lost the
+ * race, the real result). Home worker only (or before anyone else sees ip). */
+typedef int (*coil_abort_cb)(coil_ip_t *ip, void *arg);
+COIL_EXTERN void coil_ip_set_abort(coil_ip_t *ip, coil_abort_cb hook,
+				   void *arg);
+
+/* Aborts a pending handle (see coil_abort_cb). Returns 0 when the abort was
+ * started, -EALREADY when the handle has settled. From a foreign thread the
+ * abort is forwarded to the home worker and 0 means "requested": the handle
+ * then settles with -ECANCELED or, if completion won the race, its real
+ * outcome. Any thread. */
+COIL_EXTERN int coil_ip_abort(coil_ip_t *ip);
+
+/* Getters. coil_ip_state is safe from any thread at any time; the value
+ * getters are meaningful once the state is not PENDING (they return 0/NULL
+ * before). Reading the error marks a failure as observed. */
+COIL_EXTERN int coil_ip_state(const coil_ip_t *ip);
+COIL_EXTERN int64_t coil_ip_int(const coil_ip_t *ip);
+COIL_EXTERN void *coil_ip_ptr(const coil_ip_t *ip);
+/* Byte view: valid while the caller holds a reference and has not stolen it.
+ * *len may be NULL. */
+COIL_EXTERN const void *coil_ip_bytes(const coil_ip_t *ip, size_t *len);
+/* Takes ownership of the value (bytes or pointer): the handle forgets it and
+ * will not free it; free bytes from coil with coil_free(). Home worker, or
+ * any thread once coil_ip_wait() returned 0. */
+COIL_EXTERN void *coil_ip_steal_bytes(coil_ip_t *ip, size_t *len);
+COIL_EXTERN void *coil_ip_steal_ptr(coil_ip_t *ip);
+/* 0 if not failed, else the -errno (marks the failure observed). */
+COIL_EXTERN int coil_ip_error(coil_ip_t *ip);
+/* The failure message ("" when not failed). Valid while ip is referenced. */
+COIL_EXTERN const char *coil_ip_message(const coil_ip_t *ip);
+/* The loop of the handle. */
+COIL_EXTERN coil_loop_t *coil_ip_loop(const coil_ip_t *ip);
+
+/*
+ * Chaining. A then-callback receives the settled source handle (borrowed:
+ * valid during the call) and returns either
+ *   - NULL: the chained handle takes the source's outcome unchanged, or
+ *   - a handle (ownership passes to the chain), which is adopted: the chained
+ *     handle settles as that one does, when it does.
+ * on_ok runs when the source finished, on_err when it failed; a NULL handler
+ * passes that outcome through, so an error skips to the first on_err.
+ */
+typedef coil_ip_t *(*coil_then_cb)(coil_ip_t *src, void *ud);
+typedef void (*coil_done_cb)(coil_ip_t *src, void *ud);
+
+/* Returns the chained handle. CONSUMES the caller's reference to ip, so a
+ * chain reads p = coil_ip_then(p, ...); ... Returns NULL (ip consumed, no
+ * callback will run) on -ENOMEM or when ip is NULL, so a chain may be checked
+ * once at its end. Any thread; callbacks run on ip's home worker. */
+COIL_EXTERN coil_ip_t *coil_ip_then(coil_ip_t *ip, coil_then_cb on_ok,
+				    coil_then_cb on_err, void *ud);
+/* coil_ip_then(ip, NULL, on_err, ud). */
+COIL_EXTERN coil_ip_t *coil_ip_catch(coil_ip_t *ip, coil_then_cb on_err,
+				     void *ud);
+/* cb runs on either outcome; the returned handle mirrors ip. Consumes ip. */
+COIL_EXTERN coil_ip_t *coil_ip_finally(coil_ip_t *ip, coil_done_cb cb,
+				       void *ud);
+/* Plain callback on settle, no chain; does NOT consume ip. Marks a failure
+ * observed. Returns 0 or -ENOMEM (then cb never runs). Any thread. */
+COIL_EXTERN int coil_ip_on_done(coil_ip_t *ip, coil_done_cb cb, void *ud);
+
+/* Returns a handle that mirrors ip, or fails with -ETIMEDOUT after `ms`
+ * milliseconds; with abort_on_timeout, ip is aborted at expiry. Consumes ip.
+ * NULL on -ENOMEM. Any thread. */
+COIL_EXTERN coil_ip_t *coil_ip_timeout(coil_ip_t *ip, unsigned ms,
+				       int abort_on_timeout);
+
+/* kaa InProgressAll: finishes (never fails) with n once every member has
+ * settled, failed members included. kaa InProgressAny: settles when the first
+ * member settles, with coil_ip_int() = its index, coil_ip_ptr() = the member
+ * (valid while the combinator is referenced), and the member's outcome
+ * (finished, or failed with its error and message). Members are borrowed (the
+ * combinator takes its own references). n == 0: all finishes at once with 0,
+ * any fails with -EINVAL. Any thread. NULL on -ENOMEM. */
+COIL_EXTERN coil_ip_t *coil_ip_all(coil_loop_t *loop, coil_ip_t *const *ips,
+				   size_t n);
+COIL_EXTERN coil_ip_t *coil_ip_any(coil_loop_t *loop, coil_ip_t *const *ips,
+				   size_t n);
+
+/* Blocks the calling (non-worker) thread until ip settles or timeout_ms pass
+ * (-1: no limit). Returns 0 once settled (then read the outcome with the
+ * getters), -ETIMEDOUT (ip stays pending), or -EDEADLK when called on a
+ * worker thread of any coil loop. Any non-worker thread; many at once. */
+COIL_EXTERN int coil_ip_wait(coil_ip_t *ip, int timeout_ms);
+
+/* A handle that finishes with 0 after ms milliseconds (a ring timeout on the
+ * home worker). Abortable. NULL on -ENOMEM. Any thread. */
+COIL_EXTERN coil_ip_t *coil_sleep(coil_loop_t *loop, unsigned ms);
+
+/* Called when a failed handle is freed and no one ever looked at its error
+ * (then/catch/on_done/coil_ip_error/wait). Default: one line on stderr.
+ * NULL restores the default. Process-wide; set it before starting loops. */
+typedef void (*coil_unobserved_cb)(int err, const char *msg, void *ud);
+COIL_EXTERN void coil_set_unobserved_handler(coil_unobserved_cb cb, void *ud);
+
+/* ------------------------------------------------------------------------ */
+/* Channel: buffered async I/O on any stream fd (kaa IOChannel)             */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * A socket is a channel with connect/listen on top: coil_socket_t is the
+ * same type, so every coil_channel_* function applies to sockets.
+ * Channel calls are safe from any thread: from a thread other than the home
+ * worker they are forwarded there and their InProgress settles there.
+ */
+typedef struct coil_channel_s coil_channel_t;
+typedef struct coil_channel_s coil_socket_t;
+
+#define COIL_IO_READ 0x1
+#define COIL_IO_WRITE 0x2
+
+/* Wraps fd (taking ownership: closing the channel closes it). The fd is made
+ * non-blocking and close-on-exec. mode: COIL_IO_READ | COIL_IO_WRITE. The
+ * home worker is the calling worker, or round-robin. Returns 0 or -EBADF,
+ * -EINVAL, -ENOMEM. Any thread. */
+COIL_EXTERN int coil_channel_wrap(coil_loop_t *loop, int fd, int mode,
+				  coil_channel_t **out);
+/* A channel with no descriptor yet: writes queue until one is attached with
+ * coil_channel_rewrap() (or, for sockets, until connect succeeds). */
+COIL_EXTERN int coil_channel_new(coil_loop_t *loop, coil_channel_t **out);
+/* kaa wrap(): closes the current descriptor, if any, then wraps fd. Queued
+ * writes are kept and flushed to the new descriptor. */
+COIL_EXTERN int coil_channel_rewrap(coil_channel_t *ch, int fd, int mode);
+/* A pipe as two channels (read end, write end). */
+COIL_EXTERN int coil_channel_pipe(coil_loop_t *loop, coil_channel_t **rd,
+				  coil_channel_t **wr);
+/* A connected socket pair (coro socketpair): domain AF_UNIX, type
+ * SOCK_STREAM or SOCK_DGRAM... */
+COIL_EXTERN int coil_socketpair(coil_loop_t *loop, int domain, int type,
+				coil_socket_t **a, coil_socket_t **b);
+/* dup(2) of the descriptor as a new channel on the same home worker. */
+COIL_EXTERN int coil_channel_dup(coil_channel_t *ch, coil_channel_t **out);
+/* kaa steal(): ch takes over other's descriptor and buffered read bytes;
+ * other is left closed (its closed signal fires with expected = true). Both
+ * must share a home worker (-EXDEV otherwise). */
+COIL_EXTERN int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other);
+
+/* Drops the caller's handle. If the channel is still open it is closed as by
+ * coil_channel_close(ch, 0). After the release takes effect no signal
+ * callback of ch runs; InProgress handles already returned stay valid. From
+ * a foreign thread, signal callbacks already running on the home worker may
+ * still be finishing when this returns. Any thread. */
+COIL_EXTERN void coil_channel_release(coil_channel_t *ch);
+
+/* Reads. Each returns a new InProgress (NULL on -ENOMEM). Failures: -EBADF
+ * after close, the read's -errno, COIL_EOF for read_exact at end of stream.
+ * Bytes results are owned by the InProgress (coil_ip_bytes / steal_bytes). */
+/* 1..chunk_size bytes as soon as any are available; 0 bytes = closed. */
+COIL_EXTERN coil_ip_t *coil_channel_read(coil_channel_t *ch);
+/* The next line including its delimiter; a line longer than queue_size is
+ * delivered in pieces of queue_size bytes (no delimiter at the end), the
+ * partial line at end of stream, then 0 bytes. -EBUSY while a readline
+ * signal callback is connected. */
+COIL_EXTERN coil_ip_t *coil_channel_readline(coil_channel_t *ch);
+/* Exactly n bytes; at end of stream fails with COIL_EOF and the bytes that
+ * did arrive (coil_ip_bytes works on that failed handle). n == 0 finishes at
+ * once with 0 bytes; n > queue_size + chunk_size is -EMSGSIZE. */
+COIL_EXTERN coil_ip_t *coil_channel_read_exact(coil_channel_t *ch, size_t n);
+/* usocket readinto: fills buf with exactly n bytes (no short reads) and
+ * finishes with n; at end of stream finishes with the count that arrived
+ * (< n). buf must stay valid until the handle settles. */
+COIL_EXTERN coil_ip_t *coil_channel_readinto(coil_channel_t *ch, void *buf,
+					     size_t n);
+/* coro readv: reads sizes[0], sizes[1], ... bytes; finishes with a
+ * coil_readv_t (coil_ip_ptr) holding the buffers reached: at end of stream
+ * only those, the last possibly truncated. */
+typedef struct coil_readv_s {
+	size_t count;       /* buffers reached */
+	struct iovec iov[]; /* count entries, pointing into this allocation */
+} coil_readv_t;
+COIL_EXTERN coil_ip_t *coil_channel_readv(coil_channel_t *ch,
+					  const size_t *sizes, size_t n);
+
+/* Writes. Bytes leave in call order; the handle finishes with the write's
+ * length once its last byte went to the kernel, or fails with the send error
+ * (later writes then fail with -EBADF and the channel closes with
+ * expected = 0). A write that would push write_queue_used past queue_size
+ * fails at once with -ENOBUFS and queues nothing. len == 0 finishes with 0.
+ * Writes before a descriptor exists (or while a socket connects) queue.
+ * coil_channel_write/writev copy the bytes. */
+COIL_EXTERN coil_ip_t *coil_channel_write(coil_channel_t *ch, const void *data,
+					  size_t len);
+COIL_EXTERN coil_ip_t *coil_channel_writev(coil_channel_t *ch,
+					   const struct iovec *iov, int iovcnt);
+/* Zero-copy write: data is not copied. With free_fn, ownership passes to coil
+ * and free_fn(data) runs once the bytes are no longer needed (also when the
+ * call itself fails); with free_fn == NULL the caller keeps data valid until
+ * the handle settles. */
+COIL_EXTERN coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data,
+						size_t len,
+						void (*free_fn)(void *));
+
+/* kaa close(immediate). Not immediate: alive becomes false at once, queued
+ * writes drain, then the descriptor closes. Immediate: queued writes fail with
+ * -EBADF. Either way pending reads get what is buffered (or 0 bytes),
+ * in-flight ring operations are cancelled, and the closed signal fires once
+ * with expected = 1. A second close is a no-op (0). Any thread. */
+COIL_EXTERN int coil_channel_close(coil_channel_t *ch, int immediate);
+
+/* Signals. Connect with a callback, disconnect with NULL. The data passed to
+ * read/readline callbacks is a view valid only during the call. read sees
+ * every chunk without taking bytes from read()/readline(). readline is
+ * exclusive with coil_channel_readline() (-EBUSY if one is pending). closed
+ * fires once, with expected = 1 when close was asked for. Callbacks run on
+ * the home worker. Any thread (forwarded). Returns 0 or -EBUSY/-EBADF. */
+typedef void (*coil_read_cb)(coil_channel_t *ch, const void *data, size_t len,
+			     void *ud);
+typedef void (*coil_closed_cb)(coil_channel_t *ch, int expected, void *ud);
+COIL_EXTERN int coil_channel_on_read(coil_channel_t *ch, coil_read_cb cb,
+				     void *ud);
+COIL_EXTERN int coil_channel_on_readline(coil_channel_t *ch, coil_read_cb cb,
+					 void *ud);
+COIL_EXTERN int coil_channel_on_closed(coil_channel_t *ch, coil_closed_cb cb,
+				       void *ud);
+
+/* Properties (kaa names). Getters are safe from any thread (a snapshot). */
+COIL_EXTERN int coil_channel_fileno(const coil_channel_t *ch); /* -1: none */
+COIL_EXTERN int coil_channel_alive(const coil_channel_t *ch);
+COIL_EXTERN int coil_channel_readable(const coil_channel_t *ch);
+COIL_EXTERN int coil_channel_writable(const coil_channel_t *ch);
+COIL_EXTERN size_t coil_channel_read_queue_used(const coil_channel_t *ch);
+COIL_EXTERN size_t coil_channel_write_queue_used(const coil_channel_t *ch);
+COIL_EXTERN size_t coil_channel_queue_size(const coil_channel_t *ch);
+COIL_EXTERN size_t coil_channel_chunk_size(const coil_channel_t *ch);
+/* Setters: 0 or -EINVAL (0 is not a valid size). Any thread. */
+COIL_EXTERN int coil_channel_set_queue_size(coil_channel_t *ch, size_t n);
+COIL_EXTERN int coil_channel_set_chunk_size(coil_channel_t *ch, size_t n);
+/* One delimiter (default "\n") or a set: the leftmost match wins, and of
+ * matches starting at the same byte the one listed first. Delimiters are
+ * 1..64 bytes; at most 16. Copied. Returns 0, -EINVAL, -ENOMEM. */
+COIL_EXTERN int coil_channel_set_delimiter(coil_channel_t *ch,
+					   const char *delim);
+COIL_EXTERN int coil_channel_set_delimiters(coil_channel_t *ch,
+					    const void *const *delims,
+					    const size_t *lens, size_t n);
+/* The loop and home worker index of ch. */
+COIL_EXTERN coil_loop_t *coil_channel_loop(const coil_channel_t *ch);
+COIL_EXTERN int coil_channel_worker(const coil_channel_t *ch);
+/* User pointer, never touched by coil. */
+COIL_EXTERN void coil_channel_set_data(coil_channel_t *ch, void *data);
+COIL_EXTERN void *coil_channel_get_data(const coil_channel_t *ch);
+
+/* Channel objects (sockets included) alive in the process, closed ones that
+ * are still referenced included (coro get_live_sockets). Any thread. */
+COIL_EXTERN size_t coil_live_channels(void);
+
+/* ------------------------------------------------------------------------ */
+/* Monitor: readiness of any fd (kaa IOMonitor)                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct coil_monitor_s coil_monitor_t;
+/* events: COIL_IO_READ / COIL_IO_WRITE, or a negative errno if polling
+ * failed (the monitor is then unregistered). */
+typedef void (*coil_monitor_cb)(coil_monitor_t *m, int fd, int events,
+				void *ud);
+
+/* Creates an unregistered monitor whose callback runs on its home worker
+ * (the calling worker, or round-robin). 0 or -ENOMEM. Any thread. */
+COIL_EXTERN int coil_monitor_new(coil_loop_t *loop, coil_monitor_cb cb,
+				 void *ud, coil_monitor_t **out);
+/* Starts watching fd for condition (COIL_IO_READ and/or COIL_IO_WRITE); the
+ * callback runs each time the fd is ready (level-triggered multishot poll).
+ * The same fd and condition again: no-op (0). Another fd or condition while
+ * registered: -EBUSY. The fd stays the caller's. Any thread. */
+COIL_EXTERN int coil_monitor_register(coil_monitor_t *m, int fd,
+				      int condition);
+/* Stops watching (no callback starts after it takes effect). 0. */
+COIL_EXTERN int coil_monitor_unregister(coil_monitor_t *m);
+/* Whether registered; the fd watched (-1 if none). */
+COIL_EXTERN int coil_monitor_active(const coil_monitor_t *m);
+/* Unregisters and frees once the ring has let go. Any thread. */
+COIL_EXTERN void coil_monitor_free(coil_monitor_t *m);
+
+/* ------------------------------------------------------------------------ */
+/* Addresses                                                                */
+/* ------------------------------------------------------------------------ */
+
+#define COIL_ADDR_INET 1 /* host:service */
+#define COIL_ADDR_UNIX 2 /* a Unix socket path */
+
+/* Flags for parsing, connect and listen. */
+#define COIL_ADDR_LISTEN 0x1 /* the host may be empty (all interfaces) */
+#define COIL_ADDR_IPV4 0x2   /* kaa ipv6=False: never use IPv6 */
+#define COIL_ADDR_DGRAM 0x4  /* resolve for SOCK_DGRAM */
+
+/* A parsed address (kaa grammar: an integer port, host:service, :service,
+ * [v6]:service, each with %scope, or a Unix path). Plain data: copy freely. */
+typedef struct coil_addr_s {
+	int kind;           /* COIL_ADDR_INET or COIL_ADDR_UNIX */
+	char host[256];     /* without brackets; "" = all interfaces */
+	char service[64];   /* as written ("" when absent in listen) */
+	uint16_t port;      /* when the service is numeric or resolved */
+	char scope[64];     /* as written after '%', "" if none */
+	uint32_t scope_id;  /* interface index for the scope (0: none) */
+	int numeric;        /* host is an IP literal (or empty): ss is filled */
+	struct sockaddr_storage ss; /* numeric address, or sockaddr_un */
+	socklen_t sslen;
+	char error[160];    /* why parsing failed */
+} coil_addr_t;
+
+/* Parses text. Returns 0, or -EINVAL (malformed, port out of range,
+ * unbracketed IPv6, trailing garbage, link-local without scope, bad scope),
+ * -ENAMETOOLONG (Unix path), -ENODEV (unknown interface), -ENOENT (unknown
+ * service), -EACCES/-ELOOP (private Unix directory not ours or a symlink);
+ * out->error then says why. Relative Unix names are placed in a private
+ * per-user directory under $TMPDIR or /tmp (mode 0700). Does no DNS. Any
+ * thread. */
+COIL_EXTERN int coil_addr_parse(const char *text, int flags, coil_addr_t *out);
+
+/* Formats a socket address: "1.2.3.4:80", "[::1]:80", "[fe80::1%eth0]:80"
+ * or the Unix path. Returns the length written (truncated to n - 1) or
+ * -EAFNOSUPPORT. Any thread. */
+COIL_EXTERN int coil_addr_format(const struct sockaddr *sa, socklen_t len,
+				 char *buf, size_t n);
+
+/* kaa local/peer as a structure. */
+typedef struct coil_sockinfo_s {
+	int family;          /* AF_INET, AF_INET6, AF_UNIX */
+	char host[64];       /* numeric host ("" for Unix) */
+	uint16_t port;
+	uint32_t flowinfo;
+	uint32_t scope_id;
+	char scope[64];      /* interface name for scope_id, "" if none */
+	char path[108];      /* Unix path ("" otherwise) */
+	char reqhost[256];   /* peer only: the host name connect() was given */
+} coil_sockinfo_t;
+COIL_EXTERN int coil_sockinfo_from(const struct sockaddr *sa, socklen_t len,
+				   coil_sockinfo_t *out);
+
+/* Resolves text off the worker threads (getaddrinfo on coil's resolver
+ * thread). Finishes with a coil_addrlist_t (coil_ip_ptr, owned by the handle)
+ * ordered as they should be tried; fails with -EINVAL (grammar), or the
+ * resolver's error mapped to -ENOENT/-EAGAIN/-EAFNOSUPPORT with its text. */
+typedef struct coil_addrlist_s {
+	size_t count;
+	struct {
+		struct sockaddr_storage ss;
+		socklen_t len;
+	} addrs[];
+} coil_addrlist_t;
+COIL_EXTERN coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text,
+				    int flags);
+
+/* ------------------------------------------------------------------------ */
+/* Socket: connect, listen, accept, datagrams (kaa Socket, coro sock)       */
+/* ------------------------------------------------------------------------ */
+
+/* A socket with no descriptor yet (created by connect or listen with the
+ * family the address needs). 0 or -ENOMEM. Any thread. */
+COIL_EXTERN int coil_socket_new(coil_loop_t *loop, coil_socket_t **out);
+/* A datagram socket now: family AF_INET, AF_INET6 or AF_UNIX. */
+COIL_EXTERN int coil_socket_new_dgram(coil_loop_t *loop, int family,
+				      coil_socket_t **out);
+/* kaa wrap / coro fd_sock: a socket channel around an existing socket fd
+ * (ownership passes to coil). -ENOTSOCK if fd is not a socket. */
+COIL_EXTERN int coil_socket_wrap(coil_loop_t *loop, int fd,
+				 coil_socket_t **out);
+
+/* Connects to addr (kaa grammar). Finishes with 0 when connected; fails with
+ * -EINVAL/-ENOENT... (address), the resolver's error, -ECONNREFUSED,
+ * -ETIMEDOUT (socket timeout), or -EISCONN/-EALREADY when already
+ * connected/connecting. Numeric addresses connect at once; names resolve off
+ * the worker, IPv6 first unless COIL_ADDR_IPV4, racing the families Happy
+ * Eyeballs style (250 ms head start). After a failure the socket may connect
+ * again. Any thread. */
+COIL_EXTERN coil_ip_t *coil_socket_connect(coil_socket_t *s, const char *addr,
+					   int flags);
+
+/* Binds and listens synchronously. A TCP listener gets one SO_REUSEPORT
+ * socket and multishot accept per worker; Unix listeners accept on the home
+ * worker and hand clients out round-robin. Errors: -EADDRINUSE (also a live
+ * Unix socket at the path), -EACCES, -EINVAL, address errors. backlog <= 0
+ * means SOMAXCONN. Any thread (blocks until bound). */
+COIL_EXTERN int coil_socket_listen(coil_socket_t *s, const char *addr,
+				   int backlog, int flags);
+
+/* new-client signal: cb receives a new connected client socket, which it
+ * owns (release it when done). The client lives on the worker that accepted
+ * it, and cb runs there. Connecting a callback stops accept() hand-outs. */
+typedef void (*coil_new_client_cb)(coil_socket_t *listener,
+				   coil_socket_t *client, void *ud);
+COIL_EXTERN int coil_socket_on_new_client(coil_socket_t *s,
+					  coil_new_client_cb cb, void *ud);
+
+/* The next client (coil_ip_ptr: a coil_socket_t the caller owns after
+ * coil_ip_steal_ptr; if never stolen, it is released with the handle).
+ * -EINVAL if not listening, -ETIMEDOUT after the socket timeout. */
+COIL_EXTERN coil_ip_t *coil_socket_accept(coil_socket_t *s);
+/* coro accept_many: waits for at least one client, then finishes with a
+ * coil_clients_t (coil_ip_ptr) of up to max (0: all queued) clients. */
+typedef struct coil_clients_s {
+	size_t count;
+	coil_socket_t *sock[]; /* owned by whoever steals the pointer */
+} coil_clients_t;
+COIL_EXTERN coil_ip_t *coil_socket_accept_many(coil_socket_t *s, size_t max);
+
+/* Datagrams. sendto: finishes with the bytes sent (copied first). recvfrom:
+ * finishes with a coil_datagram_t (coil_ip_ptr) of up to max bytes. */
+typedef struct coil_datagram_s {
+	size_t len;
+	struct sockaddr_storage from;
+	socklen_t fromlen;
+	unsigned char data[];
+} coil_datagram_t;
+COIL_EXTERN coil_ip_t *coil_socket_sendto(coil_socket_t *s, const void *data,
+					  size_t len, const char *addr);
+COIL_EXTERN coil_ip_t *coil_socket_sendto_sa(coil_socket_t *s,
+					     const void *data, size_t len,
+					     const struct sockaddr *sa,
+					     socklen_t salen);
+COIL_EXTERN coil_ip_t *coil_socket_recvfrom(coil_socket_t *s, size_t max);
+/* Binds a datagram (or not yet listening stream) socket. */
+COIL_EXTERN int coil_socket_bind(coil_socket_t *s, const char *addr,
+				 int flags);
+
+/* shutdown(2) after queued writes (SHUT_WR waits for the write queue). */
+COIL_EXTERN coil_ip_t *coil_socket_shutdown(coil_socket_t *s, int how);
+
+/* kaa buffer_size: SO_SNDBUF and SO_RCVBUF, applied now if live, else when
+ * the descriptor is created. Getter returns the kernel's value (or the
+ * pending one), -EBADF if none. */
+COIL_EXTERN int coil_socket_set_buffer_size(coil_socket_t *s, int bytes);
+COIL_EXTERN int coil_socket_buffer_size(const coil_socket_t *s);
+COIL_EXTERN int coil_socket_set_nodelay(coil_socket_t *s, int on);
+COIL_EXTERN int coil_socket_set_keepalive(coil_socket_t *s, int on);
+COIL_EXTERN int coil_socket_set_reuseaddr(coil_socket_t *s, int on);
+/* usocket settimeout: connect, accept and reads fail with -ETIMEDOUT after
+ * ms (0: no timeout). */
+COIL_EXTERN int coil_socket_set_timeout(coil_socket_t *s, unsigned ms);
+
+/* kaa state properties and addresses. */
+COIL_EXTERN int coil_socket_connecting(const coil_socket_t *s);
+COIL_EXTERN int coil_socket_connected(const coil_socket_t *s);
+COIL_EXTERN int coil_socket_listening(const coil_socket_t *s);
+COIL_EXTERN int coil_socket_local(const coil_socket_t *s,
+				  coil_sockinfo_t *out);
+COIL_EXTERN int coil_socket_peer(const coil_socket_t *s, coil_sockinfo_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* COIL_H */

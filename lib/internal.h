@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: MIT */
+/* Private declarations shared by the files of lib/: workers, ring ops, the
+ * allocator seam, the byte queue. Nothing here is part of the API. */
+#ifndef COIL_INTERNAL_H
+#define COIL_INTERNAL_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <linux/time_types.h>
+
+#include "coil.h"
+
+#define COIL__HIDDEN __attribute__((visibility("hidden")))
+#define coil__container_of(ptr, type, member) \
+	((type *)((char *)(ptr)-offsetof(type, member)))
+#define coil__likely(x) __builtin_expect(!!(x), 1)
+#define coil__unlikely(x) __builtin_expect(!!(x), 0)
+
+/* ---- allocator seam (alloc.c): jemalloc's non-standard API unless built
+ * with COIL_NO_JEMALLOC (sanitizer builds), so coil never changes the
+ * process's malloc. */
+void *coil__malloc(size_t n);
+void *coil__calloc(size_t n, size_t size);
+void *coil__realloc(void *p, size_t n);
+void coil__free(void *p);
+char *coil__strdup(const char *s);
+
+/* ---- doubly linked intrusive list */
+typedef struct coil__list {
+	struct coil__list *next, *prev;
+} coil__list;
+
+static inline void coil__list_init(coil__list *l) { l->next = l->prev = l; }
+static inline bool coil__list_empty(const coil__list *l) { return l->next == l; }
+static inline void coil__list_add_tail(coil__list *l, coil__list *n)
+{
+	n->prev = l->prev;
+	n->next = l;
+	l->prev->next = n;
+	l->prev = n;
+}
+static inline void coil__list_del(coil__list *n)
+{
+	n->prev->next = n->next;
+	n->next->prev = n->prev;
+	n->next = n->prev = n;
+}
+
+/* ---- ring operations (loop.c). Every SQE's user_data points at a coil__op;
+ * its complete callback runs on the worker for each CQE (several for
+ * multishot). ops_inflight counts SQEs whose final CQE has not arrived. */
+typedef struct coil__worker coil__worker;
+typedef struct coil__op coil__op;
+typedef void (*coil__op_cb)(coil__op *op, int res, unsigned flags);
+
+struct coil__op {
+	coil__op_cb complete;
+};
+
+/* ---- cross-thread tasks: an intrusive MPSC inbox per worker */
+typedef struct coil__task coil__task;
+struct coil__task {
+	coil__task *next;
+	void (*run)(coil__task *t);
+};
+
+/* Deferred work on the worker, run before it next sleeps (not a syscall). */
+typedef struct coil__defer {
+	coil__list link;
+	void (*run)(struct coil__defer *d);
+	bool queued;
+} coil__defer;
+
+struct coil__bufring;
+struct coil_ip_s;
+
+struct coil__worker {
+	coil_loop_t *loop;
+	unsigned index;
+	pthread_t thread;
+	struct io_uring *ring; /* allocated so liburing.h stays in loop.c */
+	int ring_flags;
+	int efd;               /* eventfd: wake-ups from other threads */
+	_Atomic(coil__task *) inbox;
+	coil__op efd_op;
+	uint64_t efd_val;
+	bool efd_armed;
+	bool stopping;
+	/* Settled InProgress handles whose callbacks are due (run in order). */
+	struct coil_ip_s *ready_head, *ready_tail;
+	coil__list defers;     /* coil__defer, run before sleeping */
+	coil__list channels;   /* live channels homed here (closed on stop) */
+	coil__list closers;    /* other objects to close on stop (monitors) */
+	unsigned long ops_inflight;
+	struct coil__bufring *bufring;
+	unsigned rr_next;      /* round-robin cursor for handing out clients */
+};
+
+struct coil_loop_s {
+	unsigned nworkers;
+	coil_loop_opts_t opts;
+	coil__worker *workers;
+	_Atomic unsigned rr;   /* round-robin for foreign-thread homes */
+	_Atomic int stopping;
+	/* resolver thread (addr.c) */
+	pthread_mutex_t res_lock;
+	pthread_cond_t res_cond;
+	coil__task *res_head, *res_tail;
+	pthread_t res_thread;
+	bool res_started, res_stop;
+};
+
+/* The worker the calling thread is, or NULL. */
+extern __thread coil__worker *coil__tls_worker;
+
+static inline bool coil__on_worker(const coil__worker *w)
+{
+	return coil__tls_worker == w;
+}
+
+/* Picks a home worker: the calling worker if it belongs to loop, else the
+ * next round-robin. */
+coil__worker *coil__pick_worker(coil_loop_t *loop);
+
+/* Posts t to w's inbox (any thread); w runs t->run(t) on its thread. */
+void coil__post(coil__worker *w, coil__task *t);
+
+/* Schedules d to run on the current worker before it sleeps again. */
+void coil__defer_add(coil__worker *w, coil__defer *d);
+static inline void coil__defer_init(coil__defer *d, void (*run)(coil__defer *))
+{
+	coil__list_init(&d->link);
+	d->run = run;
+	d->queued = false;
+}
+void coil__defer_cancel(coil__defer *d);
+
+/* SQE preparation: each returns 0 or -ENOMEM/-EBUSY if no SQE could be had
+ * even after submitting. Counts the op in ops_inflight until the CQE without
+ * IORING_CQE_F_MORE. All are worker-only. */
+int coil__prep_recv_multishot(coil__worker *w, coil__op *op, int fd);
+int coil__prep_read_multishot(coil__worker *w, coil__op *op, int fd);
+int coil__prep_read_select(coil__worker *w, coil__op *op, int fd);
+int coil__prep_read(coil__worker *w, coil__op *op, int fd, void *buf,
+		    unsigned len);
+int coil__prep_send(coil__worker *w, coil__op *op, int fd, const void *buf,
+		    size_t len, int flags);
+int coil__prep_sendmsg(coil__worker *w, coil__op *op, int fd,
+		       const struct msghdr *msg, int flags);
+int coil__prep_recvmsg(coil__worker *w, coil__op *op, int fd,
+		       struct msghdr *msg, int flags);
+int coil__prep_writev(coil__worker *w, coil__op *op, int fd,
+		      const struct iovec *iov, unsigned n);
+int coil__prep_accept_multishot(coil__worker *w, coil__op *op, int fd);
+int coil__prep_connect(coil__worker *w, coil__op *op, int fd,
+		       const struct sockaddr *sa, socklen_t len);
+int coil__prep_poll_multishot(coil__worker *w, coil__op *op, int fd,
+			      unsigned poll_mask);
+int coil__prep_timeout(coil__worker *w, coil__op *op,
+		       struct __kernel_timespec *ts);
+/* Cancels the op whose user_data is target (all matches). op may be NULL:
+ * the cancel's own completion is then ignored (but still counted). */
+int coil__prep_cancel(coil__worker *w, coil__op *op, coil__op *target);
+int coil__prep_timeout_remove(coil__worker *w, coil__op *op, coil__op *target);
+int coil__prep_close(coil__worker *w, coil__op *op, int fd);
+int coil__prep_shutdown(coil__worker *w, coil__op *op, int fd, int how);
+/* Whether the kernel supports an opcode (probed once per loop). */
+bool coil__op_supported(int opcode);
+
+/* ---- provided buffers (bufring.c), one group per worker */
+#define COIL__BGID 0
+int coil__bufring_init(coil__worker *w, unsigned count, unsigned size);
+void coil__bufring_free(coil__worker *w);
+/* Address of buffer bid. */
+void *coil__bufring_buf(coil__worker *w, unsigned bid);
+/* Gives buffer bid back to the kernel (made visible at the end of the batch). */
+void coil__bufring_recycle(coil__worker *w, unsigned bid);
+/* Publishes recycled buffers; called once per completion batch. */
+void coil__bufring_flush(coil__worker *w);
+unsigned coil__bufring_size(const coil__worker *w);
+
+/* ---- InProgress internals used by I/O objects (inprogress.c) */
+coil_ip_t *coil__ip_new_on(coil__worker *w);
+/* Settle from the home worker with a value/failure; never fails on the home
+ * worker for a pending handle that this caller owns the settling of. */
+int coil__ip_fail_msg(coil_ip_t *ip, int err, const char *msg);
+/* Runs due callbacks; returns how many handles it processed (bounded). */
+unsigned coil__ip_run_ready(coil__worker *w, unsigned budget);
+coil__worker *coil__ip_home(const coil_ip_t *ip);
+/* Value for bytes-failed results (read_exact EOF keeps the partial bytes). */
+int coil__ip_fail_bytes(coil_ip_t *ip, int err, void *data, size_t len,
+			void (*free_fn)(void *));
+
+/* ---- timers (timer.c) */
+typedef struct coil__timer coil__timer;
+typedef void (*coil__timer_cb)(coil__timer *t, int res);
+struct coil__timer {
+	coil__op op;
+	coil__op cancel_op;
+	struct __kernel_timespec ts;
+	coil__worker *w;
+	coil__timer_cb cb;
+	bool armed;
+};
+/* Arms t on w to fire once after ms; cb(t, 0) at expiry, cb(t, -ECANCELED)
+ * after coil__timer_cancel. cb runs exactly once per successful start. */
+int coil__timer_start(coil__worker *w, coil__timer *t, uint64_t ms,
+		      coil__timer_cb cb);
+void coil__timer_cancel(coil__timer *t);
+
+/* ---- resolver (addr.c): getaddrinfo on a per-loop thread started on first
+ * use; loop.c calls coil__resolver_stop before freeing the loop. */
+void coil__resolver_stop(coil_loop_t *loop);
+
+/* ---- monotonic time */
+uint64_t coil__now_ms(void);
+
+#endif /* COIL_INTERNAL_H */
