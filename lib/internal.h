@@ -78,6 +78,16 @@ typedef struct coil__defer {
 struct coil__bufring;
 struct coil_ip_s;
 
+/* Objects that must be closed when their worker stops (channels, listeners,
+ * monitors) embed a closer and list it with coil__closer_add. On stop, close
+ * runs on the worker; the object must then unlist itself (coil__closer_del)
+ * once its ring operations have drained, and free itself even if the user
+ * still holds a handle (the handle is invalid after coil_loop_free). */
+typedef struct coil__closer {
+	coil__list link;
+	void (*close)(struct coil__closer *c);
+} coil__closer;
+
 struct coil__worker {
 	coil_loop_t *loop;
 	unsigned index;
@@ -89,12 +99,13 @@ struct coil__worker {
 	coil__op efd_op;
 	uint64_t efd_val;
 	bool efd_armed;
-	bool stopping;
+	bool stopping;         /* stop requested: close everything, drain */
+	bool dead;             /* ring gone: preps fail with -ESHUTDOWN */
+	int start_rc;          /* ring setup result reported to coil_loop_new */
 	/* Settled InProgress handles whose callbacks are due (run in order). */
 	struct coil_ip_s *ready_head, *ready_tail;
 	coil__list defers;     /* coil__defer, run before sleeping */
-	coil__list channels;   /* live channels homed here (closed on stop) */
-	coil__list closers;    /* other objects to close on stop (monitors) */
+	coil__list closers;    /* coil__closer: objects to close on stop */
 	unsigned long ops_inflight;
 	struct coil__bufring *bufring;
 	unsigned rr_next;      /* round-robin cursor for handing out clients */
@@ -106,6 +117,9 @@ struct coil_loop_s {
 	coil__worker *workers;
 	_Atomic unsigned rr;   /* round-robin for foreign-thread homes */
 	_Atomic int stopping;
+	pthread_mutex_t start_lock;
+	pthread_cond_t start_cond;
+	unsigned started;      /* workers that finished ring setup */
 	/* resolver thread (addr.c) */
 	pthread_mutex_t res_lock;
 	pthread_cond_t res_cond;
@@ -121,6 +135,9 @@ static inline bool coil__on_worker(const coil__worker *w)
 {
 	return coil__tls_worker == w;
 }
+
+void coil__closer_add(coil__worker *w, coil__closer *c);
+void coil__closer_del(coil__closer *c);
 
 /* Picks a home worker: the calling worker if it belongs to loop, else the
  * next round-robin. */
@@ -204,16 +221,20 @@ struct coil__timer {
 	struct __kernel_timespec ts;
 	coil__worker *w;
 	coil__timer_cb cb;
-	bool armed;
+	int res;
+	bool armed;          /* the timeout op is in flight */
+	bool cancelling;     /* a timeout-remove op is in flight */
 };
-/* Arms t on w to fire once after ms; cb(t, 0) at expiry, cb(t, -ECANCELED)
- * after coil__timer_cancel. cb runs exactly once per successful start. */
+/* Arms t on w (the calling worker) to fire once after ms. cb(t, 0) runs at
+ * expiry, cb(t, -ECANCELED) after coil__timer_cancel; either way exactly once,
+ * and only after every ring op of the timer completed, so cb may free t. */
 int coil__timer_start(coil__worker *w, coil__timer *t, uint64_t ms,
 		      coil__timer_cb cb);
 void coil__timer_cancel(coil__timer *t);
 
 /* ---- resolver (addr.c): getaddrinfo on a per-loop thread started on first
  * use; loop.c calls coil__resolver_stop before freeing the loop. */
+void coil__resolver_init(coil_loop_t *loop);
 void coil__resolver_stop(coil_loop_t *loop);
 
 /* ---- monotonic time */

@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
 /* Shared helpers for the CUnit test programs. */
-#define _GNU_SOURCE
 #include "helpers.h"
 
 #include <arpa/inet.h>

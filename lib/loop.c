@@ -1,0 +1,703 @@
+/* SPDX-License-Identifier: MIT */
+/* coil_loop: worker threads, one io_uring ring each; the only file that
+ * talks to the ring (SQE preparation, submission, completion dispatch). */
+#include "internal.h"
+
+#include <liburing.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef IORING_OP_READ_MULTISHOT
+#define IORING_OP_READ_MULTISHOT 49
+#endif
+
+__thread coil__worker *coil__tls_worker;
+
+/* Continuations run per loop turn before the worker looks at the ring again:
+ * a long synchronous chain cannot starve I/O (Seastar's lesson). */
+#define READY_BUDGET 256
+/* CQEs copied out of the ring per batch. */
+#define CQE_BATCH 64
+
+/* ---- opcode probe, once per process ---- */
+
+static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+static unsigned char probe_ops[256];
+
+static void probe_kernel(void)
+{
+	struct io_uring_probe *p = io_uring_get_probe();
+	if (!p)
+		return;
+	for (int op = 0; op < 256 && op <= p->last_op; op++)
+		probe_ops[op] = io_uring_opcode_supported(p, op) ? 1 : 0;
+	io_uring_free_probe(p);
+}
+
+bool coil__op_supported(int opcode)
+{
+	pthread_once(&probe_once, probe_kernel);
+	return opcode >= 0 && opcode < 256 && probe_ops[opcode];
+}
+
+uint64_t coil__now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- SQE preparation ---- */
+
+/*
+ * Returns a free SQE, submitting what is queued when the SQ is full (a full
+ * SQ is not an error). NULL only when the ring is gone or the kernel refuses
+ * the submit. The op is counted in ops_inflight until its final CQE.
+ */
+static struct io_uring_sqe *get_sqe(coil__worker *w, coil__op *op)
+{
+	if (coil__unlikely(w->dead))
+		return NULL;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(w->ring);
+	if (coil__unlikely(!sqe)) {
+		io_uring_submit(w->ring);
+		sqe = io_uring_get_sqe(w->ring);
+		if (!sqe)
+			return NULL;
+	}
+	w->ops_inflight++;
+	(void)op;
+	return sqe;
+}
+
+#define PREP_BEGIN(w, op)                                       \
+	struct io_uring_sqe *sqe = get_sqe(w, op);              \
+	if (coil__unlikely(!sqe))                               \
+		return (w)->dead ? -ESHUTDOWN : -EBUSY;
+#define PREP_END(op)                      \
+	io_uring_sqe_set_data(sqe, op);   \
+	return 0;
+
+int coil__prep_recv_multishot(coil__worker *w, coil__op *op, int fd)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = COIL__BGID;
+	PREP_END(op);
+}
+
+int coil__prep_read_multishot(coil__worker *w, coil__op *op, int fd)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_rw(IORING_OP_READ_MULTISHOT, sqe, fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = COIL__BGID;
+	PREP_END(op);
+}
+
+int coil__prep_read_select(coil__worker *w, coil__op *op, int fd)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_read(sqe, fd, NULL, coil__bufring_size(w), (__u64)-1);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = COIL__BGID;
+	PREP_END(op);
+}
+
+int coil__prep_read(coil__worker *w, coil__op *op, int fd, void *buf,
+		    unsigned len)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_read(sqe, fd, buf, len, (__u64)-1);
+	PREP_END(op);
+}
+
+int coil__prep_send(coil__worker *w, coil__op *op, int fd, const void *buf,
+		    size_t len, int flags)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_send(sqe, fd, buf, len, flags);
+	PREP_END(op);
+}
+
+int coil__prep_sendmsg(coil__worker *w, coil__op *op, int fd,
+		       const struct msghdr *msg, int flags)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_sendmsg(sqe, fd, msg, (unsigned)flags);
+	PREP_END(op);
+}
+
+int coil__prep_recvmsg(coil__worker *w, coil__op *op, int fd,
+		       struct msghdr *msg, int flags)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_recvmsg(sqe, fd, msg, (unsigned)flags);
+	PREP_END(op);
+}
+
+int coil__prep_writev(coil__worker *w, coil__op *op, int fd,
+		      const struct iovec *iov, unsigned n)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_writev(sqe, fd, iov, n, (__u64)-1);
+	PREP_END(op);
+}
+
+int coil__prep_accept_multishot(coil__worker *w, coil__op *op, int fd)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_multishot_accept(sqe, fd, NULL, NULL,
+				       SOCK_CLOEXEC | SOCK_NONBLOCK);
+	PREP_END(op);
+}
+
+int coil__prep_connect(coil__worker *w, coil__op *op, int fd,
+		       const struct sockaddr *sa, socklen_t len)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_connect(sqe, fd, sa, len);
+	PREP_END(op);
+}
+
+int coil__prep_poll_multishot(coil__worker *w, coil__op *op, int fd,
+			      unsigned poll_mask)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_poll_multishot(sqe, fd, poll_mask);
+	PREP_END(op);
+}
+
+int coil__prep_timeout(coil__worker *w, coil__op *op,
+		       struct __kernel_timespec *ts)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_timeout(sqe, ts, 0, 0);
+	PREP_END(op);
+}
+
+int coil__prep_cancel(coil__worker *w, coil__op *op, coil__op *target)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_cancel(sqe, target, IORING_ASYNC_CANCEL_ALL);
+	PREP_END(op);
+}
+
+int coil__prep_timeout_remove(coil__worker *w, coil__op *op, coil__op *target)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_timeout_remove(sqe, (__u64)(uintptr_t)target, 0);
+	PREP_END(op);
+}
+
+int coil__prep_close(coil__worker *w, coil__op *op, int fd)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_close(sqe, fd);
+	PREP_END(op);
+}
+
+int coil__prep_shutdown(coil__worker *w, coil__op *op, int fd, int how)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_shutdown(sqe, fd, how);
+	PREP_END(op);
+}
+
+/* ---- inbox and deferred work ---- */
+
+void coil__post(coil__worker *w, coil__task *t)
+{
+	coil__task *old = atomic_load_explicit(&w->inbox, memory_order_relaxed);
+	do {
+		t->next = old;
+	} while (!atomic_compare_exchange_weak_explicit(
+		&w->inbox, &old, t, memory_order_release, memory_order_relaxed));
+	/* Only the post that finds the inbox empty needs to wake the worker:
+	 * later ones are drained by the same wake-up. The worker itself checks
+	 * its inbox before sleeping, so it never needs the eventfd. */
+	if (!old && !coil__on_worker(w)) {
+		uint64_t one = 1;
+		ssize_t r = write(w->efd, &one, sizeof(one));
+		(void)r;
+	}
+}
+
+/* Runs every task in the inbox in the order they were posted. */
+static bool drain_inbox(coil__worker *w)
+{
+	coil__task *t = atomic_exchange_explicit(&w->inbox, NULL,
+						 memory_order_acquire);
+	if (!t)
+		return false;
+	coil__task *rev = NULL;
+	while (t) {
+		coil__task *next = t->next;
+		t->next = rev;
+		rev = t;
+		t = next;
+	}
+	while (rev) {
+		coil__task *next = rev->next;
+		rev->run(rev);
+		rev = next;
+	}
+	return true;
+}
+
+void coil__defer_add(coil__worker *w, coil__defer *d)
+{
+	if (d->queued)
+		return;
+	d->queued = true;
+	coil__list_add_tail(&w->defers, &d->link);
+}
+
+void coil__defer_cancel(coil__defer *d)
+{
+	if (!d->queued)
+		return;
+	d->queued = false;
+	coil__list_del(&d->link);
+}
+
+static void run_defers(coil__worker *w)
+{
+	while (!coil__list_empty(&w->defers)) {
+		coil__defer *d = coil__container_of(w->defers.next,
+						    coil__defer, link);
+		coil__list_del(&d->link);
+		d->queued = false;
+		d->run(d);
+	}
+}
+
+void coil__closer_add(coil__worker *w, coil__closer *c)
+{
+	coil__list_add_tail(&w->closers, &c->link);
+}
+
+void coil__closer_del(coil__closer *c)
+{
+	coil__list_del(&c->link);
+}
+
+/* ---- the worker ---- */
+
+static void efd_complete(coil__op *op, int res, unsigned flags);
+
+static void arm_efd(coil__worker *w)
+{
+	w->efd_op.complete = efd_complete;
+	if (coil__prep_read(w, &w->efd_op, w->efd, &w->efd_val,
+			    sizeof(w->efd_val)) == 0)
+		w->efd_armed = true;
+}
+
+static void efd_complete(coil__op *op, int res, unsigned flags)
+{
+	coil__worker *w = coil__container_of(op, coil__worker, efd_op);
+	w->efd_armed = false;
+	if (!w->stopping)
+		arm_efd(w);
+}
+
+/*
+ * Creates the ring in the worker thread itself, because SINGLE_ISSUER binds
+ * the ring to the task that creates it. Tries the best flags first and falls
+ * back when the kernel says -EINVAL: DEFER_TASKRUN (6.1), COOP_TASKRUN (5.19),
+ * then plain. CQSIZE keeps multishot bursts from overflowing the CQ.
+ */
+static int ring_setup(coil__worker *w)
+{
+	const coil_loop_opts_t *o = &w->loop->opts;
+	unsigned tries[3] = {
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+		0,
+	};
+	int rc = -EINVAL;
+	w->ring = coil__calloc(1, sizeof(*w->ring));
+	if (!w->ring)
+		return -ENOMEM;
+	for (int i = 0; i < 3; i++) {
+		if (i == 0 && (o->flags & COIL_LOOP_NO_DEFER_TASKRUN))
+			continue;
+		if (i == 1 && (o->flags & COIL_LOOP_NO_COOP_TASKRUN))
+			continue;
+		struct io_uring_params p;
+		memset(&p, 0, sizeof(p));
+		p.flags = tries[i] | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
+		p.cq_entries = o->cq_entries;
+		rc = io_uring_queue_init_params(o->sq_entries, w->ring, &p);
+		if (rc == 0) {
+			w->ring_flags = (int)p.flags;
+			return 0;
+		}
+		if (rc != -EINVAL)
+			break;
+	}
+	coil__free(w->ring);
+	w->ring = NULL;
+	return rc;
+}
+
+static void report_start(coil__worker *w, int rc)
+{
+	coil_loop_t *loop = w->loop;
+	pthread_mutex_lock(&loop->start_lock);
+	w->start_rc = rc;
+	loop->started++;
+	pthread_cond_broadcast(&loop->start_cond);
+	pthread_mutex_unlock(&loop->start_lock);
+}
+
+/* Whether a stopping worker has nothing left: no ring op in flight, no
+ * object open, nothing queued. */
+static bool drained(coil__worker *w)
+{
+	return w->ops_inflight == 0 && coil__list_empty(&w->closers) &&
+	       !w->ready_head && coil__list_empty(&w->defers) &&
+	       !atomic_load(&w->inbox);
+}
+
+/*
+ * Copies completions out of the CQ in batches, advances the CQ head, then
+ * dispatches: a completion handler may submit, settle handles or free the
+ * op's memory without disturbing the ring.
+ */
+static unsigned reap(coil__worker *w)
+{
+	struct io_uring_cqe *cqes[CQE_BATCH];
+	struct {
+		coil__op *op;
+		int res;
+		unsigned flags;
+	} batch[CQE_BATCH];
+	unsigned total = 0;
+	for (;;) {
+		unsigned n = io_uring_peek_batch_cqe(w->ring, cqes, CQE_BATCH);
+		if (!n)
+			break;
+		for (unsigned i = 0; i < n; i++) {
+			batch[i].op = io_uring_cqe_get_data(cqes[i]);
+			batch[i].res = cqes[i]->res;
+			batch[i].flags = cqes[i]->flags;
+		}
+		io_uring_cq_advance(w->ring, n);
+		for (unsigned i = 0; i < n; i++) {
+			if (!(batch[i].flags & IORING_CQE_F_MORE))
+				w->ops_inflight--;
+			if (batch[i].op)
+				batch[i].op->complete(batch[i].op, batch[i].res,
+						      batch[i].flags);
+		}
+		total += n;
+		if (n < CQE_BATCH)
+			break;
+	}
+	coil__bufring_flush(w);
+	return total;
+}
+
+static void worker_run(coil__worker *w)
+{
+	for (;;) {
+		drain_inbox(w);
+		coil__ip_run_ready(w, READY_BUDGET);
+		run_defers(w);
+		if (w->stopping && drained(w))
+			break;
+		bool busy = w->ready_head || atomic_load(&w->inbox) ||
+			    !coil__list_empty(&w->defers);
+		int rc = busy ? io_uring_submit(w->ring)
+			      : io_uring_submit_and_wait(w->ring, 1);
+		if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN &&
+		    rc != -ETIME) {
+			fprintf(stderr, "coil: worker %u: io_uring_enter: %s\n",
+				w->index, strerror(-rc));
+		}
+		reap(w);
+	}
+}
+
+static void stop_task_run(coil__task *t);
+
+static void *worker_main(void *arg)
+{
+	coil__worker *w = arg;
+	coil__tls_worker = w;
+
+	/* Workers take no asynchronous signals: they belong to the program's
+	 * own threads. A write to a pipe whose reader is gone then leaves a
+	 * blocked SIGPIPE instead of killing the process. */
+	sigset_t all;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+
+	int rc = ring_setup(w);
+	if (!rc) {
+		rc = coil__bufring_init(w, w->loop->opts.buf_count,
+					w->loop->opts.buf_size);
+		if (rc) {
+			io_uring_queue_exit(w->ring);
+			coil__free(w->ring);
+			w->ring = NULL;
+		}
+	}
+	report_start(w, rc);
+	if (rc) {
+		w->dead = true;
+		return NULL;
+	}
+	arm_efd(w);
+	worker_run(w);
+	coil__bufring_free(w);
+	io_uring_queue_exit(w->ring);
+	coil__free(w->ring);
+	w->ring = NULL;
+	w->dead = true;
+	return NULL;
+}
+
+/* ---- stop ---- */
+
+static void stop_task_run(coil__task *t)
+{
+	coil__worker *w = coil__tls_worker;
+	coil__free(t);
+	w->stopping = true;
+	/* Closing an object may unlist it at once or only after its ring ops
+	 * drain; walk a snapshot so both are fine. */
+	coil__list *pos = w->closers.next;
+	while (pos != &w->closers) {
+		coil__list *next = pos->next;
+		coil__closer *c = coil__container_of(pos, coil__closer, link);
+		c->close(c);
+		pos = next;
+	}
+	/* Whatever is still in flight (timers, the eventfd read, operations
+	 * of objects that close asynchronously) is cancelled in one go; its
+	 * completions arrive with -ECANCELED and release their memory. */
+	struct io_uring_sqe *sqe = get_sqe(w, NULL);
+	if (sqe) {
+		io_uring_prep_cancel(sqe, NULL,
+				     IORING_ASYNC_CANCEL_ANY |
+					     IORING_ASYNC_CANCEL_ALL);
+		io_uring_sqe_set_data(sqe, NULL);
+	}
+}
+
+/* ---- public API ---- */
+
+void coil_loop_opts_init(coil_loop_opts_t *opts)
+{
+	memset(opts, 0, sizeof(*opts));
+}
+
+static int normalise_opts(coil_loop_opts_t *o)
+{
+	if (!o->workers) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		o->workers = n > 0 ? (unsigned)n : 1;
+	}
+	if (o->workers > 1024)
+		return -EINVAL;
+	if (!o->sq_entries)
+		o->sq_entries = 256;
+	if (o->sq_entries > 32768)
+		return -EINVAL;
+	if (!o->cq_entries)
+		o->cq_entries = o->sq_entries * 16;
+	if (o->cq_entries < o->sq_entries || o->cq_entries > 1u << 20)
+		return -EINVAL;
+	if (!o->buf_count)
+		o->buf_count = 256;
+	if (o->buf_count & (o->buf_count - 1) || o->buf_count > 32768)
+		return -EINVAL;
+	if (!o->buf_size)
+		o->buf_size = 32768;
+	if (o->buf_size > (1u << 24))
+		return -EINVAL;
+	return 0;
+}
+
+int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
+{
+	if (!out)
+		return -EINVAL;
+	*out = NULL;
+	coil_loop_t *loop = coil__calloc(1, sizeof(*loop));
+	if (!loop)
+		return -ENOMEM;
+	if (opts)
+		loop->opts = *opts;
+	int rc = normalise_opts(&loop->opts);
+	if (rc) {
+		coil__free(loop);
+		return rc;
+	}
+	loop->nworkers = loop->opts.workers;
+	loop->workers = coil__calloc(loop->nworkers, sizeof(coil__worker));
+	if (!loop->workers) {
+		coil__free(loop);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&loop->start_lock, NULL);
+	pthread_cond_init(&loop->start_cond, NULL);
+	coil__resolver_init(loop);
+
+	unsigned spawned = 0;
+	for (unsigned i = 0; i < loop->nworkers; i++) {
+		coil__worker *w = &loop->workers[i];
+		w->loop = loop;
+		w->index = i;
+		coil__list_init(&w->defers);
+		coil__list_init(&w->closers);
+		w->efd = eventfd(0, EFD_CLOEXEC);
+		if (w->efd < 0) {
+			rc = -errno;
+			break;
+		}
+		rc = -pthread_create(&w->thread, NULL, worker_main, w);
+		if (rc) {
+			close(w->efd);
+			w->efd = -1;
+			break;
+		}
+		spawned++;
+	}
+	/* Wait for every started worker to report its ring setup. */
+	pthread_mutex_lock(&loop->start_lock);
+	while (loop->started < spawned)
+		pthread_cond_wait(&loop->start_cond, &loop->start_lock);
+	pthread_mutex_unlock(&loop->start_lock);
+	for (unsigned i = 0; i < spawned && !rc; i++)
+		rc = loop->workers[i].start_rc;
+	if (rc) {
+		/* Stop the workers that did start, then unwind. */
+		for (unsigned i = 0; i < spawned; i++) {
+			coil__worker *w = &loop->workers[i];
+			if (!w->dead) {
+				coil__task *t = coil__malloc(sizeof(*t));
+				if (t) {
+					t->run = stop_task_run;
+					coil__post(w, t);
+				}
+			}
+			pthread_join(w->thread, NULL);
+			close(w->efd);
+		}
+		coil__resolver_stop(loop);
+		pthread_mutex_destroy(&loop->start_lock);
+		pthread_cond_destroy(&loop->start_cond);
+		coil__free(loop->workers);
+		coil__free(loop);
+		return rc;
+	}
+	*out = loop;
+	return 0;
+}
+
+int coil_loop_free(coil_loop_t *loop)
+{
+	if (!loop)
+		return 0;
+	if (coil__tls_worker && coil__tls_worker->loop == loop)
+		return -EDEADLK;
+	atomic_store(&loop->stopping, 1);
+	coil__resolver_stop(loop);
+	for (unsigned i = 0; i < loop->nworkers; i++) {
+		coil__task *t = coil__malloc(sizeof(*t));
+		if (!t)
+			abort(); /* cannot stop a worker without its task */
+		t->run = stop_task_run;
+		coil__post(&loop->workers[i], t);
+	}
+	for (unsigned i = 0; i < loop->nworkers; i++) {
+		coil__worker *w = &loop->workers[i];
+		pthread_join(w->thread, NULL);
+		/* Tasks a foreign thread posted while the worker was exiting:
+		 * run them here, where every ring operation fails with
+		 * -ESHUTDOWN, so their memory is released. */
+		coil__tls_worker = w;
+		while (drain_inbox(w) || w->ready_head)
+			coil__ip_run_ready(w, READY_BUDGET);
+		coil__tls_worker = NULL;
+		close(w->efd);
+	}
+	pthread_mutex_destroy(&loop->start_lock);
+	pthread_cond_destroy(&loop->start_cond);
+	coil__free(loop->workers);
+	coil__free(loop);
+	return 0;
+}
+
+unsigned coil_loop_workers(const coil_loop_t *loop)
+{
+	return loop ? loop->nworkers : 0;
+}
+
+int coil_loop_current_worker(const coil_loop_t *loop)
+{
+	coil__worker *w = coil__tls_worker;
+	return (w && w->loop == loop) ? (int)w->index : -1;
+}
+
+int coil_loop_ring_flags(const coil_loop_t *loop, unsigned worker)
+{
+	if (!loop || worker >= loop->nworkers)
+		return -EINVAL;
+	return loop->workers[worker].ring_flags;
+}
+
+coil__worker *coil__pick_worker(coil_loop_t *loop)
+{
+	coil__worker *w = coil__tls_worker;
+	if (w && w->loop == loop)
+		return w;
+	unsigned i = atomic_fetch_add_explicit(&loop->rr, 1,
+					       memory_order_relaxed);
+	return &loop->workers[i % loop->nworkers];
+}
+
+struct user_task {
+	coil__task task;
+	coil_task_cb fn;
+	void *arg;
+};
+
+static void user_task_run(coil__task *t)
+{
+	struct user_task *u = coil__container_of(t, struct user_task, task);
+	coil_task_cb fn = u->fn;
+	void *arg = u->arg;
+	coil__free(u);
+	fn(arg);
+}
+
+int coil_loop_post(coil_loop_t *loop, int worker, coil_task_cb fn, void *arg)
+{
+	if (!loop || !fn || worker < -1 || (worker >= 0 &&
+					     (unsigned)worker >= loop->nworkers))
+		return -EINVAL;
+	if (atomic_load(&loop->stopping))
+		return -ESHUTDOWN;
+	coil__worker *w = worker < 0 ? coil__pick_worker(loop)
+				     : &loop->workers[worker];
+	struct user_task *u = coil__malloc(sizeof(*u));
+	if (!u)
+		return -ENOMEM;
+	u->task.run = user_task_run;
+	u->fn = fn;
+	u->arg = arg;
+	coil__post(w, &u->task);
+	return 0;
+}
