@@ -409,6 +409,11 @@ COIL_EXTERN int coil_channel_set_delimiter(coil_channel_t *ch,
 COIL_EXTERN int coil_channel_set_delimiters(coil_channel_t *ch,
 					    const void *const *delims,
 					    const size_t *lens, size_t n);
+/* What end of stream does (kaa: the channel closes, expected = 0, after its
+ * queued writes drain). With 0, the channel stays open for writing after the
+ * peer's EOF (half-close: read to the end, then answer); pending and later
+ * reads still see the end of stream. Default 1. Any thread. */
+COIL_EXTERN int coil_channel_set_close_on_eof(coil_channel_t *ch, int on);
 /* The loop and home worker index of ch. */
 COIL_EXTERN coil_loop_t *coil_channel_loop(const coil_channel_t *ch);
 COIL_EXTERN int coil_channel_worker(const coil_channel_t *ch);

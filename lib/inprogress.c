@@ -55,6 +55,7 @@ struct coil_ip_s {
 	_Atomic int claimed;
 	_Atomic int waiters;
 	_Atomic bool observed;
+	_Atomic bool publish_pending; /* settled off-home, callbacks not queued */
 	coil__worker *home;
 	int err;
 	char *msg;      /* owned; NULL = coil_strerror(err) */
@@ -187,20 +188,32 @@ static void publish(coil_ip_t *ip, int state)
 static void publish_task_run(coil__task *t)
 {
 	coil_ip_t *ip = coil__container_of(t, coil_ip_t, publish_task);
-	int st = ip->err ? COIL_IP_FAILED : COIL_IP_FINISHED;
-	publish(ip, st);
+	atomic_store_explicit(&ip->publish_pending, false,
+			      memory_order_relaxed);
+	publish(ip, atomic_load(&ip->state));
 	coil_ip_unref(ip);
 }
 
-/* After the claim and the outcome fields are written: publish here or on
- * the home worker. */
+/*
+ * After the claim and the outcome fields are written: publish. Off the home
+ * worker, the state is stored (and waiters woken) right here, so a handle
+ * that fails at once is seen failed at once from any thread; only queueing
+ * the callbacks is forwarded. Until that forward runs, publish_pending makes
+ * the home worker queue new callbacks behind the earlier ones instead of
+ * running them at once, so attach order is kept.
+ */
 static void settle_claimed(coil_ip_t *ip)
 {
+	int st = ip->err ? COIL_IP_FAILED : COIL_IP_FINISHED;
 	if (coil__on_worker(ip->home)) {
-		publish(ip, ip->err ? COIL_IP_FAILED : COIL_IP_FINISHED);
+		publish(ip, st);
 		return;
 	}
 	coil_ip_ref(ip);
+	atomic_store_explicit(&ip->publish_pending, true, memory_order_relaxed);
+	atomic_store_explicit(&ip->state, st, memory_order_release);
+	if (atomic_load(&ip->waiters))
+		futex_wake_all(&ip->state);
 	ip->publish_task.run = publish_task_run;
 	coil__post(ip->home, &ip->publish_task);
 }
@@ -489,7 +502,8 @@ unsigned coil__ip_run_ready(coil__worker *w, unsigned budget)
 static void attach_local(coil_ip_t *ip, cbnode *n)
 {
 	n->next = NULL;
-	if (settled(ip) && !ip->in_ready) {
+	if (settled(ip) && !ip->in_ready &&
+	    !atomic_load_explicit(&ip->publish_pending, memory_order_relaxed)) {
 		run_cb(ip, n);
 		return;
 	}

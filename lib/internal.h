@@ -240,4 +240,84 @@ void coil__resolver_stop(coil_loop_t *loop);
 /* ---- monotonic time */
 uint64_t coil__now_ms(void);
 
+
+/* ---- channels (channel.c), shared with socket.c */
+#include "buf.h"
+
+#define COIL__IOV_BATCH 16
+
+enum { COIL__CH_NEW, COIL__CH_OPEN, COIL__CH_CLOSING, COIL__CH_CLOSED };
+enum { COIL__RK_RECV, COIL__RK_READ_MSHOT, COIL__RK_READ_ONCE };
+
+struct coil__writereq;
+struct coil__sock;
+
+struct coil_channel_s {
+	coil__closer closer;
+	coil__worker *w;
+	_Atomic int refs;     /* user handle + ring ops in flight + holds */
+	_Atomic int st;       /* COIL__CH_* */
+	int fd;
+	int mode;
+	int rkind;
+	bool is_socket;
+	bool registered;      /* on the worker's closer list */
+	bool user_released;
+	bool eof;             /* no more bytes will be read */
+	bool close_on_eof;
+	bool closed_emitted;
+	bool close_expected;
+	bool connecting;      /* sockets: writes wait for the connect */
+	bool recv_armed, recv_cancelling;
+	bool starved;         /* -ENOBUFS: re-arm once buffers are back */
+	bool send_inflight, send_cancelling;
+	bool in_process, process_again;
+	int rerr;             /* read error that ended the stream */
+	coil__op recv_op, recv_cancel_op;
+	coil__op send_op, send_cancel_op;
+	coil__op close_op;
+	coil__bufq rq;
+	size_t scan;
+	const coil__delims *delims;
+	coil__list reads;     /* pending read requests, in call order */
+	_Atomic size_t rq_used;
+	_Atomic size_t wq_used;
+	_Atomic size_t queue_size, chunk_size;
+	_Atomic int nlines;   /* readline() calls not yet served */
+	_Atomic bool has_line_cb;
+	_Atomic bool close_req; /* close() was called (alive is false) */
+	coil_read_cb on_read;
+	void *on_read_ud;
+	coil_read_cb on_line;
+	void *on_line_ud;
+	coil_closed_cb on_closed;
+	void *on_closed_ud;
+	coil__defer defer;    /* interest check, re-arm after -ENOBUFS */
+	struct coil__writereq *wq_head, **wq_tail;
+	int send_niov;
+	struct msghdr msg;
+	struct iovec iov[COIL__IOV_BATCH];
+	void *data;
+	struct coil__sock *sock; /* socket.c state, NULL for plain channels */
+	/* socket.c hooks: on close (listener shards, Unix unlink), on free */
+	void (*sock_close)(coil_channel_t *ch);
+	void (*sock_free)(coil_channel_t *ch);
+};
+
+/* Allocates a channel homed on w with no descriptor (st NEW), holding the
+ * caller's reference. Any thread. */
+int coil__channel_new(coil__worker *w, coil_channel_t **out);
+/* Gives ch its descriptor (home worker only): starts reads if anyone wants
+ * them, flushes queued writes unless ch->connecting. */
+void coil__channel_attach_fd(coil_channel_t *ch, int fd, int mode,
+			     bool is_socket);
+/* Home worker: the socket finished connecting; flush queued writes. */
+void coil__channel_connected(coil_channel_t *ch);
+/* Home worker: close now (immediate) with the closed signal's expected. */
+void coil__channel_close_local(coil_channel_t *ch, bool immediate,
+			       bool expected);
+/* Reference counting for objects that keep a channel alive. */
+void coil__channel_get(coil_channel_t *ch);
+void coil__channel_put(coil_channel_t *ch);
+
 #endif /* COIL_INTERNAL_H */

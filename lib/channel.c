@@ -1,0 +1,1590 @@
+/* SPDX-License-Identifier: MIT */
+/* coil_channel (kaa IOChannel): buffered async read, readline, read_exact
+ * and ordered writes on any stream fd, on the channel's home worker. */
+#include "internal.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <liburing/io_uring.h>
+
+#ifndef IORING_OP_READ_MULTISHOT
+#define IORING_OP_READ_MULTISHOT 49
+#endif
+
+/*
+ * Reading. One multishot recv (multishot read for pipes and ttys, single
+ * reads for regular files) is armed while someone wants bytes: a pending
+ * read request, a read or readline signal. Each completion's provided buffer
+ * is shown to the read signal, then copied where it is needed (a request's
+ * result or the read queue) and recycled at once: no buffer stays with a
+ * channel. When nobody wants bytes, or the read queue holds queue_size bytes,
+ * the multishot is cancelled, so a fast producer blocks in the kernel rather
+ * than in our memory; the decision is deferred to the end of the loop turn so
+ * that a callback which reads again at once does not churn the ring.
+ *
+ * Writing. Requests queue in call order; at most one send (sendmsg with up to
+ * COIL__IOV_BATCH requests gathered, MSG_WAITALL | MSG_NOSIGNAL) is in
+ * flight, since io_uring does not order two sends on one socket. Short sends
+ * resume from the remainder. A write finishes when its last byte was handed
+ * to the kernel.
+ *
+ * Lifetime. refs counts the user's handle, every ring op in flight and
+ * temporary holds around user callbacks; the channel is freed when the count
+ * drops to zero, which can only happen after close, once every completion
+ * (cancels' own included) has arrived.
+ */
+
+static _Atomic size_t live_channels;
+
+size_t coil_live_channels(void)
+{
+	return atomic_load(&live_channels);
+}
+
+enum rr_kind { RR_READ, RR_LINE, RR_EXACT, RR_INTO, RR_READV };
+
+typedef struct readreq {
+	coil__list link;
+	coil__task task;
+	coil_channel_t *ch;
+	coil_ip_t *ip;   /* the request's reference */
+	int kind;
+	bool queued;
+	size_t n;        /* EXACT/INTO/READV: bytes wanted */
+	size_t got;      /* INTO: bytes copied so far */
+	char *into;
+	size_t nsizes;
+	size_t sizes[];  /* READV */
+} readreq;
+
+typedef struct coil__writereq {
+	struct coil__writereq *next;
+	coil__task task;
+	coil_channel_t *ch;
+	coil_ip_t *ip;
+	char *data;
+	size_t len, off;
+	void (*free_fn)(void *);
+} writereq;
+
+static void process(coil_channel_t *ch);
+static void update_interest(coil_channel_t *ch);
+static void kick_write(coil_channel_t *ch);
+static void finish_close(coil_channel_t *ch);
+static void maybe_close_fd(coil_channel_t *ch);
+
+static inline bool on_home(const coil_channel_t *ch)
+{
+	return coil__on_worker(ch->w);
+}
+
+static inline int state(const coil_channel_t *ch)
+{
+	return atomic_load_explicit(&ch->st, memory_order_acquire);
+}
+
+static inline void set_state(coil_channel_t *ch, int st)
+{
+	atomic_store_explicit(&ch->st, st, memory_order_release);
+}
+
+/* ---- lifetime ---- */
+
+void coil__channel_get(coil_channel_t *ch)
+{
+	atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+}
+
+static void channel_free(coil_channel_t *ch)
+{
+	if (ch->sock_free)
+		ch->sock_free(ch);
+	if (ch->registered)
+		coil__closer_del(&ch->closer);
+	coil__defer_cancel(&ch->defer);
+	coil__bufq_free(&ch->rq);
+	coil__delims_free((coil__delims *)ch->delims);
+	atomic_fetch_sub(&live_channels, 1);
+	coil__free(ch);
+}
+
+void coil__channel_put(coil_channel_t *ch)
+{
+	if (atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_acq_rel) == 1)
+		channel_free(ch);
+}
+
+static void closer_close(coil__closer *c)
+{
+	coil_channel_t *ch = coil__container_of(c, coil_channel_t, closer);
+	/* The loop is stopping: close now and drop the user's handle on the
+	 * user's behalf (it is invalid once coil_loop_free returns). */
+	coil__channel_get(ch);
+	coil__channel_close_local(ch, true, true);
+	if (!ch->user_released) {
+		ch->user_released = true;
+		coil__channel_put(ch);
+	}
+	coil__channel_put(ch);
+}
+
+static void defer_run(coil__defer *d);
+
+int coil__channel_new(coil__worker *w, coil_channel_t **out)
+{
+	coil_channel_t *ch = coil__calloc(1, sizeof(*ch));
+	if (!ch)
+		return -ENOMEM;
+	ch->w = w;
+	atomic_init(&ch->refs, 1);
+	atomic_init(&ch->st, COIL__CH_NEW);
+	ch->fd = -1;
+	ch->close_on_eof = true;
+	ch->close_expected = true;
+	ch->delims = &coil__delims_default;
+	coil__bufq_init(&ch->rq);
+	coil__list_init(&ch->reads);
+	coil__list_init(&ch->closer.link);
+	ch->closer.close = closer_close;
+	coil__defer_init(&ch->defer, defer_run);
+	atomic_init(&ch->queue_size, 1u << 20);
+	atomic_init(&ch->chunk_size, 1u << 20);
+	ch->wq_tail = &ch->wq_head;
+	atomic_fetch_add(&live_channels, 1);
+	*out = ch;
+	return 0;
+}
+
+/* Home worker: list the channel for loop stop, once. */
+static void do_register(coil_channel_t *ch)
+{
+	if (!ch->registered) {
+		ch->registered = true;
+		coil__closer_add(ch->w, &ch->closer);
+	}
+}
+
+/* ---- forwarding calls from other threads ---- */
+
+/*
+ * A call made off the home worker is packed into a task and run there. The
+ * task holds a channel reference so the channel outlives the trip.
+ */
+enum call_kind {
+	CALL_REGISTER,
+	CALL_ATTACH,
+	CALL_CLOSE,
+	CALL_RELEASE,
+	CALL_ON_READ,
+	CALL_ON_LINE,
+	CALL_ON_CLOSED,
+	CALL_DELIMS,
+	CALL_INTEREST,
+	CALL_EOF_CLOSE,
+};
+
+struct call {
+	coil__task task;
+	coil_channel_t *ch;
+	int kind;
+	int i;
+	void *cb;
+	void *ud;
+};
+
+static void call_local(coil_channel_t *ch, int kind, int i, void *cb,
+		       void *ud);
+
+static void call_task_run(coil__task *t)
+{
+	struct call *c = coil__container_of(t, struct call, task);
+	call_local(c->ch, c->kind, c->i, c->cb, c->ud);
+	coil__channel_put(c->ch);
+	coil__free(c);
+}
+
+static int call(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
+{
+	if (on_home(ch)) {
+		call_local(ch, kind, i, cb, ud);
+		return 0;
+	}
+	struct call *c = coil__malloc(sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->task.run = call_task_run;
+	c->ch = ch;
+	c->kind = kind;
+	c->i = i;
+	c->cb = cb;
+	c->ud = ud;
+	coil__channel_get(ch);
+	coil__post(ch->w, &c->task);
+	return 0;
+}
+
+/* ---- reading: the ring side ---- */
+
+static void recv_complete(coil__op *op, int res, unsigned flags);
+static void recv_cancel_complete(coil__op *op, int res, unsigned flags);
+
+static bool want_read(const coil_channel_t *ch)
+{
+	if (ch->fd < 0 || ch->eof || !(ch->mode & COIL_IO_READ) ||
+	    state(ch) != COIL__CH_OPEN || ch->w->stopping)
+		return false;
+	size_t limit = atomic_load_explicit(&ch->queue_size,
+					    memory_order_relaxed);
+	if (!coil__list_empty(&ch->reads)) {
+		readreq *r = coil__container_of(ch->reads.next, readreq, link);
+		if ((r->kind == RR_EXACT || r->kind == RR_READV) && r->n > limit)
+			limit = r->n;
+	}
+	if (ch->rq.len >= limit)
+		return false;
+	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads);
+}
+
+static void arm_recv(coil_channel_t *ch)
+{
+	int rc;
+	ch->recv_op.complete = recv_complete;
+	switch (ch->rkind) {
+	case COIL__RK_RECV:
+		rc = coil__prep_recv_multishot(ch->w, &ch->recv_op, ch->fd);
+		break;
+	case COIL__RK_READ_MSHOT:
+		rc = coil__prep_read_multishot(ch->w, &ch->recv_op, ch->fd);
+		break;
+	default:
+		rc = coil__prep_read_select(ch->w, &ch->recv_op, ch->fd);
+		break;
+	}
+	if (rc) {
+		/* No SQE even after a submit: try again before sleeping. */
+		coil__defer_add(ch->w, &ch->defer);
+		return;
+	}
+	ch->recv_armed = true;
+	coil__channel_get(ch);
+}
+
+static void cancel_recv(coil_channel_t *ch)
+{
+	if (!ch->recv_armed || ch->recv_cancelling)
+		return;
+	ch->recv_cancel_op.complete = recv_cancel_complete;
+	if (coil__prep_cancel(ch->w, &ch->recv_cancel_op, &ch->recv_op) == 0) {
+		ch->recv_cancelling = true;
+		coil__channel_get(ch);
+	} else {
+		coil__defer_add(ch->w, &ch->defer);
+	}
+}
+
+/* Arms reading when wanted; a disarm waits for the end of the turn. */
+static void update_interest(coil_channel_t *ch)
+{
+	if (want_read(ch)) {
+		if (!ch->recv_armed && !ch->recv_cancelling && !ch->starved)
+			arm_recv(ch);
+	} else if (ch->recv_armed && !ch->recv_cancelling) {
+		coil__defer_add(ch->w, &ch->defer);
+	}
+}
+
+static void defer_run(coil__defer *d)
+{
+	coil_channel_t *ch = coil__container_of(d, coil_channel_t, defer);
+	ch->starved = false;
+	if (want_read(ch)) {
+		if (!ch->recv_armed && !ch->recv_cancelling)
+			arm_recv(ch);
+	} else if (ch->recv_armed) {
+		cancel_recv(ch);
+	}
+	if (state(ch) == COIL__CH_CLOSED)
+		maybe_close_fd(ch);
+}
+
+static void recv_cancel_complete(coil__op *op, int res, unsigned flags)
+{
+	coil_channel_t *ch = coil__container_of(op, coil_channel_t,
+						recv_cancel_op);
+	ch->recv_cancelling = false;
+	/* Re-arm only now: a new recv must never be hit by an old cancel. */
+	update_interest(ch);
+	maybe_close_fd(ch);
+	coil__channel_put(ch);
+}
+
+static void set_eof(coil_channel_t *ch, int err);
+static void on_bytes(coil_channel_t *ch, const char *p, size_t n);
+
+static void recv_complete(coil__op *op, int res, unsigned flags)
+{
+	coil_channel_t *ch = coil__container_of(op, coil_channel_t, recv_op);
+	bool more = flags & IORING_CQE_F_MORE;
+	if (!more)
+		ch->recv_armed = false;
+	if (res > 0) {
+		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+		/* Bytes that arrive after close are dropped: the user asked
+		 * for the channel to stop. */
+		if (state(ch) == COIL__CH_OPEN && !ch->eof)
+			on_bytes(ch, coil__bufring_buf(ch->w, bid), (size_t)res);
+		coil__bufring_recycle(ch->w, bid);
+	} else if (res == 0) {
+		set_eof(ch, 0);
+	} else if (res == -ENOBUFS) {
+		/* The worker's buffers ran out within one batch. They are all
+		 * recycled by the end of it: re-arm then (from the defer, not
+		 * now, or the new recv would find the ring still empty). No
+		 * byte was lost: the bytes wait in the socket. */
+		ch->starved = true;
+		coil__defer_add(ch->w, &ch->defer);
+	} else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
+		set_eof(ch, res);
+	}
+	if (!more) {
+		update_interest(ch);
+		maybe_close_fd(ch);
+		coil__channel_put(ch);
+	}
+}
+
+/* ---- reading: serving requests ---- */
+
+static void rq_changed(coil_channel_t *ch)
+{
+	atomic_store_explicit(&ch->rq_used, ch->rq.len, memory_order_relaxed);
+}
+
+static void rq_consume(coil_channel_t *ch, size_t n)
+{
+	coil__bufq_consume(&ch->rq, n);
+	ch->scan = 0;
+}
+
+static void req_done(coil_channel_t *ch, readreq *r)
+{
+	coil__list_del(&r->link);
+	r->queued = false;
+	if (r->kind == RR_LINE)
+		atomic_fetch_sub(&ch->nlines, 1);
+	coil_ip_unref(r->ip);
+	coil__free(r);
+}
+
+/* Finishes r with the first n bytes of the read queue. */
+static void req_take(coil_channel_t *ch, readreq *r, size_t n, int err)
+{
+	void *p = n ? coil__bufq_take(&ch->rq, n) : NULL;
+	ch->scan = 0;
+	if (n && !p) {
+		coil__ip_fail_msg(r->ip, -ENOMEM, "out of memory for a read");
+	} else if (err) {
+		coil__ip_fail_bytes(r->ip, err, p, n, coil_free);
+	} else {
+		coil_ip_finish_bytes(r->ip, p ? p : (void *)"", n,
+				     p ? coil_free : NULL);
+	}
+	req_done(ch, r);
+}
+
+/* At end of stream with nothing for r: 0 bytes, or the read error. */
+static void req_end(coil_channel_t *ch, readreq *r)
+{
+	if (ch->rerr)
+		coil__ip_fail_msg(r->ip, ch->rerr, NULL);
+	else
+		coil_ip_finish_bytes(r->ip, (void *)"", 0, NULL);
+	req_done(ch, r);
+}
+
+static void readv_finish(coil_channel_t *ch, readreq *r, size_t have)
+{
+	size_t count = 0, left = have;
+	for (size_t i = 0; i < r->nsizes && left; i++) {
+		count++;
+		left -= left < r->sizes[i] ? left : r->sizes[i];
+	}
+	size_t hdr = sizeof(coil_readv_t) + count * sizeof(struct iovec);
+	coil_readv_t *v = coil__malloc(hdr + have);
+	if (!v) {
+		coil__ip_fail_msg(r->ip, -ENOMEM, "out of memory for readv");
+		req_done(ch, r);
+		return;
+	}
+	char *p = (char *)v + hdr;
+	memcpy(p, coil__bufq_data(&ch->rq), have);
+	rq_consume(ch, have);
+	v->count = count;
+	left = have;
+	for (size_t i = 0; i < count; i++) {
+		size_t n = left < r->sizes[i] ? left : r->sizes[i];
+		v->iov[i].iov_base = p;
+		v->iov[i].iov_len = n;
+		p += n;
+		left -= n;
+	}
+	coil_ip_finish_ptr(r->ip, v, coil_free);
+	req_done(ch, r);
+}
+
+/* Serves the request at the head of the queue if it can be; returns whether
+ * it completed. */
+static bool serve(coil_channel_t *ch, readreq *r)
+{
+	size_t have = ch->rq.len;
+	const char *d = coil__bufq_data(&ch->rq);
+	size_t qsize = atomic_load_explicit(&ch->queue_size,
+					    memory_order_relaxed);
+	switch (r->kind) {
+	case RR_READ: {
+		size_t chunk = atomic_load_explicit(&ch->chunk_size,
+						    memory_order_relaxed);
+		if (have) {
+			req_take(ch, r, have < chunk ? have : chunk, 0);
+			return true;
+		}
+		break;
+	}
+	case RR_LINE: {
+		size_t n = have ? coil__find_line(d, have, ch->delims, &ch->scan,
+						  ch->eof)
+				: 0;
+		if ((!n && have >= qsize) || n > qsize)
+			n = qsize; /* an over-long line, in pieces */
+		if (!n && ch->eof)
+			n = have; /* the partial line at the end */
+		if (n) {
+			req_take(ch, r, n, 0);
+			return true;
+		}
+		break;
+	}
+	case RR_EXACT:
+		if (have >= r->n) {
+			req_take(ch, r, r->n, 0);
+			return true;
+		}
+		if (ch->eof) {
+			req_take(ch, r, have, ch->rerr ? ch->rerr : COIL_EOF);
+			return true;
+		}
+		return false;
+	case RR_INTO: {
+		size_t n = r->n - r->got;
+		if (n > have)
+			n = have;
+		if (n) {
+			memcpy(r->into + r->got, d, n);
+			r->got += n;
+			rq_consume(ch, n);
+		}
+		if (r->got == r->n || ch->eof) {
+			if (!r->got && ch->rerr)
+				coil__ip_fail_msg(r->ip, ch->rerr, NULL);
+			else
+				coil_ip_finish_int(r->ip, (int64_t)r->got);
+			req_done(ch, r);
+			return true;
+		}
+		return false;
+	}
+	case RR_READV:
+		if (have >= r->n || ch->eof) {
+			readv_finish(ch, r, have < r->n ? have : r->n);
+			return true;
+		}
+		return false;
+	}
+	if (ch->eof) {
+		req_end(ch, r);
+		return true;
+	}
+	return false;
+}
+
+/* Emits complete lines to the readline signal (a view into the queue). */
+static void emit_lines(coil_channel_t *ch)
+{
+	size_t qsize = atomic_load_explicit(&ch->queue_size,
+					    memory_order_relaxed);
+	while (ch->on_line && ch->rq.len) {
+		size_t n = coil__find_line(coil__bufq_data(&ch->rq), ch->rq.len,
+					   ch->delims, &ch->scan, ch->eof);
+		if ((!n && ch->rq.len >= qsize) || n > qsize)
+			n = qsize;
+		if (!n && ch->eof)
+			n = ch->rq.len;
+		if (!n)
+			break;
+		ch->on_line(ch, coil__bufq_data(&ch->rq), n, ch->on_line_ud);
+		rq_consume(ch, n);
+	}
+}
+
+/*
+ * Serves pending requests from the read queue in order, then the readline
+ * signal. User callbacks (signals) can re-enter the channel (read, close,
+ * release); a re-entry while serving only marks the work to be redone, so
+ * the queue is never walked by two frames at once.
+ */
+static void process(coil_channel_t *ch)
+{
+	if (ch->in_process) {
+		ch->process_again = true;
+		return;
+	}
+	ch->in_process = true;
+	coil__channel_get(ch);
+	do {
+		ch->process_again = false;
+		while (!coil__list_empty(&ch->reads)) {
+			readreq *r = coil__container_of(ch->reads.next, readreq,
+							link);
+			if (!serve(ch, r))
+				break;
+		}
+		if (ch->on_line)
+			emit_lines(ch);
+	} while (ch->process_again);
+	ch->in_process = false;
+	rq_changed(ch);
+	update_interest(ch);
+	coil__channel_put(ch);
+}
+
+static void on_bytes(coil_channel_t *ch, const char *p, size_t n)
+{
+	if (ch->on_read) {
+		coil__channel_get(ch);
+		ch->on_read(ch, p, n, ch->on_read_ud);
+		bool gone = state(ch) != COIL__CH_OPEN;
+		coil__channel_put(ch);
+		if (gone)
+			return;
+	}
+	bool consumers = !coil__list_empty(&ch->reads) || ch->on_line;
+	if (!consumers && ch->on_read)
+		return; /* the read signal alone took these bytes */
+	/* Fast path: an empty queue and a plain read at the head. */
+	if (!ch->rq.len && !ch->on_line && !coil__list_empty(&ch->reads)) {
+		readreq *r = coil__container_of(ch->reads.next, readreq, link);
+		size_t chunk = atomic_load_explicit(&ch->chunk_size,
+						    memory_order_relaxed);
+		if (r->kind == RR_READ && n <= chunk) {
+			void *copy = coil__malloc(n);
+			if (copy) {
+				memcpy(copy, p, n);
+				coil_ip_finish_bytes(r->ip, copy, n, coil_free);
+				req_done(ch, r);
+				update_interest(ch);
+				return;
+			}
+		}
+	}
+	if (coil__bufq_append(&ch->rq, p, n)) {
+		/* Cannot keep the bytes: end the stream with an error rather
+		 * than lose some silently. */
+		set_eof(ch, -ENOMEM);
+		return;
+	}
+	process(ch);
+}
+
+static void set_eof(coil_channel_t *ch, int err)
+{
+	if (ch->eof)
+		return;
+	ch->eof = true;
+	if (err)
+		ch->rerr = err;
+	process(ch);
+	if (err)
+		coil__channel_close_local(ch, true, false);
+	else if (ch->close_on_eof)
+		coil__channel_close_local(ch, false, false);
+}
+
+/* ---- reading: the API ---- */
+
+static void read_task_run(coil__task *t);
+
+static int read_abort(coil_ip_t *ip, void *arg)
+{
+	readreq *r = arg;
+	if (r->queued) {
+		coil_channel_t *ch = r->ch;
+		/* Not yet served: nothing was taken from the queue, so no
+		 * byte is lost by forgetting the request. */
+		coil__list_del(&r->link);
+		r->queued = false;
+		if (r->kind == RR_LINE)
+			atomic_fetch_sub(&ch->nlines, 1);
+		coil_ip_unref(r->ip);
+		coil__free(r);
+		update_interest(ch);
+	}
+	return 0;
+}
+
+static void read_enqueue(coil_channel_t *ch, readreq *r)
+{
+	do_register(ch);
+	coil_ip_set_abort(r->ip, read_abort, r);
+	r->queued = true;
+	coil__list_add_tail(&ch->reads, &r->link);
+	if (state(ch) >= COIL__CH_CLOSING)
+		ch->eof = true;
+	process(ch);
+}
+
+static void read_task_run(coil__task *t)
+{
+	readreq *r = coil__container_of(t, readreq, task);
+	coil_channel_t *ch = r->ch;
+	read_enqueue(ch, r);
+	coil__channel_put(ch);
+}
+
+static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
+			      void *into, const size_t *sizes, size_t nsizes)
+{
+	if (!ch)
+		return NULL;
+	coil_ip_t *ip = coil__ip_new_on(ch->w);
+	if (!ip)
+		return NULL;
+	if (kind == RR_LINE && atomic_load(&ch->has_line_cb)) {
+		coil__ip_fail_msg(ip, -EBUSY,
+				  "readline() while a readline callback is "
+				  "connected");
+		return ip;
+	}
+	size_t limit = atomic_load(&ch->queue_size) + atomic_load(&ch->chunk_size);
+	if ((kind == RR_EXACT || kind == RR_READV) && n > limit) {
+		coil_ip_fail(ip, -EMSGSIZE,
+			     "read of %zu bytes exceeds queue_size + chunk_size "
+			     "(%zu)", n, limit);
+		return ip;
+	}
+	if ((kind == RR_EXACT || kind == RR_READV || kind == RR_INTO) && !n) {
+		if (kind == RR_INTO)
+			coil_ip_finish_int(ip, 0);
+		else if (kind == RR_EXACT)
+			coil_ip_finish_bytes(ip, (void *)"", 0, NULL);
+		else {
+			coil_readv_t *v = coil__calloc(1, sizeof(*v));
+			if (v)
+				coil_ip_finish_ptr(ip, v, coil_free);
+			else
+				coil__ip_fail_msg(ip, -ENOMEM, NULL);
+		}
+		return ip;
+	}
+	readreq *r = coil__calloc(1, sizeof(*r) + nsizes * sizeof(size_t));
+	if (!r) {
+		coil_ip_unref(ip);
+		return NULL;
+	}
+	r->ch = ch;
+	r->ip = coil_ip_ref(ip);
+	r->kind = kind;
+	r->n = n;
+	r->into = into;
+	r->nsizes = nsizes;
+	if (nsizes)
+		memcpy(r->sizes, sizes, nsizes * sizeof(size_t));
+	coil__list_init(&r->link);
+	if (kind == RR_LINE)
+		atomic_fetch_add(&ch->nlines, 1);
+	if (on_home(ch)) {
+		read_enqueue(ch, r);
+	} else {
+		r->task.run = read_task_run;
+		coil__channel_get(ch);
+		coil__post(ch->w, &r->task);
+	}
+	return ip;
+}
+
+coil_ip_t *coil_channel_read(coil_channel_t *ch)
+{
+	return read_submit(ch, RR_READ, 0, NULL, NULL, 0);
+}
+
+coil_ip_t *coil_channel_readline(coil_channel_t *ch)
+{
+	return read_submit(ch, RR_LINE, 0, NULL, NULL, 0);
+}
+
+coil_ip_t *coil_channel_read_exact(coil_channel_t *ch, size_t n)
+{
+	return read_submit(ch, RR_EXACT, n, NULL, NULL, 0);
+}
+
+coil_ip_t *coil_channel_readinto(coil_channel_t *ch, void *buf, size_t n)
+{
+	if (ch && !buf && n) {
+		coil_ip_t *ip = coil__ip_new_on(ch->w);
+		if (ip)
+			coil__ip_fail_msg(ip, -EINVAL, "readinto: NULL buffer");
+		return ip;
+	}
+	return read_submit(ch, RR_INTO, n, buf, NULL, 0);
+}
+
+coil_ip_t *coil_channel_readv(coil_channel_t *ch, const size_t *sizes,
+			      size_t n)
+{
+	size_t total = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (total + sizes[i] < total)
+			total = SIZE_MAX;
+		else
+			total += sizes[i];
+	}
+	if (ch && n > 1024) {
+		coil_ip_t *ip = coil__ip_new_on(ch->w);
+		if (ip)
+			coil__ip_fail_msg(ip, -EINVAL, "readv: too many buffers");
+		return ip;
+	}
+	return read_submit(ch, RR_READV, total, NULL, sizes, n);
+}
+
+/* ---- writing ---- */
+
+static void send_complete(coil__op *op, int res, unsigned flags);
+
+static void wreq_free(writereq *r)
+{
+	if (r->free_fn)
+		r->free_fn(r->data);
+	coil_ip_unref(r->ip);
+	coil__free(r);
+}
+
+static void wq_release(coil_channel_t *ch, size_t n)
+{
+	atomic_fetch_sub_explicit(&ch->wq_used, n, memory_order_relaxed);
+}
+
+/* Fails every queued write (the one in flight is left to its completion). */
+static void fail_writes(coil_channel_t *ch, int first_err, const char *msg)
+{
+	writereq *r = ch->wq_head;
+	ch->wq_head = NULL;
+	ch->wq_tail = &ch->wq_head;
+	int err = first_err;
+	while (r) {
+		writereq *next = r->next;
+		wq_release(ch, r->len - r->off);
+		coil__ip_fail_msg(r->ip, err, err == first_err ? msg : NULL);
+		wreq_free(r);
+		err = -EBADF;
+		r = next;
+	}
+}
+
+static bool can_send(const coil_channel_t *ch)
+{
+	int st = state(ch);
+	return ch->fd >= 0 && !ch->connecting && (ch->mode & COIL_IO_WRITE) &&
+	       (st == COIL__CH_OPEN || st == COIL__CH_CLOSING);
+}
+
+static void kick_write(coil_channel_t *ch)
+{
+	if (ch->send_inflight || !ch->wq_head || !can_send(ch))
+		return;
+	int n = 0;
+	for (writereq *r = ch->wq_head; r && n < COIL__IOV_BATCH; r = r->next) {
+		ch->iov[n].iov_base = r->data + r->off;
+		ch->iov[n].iov_len = r->len - r->off;
+		n++;
+	}
+	ch->send_niov = n;
+	ch->send_op.complete = send_complete;
+	int rc;
+	if (ch->rkind != COIL__RK_RECV) {
+		rc = coil__prep_writev(ch->w, &ch->send_op, ch->fd, ch->iov,
+				       (unsigned)n);
+	} else if (n == 1) {
+		rc = coil__prep_send(ch->w, &ch->send_op, ch->fd,
+				     ch->iov[0].iov_base, ch->iov[0].iov_len,
+				     MSG_NOSIGNAL | MSG_WAITALL);
+	} else {
+		memset(&ch->msg, 0, sizeof(ch->msg));
+		ch->msg.msg_iov = ch->iov;
+		ch->msg.msg_iovlen = (size_t)n;
+		rc = coil__prep_sendmsg(ch->w, &ch->send_op, ch->fd, &ch->msg,
+					MSG_NOSIGNAL | MSG_WAITALL);
+	}
+	if (rc) {
+		coil__defer_add(ch->w, &ch->defer);
+		return;
+	}
+	ch->send_inflight = true;
+	coil__channel_get(ch);
+}
+
+static void send_complete(coil__op *op, int res, unsigned flags)
+{
+	coil_channel_t *ch = coil__container_of(op, coil_channel_t, send_op);
+	ch->send_inflight = false;
+	size_t done = res > 0 ? (size_t)res : 0;
+	while (ch->wq_head && done) {
+		writereq *r = ch->wq_head;
+		size_t left = r->len - r->off;
+		size_t n = done < left ? done : left;
+		r->off += n;
+		done -= n;
+		wq_release(ch, n);
+		if (r->off < r->len)
+			break;
+		ch->wq_head = r->next;
+		if (!ch->wq_head)
+			ch->wq_tail = &ch->wq_head;
+		/* The bytes are the kernel's now: give the buffer back before
+		 * the handle settles, so a waiter may reuse it at once. */
+		if (r->free_fn) {
+			r->free_fn(r->data);
+			r->free_fn = NULL;
+		}
+		coil_ip_finish_int(r->ip, (int64_t)r->len);
+		wreq_free(r);
+	}
+	int st = state(ch);
+	if (res < 0 && res != -EINTR && res != -EAGAIN) {
+		if (st == COIL__CH_CLOSED || res == -ECANCELED) {
+			fail_writes(ch, -EBADF, "channel closed");
+		} else {
+			char msg[96];
+			snprintf(msg, sizeof(msg), "send: %s", coil_strerror(res));
+			fail_writes(ch, res, msg);
+			coil__channel_close_local(ch, true, false);
+		}
+	} else if (st == COIL__CH_CLOSED) {
+		fail_writes(ch, -EBADF, "channel closed");
+	} else {
+		kick_write(ch);
+		if (st == COIL__CH_CLOSING && !ch->wq_head)
+			finish_close(ch);
+	}
+	maybe_close_fd(ch);
+	coil__channel_put(ch);
+}
+
+static void write_enqueue(coil_channel_t *ch, writereq *r)
+{
+	do_register(ch);
+	if (state(ch) >= COIL__CH_CLOSING) {
+		wq_release(ch, r->len);
+		coil__ip_fail_msg(r->ip, -EBADF, "write after close");
+		wreq_free(r);
+		return;
+	}
+	*ch->wq_tail = r;
+	ch->wq_tail = &r->next;
+	kick_write(ch);
+}
+
+static void write_task_run(coil__task *t)
+{
+	writereq *r = coil__container_of(t, writereq, task);
+	coil_channel_t *ch = r->ch;
+	write_enqueue(ch, r);
+	coil__channel_put(ch);
+}
+
+/*
+ * Common path of every write: settle at once what can be settled (empty,
+ * closed, queue full), else reserve queue space in the caller's thread, so
+ * that the "fails at once with nothing queued" rule holds from any thread,
+ * and queue on the home worker.
+ */
+static coil_ip_t *write_submit(coil_channel_t *ch, writereq *r)
+{
+	coil_ip_t *ip = coil__ip_new_on(ch->w);
+	if (!ip) {
+		wreq_free(r);
+		return NULL;
+	}
+	r->ip = coil_ip_ref(ip);
+	r->ch = ch;
+	if (!r->len) {
+		coil_ip_finish_int(ip, 0);
+		wreq_free(r);
+		return ip;
+	}
+	if (state(ch) >= COIL__CH_CLOSING) {
+		coil__ip_fail_msg(ip, -EBADF, "write after close");
+		wreq_free(r);
+		return ip;
+	}
+	size_t qsize = atomic_load(&ch->queue_size);
+	size_t used = atomic_load(&ch->wq_used);
+	do {
+		/* One write larger than the queue may go alone into an empty
+		 * queue; otherwise the queue never exceeds queue_size. */
+		if (used && used + r->len > qsize) {
+			coil_ip_fail(ip, -ENOBUFS,
+				     "write queue full (%zu of %zu bytes used, "
+				     "%zu more asked)", used, qsize, r->len);
+			wreq_free(r);
+			return ip;
+		}
+	} while (!atomic_compare_exchange_weak(&ch->wq_used, &used,
+					       used + r->len));
+	if (on_home(ch)) {
+		write_enqueue(ch, r);
+	} else {
+		r->task.run = write_task_run;
+		coil__channel_get(ch);
+		coil__post(ch->w, &r->task);
+	}
+	return ip;
+}
+
+coil_ip_t *coil_channel_write(coil_channel_t *ch, const void *data, size_t len)
+{
+	struct iovec iov = {(void *)data, len};
+	return coil_channel_writev(ch, &iov, 1);
+}
+
+coil_ip_t *coil_channel_writev(coil_channel_t *ch, const struct iovec *iov,
+			       int iovcnt)
+{
+	if (!ch || iovcnt < 0 || (iovcnt && !iov))
+		return NULL;
+	size_t len = 0;
+	for (int i = 0; i < iovcnt; i++)
+		len += iov[i].iov_len;
+	/* The bytes are copied right behind the request: one allocation. */
+	writereq *r = coil__malloc(sizeof(*r) + len);
+	if (!r)
+		return NULL;
+	memset(r, 0, sizeof(*r));
+	r->data = (char *)(r + 1);
+	r->len = len;
+	char *p = r->data;
+	for (int i = 0; i < iovcnt; i++) {
+		memcpy(p, iov[i].iov_base, iov[i].iov_len);
+		p += iov[i].iov_len;
+	}
+	return write_submit(ch, r);
+}
+
+coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data, size_t len,
+				    void (*free_fn)(void *))
+{
+	if (!ch || (!data && len)) {
+		if (free_fn && data)
+			free_fn(data);
+		return NULL;
+	}
+	writereq *r = coil__calloc(1, sizeof(*r));
+	if (!r) {
+		if (free_fn)
+			free_fn(data);
+		return NULL;
+	}
+	r->data = data;
+	r->len = len;
+	r->free_fn = free_fn;
+	return write_submit(ch, r);
+}
+
+/* ---- closing ---- */
+
+static void close_complete(coil__op *op, int res, unsigned flags)
+{
+	coil_channel_t *ch = coil__container_of(op, coil_channel_t, close_op);
+	coil__channel_put(ch);
+}
+
+/* The descriptor is closed only when no op of ours uses it any more. */
+static void maybe_close_fd(coil_channel_t *ch)
+{
+	if (state(ch) != COIL__CH_CLOSED || ch->fd < 0 || ch->recv_armed ||
+	    ch->recv_cancelling || ch->send_inflight || ch->send_cancelling)
+		return;
+	int fd = ch->fd;
+	ch->fd = -1;
+	ch->close_op.complete = close_complete;
+	if (coil__prep_close(ch->w, &ch->close_op, fd) == 0)
+		coil__channel_get(ch);
+	else
+		close(fd);
+}
+
+static void send_cancel_complete(coil__op *op, int res, unsigned flags)
+{
+	coil_channel_t *ch = coil__container_of(op, coil_channel_t,
+						send_cancel_op);
+	ch->send_cancelling = false;
+	maybe_close_fd(ch);
+	coil__channel_put(ch);
+}
+
+static void finish_close(coil_channel_t *ch)
+{
+	if (state(ch) == COIL__CH_CLOSED)
+		return;
+	set_state(ch, COIL__CH_CLOSED);
+	ch->eof = true;
+	coil__channel_get(ch);
+	if (ch->send_inflight && !ch->send_cancelling) {
+		/* Its completion fails what is left; the data must stay
+		 * valid until then. */
+		ch->send_cancel_op.complete = send_cancel_complete;
+		if (coil__prep_cancel(ch->w, &ch->send_cancel_op,
+				      &ch->send_op) == 0) {
+			ch->send_cancelling = true;
+			coil__channel_get(ch);
+		}
+	} else if (!ch->send_inflight) {
+		fail_writes(ch, -EBADF, "channel closed");
+	}
+	cancel_recv(ch);
+	process(ch);
+	if (ch->sock_close)
+		ch->sock_close(ch);
+	maybe_close_fd(ch);
+	if (!ch->closed_emitted) {
+		ch->closed_emitted = true;
+		if (ch->on_closed && !ch->user_released)
+			ch->on_closed(ch, ch->close_expected, ch->on_closed_ud);
+	}
+	coil__channel_put(ch);
+}
+
+void coil__channel_close_local(coil_channel_t *ch, bool immediate,
+			       bool expected)
+{
+	int st = state(ch);
+	if (st == COIL__CH_CLOSED || (st == COIL__CH_CLOSING && !immediate))
+		return;
+	if (st != COIL__CH_CLOSING)
+		ch->close_expected = expected;
+	coil__channel_get(ch);
+	if (!immediate && ch->wq_head && ch->fd >= 0) {
+		/* kaa close(immediate=False): not alive any more, but the
+		 * queued writes drain first. Reading stops now. */
+		set_state(ch, COIL__CH_CLOSING);
+		ch->eof = true;
+		process(ch);
+		cancel_recv(ch);
+		if (!ch->connecting)
+			kick_write(ch);
+	} else {
+		finish_close(ch);
+	}
+	coil__channel_put(ch);
+}
+
+int coil_channel_close(coil_channel_t *ch, int immediate)
+{
+	if (!ch)
+		return -EINVAL;
+	/* kaa: alive is false as soon as close() returns, from any thread. */
+	atomic_store(&ch->close_req, true);
+	return call(ch, CALL_CLOSE, immediate, NULL, NULL);
+}
+
+void coil_channel_release(coil_channel_t *ch)
+{
+	if (ch)
+		call(ch, CALL_RELEASE, 0, NULL, NULL);
+}
+
+/* ---- calls run on the home worker ---- */
+
+static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
+{
+	switch (kind) {
+	case CALL_REGISTER:
+		do_register(ch);
+		update_interest(ch);
+		kick_write(ch);
+		break;
+	case CALL_ATTACH:
+		do_register(ch);
+		update_interest(ch);
+		kick_write(ch);
+		break;
+	case CALL_CLOSE:
+		do_register(ch);
+		coil__channel_close_local(ch, i != 0, true);
+		break;
+	case CALL_RELEASE:
+		if (ch->user_released)
+			break;
+		coil__channel_get(ch);
+		ch->user_released = true;
+		ch->on_read = NULL;
+		ch->on_line = NULL;
+		ch->on_closed = NULL;
+		atomic_store(&ch->has_line_cb, false);
+		coil__channel_close_local(ch, false, true);
+		coil__channel_put(ch); /* the user's reference */
+		coil__channel_put(ch);
+		break;
+	case CALL_ON_READ:
+		do_register(ch);
+		ch->on_read = (coil_read_cb)cb;
+		ch->on_read_ud = ud;
+		update_interest(ch);
+		break;
+	case CALL_ON_LINE:
+		do_register(ch);
+		ch->on_line = (coil_read_cb)cb;
+		ch->on_line_ud = ud;
+		process(ch);
+		break;
+	case CALL_ON_CLOSED:
+		ch->on_closed = (coil_closed_cb)cb;
+		ch->on_closed_ud = ud;
+		break;
+	case CALL_DELIMS:
+		coil__delims_free((coil__delims *)ch->delims);
+		ch->delims = cb ? cb : &coil__delims_default;
+		ch->scan = 0;
+		process(ch);
+		break;
+	case CALL_INTEREST:
+		process(ch);
+		break;
+	case CALL_EOF_CLOSE:
+		ch->close_on_eof = i != 0;
+		break;
+	}
+}
+
+int coil_channel_on_read(coil_channel_t *ch, coil_read_cb cb, void *ud)
+{
+	if (!ch)
+		return -EINVAL;
+	return call(ch, CALL_ON_READ, 0, (void *)cb, ud);
+}
+
+int coil_channel_on_readline(coil_channel_t *ch, coil_read_cb cb, void *ud)
+{
+	if (!ch)
+		return -EINVAL;
+	if (cb && atomic_load(&ch->nlines))
+		return -EBUSY;
+	atomic_store(&ch->has_line_cb, cb != NULL);
+	return call(ch, CALL_ON_LINE, 0, (void *)cb, ud);
+}
+
+int coil_channel_on_closed(coil_channel_t *ch, coil_closed_cb cb, void *ud)
+{
+	if (!ch)
+		return -EINVAL;
+	return call(ch, CALL_ON_CLOSED, 0, (void *)cb, ud);
+}
+
+/* ---- creation ---- */
+
+/* Chooses how to read fd: multishot recv for sockets, multishot read for
+ * other pollable files when the kernel has it, single reads otherwise. */
+static int read_kind(int fd, bool is_socket)
+{
+	if (is_socket)
+		return COIL__RK_RECV;
+	struct stat st;
+	if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
+		return COIL__RK_RECV;
+	if (fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode)) &&
+	    coil__op_supported(IORING_OP_READ_MULTISHOT))
+		return COIL__RK_READ_MSHOT;
+	return COIL__RK_READ_ONCE;
+}
+
+void coil__channel_attach_fd(coil_channel_t *ch, int fd, int mode,
+			     bool is_socket)
+{
+	ch->fd = fd;
+	ch->mode = mode;
+	ch->rkind = read_kind(fd, is_socket);
+	ch->is_socket = ch->rkind == COIL__RK_RECV;
+	ch->eof = false;
+	ch->rerr = 0;
+	set_state(ch, COIL__CH_OPEN);
+	do_register(ch);
+	update_interest(ch);
+	kick_write(ch);
+}
+
+void coil__channel_connected(coil_channel_t *ch)
+{
+	ch->connecting = false;
+	kick_write(ch);
+}
+
+static int prepare_fd(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	if (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+		return -errno;
+	if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+		return -errno;
+	return 0;
+}
+
+int coil_channel_new(coil_loop_t *loop, coil_channel_t **out)
+{
+	if (!loop || !out)
+		return -EINVAL;
+	return coil__channel_new(coil__pick_worker(loop), out);
+}
+
+/*
+ * Wraps fd on a home worker. The descriptor fields are set here, in the
+ * caller's thread, before anyone else can see the channel; starting reads and
+ * listing the channel for loop stop happen on the home worker.
+ */
+int coil_channel_wrap(coil_loop_t *loop, int fd, int mode,
+		      coil_channel_t **out)
+{
+	if (!loop || !out)
+		return -EINVAL;
+	if (fd < 0)
+		return -EBADF;
+	if (!mode || (mode & ~(COIL_IO_READ | COIL_IO_WRITE)))
+		return -EINVAL;
+	int rc = prepare_fd(fd);
+	if (rc)
+		return rc;
+	coil_channel_t *ch;
+	rc = coil__channel_new(coil__pick_worker(loop), &ch);
+	if (rc)
+		return rc;
+	ch->fd = fd;
+	ch->mode = mode;
+	ch->rkind = read_kind(fd, false);
+	ch->is_socket = ch->rkind == COIL__RK_RECV;
+	set_state(ch, COIL__CH_OPEN);
+	rc = call(ch, CALL_ATTACH, 0, NULL, NULL);
+	if (rc) {
+		ch->fd = -1;
+		set_state(ch, COIL__CH_CLOSED);
+		coil__channel_put(ch);
+		return rc;
+	}
+	*out = ch;
+	return 0;
+}
+
+struct rewrap {
+	coil__task task;
+	coil_channel_t *ch;
+	int fd, mode;
+};
+
+static void rewrap_local(coil_channel_t *ch, int fd, int mode)
+{
+	if (ch->fd >= 0 && state(ch) != COIL__CH_CLOSED) {
+		/* kaa wrap(): the old descriptor is closed first. Its
+		 * ring ops are cancelled; the old fd is closed here since
+		 * the channel lives on with the new one. */
+		cancel_recv(ch);
+		/* A recv still in flight holds the file itself, not the
+		 * number, and is being cancelled: closing the number now is
+		 * safe. */
+		close(ch->fd);
+		ch->fd = -1;
+	}
+	coil__channel_attach_fd(ch, fd, mode, false);
+	kick_write(ch);
+}
+
+static void rewrap_run(coil__task *t)
+{
+	struct rewrap *rw = coil__container_of(t, struct rewrap, task);
+	rewrap_local(rw->ch, rw->fd, rw->mode);
+	coil__channel_put(rw->ch);
+	coil__free(rw);
+}
+
+int coil_channel_rewrap(coil_channel_t *ch, int fd, int mode)
+{
+	if (!ch)
+		return -EINVAL;
+	if (fd < 0)
+		return -EBADF;
+	if (!mode || (mode & ~(COIL_IO_READ | COIL_IO_WRITE)))
+		return -EINVAL;
+	if (state(ch) == COIL__CH_CLOSED)
+		return -EBADF;
+	int rc = prepare_fd(fd);
+	if (rc)
+		return rc;
+	if (on_home(ch)) {
+		rewrap_local(ch, fd, mode);
+		return 0;
+	}
+	struct rewrap *rw = coil__malloc(sizeof(*rw));
+	if (!rw)
+		return -ENOMEM;
+	rw->task.run = rewrap_run;
+	rw->ch = ch;
+	rw->fd = fd;
+	rw->mode = mode;
+	coil__channel_get(ch);
+	coil__post(ch->w, &rw->task);
+	return 0;
+}
+
+int coil_channel_pipe(coil_loop_t *loop, coil_channel_t **rd,
+		      coil_channel_t **wr)
+{
+	if (!loop || !rd || !wr)
+		return -EINVAL;
+	int p[2];
+	if (pipe2(p, O_CLOEXEC | O_NONBLOCK))
+		return -errno;
+	int rc = coil_channel_wrap(loop, p[0], COIL_IO_READ, rd);
+	if (rc) {
+		close(p[0]);
+		close(p[1]);
+		return rc;
+	}
+	rc = coil_channel_wrap(loop, p[1], COIL_IO_WRITE, wr);
+	if (rc) {
+		coil_channel_release(*rd);
+		close(p[1]);
+		return rc;
+	}
+	return 0;
+}
+
+int coil_socketpair(coil_loop_t *loop, int domain, int type,
+		    coil_socket_t **a, coil_socket_t **b)
+{
+	if (!loop || !a || !b)
+		return -EINVAL;
+	int sv[2];
+	if (socketpair(domain, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv))
+		return -errno;
+	int rc = coil_channel_wrap(loop, sv[0], COIL_IO_READ | COIL_IO_WRITE, a);
+	if (rc) {
+		close(sv[0]);
+		close(sv[1]);
+		return rc;
+	}
+	rc = coil_channel_wrap(loop, sv[1], COIL_IO_READ | COIL_IO_WRITE, b);
+	if (rc) {
+		coil_channel_release(*a);
+		close(sv[1]);
+		return rc;
+	}
+	return 0;
+}
+
+int coil_channel_dup(coil_channel_t *ch, coil_channel_t **out)
+{
+	if (!ch || !out)
+		return -EINVAL;
+	int fd = ch->fd;
+	if (fd < 0 || state(ch) == COIL__CH_CLOSED)
+		return -EBADF;
+	int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (nfd < 0)
+		return -errno;
+	coil_channel_t *d;
+	int rc = coil__channel_new(ch->w, &d);
+	if (rc) {
+		close(nfd);
+		return rc;
+	}
+	d->fd = nfd;
+	d->mode = ch->mode;
+	d->rkind = ch->rkind;
+	d->is_socket = ch->is_socket;
+	set_state(d, COIL__CH_OPEN);
+	rc = call(d, CALL_ATTACH, 0, NULL, NULL);
+	if (rc) {
+		close(nfd);
+		d->fd = -1;
+		set_state(d, COIL__CH_CLOSED);
+		coil__channel_put(d);
+		return rc;
+	}
+	*out = d;
+	return 0;
+}
+
+/*
+ * kaa steal(): ch takes other's descriptor and its buffered bytes. Both
+ * channels must share a home worker, where this runs synchronously; other's
+ * ring ops are cancelled, and it is closed (expected) without closing the
+ * descriptor, which now belongs to ch.
+ */
+int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
+{
+	if (!ch || !other || ch == other)
+		return -EINVAL;
+	if (ch->w != other->w)
+		return -EXDEV;
+	if (!on_home(ch))
+		return -EXDEV;
+	if (other->fd < 0 || state(other) == COIL__CH_CLOSED)
+		return -EBADF;
+	if (other->recv_armed || other->send_inflight || other->wq_head) {
+		/* The ring still uses other's fd through ops that will
+		 * complete later: refuse rather than share it. */
+		if (other->send_inflight || other->wq_head)
+			return -EBUSY;
+	}
+	int fd = fcntl(other->fd, F_DUPFD_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (other->rq.len &&
+	    coil__bufq_append(&ch->rq, coil__bufq_data(&other->rq),
+			      other->rq.len)) {
+		close(fd);
+		return -ENOMEM;
+	}
+	coil__bufq_consume(&other->rq, other->rq.len);
+	rq_changed(other);
+	int mode = other->mode;
+	bool sock = other->is_socket;
+	coil__channel_close_local(other, true, true);
+	if (ch->fd >= 0 && state(ch) != COIL__CH_CLOSED)
+		rewrap_local(ch, fd, mode);
+	else
+		coil__channel_attach_fd(ch, fd, mode, sock);
+	process(ch);
+	return 0;
+}
+
+/* ---- properties ---- */
+
+int coil_channel_fileno(const coil_channel_t *ch)
+{
+	return ch && state(ch) != COIL__CH_CLOSED ? ch->fd : -1;
+}
+
+int coil_channel_alive(const coil_channel_t *ch)
+{
+	return ch && state(ch) == COIL__CH_OPEN && ch->fd >= 0 &&
+	       !atomic_load(&ch->close_req);
+}
+
+int coil_channel_readable(const coil_channel_t *ch)
+{
+	if (!ch)
+		return 0;
+	return coil_channel_alive(ch) || atomic_load(&ch->rq_used) > 0;
+}
+
+int coil_channel_writable(const coil_channel_t *ch)
+{
+	if (!ch)
+		return 0;
+	int st = state(ch);
+	return st == COIL__CH_NEW || (st == COIL__CH_OPEN &&
+				      (ch->mode & COIL_IO_WRITE));
+}
+
+size_t coil_channel_read_queue_used(const coil_channel_t *ch)
+{
+	return ch ? atomic_load(&ch->rq_used) : 0;
+}
+
+size_t coil_channel_write_queue_used(const coil_channel_t *ch)
+{
+	return ch ? atomic_load(&ch->wq_used) : 0;
+}
+
+size_t coil_channel_queue_size(const coil_channel_t *ch)
+{
+	return ch ? atomic_load(&ch->queue_size) : 0;
+}
+
+size_t coil_channel_chunk_size(const coil_channel_t *ch)
+{
+	return ch ? atomic_load(&ch->chunk_size) : 0;
+}
+
+int coil_channel_set_queue_size(coil_channel_t *ch, size_t n)
+{
+	if (!ch || !n)
+		return -EINVAL;
+	atomic_store(&ch->queue_size, n);
+	return call(ch, CALL_INTEREST, 0, NULL, NULL);
+}
+
+int coil_channel_set_chunk_size(coil_channel_t *ch, size_t n)
+{
+	if (!ch || !n)
+		return -EINVAL;
+	atomic_store(&ch->chunk_size, n);
+	return 0;
+}
+
+int coil_channel_set_close_on_eof(coil_channel_t *ch, int on)
+{
+	if (!ch)
+		return -EINVAL;
+	/* Read on the home worker only, so it is set there too. */
+	return call(ch, CALL_EOF_CLOSE, on != 0, NULL, NULL);
+}
+
+int coil_channel_set_delimiters(coil_channel_t *ch, const void *const *delims,
+				const size_t *lens, size_t n)
+{
+	if (!ch)
+		return -EINVAL;
+	coil__delims *ds;
+	int rc = coil__delims_new(delims, lens, n, &ds);
+	if (rc)
+		return rc;
+	rc = call(ch, CALL_DELIMS, 0, ds, NULL);
+	if (rc)
+		coil__delims_free(ds);
+	return rc;
+}
+
+int coil_channel_set_delimiter(coil_channel_t *ch, const char *delim)
+{
+	if (!delim)
+		return -EINVAL;
+	size_t len = strlen(delim);
+	const void *d = delim;
+	return coil_channel_set_delimiters(ch, &d, &len, 1);
+}
+
+coil_loop_t *coil_channel_loop(const coil_channel_t *ch)
+{
+	return ch ? ch->w->loop : NULL;
+}
+
+int coil_channel_worker(const coil_channel_t *ch)
+{
+	return ch ? (int)ch->w->index : -EINVAL;
+}
+
+void coil_channel_set_data(coil_channel_t *ch, void *data)
+{
+	if (ch)
+		ch->data = data;
+}
+
+void *coil_channel_get_data(const coil_channel_t *ch)
+{
+	return ch ? ch->data : NULL;
+}
