@@ -713,6 +713,11 @@ static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
 		coil__channel_get(ch);
 		coil__post(ch->w, &r->task);
 	}
+	/* usocket settimeout: the read fails with -ETIMEDOUT and is aborted,
+	 * which takes nothing from the stream. */
+	unsigned tmo = atomic_load(&ch->read_timeout_ms);
+	if (tmo)
+		ip = coil_ip_timeout(ip, tmo, 1);
 	return ip;
 }
 
@@ -806,8 +811,8 @@ static void kick_write(coil_channel_t *ch)
 {
 	if (ch->send_inflight || !ch->wq_head || !can_send(ch))
 		return;
-	int n = 0;
-	for (writereq *r = ch->wq_head; r && n < COIL__IOV_BATCH; r = r->next) {
+	int n = 0, batch = ch->dgram ? 1 : COIL__IOV_BATCH;
+	for (writereq *r = ch->wq_head; r && n < batch; r = r->next) {
 		ch->iov[n].iov_base = r->data + r->off;
 		ch->iov[n].iov_len = r->len - r->off;
 		n++;
@@ -821,7 +826,8 @@ static void kick_write(coil_channel_t *ch)
 	} else if (n == 1) {
 		rc = coil__prep_send(ch->w, &ch->send_op, ch->fd,
 				     ch->iov[0].iov_base, ch->iov[0].iov_len,
-				     MSG_NOSIGNAL | MSG_WAITALL);
+				     ch->dgram ? MSG_NOSIGNAL
+					       : MSG_NOSIGNAL | MSG_WAITALL);
 	} else {
 		memset(&ch->msg, 0, sizeof(ch->msg));
 		ch->msg.msg_iov = ch->iov;
@@ -877,6 +883,8 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		fail_writes(ch, -EBADF, "channel closed");
 	} else {
 		kick_write(ch);
+		if (!ch->wq_head && ch->drained_fn)
+			ch->drained_fn(ch);
 		if (st == COIL__CH_CLOSING && !ch->wq_head)
 			finish_close(ch);
 	}
@@ -1230,6 +1238,8 @@ void coil__channel_connected(coil_channel_t *ch)
 {
 	ch->connecting = false;
 	kick_write(ch);
+	if (!ch->wq_head && !ch->send_inflight && ch->drained_fn)
+		ch->drained_fn(ch);
 }
 
 static int prepare_fd(int fd)

@@ -844,6 +844,13 @@ static void watch_start(void *arg)
 	}
 }
 
+static int timeout_abort(coil_ip_t *out, void *arg)
+{
+	struct watch *wt = arg;
+	coil_ip_abort(wt->src);
+	return 1; /* out settles when src does (with -ECANCELED) */
+}
+
 coil_ip_t *coil_ip_timeout(coil_ip_t *ip, unsigned ms, int abort_on_timeout)
 {
 	if (!ip)
@@ -856,6 +863,8 @@ coil_ip_t *coil_ip_timeout(coil_ip_t *ip, unsigned ms, int abort_on_timeout)
 		return NULL;
 	}
 	wt->src = ip; /* the caller's reference, consumed */
+	/* Aborting the mirror aborts what it mirrors. */
+	coil_ip_set_abort(out, timeout_abort, wt);
 	wt->out = coil_ip_ref(out);
 	wt->ms = ms;
 	wt->refs = 2;

@@ -261,6 +261,7 @@ struct coil_channel_s {
 	int mode;
 	int rkind;
 	bool is_socket;
+	bool dgram;           /* one datagram per send, no gathering */
 	bool registered;      /* on the worker's closer list */
 	bool user_released;
 	bool eof;             /* no more bytes will be read */
@@ -286,6 +287,9 @@ struct coil_channel_s {
 	_Atomic int nlines;   /* readline() calls not yet served */
 	_Atomic bool has_line_cb;
 	_Atomic bool close_req; /* close() was called (alive is false) */
+	_Atomic unsigned read_timeout_ms; /* socket timeout for reads */
+	/* socket.c: runs once the write queue is empty (shutdown SHUT_WR) */
+	void (*drained_fn)(coil_channel_t *ch);
 	coil_read_cb on_read;
 	void *on_read_ud;
 	coil_read_cb on_line;
