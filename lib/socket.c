@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -978,6 +979,46 @@ static int bind_listen(const struct sockaddr *sa, socklen_t len, int backlog,
 	return 0;
 }
 
+/*
+ * Whether a listening socket is bound to path, from /proc/net/unix (flag
+ * __SO_ACCEPTCON, 0x10000). Returns 1, 0, or -1 when /proc cannot tell.
+ * Asking the kernel this way, rather than connecting to the path, does not
+ * hand the live listener a spurious client.
+ */
+static int unix_listening(const char *path)
+{
+	FILE *f = fopen("/proc/net/unix", "re");
+	if (!f)
+		return -1;
+	char line[512];
+	int found = 0;
+	size_t plen = strlen(path);
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned long flags;
+		char *p = line, *end;
+		/* Num: RefCount Protocol Flags Type St Inode Path */
+		for (int field = 0; field < 3 && p; field++) {
+			p = strchr(p, ' ');
+			while (p && *p == ' ')
+				p++;
+		}
+		if (!p)
+			continue;
+		flags = strtoul(p, &end, 16);
+		if (!(flags & 0x10000))
+			continue;
+		char *path_at = strrchr(line, ' ');
+		if (!path_at)
+			continue;
+		path_at++;
+		size_t n = strcspn(path_at, "\n");
+		if (n == plen && !memcmp(path_at, path, plen))
+			found = 1;
+	}
+	fclose(f);
+	return found;
+}
+
 /* Unix path rules: a live socket at the path is EADDRINUSE, a stale one is
  * replaced, anything else that is not a socket is EADDRINUSE. */
 static int unix_prepare(const struct sockaddr_un *sun, socklen_t len)
@@ -989,6 +1030,13 @@ static int unix_prepare(const struct sockaddr_un *sun, socklen_t len)
 		return errno == ENOENT ? 0 : -errno;
 	if (!S_ISSOCK(st.st_mode))
 		return -EADDRINUSE;
+	int live = unix_listening(sun->sun_path);
+	if (live == 1)
+		return -EADDRINUSE;
+	if (live == 0) {
+		unlink(sun->sun_path);
+		return 0;
+	}
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;

@@ -121,23 +121,27 @@ static void test_forced_ipv4_to_v6_fails(void)
 struct clients {
 	_Atomic int n;
 	_Atomic int on_worker;
-	coil_sockinfo_t peer[8], local[8];
-	coil_socket_t *sock[8];
+	_Atomic int per_worker[4];
+	_Atomic int done;
+	coil_sockinfo_t peer[32], local[32];
+	coil_socket_t *sock[32];
 };
 
 static void on_client(coil_socket_t *l, coil_socket_t *c, void *ud)
 {
 	struct clients *cl = ud;
-	int i = atomic_load(&cl->n);
-	if (i < 8) {
+	int i = atomic_fetch_add(&cl->n, 1);
+	if (i < 32) {
 		coil_socket_peer(c, &cl->peer[i]);
 		coil_socket_local(c, &cl->local[i]);
 		cl->sock[i] = c;
 	}
-	if (coil_loop_current_worker(coil_channel_loop(c)) ==
-	    coil_channel_worker(c))
+	int w = coil_loop_current_worker(coil_channel_loop(c));
+	if (w == coil_channel_worker(c))
 		atomic_fetch_add(&cl->on_worker, 1);
-	atomic_fetch_add(&cl->n, 1);
+	if (w >= 0 && w < 4)
+		atomic_fetch_add(&cl->per_worker[w], 1);
+	atomic_fetch_add(&cl->done, 1);
 }
 
 static void test_three_clients(void)
@@ -161,9 +165,9 @@ static void test_three_clients(void)
 		getsockname(fds[i], (struct sockaddr *)&sa, &sl);
 		cports[i] = ntohs(sa.sin_port);
 	}
-	for (int i = 0; i < 2000 && atomic_load(&cl.n) < 3; i++)
+	for (int i = 0; i < 2000 && atomic_load(&cl.done) < 3; i++)
 		usleep(1000);
-	CU_ASSERT_EQUAL(atomic_load(&cl.n), 3);
+	CU_ASSERT_EQUAL(atomic_load(&cl.done), 3);
 	CU_ASSERT_EQUAL(atomic_load(&cl.on_worker), 3);
 	for (int i = 0; i < 3; i++) {
 		int found = 0;
@@ -189,12 +193,17 @@ static void on_echo_read(coil_channel_t *ch, const void *d, size_t n, void *ud)
 	coil_ip_unref(coil_channel_write(ch, d, n));
 }
 
+static void on_echo_closed(coil_channel_t *ch, int expected, void *ud)
+{
+	coil_channel_release(ch);
+}
+
 static void on_echo_client(coil_socket_t *l, coil_socket_t *c, void *ud)
 {
 	coil_channel_on_read(c, on_echo_read, NULL);
-	/* The channel closes itself at EOF after its writes drain; the
-	 * handle is ours to drop. */
-	coil_channel_release(c);
+	/* The channel closes itself at EOF after its writes drain; our handle
+	 * goes with it (releasing it now would close the client at once). */
+	coil_channel_on_closed(c, on_echo_closed, NULL);
 }
 
 static void echo_roundtrip(const char *listen_addr, const char *connect_fmt)
@@ -395,7 +404,7 @@ static void udp_roundtrip(int family, const char *bind_addr, const char *to_fmt)
 	snprintf(to, sizeof(to), to_fmt, ai.port);
 	coil_ip_t *r = coil_socket_recvfrom(a, 2048);
 	for (int i = 0; i < 3; i++) {
-		coil_ip_t *s = coil_socket_sendto(b, "datagram", 8 + i, to);
+		coil_ip_t *s = coil_socket_sendto(b, "datagram!!", 8 + (size_t)i, to);
 		T_ASSERT_OK(t_wait(s));
 		T_ASSERT_OK(coil_ip_error(s));
 		CU_ASSERT_EQUAL(coil_ip_int(s), 8 + i);
@@ -474,15 +483,15 @@ static void test_accept_emfile_recovers(void)
 		}
 	}
 	usleep(150000); /* the accept hits EMFILE and backs off */
-	int during = atomic_load(&cl.n);
+	int during = atomic_load(&cl.done);
 	for (int i = 0; i < nhog; i++)
 		close(hog[i]);
 	setrlimit(RLIMIT_NOFILE, &old);
-	for (int i = 0; i < 4000 && atomic_load(&cl.n) < 2; i++)
+	for (int i = 0; i < 4000 && atomic_load(&cl.done) < 2; i++)
 		usleep(1000);
-	CU_ASSERT_EQUAL(atomic_load(&cl.n), 2);
+	CU_ASSERT_EQUAL(atomic_load(&cl.done), 2);
 	CU_ASSERT(during <= 2);
-	for (int i = 0; i < atomic_load(&cl.n) && i < 8; i++)
+	for (int i = 0; i < atomic_load(&cl.done) && i < 32; i++)
 		coil_channel_release(cl.sock[i]);
 	close(c1);
 	close(c2);
@@ -495,29 +504,24 @@ static void test_two_workers_share_listener(void)
 	coil_socket_t *l = NULL;
 	T_ASSERT_OK(coil_socket_new(L, &l));
 	struct clients cl = {0};
-	_Atomic int per[2] = {0, 0};
-	(void)per;
 	T_ASSERT_OK(coil_socket_on_new_client(l, on_client, &cl));
 	T_ASSERT_OK(coil_socket_listen(l, "127.0.0.1:0", 64, 0));
 	coil_sockinfo_t li;
 	coil_socket_local(l, &li);
-	int fds[40];
-	int seen[2] = {0, 0};
-	int rounds = 0;
-	/* SO_REUSEPORT hashes by source port: enough connects reach both. */
-	while ((!seen[0] || !seen[1]) && rounds < 5) {
-		atomic_store(&cl.n, 0);
-		for (int i = 0; i < 8; i++)
-			fds[i] = t_connect_tcp4(li.port);
-		for (int i = 0; i < 2000 && atomic_load(&cl.n) < 8; i++)
-			usleep(1000);
-		for (int i = 0; i < 8; i++) {
-			seen[coil_channel_worker(cl.sock[i])]++;
-			coil_channel_release(cl.sock[i]);
-			close(fds[i]);
-		}
-		rounds++;
-	}
+	int fds[16];
+	/* SO_REUSEPORT hashes by source port: 16 connects all landing on one
+	 * of two workers has a chance of 1 in 32768. */
+	for (int i = 0; i < 16; i++)
+		fds[i] = t_connect_tcp4(li.port);
+	for (int i = 0; i < 2000 && atomic_load(&cl.done) < 16; i++)
+		usleep(1000);
+	CU_ASSERT_EQUAL(atomic_load(&cl.done), 16);
+	int seen[2] = {atomic_load(&cl.per_worker[0]),
+		       atomic_load(&cl.per_worker[1])};
+	for (int i = 0; i < 16 && i < atomic_load(&cl.done); i++)
+		coil_channel_release(cl.sock[i]);
+	for (int i = 0; i < 16; i++)
+		close(fds[i]);
 	CU_ASSERT(seen[0] > 0);
 	CU_ASSERT(seen[1] > 0);
 	coil_channel_release(l);

@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: MIT */
+/* TCP (or Unix) echo server on coil: every byte read is written back.
+ *
+ *   echo_server [--host 127.0.0.1] [--port 7000] [--listen ADDR] [--threads N]
+ *
+ * --listen takes any coil address: "127.0.0.1:7000", "[::1]:7000", ":7000",
+ * "7000" or a Unix socket path. It runs until SIGINT or SIGTERM.
+ */
+#include <coil.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The read signal sees each chunk as it arrives (a view into the worker's
+ * buffer); writing it copies the bytes into the channel's write queue. The
+ * write's handle is dropped at once: a failed write closes the channel, and
+ * that is all an echo server needs to know. */
+static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
+{
+	coil_ip_unref(coil_channel_write(ch, data, len));
+}
+
+/* The peer's end of stream closes the channel once its queued writes have
+ * drained; then our handle can go. (Releasing it earlier would close the
+ * connection.) */
+static void on_closed(coil_channel_t *ch, int expected, void *ud)
+{
+	coil_channel_release(ch);
+}
+
+/* Each client lives on the worker that accepted it; so do its callbacks. */
+static void on_client(coil_socket_t *listener, coil_socket_t *client, void *ud)
+{
+	coil_channel_on_read(client, on_read, NULL);
+	coil_channel_on_closed(client, on_closed, NULL);
+}
+
+int main(int argc, char **argv)
+{
+	const char *host = "127.0.0.1", *listen_addr = NULL;
+	int port = 7000;
+	unsigned threads = 0;
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--host") && i + 1 < argc)
+			host = argv[++i];
+		else if (!strcmp(argv[i], "--port") && i + 1 < argc)
+			port = atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--listen") && i + 1 < argc)
+			listen_addr = argv[++i];
+		else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
+			threads = (unsigned)atoi(argv[++i]);
+		else {
+			fprintf(stderr, "usage: %s [--host H] [--port P] "
+				"[--listen ADDR] [--threads N]\n", argv[0]);
+			return 2;
+		}
+	}
+	char addr[300];
+	if (!listen_addr) {
+		snprintf(addr, sizeof(addr), strchr(host, ':') ? "[%s]:%d" : "%s:%d",
+			 host, port);
+		listen_addr = addr;
+	}
+
+	/* Block the stop signals before the workers start so that only this
+	 * thread receives them (workers block every signal anyway). */
+	sigset_t stop;
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stop, NULL);
+
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = threads;
+	coil_loop_t *loop;
+	int rc = coil_loop_new(&loop, &o);
+	if (rc) {
+		fprintf(stderr, "echo_server: %s\n", coil_strerror(rc));
+		return 1;
+	}
+	coil_socket_t *l;
+	rc = coil_socket_new(loop, &l);
+	if (!rc)
+		rc = coil_socket_on_new_client(l, on_client, NULL);
+	if (!rc)
+		rc = coil_socket_listen(l, listen_addr, 0, 0);
+	if (rc) {
+		fprintf(stderr, "echo_server: listen %s: %s\n", listen_addr,
+			coil_strerror(rc));
+		coil_loop_free(loop);
+		return 1;
+	}
+	fprintf(stderr, "echo_server: listening on %s with %u workers\n",
+		listen_addr, coil_loop_workers(loop));
+	int sig;
+	sigwait(&stop, &sig);
+	coil_channel_release(l);
+	coil_loop_free(loop);
+	return 0;
+}
