@@ -68,6 +68,7 @@ TEST_HELPERS := $(B)/test/helpers.o
 .PHONY: all lib examples tests test run asan tsan valgrind bench deps deps-test \
 	install uninstall clean check-exports fuzz stress
 .DEFAULT_GOAL := all
+.SECONDARY:
 
 all: lib examples tests
 

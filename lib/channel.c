@@ -113,10 +113,27 @@ static void channel_free(coil_channel_t *ch)
 	coil__free(ch);
 }
 
+static void free_task_run(coil__task *t)
+{
+	channel_free(coil__container_of(t, coil_channel_t, free_task));
+}
+
+/*
+ * The last reference can be dropped on any thread (a listener shard, a
+ * handle's value freed elsewhere), but the channel is unlisted from its
+ * worker's closers there: free it on the home worker, or here once that
+ * worker has exited.
+ */
 void coil__channel_put(coil_channel_t *ch)
 {
-	if (atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_acq_rel) == 1)
+	if (atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	if (on_home(ch) || ch->w->dead) {
 		channel_free(ch);
+		return;
+	}
+	ch->free_task.run = free_task_run;
+	coil__post(ch->w, &ch->free_task);
 }
 
 static void closer_close(coil__closer *c)

@@ -297,6 +297,7 @@ struct coil_channel_s {
 	coil_closed_cb on_closed;
 	void *on_closed_ud;
 	coil__defer defer;    /* interest check, re-arm after -ENOBUFS */
+	coil__task free_task; /* the last put off the home worker */
 	struct coil__writereq *wq_head, **wq_tail;
 	int send_niov;
 	struct msghdr msg;

@@ -506,14 +506,15 @@ coil_ip_t *coil_socket_connect(coil_socket_t *s, const char *addr, int flags)
  */
 struct shard {
 	coil__op op, cancel_op;
-	coil__task task;       /* arm/disarm/close on the shard's worker */
+	coil__task arm_task;   /* start accepting, on the shard's worker */
+	coil__task close_task; /* stop, on the shard's worker */
 	coil__timer backoff;   /* EMFILE/ENFILE back-off */
 	struct listener *l;
 	coil__worker *w;
 	int fd;
 	bool armed, cancelling, backoff_armed, closing;
 	unsigned backoff_ms;
-	int refs;              /* ops in flight + 1 */
+	_Atomic int refs;      /* ops in flight + queued tasks + 1 */
 };
 
 struct listener {
@@ -555,7 +556,7 @@ static void listener_put(struct listener *l)
 
 static void shard_put(struct shard *sh)
 {
-	if (--sh->refs)
+	if (atomic_fetch_sub(&sh->refs, 1) != 1)
 		return;
 	if (sh->fd >= 0)
 		close(sh->fd);
@@ -580,7 +581,7 @@ static void shard_disarm(struct shard *sh)
 	sh->cancel_op.complete = shard_cancel_complete;
 	if (coil__prep_cancel(sh->w, &sh->cancel_op, &sh->op) == 0) {
 		sh->cancelling = true;
-		sh->refs++;
+		atomic_fetch_add(&sh->refs, 1);
 	}
 }
 
@@ -601,7 +602,7 @@ static void shard_arm(struct shard *sh)
 	sh->op.complete = accept_complete;
 	if (coil__prep_accept_multishot(sh->w, &sh->op, sh->fd) == 0) {
 		sh->armed = true;
-		sh->refs++;
+		atomic_fetch_add(&sh->refs, 1);
 	}
 }
 
@@ -750,7 +751,7 @@ static void accept_complete(coil__op *op, int res, unsigned flags)
 		    coil__timer_start(sh->w, &sh->backoff, sh->backoff_ms,
 				      backoff_fired) == 0) {
 			sh->backoff_armed = true;
-			sh->refs++;
+			atomic_fetch_add(&sh->refs, 1);
 		}
 	}
 	/* ECONNABORTED and other per-connection errors are skipped. */
@@ -762,14 +763,14 @@ static void accept_complete(coil__op *op, int res, unsigned flags)
 
 static void shard_task_arm(coil__task *t)
 {
-	struct shard *sh = coil__container_of(t, struct shard, task);
+	struct shard *sh = coil__container_of(t, struct shard, arm_task);
 	shard_arm(sh);
 	shard_put(sh);
 }
 
 static void shard_task_close(coil__task *t)
 {
-	struct shard *sh = coil__container_of(t, struct shard, task);
+	struct shard *sh = coil__container_of(t, struct shard, close_task);
 	sh->closing = true;
 	shard_disarm(sh);
 	if (sh->backoff_armed)
@@ -938,12 +939,12 @@ static void listener_close(coil_channel_t *ch)
 	}
 	for (size_t i = 0; i < l->nshards; i++) {
 		struct shard *sh = &l->sh[i];
-		sh->task.run = shard_task_close;
-		sh->refs++;
+		sh->close_task.run = shard_task_close;
+		atomic_fetch_add(&sh->refs, 1);
 		if (coil__on_worker(sh->w))
-			shard_task_close(&sh->task);
+			shard_task_close(&sh->close_task);
 		else
-			coil__post(sh->w, &sh->task);
+			coil__post(sh->w, &sh->close_task);
 	}
 	listener_put(l);
 }
@@ -1127,7 +1128,7 @@ static int listen_do(coil_socket_t *s, const char *text, int backlog,
 		struct shard *sh = &l->sh[i];
 		sh->l = l;
 		sh->fd = -1;
-		sh->refs = 1;
+		atomic_init(&sh->refs, 1);
 		sh->w = is_unix ? s->w : &loop->workers[i];
 		rc = bind_listen((struct sockaddr *)&ss_addr, sslen, backlog,
 				 n > 1, ss, &sh->fd);
@@ -1167,12 +1168,12 @@ static int listen_do(coil_socket_t *s, const char *text, int backlog,
 	/* Start accepting on every shard's worker. */
 	for (size_t i = 0; i < n; i++) {
 		struct shard *sh = &l->sh[i];
-		sh->task.run = shard_task_arm;
-		sh->refs++;
+		sh->arm_task.run = shard_task_arm;
+		atomic_fetch_add(&sh->refs, 1);
 		if (coil__on_worker(sh->w))
-			shard_task_arm(&sh->task);
+			shard_task_arm(&sh->arm_task);
 		else
-			coil__post(sh->w, &sh->task);
+			coil__post(sh->w, &sh->arm_task);
 	}
 	return 0;
 }
