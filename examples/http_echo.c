@@ -1,0 +1,471 @@
+/* SPDX-License-Identifier: MIT */
+/* HTTP/1.1 echo server on coil: the main example (`make run`).
+ *
+ *   http_echo [--host 127.0.0.1] [--port 8080] [--threads N]
+ *             [--max-head BYTES] [--max-body BYTES]
+ *             [--idle-timeout MS] [--header-timeout MS]
+ *
+ * Every request is answered with 200 and a text/plain body that echoes it:
+ * the request line, the headers as received, an empty line, then the body
+ * (Content-Length or chunked). GET /hello answers "hello\n", the same work
+ * the nginx baseline does in `make bench`. Keep-alive and pipelining work;
+ * "Connection: close" and HTTP/1.0 are honoured. Malformed requests get 400,
+ * oversize heads 431, oversize bodies 413, other transfer codings 501,
+ * other versions 505, and requests that do not arrive in time 408. SIGINT or
+ * SIGTERM stop it gracefully: the listener closes, responses in flight are
+ * finished, then the loop stops.
+ */
+#include <coil.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "httpreq.h"
+
+static struct http_limits limits = {
+	.max_head = 8192,
+	.max_headers = HTTP_MAX_HEADERS,
+	.max_body = 1 << 20,
+};
+static unsigned idle_timeout_ms = 15000;
+static unsigned header_timeout_ms = 10000;
+static coil_loop_t *loop;
+static _Atomic int stopping;
+static _Atomic long open_conns;
+
+enum { ST_HEAD, ST_BODY, ST_CLOSING };
+
+/* One connection; touched only on its channel's worker. */
+struct conn {
+	struct conn *prev, *next; /* the worker's list, for timeouts */
+	coil_channel_t *ch;
+	int state;
+	char *in;                  /* bytes not yet parsed */
+	size_t in_len, in_cap, scan;
+	int64_t content_length;    /* of the request being read */
+	bool chunked, keep_alive, hello;
+	char *head;                /* the head, echoed back */
+	size_t head_len;
+	char *body;                /* decoded body so far */
+	size_t body_len;
+	struct http_chunked chunked_dec;
+	uint64_t last_active, req_start;
+};
+
+/* Per-worker list of connections, swept once a second for timeouts. */
+struct worker_state {
+	struct conn *conns;
+	coil_ip_t *tick;
+};
+static struct worker_state *workers;
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static const char *reason(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 500: return "Internal Server Error";
+	case 400: return "Bad Request";
+	case 408: return "Request Timeout";
+	case 413: return "Content Too Large";
+	case 431: return "Request Header Fields Too Large";
+	case 501: return "Not Implemented";
+	case 505: return "HTTP Version Not Supported";
+	default: return "Error";
+	}
+}
+
+static void conn_close(struct conn *c)
+{
+	if (c->state == ST_CLOSING)
+		return;
+	c->state = ST_CLOSING;
+	coil_channel_close(c->ch, 0); /* queued responses drain first */
+}
+
+/* An error status, then close: after a framing error the stream cannot be
+ * trusted, so no further request is read. */
+static void send_error(struct conn *c, int status)
+{
+	char buf[256];
+	int n = snprintf(buf, sizeof(buf),
+			 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
+			 "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
+			 status, reason(status), strlen(reason(status)) + 1,
+			 reason(status));
+	coil_ip_unref(coil_channel_write(c->ch, buf, (size_t)n));
+	conn_close(c);
+}
+
+static const char hello_keep[] =
+	"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+	"Content-Length: 6\r\n\r\nhello\n";
+static const char hello_close[] =
+	"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+	"Content-Length: 6\r\nConnection: close\r\n\r\nhello\n";
+
+/* The echo response: status and headers, then the request's head and body,
+ * in one buffer handed to the channel without a copy. */
+static void respond(struct conn *c)
+{
+	bool keep = c->keep_alive && !atomic_load(&stopping);
+	if (c->hello) {
+		/* Static bytes: nothing to allocate or free. */
+		const char *r = keep ? hello_keep : hello_close;
+		size_t n = keep ? sizeof(hello_keep) - 1 : sizeof(hello_close) - 1;
+		coil_ip_unref(coil_channel_write_owned(c->ch, (void *)r, n, NULL));
+	} else {
+		size_t blen = c->head_len + c->body_len;
+		char *out = malloc(blen + 160);
+		if (!out) {
+			send_error(c, 500);
+			return;
+		}
+		int n = snprintf(out, 160,
+				 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+				 "Content-Length: %zu\r\n%s\r\n", blen,
+				 keep ? "" : "Connection: close\r\n");
+		memcpy(out + n, c->head, c->head_len);
+		if (c->body_len)
+			memcpy(out + n + c->head_len, c->body, c->body_len);
+		coil_ip_unref(coil_channel_write_owned(c->ch, out, (size_t)n + blen,
+						       free));
+	}
+	free(c->head);
+	free(c->body);
+	c->head = c->body = NULL;
+	c->head_len = c->body_len = 0;
+	c->state = ST_HEAD;
+	c->req_start = 0;
+	if (!keep)
+		conn_close(c);
+}
+
+static void consume(struct conn *c, size_t n)
+{
+	memmove(c->in, c->in + n, c->in_len - n);
+	c->in_len -= n;
+}
+
+/* Parses and answers every complete request in the buffer, in order
+ * (pipelining), until more bytes are needed. */
+static void process(struct conn *c)
+{
+	while (c->state != ST_CLOSING) {
+		if (c->state == ST_HEAD) {
+			if (!c->in_len)
+				return;
+			if (!c->req_start)
+				c->req_start = now_ms();
+			/* The parsed request lives on the stack: a connection
+			 * keeps only what framing and the answer need. */
+			struct http_request req;
+			int r = http_parse_head(c->in, c->in_len, &c->scan, &req,
+						&limits);
+			if (r < 0) {
+				send_error(c, -r);
+				return;
+			}
+			if (r == 0)
+				return;
+			c->content_length = req.content_length;
+			c->chunked = req.chunked;
+			c->keep_alive = req.keep_alive;
+			c->hello = req.method_len == 3 &&
+				   !memcmp(req.method, "GET", 3) &&
+				   req.target_len == 6 &&
+				   !memcmp(req.target, "/hello", 6);
+			bool expect = req.expect_continue;
+			c->head_len = 0;
+			if (!c->hello) {
+				c->head = malloc((size_t)r);
+				if (!c->head) {
+					send_error(c, 500);
+					return;
+				}
+				memcpy(c->head, c->in, (size_t)r);
+				c->head_len = (size_t)r;
+			}
+			consume(c, (size_t)r);
+			memset(&c->chunked_dec, 0, sizeof(c->chunked_dec));
+			size_t want = c->chunked ? 0
+				      : c->content_length > 0
+					      ? (size_t)c->content_length
+					      : 0;
+			if (c->chunked || want) {
+				c->body = malloc(c->chunked ? 4096 : want);
+				if (!c->body) {
+					send_error(c, 500);
+					return;
+				}
+				if (expect && c->in_len == 0)
+					coil_ip_unref(coil_channel_write_owned(
+						c->ch,
+						(void *)"HTTP/1.1 100 Continue\r\n\r\n",
+						25, NULL));
+			}
+			c->state = ST_BODY;
+		}
+		if (c->state == ST_BODY) {
+			if (c->chunked) {
+				/* Worst case every input byte is data. */
+				char *b = realloc(c->body, c->body_len + c->in_len + 1);
+				if (!b) {
+					send_error(c, 500);
+					return;
+				}
+				c->body = b;
+				size_t used, got;
+				int r = http_chunked_feed(&c->chunked_dec, c->in, c->in_len,
+							  &used, c->body + c->body_len,
+							  &got, limits.max_body);
+				c->body_len += got;
+				consume(c, used);
+				if (r < 0) {
+					send_error(c, -r);
+					return;
+				}
+				if (r == 0)
+					return;
+			} else {
+				size_t want = c->content_length > 0
+						      ? (size_t)c->content_length
+						      : 0;
+				size_t n = want - c->body_len;
+				if (n > c->in_len)
+					n = c->in_len;
+				memcpy(c->body + c->body_len, c->in, n);
+				c->body_len += n;
+				consume(c, n);
+				if (c->body_len < want)
+					return;
+			}
+			respond(c);
+		}
+	}
+}
+
+static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
+{
+	struct conn *c = ud;
+	if (c->state == ST_CLOSING)
+		return;
+	c->last_active = now_ms();
+	/* Bound what waits unparsed: a head longer than the limit is refused
+	 * by the parser; body bytes are consumed as they come. */
+	if (c->in_len + len > c->in_cap) {
+		size_t cap = c->in_cap ? c->in_cap : 4096;
+		while (cap < c->in_len + len)
+			cap *= 2;
+		char *b = realloc(c->in, cap);
+		if (!b) {
+			send_error(c, 500);
+			return;
+		}
+		c->in = b;
+		c->in_cap = cap;
+	}
+	memcpy(c->in + c->in_len, data, len);
+	c->in_len += len;
+	process(c);
+	/* Shrink an idle buffer so idle connections hold little memory. */
+	if (!c->in_len && c->in_cap > 16384) {
+		free(c->in);
+		c->in = NULL;
+		c->in_cap = 0;
+	}
+}
+
+static void on_closed(coil_channel_t *ch, int expected, void *ud)
+{
+	struct conn *c = ud;
+	struct worker_state *ws = &workers[coil_channel_worker(ch)];
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		ws->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	free(c->in);
+	free(c->head);
+	free(c->body);
+	free(c);
+	coil_channel_release(ch);
+	atomic_fetch_sub(&open_conns, 1);
+}
+
+static void on_client(coil_socket_t *l, coil_socket_t *client, void *ud)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+	if (!c) {
+		coil_channel_release(client);
+		return;
+	}
+	atomic_fetch_add(&open_conns, 1);
+	c->ch = client;
+	c->last_active = now_ms();
+	struct worker_state *ws = &workers[coil_channel_worker(client)];
+	c->next = ws->conns;
+	if (c->next)
+		c->next->prev = c;
+	ws->conns = c;
+	coil_channel_on_closed(client, on_closed, c);
+	coil_channel_on_read(client, on_read, c);
+}
+
+/* Once a second on each worker: close connections that sat idle too long,
+ * or that have not finished a request head in time (slowloris). */
+static void tick(coil_ip_t *ip, void *ud);
+
+static void arm_tick(struct worker_state *ws)
+{
+	ws->tick = coil_sleep(loop, 1000);
+	if (ws->tick)
+		coil_ip_on_done(ws->tick, tick, ws);
+}
+
+static void tick(coil_ip_t *ip, void *ud)
+{
+	struct worker_state *ws = ud;
+	coil_ip_unref(ws->tick);
+	ws->tick = NULL;
+	if (coil_ip_error(ip))
+		return; /* the loop is stopping */
+	uint64_t now = now_ms();
+	for (struct conn *c = ws->conns, *next; c; c = next) {
+		next = c->next;
+		if (c->state == ST_CLOSING)
+			continue;
+		bool mid_request = c->req_start || c->state == ST_BODY;
+		if (mid_request && now - c->req_start > header_timeout_ms)
+			send_error(c, 408);
+		else if (!mid_request && now - c->last_active > idle_timeout_ms)
+			conn_close(c);
+	}
+	arm_tick(ws);
+}
+
+static void start_tick(void *arg)
+{
+	arm_tick(arg);
+}
+
+/* Graceful stop, on each worker: idle connections close now, busy ones
+ * after their current response (respond() sees `stopping`). */
+static void close_idle(void *arg)
+{
+	struct worker_state *ws = arg;
+	for (struct conn *c = ws->conns, *next; c; c = next) {
+		next = c->next;
+		if (c->state == ST_HEAD && !c->in_len)
+			conn_close(c);
+	}
+}
+
+static void usage(const char *argv0)
+{
+	fprintf(stderr,
+		"usage: %s [--host H] [--port P] [--threads N] [--max-head B]\n"
+		"          [--max-body B] [--idle-timeout MS] [--header-timeout MS]\n",
+		argv0);
+	exit(2);
+}
+
+int main(int argc, char **argv)
+{
+	const char *host = "127.0.0.1";
+	int port = 8080;
+	unsigned threads = 0;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (i + 1 >= argc)
+			usage(argv[0]);
+		const char *v = argv[++i];
+		char *end;
+		unsigned long n = strtoul(v, &end, 10);
+		if (!strcmp(a, "--host")) {
+			host = v;
+			continue;
+		}
+		if (*end || !*v)
+			usage(argv[0]);
+		if (!strcmp(a, "--port") && n <= 65535)
+			port = (int)n;
+		else if (!strcmp(a, "--threads") && n <= 1024)
+			threads = (unsigned)n;
+		else if (!strcmp(a, "--max-head") && n >= 64)
+			limits.max_head = n;
+		else if (!strcmp(a, "--max-body"))
+			limits.max_body = n;
+		else if (!strcmp(a, "--idle-timeout") && n > 0)
+			idle_timeout_ms = (unsigned)n;
+		else if (!strcmp(a, "--header-timeout") && n > 0)
+			header_timeout_ms = (unsigned)n;
+		else
+			usage(argv[0]);
+	}
+	sigset_t stop;
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGINT);
+	sigaddset(&stop, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stop, NULL);
+	/* Writes to a reset peer fail with EPIPE inside coil, never raise
+	 * SIGPIPE; nothing else here writes to sockets. */
+
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = threads;
+	int rc = coil_loop_new(&loop, &o);
+	if (rc) {
+		fprintf(stderr, "http_echo: cannot start: %s\n", coil_strerror(rc));
+		return 1;
+	}
+	unsigned nw = coil_loop_workers(loop);
+	workers = calloc(nw, sizeof(*workers));
+	char addr[300];
+	snprintf(addr, sizeof(addr), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
+		 port);
+	coil_socket_t *l;
+	rc = coil_socket_new(loop, &l);
+	if (!rc)
+		rc = coil_socket_on_new_client(l, on_client, NULL);
+	if (!rc)
+		rc = coil_socket_listen(l, addr, 0, 0);
+	if (rc) {
+		fprintf(stderr, "http_echo: listen %s: %s\n", addr, coil_strerror(rc));
+		coil_loop_free(loop);
+		return 1;
+	}
+	for (unsigned i = 0; i < nw; i++)
+		coil_loop_post(loop, (int)i, start_tick, &workers[i]);
+	fprintf(stderr, "http_echo: serving http://%s/ with %u workers\n", addr,
+		nw);
+
+	int sig;
+	sigwait(&stop, &sig);
+	fprintf(stderr, "http_echo: stopping (signal %d)\n", sig);
+	atomic_store(&stopping, 1);
+	coil_channel_close(l, 1);
+	coil_channel_release(l);
+	for (unsigned i = 0; i < nw; i++)
+		coil_loop_post(loop, (int)i, close_idle, &workers[i]);
+	/* In-flight responses get up to two seconds to finish. */
+	for (int i = 0; i < 200 && atomic_load(&open_conns) > 0; i++)
+		usleep(10000);
+	coil_loop_free(loop);
+	free(workers);
+	return 0;
+}
