@@ -1,0 +1,480 @@
+/* SPDX-License-Identifier: MIT */
+/* Packaging checks: exported symbols and their documentation, the soname,
+ * the header from C++, make install / pkg-config / make uninstall, and the
+ * complete programs in the Markdown documents. Each test shells out from the
+ * repository root and skips itself (passing, with a note) when a tool it
+ * needs is missing. */
+#include "helpers.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* The repository root (holds include/coil.h) and the build directory this
+ * program belongs to (build/<variant>), both absolute. */
+#define PBUF (PATH_MAX + 256)
+static char g_root[PATH_MAX];
+static char g_build[PATH_MAX + 16];
+static const char *g_variant = "rel";
+/* Compile/link flags matching the variant's libcoil.a (see the Makefile);
+ * NULL when the variant is unknown: link steps are then skipped. */
+static const char *g_san;
+static const char *g_libs;
+/* Set around commands that are expected to fail. */
+static bool g_quiet;
+
+#define SKIP(...)                                   \
+	do {                                        \
+		printf("\n  note: skipped: ");      \
+		printf(__VA_ARGS__);                \
+		printf("\n");                       \
+		CU_PASS("skipped");                 \
+		return;                             \
+	} while (0)
+
+/* Runs a shell command from the repository root, with make's variables
+ * removed from the environment (so a `make asan` parent does not leak
+ * VARIANT or its jobserver into the makes started here). Returns the exit
+ * status, or -1 if the shell could not run or was killed. */
+static int sh(const char *fmt, ...) COIL_PRINTF(1, 2);
+static int sh(const char *fmt, ...)
+{
+	char cmd[8192];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof(cmd))
+		return -1;
+	char full[sizeof(cmd) + PATH_MAX + 128];
+	snprintf(full, sizeof(full),
+		 "cd '%s' && unset MAKEFLAGS MFLAGS MAKELEVEL MAKEOVERRIDES "
+		 "VARIANT; %s",
+		 g_root, cmd);
+	fflush(stdout);
+	fflush(stderr);
+	int rc = system(full);
+	if (rc == -1 || !WIFEXITED(rc)) {
+		printf("\n  command failed to run: %s\n", cmd);
+		return -1;
+	}
+	if (WEXITSTATUS(rc) && !g_quiet)
+		printf("\n  exit %d: %s\n", WEXITSTATUS(rc), cmd);
+	return WEXITSTATUS(rc);
+}
+
+/* Runs a command and returns its first output line (without newline). */
+static int capture(char *out, size_t n, const char *fmt, ...) COIL_PRINTF(3, 4);
+static int capture(char *out, size_t n, const char *fmt, ...)
+{
+	char cmd[4096];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	char full[sizeof(cmd) + PATH_MAX + 16];
+	snprintf(full, sizeof(full), "cd '%s' && %s", g_root, cmd);
+	out[0] = 0;
+	FILE *p = popen(full, "r");
+	if (!p)
+		return -1;
+	if (fgets(out, (int)n, p))
+		out[strcspn(out, "\n")] = 0;
+	char sink[256];
+	while (fgets(sink, sizeof(sink), p))
+		;
+	int rc = pclose(p);
+	return rc == -1 || !WIFEXITED(rc) ? -1 : WEXITSTATUS(rc);
+}
+
+static bool have(const char *tool)
+{
+	char cmd[256];
+	snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", tool);
+	return system(cmd) == 0;
+}
+
+static bool exists(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0;
+}
+
+static void make_tmp(char *dir, size_t n)
+{
+	const char *t = getenv("TMPDIR");
+	snprintf(dir, n, "%s/coil-pkg.XXXXXX", t && *t ? t : "/tmp");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(mkdtemp(dir));
+}
+
+static void rm_tmp(const char *dir)
+{
+	char cmd[PBUF];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		printf("\n  could not remove %s\n", dir);
+}
+
+static bool write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return false;
+	bool ok = fputs(text, f) >= 0;
+	return fclose(f) == 0 && ok;
+}
+
+static void lib_path(char *buf, size_t n)
+{
+	snprintf(buf, n, "%s/libcoil.so", g_build);
+}
+
+/* (a) Only coil_* is exported, and every export has a ### heading in
+ * docs/api.md; the scripts also reject a library that breaks the rules. */
+static void test_exports_and_docs(void)
+{
+	if (!have("nm"))
+		SKIP("nm (binutils) not installed");
+	char lib[PBUF];
+	lib_path(lib, sizeof(lib));
+	CU_ASSERT_TRUE_FATAL(exists(lib));
+	CU_ASSERT_EQUAL(sh("sh scripts/check-exports.sh '%s'", lib), 0);
+	CU_ASSERT_EQUAL(sh("sh scripts/check-docs.sh '%s'", lib), 0);
+
+	if (!have("cc"))
+		SKIP("cc not installed: negative checks not run");
+	char tmp[PATH_MAX];
+	make_tmp(tmp, sizeof(tmp));
+	char src[PBUF];
+	snprintf(src, sizeof(src), "%s/bad.c", tmp);
+	CU_ASSERT_TRUE_FATAL(write_file(
+		src, "int coil_undocumented_fn(void) { return 0; }\n"
+		     "int leaked_helper(void) { return 1; }\n"));
+	CU_ASSERT_EQUAL_FATAL(sh("cc -shared -fPIC -o '%s/libbad.so' '%s'", tmp,
+				 src), 0);
+	g_quiet = true;
+	CU_ASSERT_EQUAL(sh("sh scripts/check-exports.sh '%s/libbad.so' "
+			   ">/dev/null 2>&1", tmp), 1);
+	CU_ASSERT_EQUAL(sh("sh scripts/check-docs.sh '%s/libbad.so' "
+			   ">/dev/null 2>&1", tmp), 1);
+	g_quiet = false;
+	rm_tmp(tmp);
+}
+
+/* (b) The soname carries the major version; the file names follow. */
+static void test_soname(void)
+{
+	if (!have("readelf"))
+		SKIP("readelf (binutils) not installed");
+	char lib[PBUF], line[512], want[64];
+	lib_path(lib, sizeof(lib));
+	CU_ASSERT_TRUE_FATAL(exists(lib));
+	CU_ASSERT_EQUAL(capture(line, sizeof(line),
+				"readelf -d '%s' | grep SONAME", lib), 0);
+	snprintf(want, sizeof(want), "[libcoil.so.%d]", COIL_VERSION_MAJOR);
+	if (!strstr(line, want))
+		printf("\n  SONAME line: '%s', want %s\n", line, want);
+	CU_ASSERT_PTR_NOT_NULL(strstr(line, want));
+	char p[PBUF];
+	snprintf(p, sizeof(p), "%s/libcoil.so.%d", g_build, COIL_VERSION_MAJOR);
+	CU_ASSERT_TRUE(exists(p));
+	snprintf(p, sizeof(p), "%s/libcoil.so.%s", g_build, COIL_VERSION_STRING);
+	CU_ASSERT_TRUE(exists(p));
+}
+
+static const char cxx_prog[] =
+	"// coil.h from C++: compiled with -Wall -Werror, linked, run.\n"
+	"#include <coil.h>\n"
+	"#include <cerrno>\n"
+	"#include <cstdio>\n"
+	"static_assert(COIL_VERSION_HEX >= 0, \"version\");\n"
+	"int main()\n"
+	"{\n"
+	"	coil_loop_opts_t o;\n"
+	"	coil_loop_opts_init(&o);\n"
+	"	o.workers = 1;\n"
+	"	coil_loop_t *loop = nullptr;\n"
+	"	int rc = coil_loop_new(&loop, &o);\n"
+	"	if (rc) {\n"
+	"		std::fprintf(stderr, \"coil_loop_new: %s\\n\",\n"
+	"			     coil_strerror(rc));\n"
+	"		return rc == -ENOSYS || rc == -EPERM ? 77 : 1;\n"
+	"	}\n"
+	"	coil_ip_t *ip = coil_sleep(loop, 1);\n"
+	"	int ok = ip && coil_ip_wait(ip, 5000) == 0 &&\n"
+	"		 coil_ip_state(ip) == COIL_IP_FINISHED;\n"
+	"	coil_ip_unref(ip);\n"
+	"	rc = coil_loop_free(loop);\n"
+	"	std::printf(\"coil %s from C++: %s\\n\", COIL_VERSION_STRING,\n"
+	"		    ok && !rc ? \"ok\" : \"FAILED\");\n"
+	"	return ok && !rc ? 0 : 1;\n"
+	"}\n";
+
+/* (c) The header compiles as C++17 with -Wall -Werror, and a C++ program
+ * links against libcoil.a and runs. */
+static void test_cplusplus(void)
+{
+	if (!have("g++"))
+		SKIP("g++ not installed");
+	char tmp[PATH_MAX], src[PBUF];
+	make_tmp(tmp, sizeof(tmp));
+	snprintf(src, sizeof(src), "%s/prog.cpp", tmp);
+	CU_ASSERT_TRUE_FATAL(write_file(src, cxx_prog));
+	if (!g_san) {
+		/* Unknown variant: the archive's flags are unknown, so only
+		 * compile. */
+		CU_ASSERT_EQUAL(sh("g++ -x c++ -std=c++17 -Wall -Werror -Iinclude "
+				   "-c -o '%s/prog.o' '%s'", tmp, src), 0);
+		rm_tmp(tmp);
+		SKIP("variant '%s': linked C++ program not built", g_variant);
+	}
+	/* -x none: the archive after it is not C++ source. */
+	int rc = sh("g++ -x c++ -std=c++17 -Wall -Werror -Iinclude %s -o "
+		    "'%s/prog' '%s' -x none '%s/libcoil.a' %s",
+		    g_san, tmp, src, g_build, g_libs);
+	CU_ASSERT_EQUAL(rc, 0);
+	if (rc == 0) {
+		rc = sh("'%s/prog'", tmp);
+		if (rc == 77) {
+			rm_tmp(tmp);
+			SKIP("io_uring unavailable here");
+		}
+		CU_ASSERT_EQUAL(rc, 0);
+	}
+	rm_tmp(tmp);
+}
+
+static const char pc_prog[] =
+	"/* Built out of tree against an installed coil. */\n"
+	"#include <coil.h>\n"
+	"#include <errno.h>\n"
+	"#include <stdio.h>\n"
+	"int main(void)\n"
+	"{\n"
+	"	coil_loop_opts_t o;\n"
+	"	coil_loop_opts_init(&o);\n"
+	"	o.workers = 1;\n"
+	"	coil_loop_t *loop;\n"
+	"	int rc = coil_loop_new(&loop, &o);\n"
+	"	if (rc)\n"
+	"		return rc == -ENOSYS || rc == -EPERM ? 77 : 1;\n"
+	"	coil_ip_t *ip = coil_sleep(loop, 1);\n"
+	"	int ok = ip && coil_ip_wait(ip, 5000) == 0 && !coil_ip_error(ip);\n"
+	"	coil_ip_unref(ip);\n"
+	"	ok = ok && coil_loop_free(loop) == 0;\n"
+	"	printf(\"installed coil %s: %s\\n\", COIL_VERSION_STRING,\n"
+	"	       ok ? \"ok\" : \"FAILED\");\n"
+	"	return ok ? 0 : 1;\n"
+	"}\n";
+
+/* (d) make install into a DESTDIR, pkg-config from there, a program built
+ * out of tree (shared and static) runs; make uninstall removes every file. */
+static void test_install_pkgconfig(void)
+{
+	if (!have("make") || !have("pkg-config") || !have("cc"))
+		SKIP("make, pkg-config or cc not installed");
+	char dest[PATH_MAX], work[PATH_MAX];
+	make_tmp(dest, sizeof(dest));
+	make_tmp(work, sizeof(work));
+	/* Always the release build: an installed library has no sanitizer.
+	 * -W coil.pc.in regenerates coil.pc, which the Makefile otherwise
+	 * keeps from an earlier install with another PREFIX. */
+	int rc = sh("make -s install PREFIX=/usr DESTDIR='%s' VARIANT=rel "
+		    "-W coil.pc.in >/dev/null", dest);
+	CU_ASSERT_EQUAL_FATAL(rc, 0);
+	static const char *const files[] = {
+		"usr/include/coil.h",        "usr/include/coil/version.h",
+		"usr/lib/libcoil.a",         "usr/lib/libcoil.so",
+		"usr/lib/pkgconfig/coil.pc", NULL,
+	};
+	char p[PBUF];
+	for (int i = 0; files[i]; i++) {
+		snprintf(p, sizeof(p), "%s/%s", dest, files[i]);
+		if (!exists(p))
+			printf("\n  not installed: %s\n", files[i]);
+		CU_ASSERT_TRUE(exists(p));
+	}
+	snprintf(p, sizeof(p), "%s/usr/lib/libcoil.so.%d", dest,
+		 COIL_VERSION_MAJOR);
+	CU_ASSERT_TRUE(exists(p));
+
+	char env[3 * PBUF];
+	snprintf(env, sizeof(env),
+		 "PKG_CONFIG_SYSROOT_DIR='%s' PKG_CONFIG_PATH='%s/usr/lib/pkgconfig'",
+		 dest, dest);
+	char line[1024];
+	CU_ASSERT_EQUAL(capture(line, sizeof(line),
+				"%s pkg-config --modversion coil", env), 0);
+	CU_ASSERT_STRING_EQUAL(line, COIL_VERSION_STRING);
+
+	char src[PBUF];
+	snprintf(src, sizeof(src), "%s/prog.c", work);
+	CU_ASSERT_TRUE_FATAL(write_file(src, pc_prog));
+	/* Shared: -lcoil finds libcoil.so in the DESTDIR. */
+	rc = sh("cd '%s' && cc -Wall -Werror -o prog prog.c "
+		"$(%s pkg-config --cflags --libs coil)", work, env);
+	CU_ASSERT_EQUAL(rc, 0);
+	if (rc == 0) {
+		CU_ASSERT_EQUAL(sh("readelf -d '%s/prog' | grep -q "
+				   "'NEEDED.*libcoil.so.%d'", work,
+				   COIL_VERSION_MAJOR), 0);
+		rc = sh("LD_LIBRARY_PATH='%s/usr/lib' '%s/prog'", dest, work);
+		if (rc == 77) {
+			rm_tmp(dest);
+			rm_tmp(work);
+			SKIP("io_uring unavailable here");
+		}
+		CU_ASSERT_EQUAL(rc, 0);
+	}
+	/* Static: the archive plus pkg-config's --static private libraries. */
+	rc = sh("cd '%s' && cc -Wall -Werror -o prog_static prog.c "
+		"$(%s pkg-config --cflags coil) '%s/usr/lib/libcoil.a' "
+		"$(%s pkg-config --libs --static coil | sed 's/-lcoil\\b//')",
+		work, env, dest, env);
+	CU_ASSERT_EQUAL(rc, 0);
+	if (rc == 0) {
+		g_quiet = true;
+		CU_ASSERT_NOT_EQUAL(sh("readelf -d '%s/prog_static' | grep -q "
+				       "'NEEDED.*libcoil'", work), 0);
+		g_quiet = false;
+		CU_ASSERT_EQUAL(sh("'%s/prog_static'", work), 0);
+	}
+
+	rc = sh("make -s uninstall PREFIX=/usr DESTDIR='%s' >/dev/null", dest);
+	CU_ASSERT_EQUAL(rc, 0);
+	/* Directories may stay; no file or link may. */
+	CU_ASSERT_EQUAL(capture(line, sizeof(line), "find '%s' ! -type d", dest),
+			0);
+	if (line[0])
+		printf("\n  left behind by make uninstall: %s\n", line);
+	CU_ASSERT_STRING_EQUAL(line, "");
+	rm_tmp(dest);
+	rm_tmp(work);
+}
+
+/* (e) Every ```c program block of README.md and docs/ compiles and links
+ * against this build. */
+static void test_doc_examples(void)
+{
+	static const char *const docs[] = {
+		"README.md",         "CHANGELOG.md",       "docs/architecture.md",
+		"docs/concepts.md",  "docs/inprogress.md", "docs/channel.md",
+		"docs/guide.md",     "docs/api.md",        NULL,
+	};
+	char p[PBUF];
+	for (int i = 0; docs[i]; i++) {
+		snprintf(p, sizeof(p), "%s/%s", g_root, docs[i]);
+		if (!exists(p))
+			printf("\n  missing: %s\n", docs[i]);
+		CU_ASSERT_TRUE(exists(p));
+	}
+	if (!have("cc"))
+		SKIP("cc not installed");
+	if (!g_san)
+		SKIP("variant '%s': doc programs not linked", g_variant);
+	char tmp[PATH_MAX], line[512];
+	make_tmp(tmp, sizeof(tmp));
+	/* The summary line is the last one: "N programs extracted in D, M
+	 * compiled"; the script exits 1 if any failed (its output says why). */
+	int rc = sh("EXAMPLE_CFLAGS='%s' EXAMPLE_LIBS='%s' sh "
+		    "scripts/extract-doc-examples.sh -c -b '%s' -o '%s/ex' "
+		    "> '%s/log' 2>&1; rc=$?; cat '%s/log'; exit $rc",
+		    g_san, g_libs, g_build, tmp, tmp, tmp);
+	CU_ASSERT_EQUAL(rc, 0);
+	CU_ASSERT_EQUAL(capture(line, sizeof(line), "tail -n 1 '%s/log'", tmp),
+			0);
+	unsigned long n = 0, ok = 0;
+	const char *c = strstr(line, ", ");
+	n = strtoul(line, NULL, 10);
+	if (c)
+		ok = strtoul(c + 2, NULL, 10);
+	/* The README's chained example at least. */
+	CU_ASSERT_TRUE(n >= 1);
+	CU_ASSERT_EQUAL(ok, n);
+	rm_tmp(tmp);
+}
+
+/* Finds the repository root (walking up from the working directory) and
+ * the build directory: $COIL_BUILD_DIR, else the directory this program was
+ * built in (build/<variant>/test/test_packaging), else build/rel. */
+static int locate(const char *argv0)
+{
+	char cwd[PATH_MAX];
+	if (!getcwd(cwd, sizeof(cwd)))
+		return -1;
+	const char *env = getenv("COIL_BUILD_DIR");
+	char build[PATH_MAX + 16] = "";
+	if (env && *env) {
+		if (!realpath(env, build))
+			return -1;
+	} else {
+		char self[PATH_MAX];
+		if (realpath(argv0, self)) {
+			char *slash = strrchr(self, '/');
+			if (slash && slash - self >= 5 &&
+			    !strncmp(slash - 5, "/test", 5)) {
+				slash[-5] = 0;
+				snprintf(build, sizeof(build), "%s", self);
+			}
+		}
+	}
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof(dir), "%s", cwd);
+	for (;;) {
+		char probe[PBUF];
+		snprintf(probe, sizeof(probe), "%s/include/coil.h", dir);
+		if (exists(probe))
+			break;
+		char *slash = strrchr(dir, '/');
+		if (!slash || slash == dir)
+			return -1;
+		*slash = 0;
+	}
+	snprintf(g_root, sizeof(g_root), "%s", dir);
+	if (!build[0])
+		snprintf(build, sizeof(build), "%s/build/rel", g_root);
+	snprintf(g_build, sizeof(g_build), "%s", build);
+	const char *v = strrchr(g_build, '/');
+	g_variant = v ? v + 1 : g_build;
+	/* Keep in step with the Makefile's SAN and JEMALLOC per variant. */
+	if (!strcmp(g_variant, "rel")) {
+		g_san = "";
+		g_libs = "-luring -ljemalloc -lpthread -lm";
+	} else if (!strcmp(g_variant, "asan")) {
+		g_san = "-fsanitize=address,undefined -fno-omit-frame-pointer "
+			"-fno-sanitize-recover=undefined";
+		g_libs = "-luring -lpthread -lm";
+	} else if (!strcmp(g_variant, "tsan")) {
+		g_san = "-fsanitize=thread -fno-omit-frame-pointer";
+		g_libs = "-luring -lpthread -lm";
+	} else if (!strcmp(g_variant, "valgrind")) {
+		g_san = "";
+		g_libs = "-luring -lpthread -lm";
+	}
+	return chdir(g_root);
+}
+
+static const coil_test_t tests[] = {
+	{"exports_and_docs", test_exports_and_docs},
+	{"soname", test_soname},
+	{"cplusplus", test_cplusplus},
+	{"install_pkgconfig", test_install_pkgconfig},
+	{"doc_examples", test_doc_examples},
+	{NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+	if (locate(argv[0])) {
+		fprintf(stderr, "test_packaging: cannot find the repository "
+				"root (include/coil.h) above the working "
+				"directory\n");
+		return 1;
+	}
+	printf("test_packaging: root %s, build %s (variant %s)\n", g_root,
+	       g_build, g_variant);
+	return coil_test_main("packaging", tests, argc, argv);
+}
