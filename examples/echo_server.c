@@ -8,6 +8,7 @@
  */
 #include <coil.h>
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,9 +18,21 @@
  * buffer); writing it copies the bytes into the channel's write queue. The
  * write's handle is dropped at once: a failed write closes the channel, and
  * that is all an echo server needs to know. */
+static void write_done(coil_ip_t *ip, void *ud)
+{
+	/* The channel pauses reading while half its write queue is in use,
+	 * so this fails only if the client stops reading while a burst is
+	 * still arriving; never drop bytes silently: hang up instead. */
+	if (coil_ip_error(ip) == -ENOBUFS)
+		coil_channel_close(ud, 1);
+}
+
 static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
 {
-	coil_ip_unref(coil_channel_write(ch, data, len));
+	coil_ip_t *w = coil_channel_write(ch, data, len);
+	if (coil_ip_state(w) == COIL_IP_FAILED)
+		coil_ip_on_done(w, write_done, ch);
+	coil_ip_unref(w);
 }
 
 /* The peer's end of stream closes the channel once its queued writes have
@@ -33,6 +46,9 @@ static void on_closed(coil_channel_t *ch, int expected, void *ud)
 /* Each client lives on the worker that accepted it; so do its callbacks. */
 static void on_client(coil_socket_t *listener, coil_socket_t *client, void *ud)
 {
+	/* Room for what is in flight when the read side pauses (see
+	 * write_done). */
+	coil_channel_set_queue_size(client, 4u << 20);
 	coil_channel_on_read(client, on_read, NULL);
 	coil_channel_on_closed(client, on_closed, NULL);
 }

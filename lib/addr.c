@@ -46,6 +46,10 @@ static int parse_service(const char *svc, int flags, coil_addr_t *out)
 		out->port = (uint16_t)atol(svc);
 		return 0;
 	}
+	/* Service names start with a letter: "80x" or "-1" are bad ports,
+	 * not names to look up. */
+	if (!((*svc >= 'a' && *svc <= 'z') || (*svc >= 'A' && *svc <= 'Z')))
+		return fail(out, -EINVAL, "bad port: %s", svc);
 	for (const char *p = svc; *p; p++)
 		if (!(*p == '-' || *p == '_' || *p == '.' || (*p >= 'a' && *p <= 'z') ||
 		      (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))

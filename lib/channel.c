@@ -77,6 +77,7 @@ static void update_interest(coil_channel_t *ch);
 static void kick_write(coil_channel_t *ch);
 static void finish_close(coil_channel_t *ch);
 static void maybe_close_fd(coil_channel_t *ch);
+static void flush_sigq(coil_channel_t *ch);
 
 static inline bool on_home(const coil_channel_t *ch)
 {
@@ -108,6 +109,7 @@ static void channel_free(coil_channel_t *ch)
 		coil__closer_del(&ch->closer);
 	coil__defer_cancel(&ch->defer);
 	coil__bufq_free(&ch->rq);
+	coil__bufq_free(&ch->sigq);
 	coil__delims_free((coil__delims *)ch->delims);
 	atomic_fetch_sub(&live_channels, 1);
 	coil__free(ch);
@@ -139,9 +141,15 @@ void coil__channel_put(coil_channel_t *ch)
 static void closer_close(coil__closer *c)
 {
 	coil_channel_t *ch = coil__container_of(c, coil_channel_t, closer);
+	/* A channel whose last reference is already gone only waits for its
+	 * free task (posted from another thread): leave it alone. */
+	int refs = atomic_load(&ch->refs);
+	do {
+		if (refs == 0)
+			return;
+	} while (!atomic_compare_exchange_weak(&ch->refs, &refs, refs + 1));
 	/* The loop is stopping: close now and drop the user's handle on the
 	 * user's behalf (it is invalid once coil_loop_free returns). */
-	coil__channel_get(ch);
 	coil__channel_close_local(ch, true, true);
 	if (!ch->user_released) {
 		ch->user_released = true;
@@ -165,6 +173,7 @@ int coil__channel_new(coil__worker *w, coil_channel_t **out)
 	ch->close_expected = true;
 	ch->delims = &coil__delims_default;
 	coil__bufq_init(&ch->rq);
+	coil__bufq_init(&ch->sigq);
 	coil__list_init(&ch->reads);
 	coil__list_init(&ch->closer.link);
 	ch->closer.close = closer_close;
@@ -250,6 +259,19 @@ static int call(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 static void recv_complete(coil__op *op, int res, unsigned flags);
 static void recv_cancel_complete(coil__op *op, int res, unsigned flags);
 
+/*
+ * Backpressure for the read signal. While half the write queue is in use,
+ * bytes for the read signal wait in sigq (in order, none lost) and reading
+ * stops; as writes drain they are shown to the signal again. The bytes that
+ * were already received when the pause began are bounded by what one
+ * completion batch can carry (the worker's provided buffers).
+ */
+static bool signal_paused(const coil_channel_t *ch)
+{
+	return atomic_load_explicit(&ch->wq_used, memory_order_relaxed) >=
+	       atomic_load_explicit(&ch->queue_size, memory_order_relaxed) / 2;
+}
+
 static bool want_read(const coil_channel_t *ch)
 {
 	if (ch->fd < 0 || ch->eof || !(ch->mode & COIL_IO_READ) ||
@@ -263,6 +285,10 @@ static bool want_read(const coil_channel_t *ch)
 			limit = r->n;
 	}
 	if (ch->rq.len >= limit)
+		return false;
+	/* A read-signal consumer that writes back (echo, relay) is not fed
+	 * faster than its writes drain (see signal_paused). */
+	if (ch->on_read && (signal_paused(ch) || ch->sigq.len))
 		return false;
 	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads);
 }
@@ -283,8 +309,10 @@ static void arm_recv(coil_channel_t *ch)
 		break;
 	}
 	if (rc) {
-		/* No SQE even after a submit: try again before sleeping. */
-		coil__defer_add(ch->w, &ch->defer);
+		/* No SQE even after a submit: try again before sleeping
+		 * (unless the ring is gone for good). */
+		if (rc != -ESHUTDOWN)
+			coil__defer_add(ch->w, &ch->defer);
 		return;
 	}
 	ch->recv_armed = true;
@@ -296,10 +324,11 @@ static void cancel_recv(coil_channel_t *ch)
 	if (!ch->recv_armed || ch->recv_cancelling)
 		return;
 	ch->recv_cancel_op.complete = recv_cancel_complete;
-	if (coil__prep_cancel(ch->w, &ch->recv_cancel_op, &ch->recv_op) == 0) {
+	int rc = coil__prep_cancel(ch->w, &ch->recv_cancel_op, &ch->recv_op);
+	if (rc == 0) {
 		ch->recv_cancelling = true;
 		coil__channel_get(ch);
-	} else {
+	} else if (rc != -ESHUTDOWN) {
 		coil__defer_add(ch->w, &ch->defer);
 	}
 }
@@ -582,12 +611,24 @@ static void process(coil_channel_t *ch)
 static void on_bytes(coil_channel_t *ch, const char *p, size_t n)
 {
 	if (ch->on_read) {
-		coil__channel_get(ch);
-		ch->on_read(ch, p, n, ch->on_read_ud);
-		bool gone = state(ch) != COIL__CH_OPEN;
-		coil__channel_put(ch);
-		if (gone)
-			return;
+		if (ch->sigq.len || signal_paused(ch)) {
+			if (coil__bufq_append(&ch->sigq, p, n)) {
+				set_eof(ch, -ENOMEM);
+				return;
+			}
+			cancel_recv(ch);
+		} else {
+			coil__channel_get(ch);
+			ch->on_read(ch, p, n, ch->on_read_ud);
+			bool gone = state(ch) != COIL__CH_OPEN;
+			/* Backpressure takes effect now, not at the end of
+			 * the turn. */
+			if (!gone && !want_read(ch))
+				cancel_recv(ch);
+			coil__channel_put(ch);
+			if (gone)
+				return;
+		}
 	}
 	bool consumers = !coil__list_empty(&ch->reads) || ch->on_line;
 	if (!consumers && ch->on_read)
@@ -617,6 +658,29 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n)
 	process(ch);
 }
 
+/* Shows bytes held back by the pause to the read signal, as the write
+ * queue allows. */
+static void flush_sigq(coil_channel_t *ch)
+{
+	coil__channel_get(ch);
+	size_t chunk = atomic_load_explicit(&ch->chunk_size, memory_order_relaxed);
+	while (ch->sigq.len && ch->on_read && !signal_paused(ch) &&
+	       state(ch) == COIL__CH_OPEN) {
+		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
+		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
+		coil__bufq_consume(&ch->sigq, n);
+	}
+	if (!ch->on_read || state(ch) != COIL__CH_OPEN)
+		coil__bufq_free(&ch->sigq);
+	if (!ch->sigq.len && ch->close_after_sigq) {
+		/* The end of stream waited for the signal to see it all. */
+		ch->close_after_sigq = false;
+		coil__channel_close_local(ch, false, false);
+	}
+	update_interest(ch);
+	coil__channel_put(ch);
+}
+
 static void set_eof(coil_channel_t *ch, int err)
 {
 	if (ch->eof)
@@ -627,6 +691,8 @@ static void set_eof(coil_channel_t *ch, int err)
 	process(ch);
 	if (err)
 		coil__channel_close_local(ch, true, false);
+	else if (ch->close_on_eof && ch->sigq.len)
+		ch->close_after_sigq = true; /* see flush_sigq */
 	else if (ch->close_on_eof)
 		coil__channel_close_local(ch, false, false);
 }
@@ -853,7 +919,8 @@ static void kick_write(coil_channel_t *ch)
 					MSG_NOSIGNAL | MSG_WAITALL);
 	}
 	if (rc) {
-		coil__defer_add(ch->w, &ch->defer);
+		if (rc != -ESHUTDOWN)
+			coil__defer_add(ch->w, &ch->defer);
 		return;
 	}
 	ch->send_inflight = true;
@@ -900,6 +967,10 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		fail_writes(ch, -EBADF, "channel closed");
 	} else {
 		kick_write(ch);
+		/* Writes drained: a paused read signal gets its waiting bytes,
+		 * then the channel reads again. */
+		if (ch->on_read)
+			flush_sigq(ch);
 		if (!ch->wq_head && ch->drained_fn)
 			ch->drained_fn(ch);
 		if (st == COIL__CH_CLOSING && !ch->wq_head)

@@ -100,7 +100,8 @@ struct coil__worker {
 	uint64_t efd_val;
 	bool efd_armed;
 	bool stopping;         /* stop requested: close everything, drain */
-	bool dead;             /* ring gone: preps fail with -ESHUTDOWN */
+	_Atomic bool dead;     /* ring gone: preps fail with -ESHUTDOWN */
+	_Atomic bool idle;     /* stopping and found drained (see worker_run) */
 	int start_rc;          /* ring setup result reported to coil_loop_new */
 	/* Settled InProgress handles whose callbacks are due (run in order). */
 	struct coil_ip_s *ready_head, *ready_tail;
@@ -266,6 +267,7 @@ struct coil_channel_s {
 	bool user_released;
 	bool eof;             /* no more bytes will be read */
 	bool close_on_eof;
+	bool close_after_sigq; /* EOF seen; close once sigq is shown */
 	bool closed_emitted;
 	bool close_expected;
 	bool connecting;      /* sockets: writes wait for the connect */
@@ -278,6 +280,7 @@ struct coil_channel_s {
 	coil__op send_op, send_cancel_op;
 	coil__op close_op;
 	coil__bufq rq;
+	coil__bufq sigq;      /* read-signal bytes held back by backpressure */
 	size_t scan;
 	const coil__delims *delims;
 	coil__list reads;     /* pending read requests, in call order */

@@ -223,7 +223,7 @@ void coil__post(coil__worker *w, coil__task *t)
 	/* Only the post that finds the inbox empty needs to wake the worker:
 	 * later ones are drained by the same wake-up. The worker itself checks
 	 * its inbox before sleeping, so it never needs the eventfd. */
-	if (!old && !coil__on_worker(w)) {
+	if (!old && !coil__on_worker(w) && !w->dead) {
 		uint64_t one = 1;
 		ssize_t r = write(w->efd, &one, sizeof(one));
 		(void)r;
@@ -301,12 +301,14 @@ static void arm_efd(coil__worker *w)
 		w->efd_armed = true;
 }
 
+/* The eventfd read stays armed even while stopping: objects still closing
+ * may be freed from other threads through the inbox, and a stopping worker
+ * must wake for them. Ring exit cancels it. */
 static void efd_complete(coil__op *op, int res, unsigned flags)
 {
 	coil__worker *w = coil__container_of(op, coil__worker, efd_op);
 	w->efd_armed = false;
-	if (!w->stopping)
-		arm_efd(w);
+	arm_efd(w);
 }
 
 /*
@@ -363,7 +365,8 @@ static void report_start(coil__worker *w, int rc)
  * object open, nothing queued. */
 static bool drained(coil__worker *w)
 {
-	return w->ops_inflight == 0 && coil__list_empty(&w->closers) &&
+	return w->ops_inflight == (w->efd_armed ? 1u : 0u) &&
+	       coil__list_empty(&w->closers) &&
 	       !w->ready_head && coil__list_empty(&w->defers) &&
 	       !atomic_load(&w->inbox);
 }
@@ -407,18 +410,46 @@ static unsigned reap(coil__worker *w)
 	return total;
 }
 
+/* Whether every worker of the loop has found itself drained. */
+static bool all_idle(const coil_loop_t *loop)
+{
+	for (unsigned i = 0; i < loop->nworkers; i++)
+		if (!atomic_load(&loop->workers[i].idle))
+			return false;
+	return true;
+}
+
+/*
+ * The loop turn: inbox, due callbacks, deferred work, then one submit that
+ * also waits for completions unless work is already pending, then reap.
+ *
+ * Stopping: objects on one worker can hold objects on another (a listener
+ * and its shards), so a worker leaves only once every worker is drained at
+ * the same time; until then it polls for that every few milliseconds while
+ * still serving its inbox. Tasks that reach a worker after it left are run
+ * by coil_loop_free.
+ */
 static void worker_run(coil__worker *w)
 {
+	struct __kernel_timespec poll = {.tv_nsec = 5 * 1000 * 1000};
 	for (;;) {
 		drain_inbox(w);
 		coil__ip_run_ready(w, READY_BUDGET);
 		run_defers(w);
-		if (w->stopping && drained(w))
-			break;
+		if (w->stopping) {
+			bool d = drained(w);
+			atomic_store(&w->idle, d);
+			if (d && all_idle(w->loop))
+				break;
+		}
 		bool busy = w->ready_head || atomic_load(&w->inbox) ||
 			    !coil__list_empty(&w->defers);
+		struct io_uring_cqe *cqe;
 		int rc = busy ? io_uring_submit(w->ring)
-			      : io_uring_submit_and_wait(w->ring, 1);
+		       : w->stopping
+			       ? io_uring_submit_and_wait_timeout(w->ring, &cqe, 1,
+								  &poll, NULL)
+			       : io_uring_submit_and_wait(w->ring, 1);
 		if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN &&
 		    rc != -ETIME) {
 			fprintf(stderr, "coil: worker %u: io_uring_enter: %s\n",
@@ -483,9 +514,10 @@ static void stop_task_run(coil__task *t)
 		c->close(c);
 		pos = next;
 	}
-	/* Whatever is still in flight (timers, the eventfd read, operations
-	 * of objects that close asynchronously) is cancelled in one go; its
-	 * completions arrive with -ECANCELED and release their memory. */
+	/* Whatever is still in flight (timers, operations of objects that
+	 * close asynchronously) is cancelled in one go; the completions arrive
+	 * with -ECANCELED and release their memory. The eventfd read is
+	 * cancelled too and re-armed by its completion. */
 	struct io_uring_sqe *sqe = get_sqe(w, NULL);
 	if (sqe) {
 		io_uring_prep_cancel(sqe, NULL,
@@ -621,18 +653,28 @@ int coil_loop_free(coil_loop_t *loop)
 		t->run = stop_task_run;
 		coil__post(&loop->workers[i], t);
 	}
-	for (unsigned i = 0; i < loop->nworkers; i++) {
-		coil__worker *w = &loop->workers[i];
-		pthread_join(w->thread, NULL);
-		/* Tasks a foreign thread posted while the worker was exiting:
-		 * run them here, where every ring operation fails with
-		 * -ESHUTDOWN, so their memory is released. */
-		coil__tls_worker = w;
-		while (drain_inbox(w) || w->ready_head)
-			coil__ip_run_ready(w, READY_BUDGET);
-		coil__tls_worker = NULL;
-		close(w->efd);
+	for (unsigned i = 0; i < loop->nworkers; i++)
+		pthread_join(loop->workers[i].thread, NULL);
+	/* Tasks posted to a worker after it exited (by another worker still
+	 * closing its objects): run them here, once no worker runs any more,
+	 * as that worker, where every ring operation fails with -ESHUTDOWN,
+	 * so their memory is released. A task may post to another worker:
+	 * repeat until a whole pass finds nothing. */
+	for (bool more = true; more;) {
+		more = false;
+		for (unsigned i = 0; i < loop->nworkers; i++) {
+			coil__worker *w = &loop->workers[i];
+			coil__tls_worker = w;
+			while (drain_inbox(w) || w->ready_head) {
+				coil__ip_run_ready(w, READY_BUDGET);
+				run_defers(w);
+				more = true;
+			}
+			coil__tls_worker = NULL;
+		}
 	}
+	for (unsigned i = 0; i < loop->nworkers; i++)
+		close(loop->workers[i].efd);
 	pthread_mutex_destroy(&loop->start_lock);
 	pthread_cond_destroy(&loop->start_cond);
 	coil__free(loop->workers);
