@@ -4,27 +4,50 @@
 
 #include <string.h>
 
-/* Storage above this is given back when the queue empties, so an idle
- * connection holds no read buffer. */
-#define SHRINK_ABOVE (64 * 1024)
+/* First allocation of a queue; later ones double. */
+#define BUFQ_MIN 256
 
+/* How the splitter searches, chosen once per set in coil__delims_new. */
+enum {
+	SPLIT_BYTE, /* one delimiter of one byte: memchr */
+	SPLIT_ONE,  /* one delimiter of 2..64 bytes: memchr on its first byte */
+	SPLIT_FEW,  /* a set with at most FEW_FIRSTS distinct first bytes */
+	SPLIT_MANY, /* a set with more: a 256-bit table of first bytes */
+};
+#define FEW_FIRSTS 3
+
+/*
+ * A delimiter set in one allocation: a 68-byte header and the delimiter
+ * bytes back to back in list order (delimiter i starts at the sum of the
+ * lengths before it), so "\r\n" costs 70 bytes rather than a fixed 16 x 64
+ * table. firsts[] holds the distinct first bytes, in which the set scanner
+ * looks for candidate starts.
+ */
 struct coil__delims {
 	unsigned char n;
+	unsigned char kind;
 	unsigned char maxlen;
-	unsigned char len[16];
-	unsigned char first[16]; /* first byte of each, for the scan */
-	char d[][64];
+	unsigned char nfirst;
+	unsigned char len[COIL__DELIMS_MAX];
+	unsigned char firsts[COIL__DELIMS_MAX];
+	uint32_t firstmap[8];
+	char bytes[];
 };
 
-/* "\n", static: one delimiter of one byte. (A static initializer of the
- * flexible array member is a GNU C extension, which gcc and clang accept.) */
+/* "\n", static. (Initializing a flexible array member in a static object is
+ * a GNU C extension that gcc and clang both accept.) */
 const coil__delims coil__delims_default = {
 	.n = 1,
+	.kind = SPLIT_BYTE,
 	.maxlen = 1,
+	.nfirst = 1,
 	.len = {1},
-	.first = {'\n'},
-	.d = {"\n"},
+	.firsts = {'\n'},
+	.firstmap = {[0] = 1u << '\n'},
+	.bytes = "\n",
 };
+
+/* ---- byte queue ---- */
 
 void coil__bufq_init(coil__bufq *q)
 {
@@ -39,35 +62,60 @@ void coil__bufq_free(coil__bufq *q)
 }
 
 /*
- * Appends n bytes. Compacts (moves the live bytes to the front) when the
- * dead prefix is at least as large as what is live, which keeps the cost
- * amortised O(1) per byte; grows by doubling otherwise. On -ENOMEM the queue
- * is unchanged.
+ * Makes room for n more bytes after the live ones, or returns -ENOMEM with q
+ * unchanged. When the dead prefix (off) is at least as large as the live
+ * bytes and the free space would suffice, the live bytes move to the front:
+ * that memmove is paid for by the bytes consumed since, so it stays
+ * amortised O(1) per byte, and a queue that is read as fast as it is filled
+ * never grows. Otherwise capacity doubles until it fits; a buffer with a dead
+ * prefix is then copied live-bytes-only into a fresh block rather than
+ * realloc'ed, so the prefix is not carried along.
  */
+static int bufq_reserve(coil__bufq *q, size_t n)
+{
+	if (n <= q->cap - q->off - q->len)
+		return 0;
+	if (q->len > SIZE_MAX - n)
+		return -ENOMEM;
+	size_t need = q->len + n;
+	if (q->off >= q->len && need <= q->cap) {
+		memmove(q->buf, q->buf + q->off, q->len);
+		q->off = 0;
+		return 0;
+	}
+	size_t cap = q->cap ? q->cap : BUFQ_MIN;
+	while (cap < need) {
+		if (cap > SIZE_MAX / 2) {
+			cap = need;
+			break;
+		}
+		cap *= 2;
+	}
+	char *b;
+	if (q->off == 0) {
+		b = coil__realloc(q->buf, cap);
+		if (!b)
+			return -ENOMEM;
+	} else {
+		b = coil__malloc(cap);
+		if (!b)
+			return -ENOMEM;
+		memcpy(b, q->buf + q->off, q->len);
+		coil__free(q->buf);
+		q->off = 0;
+	}
+	q->buf = b;
+	q->cap = cap;
+	return 0;
+}
+
 int coil__bufq_append(coil__bufq *q, const void *p, size_t n)
 {
 	if (!n)
 		return 0;
-	if (q->off + q->len + n > q->cap && q->off && q->off >= q->len) {
-		memmove(q->buf, q->buf + q->off, q->len);
-		q->off = 0;
-	}
-	if (q->off + q->len + n > q->cap) {
-		size_t need = q->off + q->len + n;
-		if (need < n)
-			return -ENOMEM;
-		size_t cap = q->cap ? q->cap : 256;
-		while (cap < need) {
-			if (cap > SIZE_MAX / 2)
-				return -ENOMEM;
-			cap *= 2;
-		}
-		char *b = coil__realloc(q->buf, cap);
-		if (!b)
-			return -ENOMEM;
-		q->buf = b;
-		q->cap = cap;
-	}
+	int rc = bufq_reserve(q, n);
+	if (rc)
+		return rc;
 	memcpy(q->buf + q->off + q->len, p, n);
 	q->len += n;
 	return 0;
@@ -79,58 +127,87 @@ void coil__bufq_consume(coil__bufq *q, size_t n)
 		n = q->len;
 	q->off += n;
 	q->len -= n;
-	if (!q->len) {
-		q->off = 0;
-		if (q->cap > SHRINK_ABOVE) {
-			coil__free(q->buf);
-			q->buf = NULL;
-			q->cap = 0;
-		}
-	}
+	if (q->len)
+		return;
+	q->off = 0;
+	if (q->cap > COIL__BUFQ_KEEP_MAX)
+		coil__bufq_free(q);
+}
+
+void coil__bufq_trim(coil__bufq *q)
+{
+	if (!q->len)
+		coil__bufq_free(q);
 }
 
 /*
- * Returns the first n bytes as a block of their own and consumes them. When
- * they are the whole queue and start at the front, the queue's own storage is
- * handed over (no copy) and the queue starts empty.
+ * Taking everything is the common readline case (one line per arrival), so
+ * the queue's block itself is handed over: moved to the front if needed
+ * (costing what a copy would, minus an allocation) and given back by
+ * realloc if less than half of it is used, so a short line does not pin a
+ * large buffer in the caller's hands. A failed shrink keeps the larger
+ * block, which is still correct. A prefix is copied into a fresh block.
  */
 void *coil__bufq_take(coil__bufq *q, size_t n)
 {
 	if (n > q->len)
 		n = q->len;
-	if (n && n == q->len && q->off == 0) {
-		void *p = q->buf;
-		coil__bufq_init(q);
+	if (!n)
+		return coil__malloc(1);
+	if (n < q->len) {
+		void *p = coil__malloc(n);
+		if (!p)
+			return NULL;
+		memcpy(p, q->buf + q->off, n);
+		coil__bufq_consume(q, n);
 		return p;
 	}
-	void *p = coil__malloc(n ? n : 1);
-	if (!p)
-		return NULL;
-	if (n)
-		memcpy(p, q->buf + q->off, n);
-	coil__bufq_consume(q, n);
+	char *p = q->buf;
+	if (q->off)
+		memmove(p, p + q->off, n);
+	if (q->cap / 2 > n) {
+		char *s = coil__realloc(p, n);
+		if (s)
+			p = s;
+	}
+	coil__bufq_init(q);
 	return p;
 }
+
+/* ---- delimiter sets ---- */
 
 int coil__delims_new(const void *const *d, const size_t *lens, size_t n,
 		     coil__delims **out)
 {
-	if (!d || !lens || !out || n == 0 || n > 16)
+	if (!d || !lens || !out || n == 0 || n > COIL__DELIMS_MAX)
 		return -EINVAL;
-	for (size_t i = 0; i < n; i++)
-		if (!d[i] || lens[i] == 0 || lens[i] > 64)
+	size_t total = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!d[i] || lens[i] == 0 || lens[i] > COIL__DELIM_MAXLEN)
 			return -EINVAL;
-	coil__delims *ds = coil__calloc(1, sizeof(*ds) + n * 64);
+		total += lens[i];
+	}
+	coil__delims *ds = coil__calloc(1, sizeof(*ds) + total);
 	if (!ds)
 		return -ENOMEM;
 	ds->n = (unsigned char)n;
+	char *at = ds->bytes;
 	for (size_t i = 0; i < n; i++) {
+		unsigned char f = *(const unsigned char *)d[i];
 		ds->len[i] = (unsigned char)lens[i];
-		memcpy(ds->d[i], d[i], lens[i]);
-		ds->first[i] = (unsigned char)ds->d[i][0];
+		memcpy(at, d[i], lens[i]);
+		at += lens[i];
 		if (lens[i] > ds->maxlen)
 			ds->maxlen = (unsigned char)lens[i];
+		if (!(ds->firstmap[f >> 5] & (1u << (f & 31)))) {
+			ds->firstmap[f >> 5] |= 1u << (f & 31);
+			ds->firsts[ds->nfirst++] = f;
+		}
 	}
+	if (n == 1)
+		ds->kind = lens[0] == 1 ? SPLIT_BYTE : SPLIT_ONE;
+	else
+		ds->kind = ds->nfirst <= FEW_FIRSTS ? SPLIT_FEW : SPLIT_MANY;
 	*out = ds;
 	return 0;
 }
@@ -141,61 +218,172 @@ void coil__delims_free(coil__delims *ds)
 		coil__free(ds);
 }
 
-/* Whether the bytes data[p..len) are a proper prefix of delimiter i (it
- * could still match at p once more bytes arrive). */
-static bool could_match(const char *data, size_t len, size_t p,
-			const coil__delims *ds, unsigned i)
+size_t coil__delims_maxlen(const coil__delims *ds)
 {
-	size_t have = len - p;
-	return have < ds->len[i] && !memcmp(data + p, ds->d[i], have);
+	return ds->maxlen;
+}
+
+/* ---- the splitter ---- */
+
+/*
+ * One delimiter of two or more bytes: memchr finds each occurrence of its
+ * first byte, memcmp checks the rest. In the last len-1 bytes a full match
+ * cannot fit; there a proper prefix means "wait" (unless eof: nothing more
+ * can match). Cost per byte is memchr's plus, at each first-byte hit, a
+ * compare of at most 63 bytes.
+ */
+static size_t find_one(const char *data, size_t len, const coil__delims *ds,
+		       size_t p, size_t *scan, bool eof)
+{
+	const char *d = ds->bytes;
+	size_t l = ds->len[0];
+	while (p < len) {
+		const char *h = memchr(data + p, d[0], len - p);
+		if (!h)
+			break;
+		p = (size_t)(h - data);
+		size_t have = len - p;
+		if (have >= l) {
+			if (!memcmp(h + 1, d + 1, l - 1)) {
+				*scan = p;
+				return p + l;
+			}
+		} else {
+			if (eof)
+				break;
+			if (!memcmp(h + 1, d + 1, have - 1)) {
+				*scan = p;
+				return 0;
+			}
+		}
+		p++;
+	}
+	*scan = len;
+	return 0;
 }
 
 /*
- * Leftmost match wins; at the same start the delimiter listed first wins,
- * which is decided only once no earlier-listed delimiter can still complete
- * at that start. *scan is the offset below which no delimiter can start: the
- * next call resumes there, so feeding a growing queue costs O(new bytes).
+ * Decides a candidate start p of a set (data[p] is some delimiter's first
+ * byte). Returns the line length on a final match; 0 with *wait set if the
+ * answer at p depends on bytes not yet here (an earlier-listed delimiter is
+ * a proper prefix of the tail, or any delimiter is and none matched); 0
+ * with *wait clear if nothing can ever match at p.
  */
-size_t coil__find_line(const char *data, size_t len, const coil__delims *ds,
-		       size_t *scan, bool eof)
+static size_t at_candidate(const char *data, size_t len, const coil__delims *ds,
+			   size_t p, bool eof, bool *wait)
 {
-	size_t p = *scan;
-	if (p > len)
-		p = 0; /* defensive: stale resume state */
-	if (ds->n == 1 && ds->len[0] == 1) {
-		const char *hit = memchr(data + p, ds->first[0], len - p);
-		if (!hit) {
-			*scan = len;
-			return 0;
+	const char *d = ds->bytes;
+	size_t have = len - p;
+	bool pending = false;
+	*wait = false;
+	for (unsigned i = 0; i < ds->n; d += ds->len[i], i++) {
+		size_t l = ds->len[i];
+		if (d[0] != data[p])
+			continue;
+		if (have >= l) {
+			if (memcmp(data + p + 1, d + 1, l - 1))
+				continue;
+			if (pending) {
+				*wait = true;
+				return 0;
+			}
+			return p + l;
 		}
-		*scan = 0;
-		return (size_t)(hit - data) + 1;
+		if (!eof && !memcmp(data + p + 1, d + 1, have - 1))
+			pending = true;
 	}
+	*wait = pending;
+	return 0;
+}
+
+/*
+ * A set with few distinct first bytes (the usual "\r\n" + "\n" kinds): one
+ * memchr stream per first byte, each remembering its next hit, so the next
+ * candidate is the smallest of them and every byte is looked at by each
+ * stream once, at memchr speed.
+ */
+static size_t find_few(const char *data, size_t len, const coil__delims *ds,
+		       size_t p, size_t *scan, bool eof)
+{
+	size_t next[FEW_FIRSTS];
+	unsigned k = ds->nfirst;
+	for (unsigned j = 0; j < k; j++) {
+		const char *h = memchr(data + p, ds->firsts[j], len - p);
+		next[j] = h ? (size_t)(h - data) : len;
+	}
+	for (;;) {
+		unsigned jmin = 0;
+		for (unsigned j = 1; j < k; j++)
+			if (next[j] < next[jmin])
+				jmin = j;
+		p = next[jmin];
+		if (p >= len)
+			break;
+		bool wait;
+		size_t n = at_candidate(data, len, ds, p, eof, &wait);
+		if (n || wait) {
+			*scan = p;
+			return n;
+		}
+		const char *h = p + 1 < len ?
+			memchr(data + p + 1, ds->firsts[jmin], len - p - 1) :
+			NULL;
+		next[jmin] = h ? (size_t)(h - data) : len;
+	}
+	*scan = len;
+	return 0;
+}
+
+/* A set with many distinct first bytes: a table lookup per byte. */
+static size_t find_many(const char *data, size_t len, const coil__delims *ds,
+			size_t p, size_t *scan, bool eof)
+{
 	for (; p < len; p++) {
 		unsigned char c = (unsigned char)data[p];
-		bool pending = false; /* an earlier delimiter may still match */
-		for (unsigned i = 0; i < ds->n; i++) {
-			if (ds->first[i] != c)
-				continue;
-			size_t l = ds->len[i];
-			if (p + l <= len && !memcmp(data + p, ds->d[i], l)) {
-				if (pending && !eof) {
-					*scan = p;
-					return 0;
-				}
-				*scan = 0;
-				return p + l;
-			}
-			if (!eof && could_match(data, len, p, ds, i))
-				pending = true;
-		}
-		if (pending) {
-			/* Nothing complete at p yet, but something may be:
-			 * resume here when more bytes arrive. */
+		if (!(ds->firstmap[c >> 5] & (1u << (c & 31))))
+			continue;
+		bool wait;
+		size_t n = at_candidate(data, len, ds, p, eof, &wait);
+		if (n || wait) {
 			*scan = p;
-			return 0;
+			return n;
 		}
 	}
 	*scan = len;
 	return 0;
+}
+
+/*
+ * Resumes at *scan: every byte before it was found to start no final match
+ * by an earlier call on a prefix of the same data, and more bytes cannot
+ * change that, because a start that could still complete stops the scan
+ * there (*scan is left on it). So each call looks at the new bytes plus at
+ * most maxlen - 1 old ones. A *scan beyond len is stale state from other
+ * data: start over rather than read out of bounds.
+ */
+size_t coil__find_line(const char *data, size_t len, const coil__delims *ds,
+		       size_t *scan, bool eof)
+{
+	size_t p = *scan <= len ? *scan : 0;
+	if (p >= len) {
+		*scan = len;
+		return 0;
+	}
+	switch (ds->kind) {
+	case SPLIT_BYTE: {
+		const char *h = memchr(data + p, ds->bytes[0], len - p);
+		if (!h) {
+			*scan = len;
+			return 0;
+		}
+		*scan = (size_t)(h - data);
+		return *scan + 1;
+	}
+	case SPLIT_ONE:
+		return find_one(data, len, ds, p, scan, eof);
+	case SPLIT_FEW:
+		return find_few(data, len, ds, p, scan, eof);
+	default:
+		return find_many(data, len, ds, p, scan, eof);
+	}
 }
