@@ -1,13 +1,13 @@
 /* SPDX-License-Identifier: MIT */
-/* Addresses: kaa's grammar, strict parsing, formatting, structured info,
- * and name resolution on a per-loop resolver thread. */
+/* Addresses: kaa's grammar parsed strictly, formatting, structured info, and
+ * name resolution on a per-loop resolver thread. */
 #include "internal.h"
 
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <netdb.h>
-#include <stdarg.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +15,14 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-/* Records why parsing failed (truncated to fit) and returns err. */
+/* Longest address text we look at; anything longer cannot be valid (a host
+ * is at most 255 bytes, a Unix path at most 107). */
+#define MAX_TEXT 1024
+/* sun_path holds 108 bytes: 107 of path plus the terminating NUL. */
+#define SUN_PATH_MAX (sizeof(((struct sockaddr_un *)0)->sun_path))
+
+/* Records why parsing failed (truncated to fit out->error) and returns err,
+ * so every error path is one `return fail(...)`. */
 static int fail(coil_addr_t *out, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 static int fail(coil_addr_t *out, int err, const char *fmt, ...)
@@ -27,119 +34,206 @@ static int fail(coil_addr_t *out, int err, const char *fmt, ...)
 	return err;
 }
 
-/* A port number (all digits, 0..65535) or a service name from
- * /etc/services. */
+static bool is_digit(char c)
+{
+	return c >= '0' && c <= '9';
+}
+
+static bool is_alpha(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+}
+
+static bool all_digits(const char *s)
+{
+	for (; *s; s++)
+		if (!is_digit(*s))
+			return false;
+	return true;
+}
+
+/*
+ * The service part: a decimal port (0..65535) or a service name looked up in
+ * /etc/services with getservbyname_r (a file read, never DNS). An empty
+ * service is port 0 for listen (kaa's "[host]:[service]": the kernel picks
+ * a port) and an error for connect. Anything that starts with a digit must
+ * be all digits, so "80x" is an error rather than a name to look up.
+ */
 static int parse_service(const char *svc, int flags, coil_addr_t *out)
 {
-	if (!*svc)
-		return fail(out, -EINVAL, "missing service or port%s", "");
+	if (!*svc) {
+		if (flags & COIL_ADDR_LISTEN)
+			return 0;
+		return fail(out, -EINVAL,
+			    "missing port or service name after ':'");
+	}
 	if (strlen(svc) >= sizeof(out->service))
-		return fail(out, -EINVAL, "service name too long: %.40s", svc);
-	snprintf(out->service, sizeof(out->service), "%s", svc);
-	bool digits = true;
-	for (const char *p = svc; *p; p++)
-		if (*p < '0' || *p > '9')
-			digits = false;
-	if (digits) {
-		if (strlen(svc) > 5 || atol(svc) > 65535)
-			return fail(out, -EINVAL, "port out of range: %s", svc);
-		out->port = (uint16_t)atol(svc);
+		return fail(out, -EINVAL, "service name too long: %.40s...", svc);
+	memcpy(out->service, svc, strlen(svc) + 1);
+	if (is_digit(*svc)) {
+		unsigned long v = 0;
+		for (const char *p = svc; *p; p++) {
+			if (!is_digit(*p))
+				return fail(out, -EINVAL,
+					    "bad port '%s': trailing characters",
+					    svc);
+			v = v * 10 + (unsigned long)(*p - '0');
+			if (v > 65535)
+				return fail(out, -EINVAL,
+					    "port %s out of range 0..65535", svc);
+		}
+		out->port = (uint16_t)v;
 		return 0;
 	}
-	/* Service names start with a letter: "80x" or "-1" are bad ports,
-	 * not names to look up. */
-	if (!((*svc >= 'a' && *svc <= 'z') || (*svc >= 'A' && *svc <= 'Z')))
-		return fail(out, -EINVAL, "bad port: %s", svc);
+	if (!is_alpha(*svc))
+		return fail(out, -EINVAL, "bad port or service name '%s'", svc);
 	for (const char *p = svc; *p; p++)
-		if (!(*p == '-' || *p == '_' || *p == '.' || (*p >= 'a' && *p <= 'z') ||
-		      (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9')))
-			return fail(out, -EINVAL, "bad service name: %s", svc);
+		if (!(is_alpha(*p) || is_digit(*p) || *p == '-' || *p == '_' ||
+		      *p == '.'))
+			return fail(out, -EINVAL, "bad service name '%s'", svc);
 	struct servent se, *res = NULL;
-	char buf[1024];
+	char buf[4096];
 	const char *proto = (flags & COIL_ADDR_DGRAM) ? "udp" : "tcp";
-	if (getservbyname_r(svc, proto, &se, buf, sizeof(buf), &res) || !res)
-		return fail(out, -ENOENT, "unknown service: %s", svc);
+	if (getservbyname_r(svc, proto, &se, buf, sizeof(buf), &res) || !res) {
+		/* Without netbase there is no /etc/services and no name can
+		 * be known: say so instead of blaming the name. */
+		if (access("/etc/services", R_OK))
+			return fail(out, -ENOENT,
+				    "unknown service '%s' (no /etc/services: "
+				    "give a port number)", svc);
+		return fail(out, -ENOENT, "unknown service '%s' for %s", svc,
+			    proto);
+	}
 	out->port = ntohs((uint16_t)res->s_port);
 	return 0;
 }
 
-/* A scope: an interface name or a number (its index). */
+/*
+ * The scope after '%': an interface name (if_nametoindex) or an interface
+ * index. Both must name an interface that exists now, so a typo fails here
+ * with -ENODEV rather than later as a puzzling connect error.
+ */
 static int parse_scope(const char *scope, coil_addr_t *out)
 {
 	if (!*scope)
-		return fail(out, -EINVAL, "empty scope after '%%'%s", "");
+		return fail(out, -EINVAL, "empty scope after '%%'");
 	if (strlen(scope) >= sizeof(out->scope))
-		return fail(out, -EINVAL, "scope too long: %.40s", scope);
-	snprintf(out->scope, sizeof(out->scope), "%s", scope);
-	char *end;
-	unsigned long idx = strtoul(scope, &end, 10);
-	if (*scope >= '0' && *scope <= '9' && !*end) {
+		return fail(out, -EINVAL, "scope too long: %.40s...", scope);
+	memcpy(out->scope, scope, strlen(scope) + 1);
+	if (is_digit(*scope)) {
+		char name[IF_NAMESIZE];
+		unsigned long idx = 0;
+		for (const char *p = scope; *p; p++) {
+			if (!is_digit(*p) || idx > UINT32_MAX / 10)
+				return fail(out, -EINVAL, "bad scope index '%s'",
+					    scope);
+			idx = idx * 10 + (unsigned long)(*p - '0');
+		}
 		if (idx == 0 || idx > UINT32_MAX)
-			return fail(out, -EINVAL, "bad scope index: %s", scope);
+			return fail(out, -EINVAL, "bad scope index '%s'", scope);
+		if (!if_indextoname((unsigned)idx, name))
+			return fail(out, -ENODEV, "no interface with index %s",
+				    scope);
 		out->scope_id = (uint32_t)idx;
 		return 0;
 	}
-	unsigned i = if_nametoindex(scope);
-	if (!i)
-		return fail(out, -ENODEV, "unknown interface: %s", scope);
-	out->scope_id = i;
+	unsigned idx = strlen(scope) < IF_NAMESIZE ? if_nametoindex(scope) : 0;
+	if (!idx)
+		return fail(out, -ENODEV, "unknown interface '%s'", scope);
+	out->scope_id = idx;
 	return 0;
 }
 
 /*
- * The private directory for relative Unix socket names: $TMPDIR/coil-<uid>
- * (or /tmp), mode 0700, ours, not a symlink. Anything else is refused, so a
- * name can never be steered into another user's directory.
+ * The private directory for relative Unix socket names: $TMPDIR/coil-<euid>
+ * (or /tmp/coil-<euid>), created mode 0700 when absent. An existing entry is
+ * examined with lstat and refused unless it is a real directory owned by us
+ * with no group or other permission bits: otherwise another user could
+ * pre-create it (or a symlink in its place) and steer our sockets into a
+ * directory they control. Fills dir and returns 0, or a -errno with
+ * out->error set.
  */
 static int private_dir(char *dir, size_t n, coil_addr_t *out)
 {
 	const char *tmp = getenv("TMPDIR");
 	if (!tmp || !*tmp)
 		tmp = "/tmp";
-	if ((size_t)snprintf(dir, n, "%s/coil-%u", tmp, (unsigned)geteuid()) >= n)
-		return fail(out, -ENAMETOOLONG, "TMPDIR too long%s", "");
+	if ((size_t)snprintf(dir, n, "%s/coil-%u", tmp, (unsigned)geteuid()) >=
+	    n)
+		return fail(out, -ENAMETOOLONG,
+			    "TMPDIR too long for a Unix socket directory");
 	if (mkdir(dir, 0700) && errno != EEXIST)
-		return fail(out, -errno, "cannot create %s", dir);
+		return fail(out, -errno, "cannot create %.100s: %s", dir,
+			    strerror(errno));
 	struct stat st;
 	if (lstat(dir, &st))
-		return fail(out, -errno, "cannot stat %s", dir);
+		return fail(out, -errno, "cannot stat %.100s: %s", dir,
+			    strerror(errno));
 	if (S_ISLNK(st.st_mode))
-		return fail(out, -ELOOP, "%s is a symlink: refused", dir);
+		return fail(out, -ELOOP,
+			    "%.100s is a symlink; refusing to use it", dir);
 	if (!S_ISDIR(st.st_mode))
-		return fail(out, -ENOTDIR, "%s is not a directory", dir);
+		return fail(out, -EACCES, "%.100s is not a directory", dir);
 	if (st.st_uid != geteuid())
-		return fail(out, -EACCES, "%s belongs to another user", dir);
+		return fail(out, -EACCES, "%.100s belongs to uid %u, not us",
+			    dir, (unsigned)st.st_uid);
 	if (st.st_mode & 077)
-		return fail(out, -EACCES, "%s is open to other users", dir);
+		return fail(out, -EACCES,
+			    "%.100s is open to other users (mode %03o, want 0700)",
+			    dir, (unsigned)(st.st_mode & 0777));
 	return 0;
 }
 
+/*
+ * A Unix socket address: "/abs/path" as is, "@name" in Linux's abstract
+ * namespace (the form coil_addr_format prints), anything else a plain file
+ * name inside the private directory. Relative names may not contain '/', so
+ * they can never climb out of that directory.
+ */
 static int parse_unix(const char *text, coil_addr_t *out)
 {
 	struct sockaddr_un *sun = (struct sockaddr_un *)&out->ss;
-	char path[512];
+	char path[MAX_TEXT + 512];
+	size_t len;
+
 	out->kind = COIL_ADDR_UNIX;
+	out->numeric = 1;
+	sun->sun_family = AF_UNIX;
+	if (text[0] == '@') {
+		len = strlen(text + 1);
+		if (!len)
+			return fail(out, -EINVAL, "empty abstract socket name");
+		if (len + 1 > SUN_PATH_MAX)
+			return fail(out, -ENAMETOOLONG,
+				    "abstract socket name longer than %zu bytes",
+				    SUN_PATH_MAX - 1);
+		/* No terminating NUL: the length alone delimits the name. */
+		memcpy(sun->sun_path + 1, text + 1, len);
+		out->sslen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
+					 1 + len);
+		return 0;
+	}
 	if (text[0] == '/') {
-		if (strlen(text) >= sizeof(path))
-			return fail(out, -ENAMETOOLONG, "Unix path too long%s", "");
 		snprintf(path, sizeof(path), "%s", text);
 	} else {
-		char dir[400];
+		if (strchr(text, '/'))
+			return fail(out, -EINVAL,
+				    "relative Unix socket name '%.60s' may not "
+				    "contain '/' (give an absolute path)", text);
+		char dir[512];
 		int rc = private_dir(dir, sizeof(dir), out);
 		if (rc)
 			return rc;
-		if ((size_t)snprintf(path, sizeof(path), "%s/%s", dir, text) >=
-		    sizeof(path))
-			return fail(out, -ENAMETOOLONG, "Unix path too long%s", "");
+		snprintf(path, sizeof(path), "%s/%s", dir, text);
 	}
-	if (strlen(path) >= sizeof(sun->sun_path))
+	len = strlen(path);
+	if (len + 1 > SUN_PATH_MAX)
 		return fail(out, -ENAMETOOLONG,
-			    "Unix path longer than 107 bytes: %.60s", path);
-	sun->sun_family = AF_UNIX;
-	memcpy(sun->sun_path, path, strlen(path) + 1);
-	out->sslen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) +
-				 strlen(path) + 1);
-	out->numeric = 1;
+			    "Unix socket path longer than %zu bytes: %.60s...",
+			    SUN_PATH_MAX - 1, path);
+	memcpy(sun->sun_path, path, len + 1);
+	out->sslen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len +
+				 1);
 	return 0;
 }
 
@@ -148,138 +242,131 @@ static bool is_link_local(const struct in6_addr *a)
 	return a->s6_addr[0] == 0xfe && (a->s6_addr[1] & 0xc0) == 0x80;
 }
 
-/*
- * Grammar (kaa): PORT | [HOST]:SERVICE[%SCOPE] | [V6]:SERVICE[%SCOPE] | PATH,
- * where V6 may also carry its scope inside the brackets. No ':' means a Unix
- * path, except an all-digits string with COIL_ADDR_LISTEN (a port on every
- * interface).
- */
-int coil_addr_parse(const char *text, int flags, coil_addr_t *out)
+static bool host_char(char c)
 {
-	if (!out)
-		return -EINVAL;
-	memset(out, 0, sizeof(*out));
-	if (!text)
-		return fail(out, -EINVAL, "no address%s", "");
-	if (!*text)
-		return fail(out, -EINVAL, "empty address%s", "");
-	size_t tl = strlen(text);
-	if (tl > 1024)
-		return fail(out, -EINVAL, "address too long%s", "");
-	bool all_digits = true;
-	for (const char *p = text; *p; p++)
-		if (*p < '0' || *p > '9')
-			all_digits = false;
-	char host[300] = "", svc[80] = "", scope[80] = "";
-	if (all_digits) {
-		if (!(flags & COIL_ADDR_LISTEN))
-			return fail(out, -EINVAL,
-				    "a bare port (%s) needs a host to connect to",
-				    text);
-		if (tl >= sizeof(svc))
-			return fail(out, -EINVAL, "port out of range: %.20s", text);
-		memcpy(svc, text, tl + 1);
-	} else if (!strchr(text, ':')) {
-		return parse_unix(text, out);
-	} else if (text[0] == '[') {
+	return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_';
+}
+
+/* Copies src[0..n) into dst (size cap) as a string; false if it is too long. */
+static bool copy_part(char *dst, size_t cap, const char *src, size_t n)
+{
+	if (n >= cap)
+		return false;
+	memcpy(dst, src, n);
+	dst[n] = 0;
+	return true;
+}
+
+/*
+ * Splits "host:service[%scope]" or "[v6[%scope]]:service[%scope]" into its
+ * parts without judging them, except for what only the split can see:
+ * brackets, unbracketed IPv6, garbage after ']', two scopes.
+ */
+static int split_inet(const char *text, char *host, size_t hcap, char *svc,
+		      size_t scap, char *scope, size_t sccap, coil_addr_t *out)
+{
+	const char *rest;
+	if (text[0] == '[') {
 		const char *close = strchr(text, ']');
 		if (!close)
-			return fail(out, -EINVAL, "missing ']' in %.80s", text);
-		size_t hl = (size_t)(close - text - 1);
-		if (hl >= sizeof(host))
-			return fail(out, -EINVAL, "host too long%s", "");
-		memcpy(host, text + 1, hl);
-		host[hl] = 0;
+			return fail(out, -EINVAL, "missing ']' in '%.80s'", text);
+		if (!copy_part(host, hcap, text + 1, (size_t)(close - text - 1)))
+			return fail(out, -EINVAL, "host too long in '%.60s...'",
+				    text);
 		char *pct = strchr(host, '%');
 		if (pct) {
-			snprintf(scope, sizeof(scope), "%s", pct + 1);
+			if (!copy_part(scope, sccap, pct + 1, strlen(pct + 1)))
+				return fail(out, -EINVAL, "scope too long");
 			if (!scope[0])
-				return fail(out, -EINVAL, "empty scope in %.80s", text);
+				return fail(out, -EINVAL,
+					    "empty scope after '%%' in '%.80s'",
+					    text);
 			*pct = 0;
 		}
+		if (!close[1])
+			return fail(out, -EINVAL,
+				    "missing ':port' after ']' in '%.80s'", text);
 		if (close[1] != ':')
 			return fail(out, -EINVAL,
-				    close[1] ? "garbage after ']' in %.80s"
-					     : "missing ':service' in %.80s",
-				    text);
-		const char *s = close + 2;
-		const char *pct2 = strchr(s, '%');
-		size_t sl = pct2 ? (size_t)(pct2 - s) : strlen(s);
-		if (sl >= sizeof(svc))
-			return fail(out, -EINVAL, "service too long%s", "");
-		memcpy(svc, s, sl);
-		svc[sl] = 0;
-		if (pct2) {
-			if (scope[0])
-				return fail(out, -EINVAL, "two scopes in %.80s", text);
-			snprintf(scope, sizeof(scope), "%s", pct2 + 1);
-			if (!scope[0])
-				return fail(out, -EINVAL, "empty scope in %.80s", text);
-		}
+				    "unexpected '%c' after ']' in '%.80s'",
+				    close[1], text);
 		struct in6_addr a6;
 		if (inet_pton(AF_INET6, host, &a6) != 1)
-			return fail(out, -EINVAL, "not an IPv6 address: [%.60s]",
-				    host);
+			return fail(out, -EINVAL,
+				    "[%.60s] is not an IPv6 address", host);
+		rest = close + 2;
 	} else {
 		const char *colon = strchr(text, ':');
 		if (strchr(colon + 1, ':'))
 			return fail(out, -EINVAL,
-				    "IPv6 addresses need brackets: %.80s", text);
-		size_t hl = (size_t)(colon - text);
-		if (hl >= sizeof(host))
-			return fail(out, -EINVAL, "host too long%s", "");
-		memcpy(host, text, hl);
-		host[hl] = 0;
-		const char *s = colon + 1;
-		const char *pct = strchr(s, '%');
-		size_t sl = pct ? (size_t)(pct - s) : strlen(s);
-		if (sl >= sizeof(svc))
-			return fail(out, -EINVAL, "service too long%s", "");
-		memcpy(svc, s, sl);
-		svc[sl] = 0;
-		if (pct) {
-			snprintf(scope, sizeof(scope), "%s", pct + 1);
-			if (!scope[0])
-				return fail(out, -EINVAL, "empty scope in %.80s", text);
-		}
+				    "'%.80s': IPv6 addresses must be written in "
+				    "brackets, as in [::1]:80", text);
+		if (!copy_part(host, hcap, text, (size_t)(colon - text)))
+			return fail(out, -EINVAL, "host name too long");
 		for (const char *p = host; *p; p++)
-			if (!(*p == '-' || *p == '.' || *p == '_' ||
-			      (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-			      (*p >= '0' && *p <= '9')))
-				return fail(out, -EINVAL, "bad host name: %.80s",
-					    host);
+			if (!host_char(*p))
+				return fail(out, -EINVAL,
+					    "bad character '%c' in host '%.80s'",
+					    *p, host);
+		rest = colon + 1;
 	}
-	out->kind = COIL_ADDR_INET;
-	snprintf(out->host, sizeof(out->host), "%s", host);
-	if (!host[0] && !(flags & COIL_ADDR_LISTEN))
-		return fail(out, -EINVAL, "missing host in %.80s", text);
-	int rc = parse_service(svc, flags, out);
-	if (rc)
-		return rc;
-	if (scope[0] && (rc = parse_scope(scope, out)))
-		return rc;
+	const char *pct = strchr(rest, '%');
+	size_t sl = pct ? (size_t)(pct - rest) : strlen(rest);
+	if (!copy_part(svc, scap, rest, sl))
+		return fail(out, -EINVAL, "service too long in '%.60s...'", text);
+	if (pct) {
+		if (scope[0])
+			return fail(out, -EINVAL, "two scopes in '%.80s'", text);
+		if (!copy_part(scope, sccap, pct + 1, strlen(pct + 1)))
+			return fail(out, -EINVAL, "scope too long");
+		if (!scope[0])
+			return fail(out, -EINVAL,
+				    "empty scope after '%%' in '%.80s'", text);
+	}
+	return 0;
+}
 
-	/* Numeric hosts: fill the socket address now. */
+/* Fills out->ss for an empty listen host: the IPv6 wildcard (dual-stack),
+ * or INADDR_ANY when IPv4 is forced. */
+static int fill_wildcard(int flags, coil_addr_t *out)
+{
 	struct sockaddr_in *v4 = (struct sockaddr_in *)&out->ss;
 	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&out->ss;
-	if (!host[0]) {
-		out->numeric = 1;
-		if (flags & COIL_ADDR_IPV4) {
-			v4->sin_family = AF_INET;
-			v4->sin_port = htons(out->port);
-			v4->sin_addr.s_addr = htonl(INADDR_ANY);
-			out->sslen = sizeof(*v4);
-		} else {
-			v6->sin6_family = AF_INET6;
-			v6->sin6_port = htons(out->port);
-			v6->sin6_addr = in6addr_any;
-			out->sslen = sizeof(*v6);
-		}
-		return 0;
+	out->numeric = 1;
+	if (flags & COIL_ADDR_IPV4) {
+		if (out->scope_id)
+			return fail(out, -EINVAL,
+				    "a %%scope needs IPv6, but IPv4 is forced");
+		v4->sin_family = AF_INET;
+		v4->sin_port = htons(out->port);
+		v4->sin_addr.s_addr = htonl(INADDR_ANY);
+		out->sslen = sizeof(*v4);
+	} else {
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = htons(out->port);
+		v6->sin6_addr = in6addr_any;
+		v6->sin6_scope_id = out->scope_id;
+		out->sslen = sizeof(*v6);
 	}
+	return 0;
+}
+
+/*
+ * Fills out->ss when out->host is an IP literal; leaves numeric = 0 for a
+ * host name. IPv4 must be a full dotted quad (inet_pton): the short and hex
+ * forms that inet_aton and getaddrinfo accept ("127.1", "0x7f.1", "2130706433")
+ * are refused instead of being quietly reinterpreted.
+ */
+static int fill_numeric(int flags, coil_addr_t *out)
+{
+	struct sockaddr_in *v4 = (struct sockaddr_in *)&out->ss;
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&out->ss;
+	const char *host = out->host;
+
 	if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
 		if (out->scope_id)
-			return fail(out, -EINVAL, "a scope on an IPv4 address: %s",
+			return fail(out, -EINVAL,
+				    "a %%scope applies to IPv6 only, not %s",
 				    host);
 		v4->sin_family = AF_INET;
 		v4->sin_port = htons(out->port);
@@ -290,10 +377,12 @@ int coil_addr_parse(const char *text, int flags, coil_addr_t *out)
 	if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
 		if (flags & COIL_ADDR_IPV4)
 			return fail(out, -EAFNOSUPPORT,
-				    "IPv6 address [%s] with IPv4 forced", host);
+				    "IPv6 address [%s] but IPv4 is forced", host);
 		if (is_link_local(&v6->sin6_addr) && !out->scope_id)
 			return fail(out, -EINVAL,
-				    "link-local [%s] needs a %%scope", host);
+				    "link-local address [%s] needs a %%scope "
+				    "(interface), as in [%s%%eth0]:port",
+				    host, host);
 		v6->sin6_family = AF_INET6;
 		v6->sin6_port = htons(out->port);
 		v6->sin6_scope_id = out->scope_id;
@@ -301,56 +390,136 @@ int coil_addr_parse(const char *text, int flags, coil_addr_t *out)
 		out->numeric = 1;
 		return 0;
 	}
-	/* A dotted string of digits that is no IPv4 address ("1.2.3",
-	 * "1.2.3.256") is an error, not a host name to look up. */
-	bool dotted_digits = true;
-	for (const char *p = host; *p; p++)
-		if (!(*p == '.' || (*p >= '0' && *p <= '9')))
-			dotted_digits = false;
-	if (dotted_digits)
-		return fail(out, -EINVAL, "not an IPv4 address: %s", host);
+	memset(&out->ss, 0, sizeof(out->ss));
+	struct in_addr legacy;
+	if (inet_aton(host, &legacy))
+		return fail(out, -EINVAL,
+			    "'%s' is not a dotted-quad IPv4 address", host);
+	if (strspn(host, "0123456789.") == strlen(host))
+		return fail(out, -EINVAL, "'%s' is not an IPv4 address", host);
 	return 0; /* a host name: resolved later */
 }
 
+/*
+ * Grammar (kaa): an integer alone is a port on all interfaces (listen only);
+ * otherwise a string without ':' is a Unix socket, and one with ':' is
+ * host:service[%scope], where host is a name, a dotted quad, an IPv6 literal
+ * in brackets (which may carry the scope inside: [fe80::1%eth0]:80), or
+ * empty for listen. Every malformed form fails with a sentence in
+ * out->error; nothing is guessed. Does no DNS.
+ */
+int coil_addr_parse(const char *text, int flags, coil_addr_t *out)
+{
+	char host[sizeof(out->host)] = "", svc[sizeof(out->service)] = "";
+	char scope[sizeof(out->scope)] = "";
+	int rc;
+
+	if (!out)
+		return -EINVAL;
+	memset(out, 0, sizeof(*out));
+	if (!text)
+		return fail(out, -EINVAL, "no address given");
+	if (!*text)
+		return fail(out, -EINVAL, "empty address");
+	if (strnlen(text, MAX_TEXT + 1) > MAX_TEXT)
+		return fail(out, -EINVAL, "address longer than %d bytes",
+			    MAX_TEXT);
+	if (all_digits(text)) {
+		if (!(flags & COIL_ADDR_LISTEN))
+			return fail(out, -EINVAL,
+				    "bare port %.20s: connect needs host:port",
+				    text);
+		out->kind = COIL_ADDR_INET;
+		rc = parse_service(text, flags, out);
+		return rc ? rc : fill_wildcard(flags, out);
+	}
+	if (!strchr(text, ':'))
+		return parse_unix(text, out);
+
+	out->kind = COIL_ADDR_INET;
+	rc = split_inet(text, host, sizeof(host), svc, sizeof(svc), scope,
+			sizeof(scope), out);
+	if (rc)
+		return rc;
+	memcpy(out->host, host, sizeof(host));
+	if (!host[0] && !(flags & COIL_ADDR_LISTEN))
+		return fail(out, -EINVAL,
+			    "missing host in '%.80s' (only listen may omit it)",
+			    text);
+	if ((rc = parse_service(svc, flags, out)))
+		return rc;
+	if (scope[0] && (rc = parse_scope(scope, out)))
+		return rc;
+	if (!host[0])
+		return fill_wildcard(flags, out);
+	return fill_numeric(flags, out);
+}
+
+/* Bytes of sun_path covered by len, clamped to the array. */
+static size_t sun_len(socklen_t len)
+{
+	size_t off = offsetof(struct sockaddr_un, sun_path);
+	size_t n = len > off ? len - off : 0;
+	return n < SUN_PATH_MAX ? n : SUN_PATH_MAX;
+}
+
+/* The interface name for a scope id, or its number when the interface is
+ * gone (or has no name we can read). */
+static void scope_text(uint32_t id, char *buf, size_t n)
+{
+	char name[IF_NAMESIZE];
+	if (if_indextoname(id, name))
+		snprintf(buf, n, "%s", name);
+	else
+		snprintf(buf, n, "%u", id);
+}
+
+/*
+ * Formats an address the way the grammar writes it, so that the output of
+ * coil_addr_format parses back to the same address. len is checked against
+ * the family's size, so a short buffer is rejected rather than over-read.
+ * Returns the length written (n - 1 when truncated), -EINVAL for bad
+ * arguments, -EAFNOSUPPORT for families other than INET, INET6 and UNIX.
+ */
 int coil_addr_format(const struct sockaddr *sa, socklen_t len, char *buf,
 		     size_t n)
 {
-	if (!sa || !buf || !n)
-		return -EINVAL;
 	char h[INET6_ADDRSTRLEN], sc[IF_NAMESIZE + 12];
 	int r;
+
+	if (!sa || !buf || !n || len < sizeof(sa_family_t))
+		return -EINVAL;
 	switch (sa->sa_family) {
 	case AF_INET: {
 		const struct sockaddr_in *v4 = (const void *)sa;
+		if (len < sizeof(*v4))
+			return -EINVAL;
 		inet_ntop(AF_INET, &v4->sin_addr, h, sizeof(h));
 		r = snprintf(buf, n, "%s:%u", h, ntohs(v4->sin_port));
 		break;
 	}
 	case AF_INET6: {
 		const struct sockaddr_in6 *v6 = (const void *)sa;
+		if (len < sizeof(*v6))
+			return -EINVAL;
 		inet_ntop(AF_INET6, &v6->sin6_addr, h, sizeof(h));
 		sc[0] = 0;
 		if (v6->sin6_scope_id) {
-			char name[IF_NAMESIZE];
-			if (if_indextoname(v6->sin6_scope_id, name))
-				snprintf(sc, sizeof(sc), "%%%s", name);
-			else
-				snprintf(sc, sizeof(sc), "%%%u", v6->sin6_scope_id);
+			sc[0] = '%';
+			scope_text(v6->sin6_scope_id, sc + 1, sizeof(sc) - 1);
 		}
 		r = snprintf(buf, n, "[%s%s]:%u", h, sc, ntohs(v6->sin6_port));
 		break;
 	}
 	case AF_UNIX: {
 		const struct sockaddr_un *u = (const void *)sa;
-		size_t plen = len > offsetof(struct sockaddr_un, sun_path)
-				      ? len - offsetof(struct sockaddr_un, sun_path)
-				      : 0;
-		if (plen && u->sun_path[0] == 0) /* abstract */
+		size_t plen = sun_len(len);
+		if (plen && u->sun_path[0] == 0) /* abstract: "@name" */
 			r = snprintf(buf, n, "@%.*s", (int)(plen - 1),
 				     u->sun_path + 1);
 		else
-			r = snprintf(buf, n, "%.*s", (int)strnlen(u->sun_path,
-								  plen),
+			r = snprintf(buf, n, "%.*s",
+				     (int)strnlen(u->sun_path, plen),
 				     u->sun_path);
 		break;
 	}
@@ -362,22 +531,34 @@ int coil_addr_format(const struct sockaddr *sa, socklen_t len, char *buf,
 	return (size_t)r >= n ? (int)n - 1 : r;
 }
 
+/*
+ * kaa's local/peer tuple as a structure. An IPv4-mapped IPv6 address (a v4
+ * client on a dual-stack listener) reads as the plain dotted quad, as users
+ * expect, while family stays AF_INET6 to say what the socket really is.
+ * reqhost is left empty: only the socket knows what name connect was given.
+ */
 int coil_sockinfo_from(const struct sockaddr *sa, socklen_t len,
 		       coil_sockinfo_t *out)
 {
-	if (!sa || !out)
+	if (!out)
 		return -EINVAL;
 	memset(out, 0, sizeof(*out));
+	if (!sa || len < sizeof(sa_family_t))
+		return -EINVAL;
 	out->family = sa->sa_family;
 	switch (sa->sa_family) {
 	case AF_INET: {
 		const struct sockaddr_in *v4 = (const void *)sa;
+		if (len < sizeof(*v4))
+			return -EINVAL;
 		inet_ntop(AF_INET, &v4->sin_addr, out->host, sizeof(out->host));
 		out->port = ntohs(v4->sin_port);
 		return 0;
 	}
 	case AF_INET6: {
 		const struct sockaddr_in6 *v6 = (const void *)sa;
+		if (len < sizeof(*v6))
+			return -EINVAL;
 		if (IN6_IS_ADDR_V4MAPPED(&v6->sin6_addr))
 			inet_ntop(AF_INET, &v6->sin6_addr.s6_addr[12], out->host,
 				  sizeof(out->host));
@@ -387,19 +568,14 @@ int coil_sockinfo_from(const struct sockaddr *sa, socklen_t len,
 		out->port = ntohs(v6->sin6_port);
 		out->flowinfo = ntohl(v6->sin6_flowinfo);
 		out->scope_id = v6->sin6_scope_id;
-		if (v6->sin6_scope_id) {
-			char name[IF_NAMESIZE];
-			if (if_indextoname(v6->sin6_scope_id, name))
-				snprintf(out->scope, sizeof(out->scope), "%s",
-					 name);
-		}
+		if (v6->sin6_scope_id)
+			scope_text(v6->sin6_scope_id, out->scope,
+				   sizeof(out->scope));
 		return 0;
 	}
 	case AF_UNIX: {
 		const struct sockaddr_un *u = (const void *)sa;
-		size_t plen = len > offsetof(struct sockaddr_un, sun_path)
-				      ? len - offsetof(struct sockaddr_un, sun_path)
-				      : 0;
+		size_t plen = sun_len(len);
 		if (plen > sizeof(out->path) - 1)
 			plen = sizeof(out->path) - 1;
 		if (plen && u->sun_path[0] == 0) {
@@ -419,18 +595,31 @@ int coil_sockinfo_from(const struct sockaddr *sa, socklen_t len,
 
 /*
  * Names resolve with getaddrinfo on one thread per loop, started on first
- * use, so a slow DNS server never blocks a worker. The thread settles the
- * handle itself (settling is safe from any thread).
+ * use, so a slow DNS server never stalls a worker. Jobs queue on
+ * loop->res_head/res_tail under res_lock; the job at the head stays queued
+ * (marked running) while getaddrinfo runs, so coil__resolver_stop can fail
+ * its handle at once instead of leaving it pending until DNS answers. The
+ * thread settles handles itself: settling is documented safe from any thread.
  */
 struct resolve_job {
-	coil__task task; /* queue link only: not posted to a worker */
-	coil_ip_t *ip;   /* a reference */
-	char host[256];
-	char service[64];
+	coil__task task;   /* queue link only: never posted to a worker */
+	coil_ip_t *ip;     /* a reference, dropped when the job is freed */
+	bool running;      /* getaddrinfo is under way (resolver thread) */
 	int flags;
+	uint32_t scope_id; /* from "%scope", given to link-local results */
+	char host[256];
+	char service[8];
 };
 
-static int map_gai(int g)
+static void job_free(struct resolve_job *j)
+{
+	coil_ip_unref(j->ip);
+	coil__free(j);
+}
+
+/* getaddrinfo's EAI_* codes as coil errors. Called right after the failing
+ * call so errno is still the one EAI_SYSTEM refers to. */
+static int map_gai(int g, int err)
 {
 	switch (g) {
 	case EAI_NONAME:
@@ -449,48 +638,62 @@ static int map_gai(int g)
 	case EAI_MEMORY:
 		return -ENOMEM;
 	case EAI_SYSTEM:
-		return errno ? -errno : -EIO;
+		return err ? -err : -EIO;
 	default:
 		return -EINVAL;
 	}
 }
 
-/* Orders IPv6 and IPv4 results alternately, IPv6 first (RFC 8305). */
-static coil_addrlist_t *order(struct addrinfo *res)
+static void list_add(coil_addrlist_t *l, const struct addrinfo *a,
+		     uint32_t scope_id)
 {
-	size_t n6 = 0, n4 = 0;
-	for (struct addrinfo *r = res; r; r = r->ai_next) {
-		if (r->ai_family == AF_INET6)
-			n6++;
-		else if (r->ai_family == AF_INET)
-			n4++;
-	}
-	coil_addrlist_t *l = coil__calloc(1, sizeof(*l) + (n6 + n4) *
-							  sizeof(l->addrs[0]));
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&l->addrs[l->count].ss;
+	size_t n = a->ai_addrlen;
+	if (n > sizeof(l->addrs[0].ss))
+		n = sizeof(l->addrs[0].ss);
+	memcpy(&l->addrs[l->count].ss, a->ai_addr, n);
+	l->addrs[l->count].len = (socklen_t)n;
+	if (a->ai_family == AF_INET6 && !v6->sin6_scope_id &&
+	    is_link_local(&v6->sin6_addr))
+		v6->sin6_scope_id = scope_id;
+	l->count++;
+}
+
+/*
+ * The order in which connect should try the results: IPv6 and IPv4
+ * alternating, IPv6 first (RFC 8305 section 4), each family keeping
+ * getaddrinfo's own (RFC 6724) order. Other families are dropped.
+ */
+static coil_addrlist_t *order(const struct addrinfo *res, uint32_t scope_id)
+{
+	size_t total = 0;
+	for (const struct addrinfo *r = res; r; r = r->ai_next)
+		if (r->ai_family == AF_INET6 || r->ai_family == AF_INET)
+			total++;
+	coil_addrlist_t *l = coil__calloc(1, sizeof(*l) +
+						     total * sizeof(l->addrs[0]));
 	if (!l)
 		return NULL;
-	struct addrinfo *a6 = res, *a4 = res;
-	size_t i = 0;
-	while (i < n6 + n4) {
+	const struct addrinfo *a6 = res, *a4 = res;
+	while (l->count < total) {
 		while (a6 && a6->ai_family != AF_INET6)
 			a6 = a6->ai_next;
 		if (a6) {
-			memcpy(&l->addrs[i].ss, a6->ai_addr, a6->ai_addrlen);
-			l->addrs[i++].len = a6->ai_addrlen;
+			list_add(l, a6, scope_id);
 			a6 = a6->ai_next;
 		}
 		while (a4 && a4->ai_family != AF_INET)
 			a4 = a4->ai_next;
 		if (a4) {
-			memcpy(&l->addrs[i].ss, a4->ai_addr, a4->ai_addrlen);
-			l->addrs[i++].len = a4->ai_addrlen;
+			list_add(l, a4, scope_id);
 			a4 = a4->ai_next;
 		}
 	}
-	l->count = i;
 	return l;
 }
 
+/* Resolves one job and settles its handle (unless it settled meanwhile:
+ * aborted, or cancelled by coil__resolver_stop; then the result is dropped). */
 static void resolve_run(struct resolve_job *j)
 {
 	struct addrinfo hints, *res = NULL;
@@ -499,84 +702,168 @@ static void resolve_run(struct resolve_job *j)
 							 : SOCK_STREAM;
 	hints.ai_family = (j->flags & COIL_ADDR_IPV4) ? AF_INET : AF_UNSPEC;
 	hints.ai_flags = AI_NUMERICSERV;
+	if (j->flags & COIL_ADDR_LISTEN)
+		hints.ai_flags |= AI_PASSIVE;
+	errno = 0;
 	int g = getaddrinfo(j->host, j->service, &hints, &res);
 	if (g) {
-		coil_ip_fail(j->ip, map_gai(g), "resolve %s: %s", j->host,
-			     gai_strerror(g));
+		int err = map_gai(g, errno);
+		coil_ip_fail(j->ip, err, "resolve %s: %s", j->host,
+			     g == EAI_SYSTEM && errno ? strerror(errno)
+						      : gai_strerror(g));
 		return;
 	}
-	coil_addrlist_t *l = order(res);
+	coil_addrlist_t *l = order(res, j->scope_id);
 	freeaddrinfo(res);
-	if (!l)
-		coil__ip_fail_msg(j->ip, -ENOMEM, "resolve: out of memory");
-	else if (!l->count) {
-		coil_free(l);
-		coil_ip_fail(j->ip, -ENOENT, "resolve %s: no address", j->host);
+	if (!l) {
+		coil_ip_fail(j->ip, -ENOMEM, "resolve %s: out of memory",
+			     j->host);
+	} else if (!l->count) {
+		coil__free(l);
+		coil_ip_fail(j->ip, -ENOENT, "resolve %s: no IPv4 or IPv6 address",
+			     j->host);
 	} else if (coil_ip_finish_ptr(j->ip, l, coil_free)) {
-		coil_free(l); /* aborted meanwhile */
+		coil__free(l); /* settled meanwhile: the list stays ours */
 	}
 }
 
+/*
+ * The resolver thread: takes the head job, resolves it with the lock
+ * dropped, then unlinks and frees it. It exits once res_stop is set; jobs
+ * still queued then are coil__resolver_stop's to fail and free.
+ */
 static void *resolver_main(void *arg)
 {
 	coil_loop_t *loop = arg;
-	/* Like the workers, the resolver takes no asynchronous signals. */
-	sigset_t all;
-	sigfillset(&all);
-	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	pthread_mutex_lock(&loop->res_lock);
 	for (;;) {
 		while (!loop->res_head && !loop->res_stop)
 			pthread_cond_wait(&loop->res_cond, &loop->res_lock);
 		if (loop->res_stop)
 			break;
-		coil__task *t = loop->res_head;
-		loop->res_head = t->next;
-		if (!loop->res_head)
-			loop->res_tail = NULL;
-		pthread_mutex_unlock(&loop->res_lock);
-		struct resolve_job *j = coil__container_of(t, struct resolve_job,
+		struct resolve_job *j = coil__container_of(loop->res_head,
+							   struct resolve_job,
 							   task);
+		j->running = true;
+		pthread_mutex_unlock(&loop->res_lock);
 		if (coil_ip_state(j->ip) == COIL_IP_PENDING)
 			resolve_run(j);
-		coil_ip_unref(j->ip);
-		coil__free(j);
+		pthread_mutex_lock(&loop->res_lock);
+		/* Still the head: stop leaves a running job in place. */
+		loop->res_head = j->task.next;
+		if (!loop->res_head)
+			loop->res_tail = NULL;
+		/* The last reference may run user code (the unobserved
+		 * failure handler): never under res_lock. */
+		pthread_mutex_unlock(&loop->res_lock);
+		job_free(j);
 		pthread_mutex_lock(&loop->res_lock);
 	}
 	pthread_mutex_unlock(&loop->res_lock);
 	return NULL;
 }
 
+/* Called once from coil_loop_new before anything can resolve. The thread
+ * itself starts lazily in coil_resolve, so loops that never resolve a name
+ * never pay for it. */
 void coil__resolver_init(coil_loop_t *loop)
 {
 	pthread_mutex_init(&loop->res_lock, NULL);
 	pthread_cond_init(&loop->res_cond, NULL);
+	loop->res_head = loop->res_tail = NULL;
+	loop->res_started = false;
+	loop->res_stop = false;
 }
 
+/*
+ * Stops the resolver for good (coil_loop_free, or a failed coil_loop_new):
+ * every queued handle fails with -ECANCELED now, including the one whose
+ * getaddrinfo is still running; then the thread is joined, which waits for
+ * that getaddrinfo to return (it cannot be interrupted). Later calls to
+ * coil_resolve fail with -ESHUTDOWN. The lock stays initialised because
+ * workers may still call coil_resolve until they stop.
+ */
 void coil__resolver_stop(coil_loop_t *loop)
 {
+	coil__task *t, *keep = NULL, *drop = NULL, **dtail = &drop;
+
 	pthread_mutex_lock(&loop->res_lock);
-	bool started = loop->res_started;
 	loop->res_stop = true;
-	coil__task *t = loop->res_head;
-	loop->res_head = loop->res_tail = NULL;
-	pthread_cond_broadcast(&loop->res_cond);
-	pthread_mutex_unlock(&loop->res_lock);
-	if (started) {
-		pthread_join(loop->res_thread, NULL);
-		loop->res_started = false;
-	}
+	t = loop->res_head;
 	while (t) {
 		coil__task *next = t->next;
 		struct resolve_job *j = coil__container_of(t, struct resolve_job,
 							   task);
-		coil__ip_fail_msg(j->ip, -ECANCELED, "loop stopped");
-		coil_ip_unref(j->ip);
-		coil__free(j);
+		if (j->running) {
+			/* Fail it now, while the job (and its reference) is
+			 * surely alive; the resolver thread frees it. */
+			coil__ip_fail_msg(j->ip, -ECANCELED,
+					  "resolve cancelled: loop stopped");
+			t->next = NULL;
+			keep = t;
+		} else {
+			t->next = NULL;
+			*dtail = t;
+			dtail = &t->next;
+		}
 		t = next;
+	}
+	loop->res_head = loop->res_tail = keep;
+	bool started = loop->res_started;
+	pthread_cond_broadcast(&loop->res_cond);
+	pthread_mutex_unlock(&loop->res_lock);
+	/* Failing and unreferencing may run user code: outside the lock. */
+	while (drop) {
+		struct resolve_job *j = coil__container_of(drop,
+							   struct resolve_job,
+							   task);
+		drop = drop->next;
+		coil__ip_fail_msg(j->ip, -ECANCELED,
+				  "resolve cancelled: loop stopped");
+		job_free(j);
+	}
+	if (started) {
+		pthread_join(loop->res_thread, NULL);
+		pthread_mutex_lock(&loop->res_lock);
+		loop->res_started = false;
+		pthread_mutex_unlock(&loop->res_lock);
 	}
 }
 
+/* Starts the resolver thread with every signal blocked (set before the
+ * thread exists, so no signal can land on it even briefly). Under res_lock. */
+static int resolver_start(coil_loop_t *loop)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int rc = pthread_create(&loop->res_thread, NULL, resolver_main, loop);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc)
+		return -rc;
+	loop->res_started = true;
+	return 0;
+}
+
+/* A one-entry list for an address parsed without resolving. */
+static coil_addrlist_t *single(const coil_addr_t *a)
+{
+	coil_addrlist_t *l = coil__calloc(1, sizeof(*l) + sizeof(l->addrs[0]));
+	if (!l)
+		return NULL;
+	l->count = 1;
+	memcpy(&l->addrs[0].ss, &a->ss, a->sslen);
+	l->addrs[0].len = a->sslen;
+	return l;
+}
+
+/*
+ * Parses text and produces the addresses to try as a coil_addrlist_t. IP
+ * literals and Unix paths finish the returned handle at once; host names are
+ * queued for the resolver thread, which finishes or fails the handle later.
+ * Returns NULL only when loop is NULL or no handle could be allocated; every
+ * other failure is reported through the handle.
+ */
 coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text, int flags)
 {
 	if (!loop)
@@ -591,16 +878,11 @@ coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text, int flags)
 		return ip;
 	}
 	if (a.numeric) {
-		coil_addrlist_t *l = coil__calloc(1, sizeof(*l) +
-							     sizeof(l->addrs[0]));
-		if (!l) {
+		coil_addrlist_t *l = single(&a);
+		if (!l || coil_ip_finish_ptr(ip, l, coil_free)) {
+			coil__free(l);
 			coil__ip_fail_msg(ip, -ENOMEM, NULL);
-			return ip;
 		}
-		l->count = 1;
-		memcpy(&l->addrs[0].ss, &a.ss, a.sslen);
-		l->addrs[0].len = a.sslen;
-		coil_ip_finish_ptr(ip, l, coil_free);
 		return ip;
 	}
 	struct resolve_job *j = coil__calloc(1, sizeof(*j));
@@ -610,26 +892,20 @@ coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text, int flags)
 	}
 	j->ip = coil_ip_ref(ip);
 	j->flags = flags;
+	j->scope_id = a.scope_id;
 	snprintf(j->host, sizeof(j->host), "%s", a.host);
 	snprintf(j->service, sizeof(j->service), "%u", a.port);
 	pthread_mutex_lock(&loop->res_lock);
-	if (loop->res_stop) {
+	rc = loop->res_stop ? -ESHUTDOWN : 0;
+	if (!rc && !loop->res_started)
+		rc = resolver_start(loop);
+	if (rc) {
 		pthread_mutex_unlock(&loop->res_lock);
-		coil_ip_unref(j->ip);
-		coil__free(j);
-		coil__ip_fail_msg(ip, -ESHUTDOWN, "loop stopping");
+		job_free(j);
+		coil_ip_fail(ip, rc, "resolve %s: %s", a.host,
+			     rc == -ESHUTDOWN ? "loop is stopping"
+					      : "cannot start resolver thread");
 		return ip;
-	}
-	if (!loop->res_started) {
-		rc = pthread_create(&loop->res_thread, NULL, resolver_main, loop);
-		if (rc) {
-			pthread_mutex_unlock(&loop->res_lock);
-			coil_ip_unref(j->ip);
-			coil__free(j);
-			coil__ip_fail_msg(ip, -rc, "cannot start resolver thread");
-			return ip;
-		}
-		loop->res_started = true;
 	}
 	j->task.next = NULL;
 	if (loop->res_tail)
