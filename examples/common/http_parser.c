@@ -550,6 +550,7 @@ int http_chunked_decode(struct http_chunked *c, char *buf, size_t *len)
 	*len = o;
 	if (c->state != CH_DONE)
 		return HTTP_INCOMPLETE;
-	memmove(buf + o, buf + i, n - i);
+	if (i < n)
+		memmove(buf + o, buf + i, n - i);
 	return (int)(n - i);
 }
