@@ -121,6 +121,12 @@ int coil__bufq_append(coil__bufq *q, const void *p, size_t n)
 	return 0;
 }
 
+/*
+ * Consuming is just moving off; the bytes are reclaimed later by compaction
+ * or by the reset when the queue empties, which is also where a buffer that
+ * grew past COIL__BUFQ_KEEP_MAX for one burst is given back, so one big
+ * message does not pin its peak for the life of the connection.
+ */
 void coil__bufq_consume(coil__bufq *q, size_t n)
 {
 	if (n > q->len)
@@ -176,6 +182,12 @@ void *coil__bufq_take(coil__bufq *q, size_t n)
 
 /* ---- delimiter sets ---- */
 
+/*
+ * Validates everything before allocating, so a bad list allocates nothing.
+ * The search strategy is fixed here, once per set: one byte (memchr), one
+ * longer delimiter (memchr on its first byte), a set with up to FEW_FIRSTS
+ * distinct first bytes (one memchr stream each), or the first-byte table.
+ */
 int coil__delims_new(const void *const *d, const size_t *lens, size_t n,
 		     coil__delims **out)
 {
