@@ -55,4 +55,5 @@ bench:
 	@$(MAKE) --no-print-directory $(B)/examples/echo_server \
 		$(B)/examples/http_echo >build/bench-coil-build.log 2>&1 || \
 		echo "bench: coil's example servers did not build (see build/bench-coil-build.log); run.sh skips what is missing"
+	@mkdir -p build
 	@bash -o pipefail -c 'B=$(B) bash bench/run.sh | tee build/bench-results.txt'
