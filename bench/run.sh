@@ -54,11 +54,36 @@ has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }
 TMP=$(mktemp -d /tmp/coil-bench.XXXXXX) || exit 1
 RES=$TMP/results
 : >"$RES"
-STARTED=()
+STARTED=" " # PIDs started here and not yet reaped
+forget() { STARTED=${STARTED/ $1 / }; }
+# TERM, up to 2 s grace, then KILL for $1 and the children it had (nginx
+# workers would outlive a SIGKILLed master); then reap it.
+stop_pid() {
+	local pid=$1 kids i
+	kids=$(cat /proc/"$pid"/task/*/children 2>/dev/null)
+	kill -TERM "$pid" 2>/dev/null
+	for i in $(seq 40); do
+		alive "$pid" || break
+		sleep 0.05
+	done
+	if alive "$pid"; then
+		kill -KILL "$pid" 2>/dev/null
+		for i in $kids; do kill -KILL "$i" 2>/dev/null; done
+	fi
+	wait "$pid" 2>/dev/null
+	forget "$pid"
+}
+# Running (not gone, not a zombie)?
+alive() {
+	local st
+	st=$(awk '{ s = $0; sub(/^.*\) /, "", s); print substr(s, 1, 1) }' \
+		/proc/"$1"/stat 2>/dev/null)
+	[ -n "$st" ] && [ "$st" != Z ]
+}
 cleanup() {
 	local p
-	for p in "${STARTED[@]}"; do
-		kill -KILL "$p" 2>/dev/null
+	for p in $STARTED; do
+		stop_pid "$p"
 	done
 	rm -rf "$TMP"
 }
@@ -166,7 +191,7 @@ start_server() {
 	# shellcheck disable=SC2086 # cmd is a command line on purpose
 	taskset -c "$SERVER_CPU" $cmd >"$TMP/$name.log" 2>&1 &
 	SPID=$!
-	STARTED+=("$SPID")
+	STARTED="$STARTED$SPID "
 	if ! taskset -c "$LOAD_CPU" "$LOADGEN" --port "$port" --mode wait --timeout 5 2>/dev/null; then
 		echo "  $name: did not accept connections on port $port within 5 s:"
 		tail -5 "$TMP/$name.log" | sed 's/^/    /'
@@ -177,16 +202,18 @@ start_server() {
 }
 
 stop_server() {
-	local i
 	[ -n "$SPID" ] || return
-	kill -TERM "$SPID" 2>/dev/null
-	for i in $(seq 40); do
-		kill -0 "$SPID" 2>/dev/null || break
-		sleep 0.05
-	done
-	kill -KILL "$SPID" 2>/dev/null
-	wait "$SPID" 2>/dev/null
+	stop_pid "$SPID"
 	SPID=
+}
+
+# A server that died (crash, assertion) is reported and not measured again.
+server_gone() { # scenario name
+	alive "$SPID" && return 1
+	echo "  $2 $1: FAILED: the server is not running any more:"
+	tail -3 "$TMP/$2.log" | sed 's/^/    /'
+	rec "$1" "$2" fail 1
+	return 0
 }
 
 note_skip() {
@@ -198,12 +225,13 @@ note_skip() {
 # echo_run scenario server port conns mode
 echo_run() {
 	local sc=$1 name=$2 port=$3 conns=$4 mode=$5 out c0 c1 msgs bytes secs dt
+	server_gone "$sc" "$name" && return
 	c0=$(cpu_ticks "$SPID")
 	out=$(taskset -c "$LOAD_CPU" "$LOADGEN" --port "$port" --mode "$mode" \
 		--conns "$conns" --duration "$DUR" 2>"$TMP/loadgen.err")
 	local rc=$?
 	c1=$(cpu_ticks "$SPID")
-	if [ $rc -ne 0 ] || [ -z "$out" ]; then
+	if [ $rc -ne 0 ] || [ -z "$out" ] || ! alive "$SPID"; then
 		echo "  $name $sc: FAILED: $(tr '\n' ' ' <"$TMP/loadgen.err")"
 		rec "$sc" "$name" fail 1
 		return
@@ -227,6 +255,7 @@ to_us() { # wrk latency "1.23ms" -> microseconds
 
 http_run() {
 	local name=$1 port=$2 out c0 c1 reqs secs rps dt
+	server_gone http "$name" && return
 	c0=$(cpu_ticks "$SPID")
 	out=$(timeout -k 2 $((DUR + 10)) taskset -c "$LOAD_CPU" wrk -t1 -c100 \
 		-d"${DUR}s" --latency "http://127.0.0.1:$port/hello" 2>&1)
@@ -267,14 +296,14 @@ mem_run() {
 		--conns "$IDLE_CONNS" --duration "$IDLE_HOLD" --timeout 30 \
 		--ready-file "$TMP/ready" >"$TMP/idle.out" 2>"$TMP/loadgen.err" &
 	lpid=$!
-	STARTED+=("$lpid")
+	STARTED="$STARTED$lpid "
 	for i in $(seq 700); do # up to 35 s: loadgen's own cap is 30 s
 		[ -e "$TMP/ready" ] && break
 		kill -0 "$lpid" 2>/dev/null || break
 		sleep 0.05
 	done
 	if [ ! -e "$TMP/ready" ]; then
-		wait "$lpid" 2>/dev/null
+		stop_pid "$lpid"
 		echo "  $name mem: FAILED: $(tr '\n' ' ' <"$TMP/loadgen.err")"
 		rec mem "$name" fail 1
 		return
@@ -282,6 +311,7 @@ mem_run() {
 	sleep 0.3 # let the last accepts settle
 	r1=$(rss_kb "$SPID")
 	wait "$lpid"
+	forget "$lpid"
 	rec mem "$name" rss0 "$r0"
 	rec mem "$name" rss1 "$r1"
 	rec mem "$name" per_conn "$(calc %.0f "($r1 - $r0) * 1024 / $IDLE_CONNS")"
