@@ -123,6 +123,13 @@ valgrind:
 	@$(MAKE) --no-print-directory VARIANT=valgrind all
 	@VALGRIND=1 sh scripts/runtests.sh build/valgrind $(TEST_TIMEOUT) $(TESTS)
 
+# Stress and fault runs at full size (COIL_STRESS_SCALE=1; `make test` runs
+# them at 5% as test_stress).
+STRESS_TIMEOUT ?= 1200
+stress: deps-test
+	@$(MAKE) --no-print-directory $(B)/test/stress
+	@timeout -k 5 $(STRESS_TIMEOUT) $(B)/test/stress
+
 RUN_ARGS ?= --host 127.0.0.1 --port 8080
 run: deps
 	@$(MAKE) --no-print-directory $(B)/examples/http_echo

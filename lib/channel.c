@@ -321,7 +321,8 @@ static void arm_recv(coil_channel_t *ch)
 
 static void cancel_recv(coil_channel_t *ch)
 {
-	if (!ch->recv_armed || ch->recv_cancelling)
+	/* A stopping worker cancels everything in one request (loop.c). */
+	if (!ch->recv_armed || ch->recv_cancelling || ch->w->stopping)
 		return;
 	ch->recv_cancel_op.complete = recv_cancel_complete;
 	int rc = coil__prep_cancel(ch->w, &ch->recv_cancel_op, &ch->recv_op);
@@ -877,6 +878,11 @@ static void fail_writes(coil_channel_t *ch, int first_err, const char *msg)
 		writereq *next = r->next;
 		wq_release(ch, r->len - r->off);
 		coil__ip_fail_msg(r->ip, err, err == first_err ? msg : NULL);
+		/* Writes failed only because the channel closed under them
+		 * are a consequence, already told by the closed signal: they
+		 * do not count as unobserved failures. */
+		if (err == -EBADF)
+			coil_ip_error(r->ip);
 		wreq_free(r);
 		err = -EBADF;
 		r = next;
@@ -1117,7 +1123,10 @@ static void maybe_close_fd(coil_channel_t *ch)
 	int fd = ch->fd;
 	ch->fd = -1;
 	ch->close_op.complete = close_complete;
-	if (coil__prep_close(ch->w, &ch->close_op, fd) == 0)
+	/* Batched on the ring normally; directly while stopping, when the
+	 * ring is busy draining everything else. */
+	if (!ch->w->stopping &&
+	    coil__prep_close(ch->w, &ch->close_op, fd) == 0)
 		coil__channel_get(ch);
 	else
 		close(fd);
@@ -1139,7 +1148,7 @@ static void finish_close(coil_channel_t *ch)
 	set_state(ch, COIL__CH_CLOSED);
 	ch->eof = true;
 	coil__channel_get(ch);
-	if (ch->send_inflight && !ch->send_cancelling) {
+	if (ch->send_inflight && !ch->send_cancelling && !ch->w->stopping) {
 		/* Its completion fails what is left; the data must stay
 		 * valid until then. */
 		ch->send_cancel_op.complete = send_cancel_complete;

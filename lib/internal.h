@@ -99,6 +99,7 @@ struct coil__worker {
 	coil__op efd_op;
 	uint64_t efd_val;
 	bool efd_armed;
+	bool sq_stuck;         /* SQ full and the kernel said -EBUSY: reap */
 	bool stopping;         /* stop requested: close everything, drain */
 	_Atomic bool dead;     /* ring gone: preps fail with -ESHUTDOWN */
 	_Atomic bool idle;     /* stopping and found drained (see worker_run) */

@@ -66,10 +66,18 @@ static struct io_uring_sqe *get_sqe(coil__worker *w, coil__op *op)
 		return NULL;
 	struct io_uring_sqe *sqe = io_uring_get_sqe(w->ring);
 	if (coil__unlikely(!sqe)) {
-		io_uring_submit(w->ring);
-		sqe = io_uring_get_sqe(w->ring);
-		if (!sqe)
+		/* The SQ is full: submit it. If the kernel refuses (-EBUSY:
+		 * completions must be reaped first), fail fast until the next
+		 * reap instead of trying again for every op of this turn. */
+		if (w->sq_stuck)
 			return NULL;
+		int rc = io_uring_submit(w->ring);
+		sqe = io_uring_get_sqe(w->ring);
+		if (!sqe) {
+			if (rc < 0)
+				w->sq_stuck = true;
+			return NULL;
+		}
 	}
 	w->ops_inflight++;
 	(void)op;
@@ -268,11 +276,23 @@ void coil__defer_cancel(coil__defer *d)
 	coil__list_del(&d->link);
 }
 
+/* Runs the deferred work queued so far. Work it queues again (a re-arm
+ * that found no free SQE because the CQ must be reaped first) waits for the
+ * next turn, so this can never spin. */
 static void run_defers(coil__worker *w)
 {
-	while (!coil__list_empty(&w->defers)) {
-		coil__defer *d = coil__container_of(w->defers.next,
-						    coil__defer, link);
+	coil__list batch;
+	coil__list_init(&batch);
+	if (coil__list_empty(&w->defers))
+		return;
+	batch.next = w->defers.next;
+	batch.prev = w->defers.prev;
+	batch.next->prev = &batch;
+	batch.prev->next = &batch;
+	coil__list_init(&w->defers);
+	while (!coil__list_empty(&batch)) {
+		coil__defer *d = coil__container_of(batch.next, coil__defer,
+						    link);
 		coil__list_del(&d->link);
 		d->queued = false;
 		d->run(d);
@@ -385,6 +405,7 @@ static unsigned reap(coil__worker *w)
 		unsigned flags;
 	} batch[CQE_BATCH];
 	unsigned total = 0;
+	w->sq_stuck = false;
 	for (;;) {
 		unsigned n = io_uring_peek_batch_cqe(w->ring, cqes, CQE_BATCH);
 		if (!n)
