@@ -140,6 +140,8 @@ run: deps
 check-exports: $(B)/libcoil.so
 	@sh scripts/check-exports.sh $(B)/libcoil.so
 
+# Regenerated every time: it depends on PREFIX, LIBDIR and INCDIR.
+.PHONY: coil.pc
 coil.pc: coil.pc.in include/coil/version.h
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@

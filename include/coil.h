@@ -82,8 +82,7 @@ COIL_EXTERN void coil_loop_opts_init(coil_loop_opts_t *opts);
 /* Creates a loop and starts its worker threads. opts may be NULL.
  * Returns 0 and sets *out, or: -EINVAL (bad option), -ENOMEM, -ENOSYS /
  * -EPERM (io_uring unavailable: old kernel, seccomp, io_uring_disabled),
- * or the error of io_uring_queue_init / pthread_create. Any thread that is
- * not a worker of another loop being freed. */
+ * or the error of io_uring_queue_init / pthread_create. Any thread. */
 COIL_EXTERN int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts);
 
 /* Stops the loop: every channel, socket, monitor and timer still open is
@@ -264,8 +263,11 @@ COIL_EXTERN int coil_ip_wait(coil_ip_t *ip, int timeout_ms);
 COIL_EXTERN coil_ip_t *coil_sleep(coil_loop_t *loop, unsigned ms);
 
 /* Called when a failed handle is freed and no one ever looked at its error
- * (then/catch/on_done/coil_ip_error/wait). Default: one line on stderr.
- * NULL restores the default. Process-wide; set it before starting loops. */
+ * (then/catch/on_done/coil_ip_error/wait). Not called for -ECANCELED
+ * (aborts are deliberate) nor for writes failed with -EBADF because their
+ * channel closed (the closed signal tells that). Default: one line on
+ * stderr. NULL restores the default. Process-wide; set it before starting
+ * loops. */
 typedef void (*coil_unobserved_cb)(int err, const char *msg, void *ud);
 COIL_EXTERN void coil_set_unobserved_handler(coil_unobserved_cb cb, void *ud);
 
@@ -300,15 +302,17 @@ COIL_EXTERN int coil_channel_rewrap(coil_channel_t *ch, int fd, int mode);
 /* A pipe as two channels (read end, write end). */
 COIL_EXTERN int coil_channel_pipe(coil_loop_t *loop, coil_channel_t **rd,
 				  coil_channel_t **wr);
-/* A connected socket pair (coro socketpair): domain AF_UNIX, type
- * SOCK_STREAM or SOCK_DGRAM... */
+/* A connected socket pair (coro socketpair) as two sockets: domain
+ * AF_UNIX, type SOCK_STREAM (SOCK_DGRAM pairs: use coil_socket_sendto /
+ * recvfrom on them). */
 COIL_EXTERN int coil_socketpair(coil_loop_t *loop, int domain, int type,
 				coil_socket_t **a, coil_socket_t **b);
 /* dup(2) of the descriptor as a new channel on the same home worker. */
 COIL_EXTERN int coil_channel_dup(coil_channel_t *ch, coil_channel_t **out);
-/* kaa steal(): ch takes over other's descriptor and buffered read bytes;
- * other is left closed (its closed signal fires with expected = true). Both
- * must share a home worker (-EXDEV otherwise). */
+/* kaa steal(): ch takes over other's descriptor (a dup of it) and buffered
+ * read bytes; other is left closed (its closed signal fires with expected =
+ * true). Synchronous: both must share a home worker and the call must run
+ * there (-EXDEV otherwise; -EBUSY while other has writes queued). */
 COIL_EXTERN int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other);
 
 /* Drops the caller's handle. If the channel is still open it is closed as by
@@ -318,9 +322,12 @@ COIL_EXTERN int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other);
  * still be finishing when this returns. Any thread. */
 COIL_EXTERN void coil_channel_release(coil_channel_t *ch);
 
-/* Reads. Each returns a new InProgress (NULL on -ENOMEM). Failures: -EBADF
- * after close, the read's -errno, COIL_EOF for read_exact at end of stream.
- * Bytes results are owned by the InProgress (coil_ip_bytes / steal_bytes). */
+/* Reads. Each returns a new InProgress (NULL on -ENOMEM). At end of stream
+ * and after close (kaa), reads finish with what is buffered, then 0 bytes;
+ * read_exact fails with COIL_EOF. A read error (-ECONNRESET...) fails the
+ * reads that find nothing buffered. Bytes results are owned by the
+ * InProgress (coil_ip_bytes; coil_ip_steal_bytes hands them over, to be
+ * freed with coil_free, 0-byte results included). */
 /* 1..chunk_size bytes as soon as any are available; 0 bytes = closed. */
 COIL_EXTERN coil_ip_t *coil_channel_read(coil_channel_t *ch);
 /* The next line including its delimiter; a line longer than queue_size is
@@ -351,7 +358,9 @@ COIL_EXTERN coil_ip_t *coil_channel_readv(coil_channel_t *ch,
  * length once its last byte went to the kernel, or fails with the send error
  * (later writes then fail with -EBADF and the channel closes with
  * expected = 0). A write that would push write_queue_used past queue_size
- * fails at once with -ENOBUFS and queues nothing. len == 0 finishes with 0.
+ * fails at once with -ENOBUFS and queues nothing, except that one write may
+ * always go into an empty queue, whatever its size (so the queue holds at
+ * most queue_size, or one larger write). len == 0 finishes with 0.
  * Writes before a descriptor exists (or while a socket connects) queue.
  * coil_channel_write/writev copy the bytes. */
 COIL_EXTERN coil_ip_t *coil_channel_write(coil_channel_t *ch, const void *data,
@@ -447,7 +456,7 @@ COIL_EXTERN int coil_monitor_register(coil_monitor_t *m, int fd,
 				      int condition);
 /* Stops watching (no callback starts after it takes effect). 0. */
 COIL_EXTERN int coil_monitor_unregister(coil_monitor_t *m);
-/* Whether registered; the fd watched (-1 if none). */
+/* Whether registered (1) or not (0). */
 COIL_EXTERN int coil_monitor_active(const coil_monitor_t *m);
 /* Unregisters and frees once the ring has let go. Any thread. */
 COIL_EXTERN void coil_monitor_free(coil_monitor_t *m);
@@ -551,7 +560,10 @@ COIL_EXTERN coil_ip_t *coil_socket_connect(coil_socket_t *s, const char *addr,
  * socket and multishot accept per worker; Unix listeners accept on the home
  * worker and hand clients out round-robin. Errors: -EADDRINUSE (also a live
  * Unix socket at the path), -EACCES, -EINVAL, address errors. backlog <= 0
- * means SOMAXCONN. Any thread (blocks until bound). */
+ * means SOMAXCONN. Clients nobody takes (no new-client callback, no
+ * accept()) queue up to backlog; newer ones are then turned away. Any
+ * non-worker thread (blocks until bound), or the socket's home worker with
+ * a numeric or Unix address; other workers get -EDEADLK. */
 COIL_EXTERN int coil_socket_listen(coil_socket_t *s, const char *addr,
 				   int backlog, int flags);
 
@@ -568,7 +580,9 @@ COIL_EXTERN int coil_socket_on_new_client(coil_socket_t *s,
  * -EINVAL if not listening, -ETIMEDOUT after the socket timeout. */
 COIL_EXTERN coil_ip_t *coil_socket_accept(coil_socket_t *s);
 /* coro accept_many: waits for at least one client, then finishes with a
- * coil_clients_t (coil_ip_ptr) of up to max (0: all queued) clients. */
+ * coil_clients_t (coil_ip_ptr) of up to max (0: all queued) clients. After
+ * coil_ip_steal_ptr the caller releases each socket and coil_free()s the
+ * array; if never stolen, the handle releases them all. */
 typedef struct coil_clients_s {
 	size_t count;
 	coil_socket_t *sock[]; /* owned by whoever steals the pointer */
@@ -590,7 +604,8 @@ COIL_EXTERN coil_ip_t *coil_socket_sendto_sa(coil_socket_t *s,
 					     const struct sockaddr *sa,
 					     socklen_t salen);
 COIL_EXTERN coil_ip_t *coil_socket_recvfrom(coil_socket_t *s, size_t max);
-/* Binds a datagram (or not yet listening stream) socket. */
+/* Binds a datagram socket (stream sockets bind in coil_socket_listen).
+ * -EBADF for a socket without a descriptor yet. */
 COIL_EXTERN int coil_socket_bind(coil_socket_t *s, const char *addr,
 				 int flags);
 

@@ -78,6 +78,7 @@ static void kick_write(coil_channel_t *ch);
 static void finish_close(coil_channel_t *ch);
 static void maybe_close_fd(coil_channel_t *ch);
 static void flush_sigq(coil_channel_t *ch);
+static void finish_empty(coil_ip_t *ip);
 
 static inline bool on_home(const coil_channel_t *ch)
 {
@@ -437,11 +438,23 @@ static void req_take(coil_channel_t *ch, readreq *r, size_t n, int err)
 		coil__ip_fail_msg(r->ip, -ENOMEM, "out of memory for a read");
 	} else if (err) {
 		coil__ip_fail_bytes(r->ip, err, p, n, coil_free);
+	} else if (!p) {
+		finish_empty(r->ip);
 	} else {
-		coil_ip_finish_bytes(r->ip, p ? p : (void *)"", n,
-				     p ? coil_free : NULL);
+		coil_ip_finish_bytes(r->ip, p, n, coil_free);
 	}
 	req_done(ch, r);
+}
+
+/* 0 bytes as an allocation of their own, so that a caller who steals them
+ * may coil_free() them like any other result. */
+static void finish_empty(coil_ip_t *ip)
+{
+	void *p = coil__malloc(1);
+	if (p)
+		coil_ip_finish_bytes(ip, p, 0, coil_free);
+	else
+		coil__ip_fail_msg(ip, -ENOMEM, NULL);
 }
 
 /* At end of stream with nothing for r: 0 bytes, or the read error. */
@@ -450,7 +463,7 @@ static void req_end(coil_channel_t *ch, readreq *r)
 	if (ch->rerr)
 		coil__ip_fail_msg(r->ip, ch->rerr, NULL);
 	else
-		coil_ip_finish_bytes(r->ip, (void *)"", 0, NULL);
+		finish_empty(r->ip);
 	req_done(ch, r);
 }
 
@@ -764,7 +777,7 @@ static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
 		if (kind == RR_INTO)
 			coil_ip_finish_int(ip, 0);
 		else if (kind == RR_EXACT)
-			coil_ip_finish_bytes(ip, (void *)"", 0, NULL);
+			finish_empty(ip);
 		else {
 			coil_readv_t *v = coil__calloc(1, sizeof(*v));
 			if (v)
@@ -1301,6 +1314,11 @@ int coil_channel_on_closed(coil_channel_t *ch, coil_closed_cb cb, void *ud)
 
 /* ---- creation ---- */
 
+void coil__channel_register(coil_channel_t *ch)
+{
+	call(ch, CALL_REGISTER, 0, NULL, NULL);
+}
+
 /* Chooses how to read fd: multishot recv for sockets, multishot read for
  * other pollable files when the kernel has it, single reads otherwise. */
 static int read_kind(int fd, bool is_socket)
@@ -1473,29 +1491,6 @@ int coil_channel_pipe(coil_loop_t *loop, coil_channel_t **rd,
 	if (rc) {
 		coil_channel_release(*rd);
 		close(p[1]);
-		return rc;
-	}
-	return 0;
-}
-
-int coil_socketpair(coil_loop_t *loop, int domain, int type,
-		    coil_socket_t **a, coil_socket_t **b)
-{
-	if (!loop || !a || !b)
-		return -EINVAL;
-	int sv[2];
-	if (socketpair(domain, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv))
-		return -errno;
-	int rc = coil_channel_wrap(loop, sv[0], COIL_IO_READ | COIL_IO_WRITE, a);
-	if (rc) {
-		close(sv[0]);
-		close(sv[1]);
-		return rc;
-	}
-	rc = coil_channel_wrap(loop, sv[1], COIL_IO_READ | COIL_IO_WRITE, b);
-	if (rc) {
-		coil_channel_release(*a);
-		close(sv[1]);
 		return rc;
 	}
 	return 0;

@@ -823,6 +823,9 @@ static void watch_fired(coil__timer *t, int res)
 static void watch_src_done(coil_ip_t *src, void *arg)
 {
 	struct watch *wt = arg;
+	/* The caller gave src away to the timeout: its outcome is observed
+	 * here even when the mirror already timed out. */
+	atomic_store(&src->observed, true);
 	settle_mirror(wt->out, src);
 	coil__timer_cancel(&wt->timer);
 	watch_put(wt);

@@ -320,6 +320,8 @@ int coil__channel_new(coil__worker *w, coil_channel_t **out);
  * them, flushes queued writes unless ch->connecting. */
 void coil__channel_attach_fd(coil_channel_t *ch, int fd, int mode,
 			     bool is_socket);
+/* Lists ch for loop stop on its home worker (any thread). */
+void coil__channel_register(coil_channel_t *ch);
 /* Home worker: the socket finished connecting; flush queued writes. */
 void coil__channel_connected(coil_channel_t *ch);
 /* Home worker: close now (immediate) with the closed signal's expected. */

@@ -787,6 +787,15 @@ static void accept_req_done(struct accept_req *r)
 	coil__free(r);
 }
 
+/* An accept_many result nobody stole: release its sockets too. */
+static void clients_free(void *p)
+{
+	coil_clients_t *cl = p;
+	for (size_t i = 0; i < cl->count; i++)
+		coil_channel_release(cl->sock[i]);
+	coil__free(cl);
+}
+
 static void serve_accepts(struct listener *l)
 {
 	while (l->qlen && !coil__list_empty(&l->pending)) {
@@ -813,7 +822,7 @@ static void serve_accepts(struct listener *l)
 				memmove(l->queue, l->queue + n,
 					(l->qlen - n) * sizeof(*l->queue));
 				l->qlen -= n;
-				coil_ip_finish_ptr(r->ip, cl, coil_free);
+				coil_ip_finish_ptr(r->ip, cl, clients_free);
 			}
 		}
 		accept_req_done(r);
@@ -1303,6 +1312,8 @@ int coil_socket_new_dgram(coil_loop_t *loop, int family, coil_socket_t **out)
 	ch->is_socket = true;
 	ch->dgram = true;
 	atomic_store(&ch->st, COIL__CH_OPEN);
+	/* Listed for loop stop even if only recvfrom is ever used. */
+	coil__channel_register(ch);
 	*out = ch;
 	return 0;
 }
@@ -1713,4 +1724,27 @@ int coil_socket_peer(const coil_socket_t *s, coil_sockinfo_t *out)
 		snprintf(out->reqhost, sizeof(out->reqhost), "%s",
 			 S(s)->reqhost);
 	return rc;
+}
+
+int coil_socketpair(coil_loop_t *loop, int domain, int type, coil_socket_t **a,
+		    coil_socket_t **b)
+{
+	if (!loop || !a || !b)
+		return -EINVAL;
+	int sv[2];
+	if (socketpair(domain, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv))
+		return -errno;
+	int rc = coil_socket_wrap(loop, sv[0], a);
+	if (rc) {
+		close(sv[0]);
+		close(sv[1]);
+		return rc;
+	}
+	rc = coil_socket_wrap(loop, sv[1], b);
+	if (rc) {
+		coil_channel_release(*a);
+		close(sv[1]);
+		return rc;
+	}
+	return 0;
 }
