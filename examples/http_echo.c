@@ -156,7 +156,8 @@ static void respond(struct conn *c)
 
 static void consume(struct conn *c, size_t n)
 {
-	memmove(c->in, c->in + n, c->in_len - n);
+	if (c->in_len > n)
+		memmove(c->in, c->in + n, c->in_len - n);
 	c->in_len -= n;
 }
 
@@ -247,7 +248,8 @@ static void process(struct conn *c)
 				size_t n = want - c->body_len;
 				if (n > c->in_len)
 					n = c->in_len;
-				memcpy(c->body + c->body_len, c->in, n);
+				if (n)
+					memcpy(c->body + c->body_len, c->in, n);
 				c->body_len += n;
 				consume(c, n);
 				if (c->body_len < want)
