@@ -65,7 +65,7 @@ TEST_SRCS := $(sort $(wildcard test/test_*.c))
 TEST_BINS := $(TEST_SRCS:%.c=$(B)/%)
 TEST_HELPERS := $(B)/test/helpers.o
 
-.PHONY: all lib examples tests test run asan tsan valgrind bench deps deps-test \
+.PHONY: all lib examples tests test run asan tsan valgrind bench micro-bench deps deps-test \
 	install uninstall clean check-exports fuzz stress
 .DEFAULT_GOAL := all
 .SECONDARY:
@@ -165,6 +165,16 @@ uninstall:
 
 clean:
 	rm -rf build coil.pc
+
+# The core micro-benchmarks (bench/micro.c) run first in `make bench`.
+$(B)/bench/micro: bench/micro.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(ALL_LDFLAGS) $(LDLIBS_ALL)
+
+micro-bench: $(B)/bench/micro
+	@$(B)/bench/micro
+
+bench: micro-bench
 
 -include bench/bench.mk
 -include test/fuzz/fuzz.mk
