@@ -325,6 +325,14 @@ median() {
 			else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
+# (max - min) / median of a metric across rounds, in %: how noisy it was.
+spread() {
+	awk -v s="$1" -v n="$2" -v k="$3" '$1 == s && $2 == n && $3 == k { print $4 }' "$RES" |
+		sort -g | awk '{ v[NR] = $1 } END { if (!NR) exit;
+			m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2;
+			if (m > 0) printf "%.0f%%", (v[NR] - v[1]) / m * 100 }'
+}
+
 count_of() {
 	awk -v s="$1" -v n="$2" -v k="$3" '$1 == s && $2 == n && $3 == k' "$RES" | wc -l
 }
@@ -416,7 +424,7 @@ report_echo() { # scenario title
 	local frate fcpu erate ecpu
 	has "$sc" || return
 	echo "== $2 =="
-	printf '%-10s %10s %8s %9s %11s %5s   %-21s %-21s\n' server "msgs/s" "p50 us" "p99 us" \
+	printf '%-10s %10s %7s %8s %9s %11s %5s   %-21s %-21s\n' server "msgs/s" spread "p50 us" "p99 us" \
 		"CPU ns/msg" "CPU%" "vs $FLOOR: rate, CPU" "vs $EREF: rate, CPU"
 	frate=$(median "$sc" "$FLOOR" rate); fcpu=$(median "$sc" "$FLOOR" cpu_per)
 	erate=$(median "$sc" "$EREF" rate); ecpu=$(median "$sc" "$EREF" cpu_per)
@@ -431,8 +439,9 @@ report_echo() { # scenario title
 		cpu=$(median "$sc" "$name" cpu_per); pct=$(median "$sc" "$name" cpu_pct)
 		fr=$(ratio "$rate" "$frate"); fc=$(ratio "$cpu" "$fcpu")
 		er=$(ratio "$rate" "$erate"); ec=$(ratio "$cpu" "$ecpu")
-		printf '%-10s %10.0f %8.1f %9.1f %11.0f %5.0f   %-21s %-21s%s\n' "$name" "$rate" \
-			"$p50" "$p99" "$cpu" "$pct" "$fr, $fc" "$er, $ec" "$(fails "$sc" "$name")"
+		printf '%-10s %10.0f %7s %8.1f %9.1f %11.0f %5.0f   %-21s %-21s%s\n' "$name" "$rate" \
+			"$(spread "$sc" "$name" rate)" "$p50" "$p99" "$cpu" "$pct" "$fr, $fc" "$er, $ec" \
+			"$(fails "$sc" "$name")"
 	done
 	echo
 }
@@ -441,7 +450,7 @@ report_bulk() {
 	local name g cpu pct fg fc eg ec
 	has bulk || return
 	echo "== bulk: one connection streams 64 KiB messages (2 MiB window), echo read back and verified =="
-	printf '%-10s %8s %14s %5s   %-21s %-21s\n' server "GB/s" "CPU us/MB" "CPU%" \
+	printf '%-10s %8s %7s %14s %5s   %-21s %-21s\n' server "GB/s" spread "CPU us/MB" "CPU%" \
 		"vs $FLOOR: GB/s, CPU" "vs $EREF: GB/s, CPU"
 	fg=$(median bulk "$FLOOR" gbps); fc=$(median bulk "$FLOOR" cpu_mb)
 	eg=$(median bulk "$EREF" gbps); ec=$(median bulk "$EREF" cpu_mb)
@@ -453,7 +462,8 @@ report_bulk() {
 			continue
 		fi
 		cpu=$(median bulk "$name" cpu_mb); pct=$(median bulk "$name" cpu_pct)
-		printf '%-10s %8.3f %14.1f %5.0f   %-21s %-21s%s\n' "$name" "$g" "$cpu" "$pct" \
+		printf '%-10s %8.3f %7s %14.1f %5.0f   %-21s %-21s%s\n' "$name" "$g" \
+			"$(spread bulk "$name" gbps)" "$cpu" "$pct" \
 			"$(ratio "$g" "$fg"), $(ratio "$cpu" "$fc")" \
 			"$(ratio "$g" "$eg"), $(ratio "$cpu" "$ec")" "$(fails bulk "$name")"
 	done
@@ -464,7 +474,7 @@ report_http() {
 	local name rate p50 p99 cpu pct fr fc er ec
 	has http || return
 	echo "== HTTP keep-alive: wrk -t1 -c100 -d${DUR}s http://127.0.0.1:P/hello (200 \"hello\\n\") =="
-	printf '%-10s %10s %8s %9s %11s %5s   %-21s %-21s\n' server "req/s" "p50 us" "p99 us" \
+	printf '%-10s %10s %7s %8s %9s %11s %5s   %-21s %-21s\n' server "req/s" spread "p50 us" "p99 us" \
 		"CPU ns/req" "CPU%" "vs $HFLOOR: rate, CPU" "vs $HREF: rate, CPU"
 	fr=$(median http "$HFLOOR" rate); fc=$(median http "$HFLOOR" cpu_per)
 	er=$(median http "$HREF" rate); ec=$(median http "$HREF" cpu_per)
@@ -477,8 +487,8 @@ report_http() {
 		fi
 		p50=$(median http "$name" p50); p99=$(median http "$name" p99)
 		cpu=$(median http "$name" cpu_per); pct=$(median http "$name" cpu_pct)
-		printf '%-10s %10.0f %8.1f %9.1f %11.0f %5.0f   %-21s %-21s%s%s\n' "$name" "$rate" \
-			"$p50" "$p99" "$cpu" "$pct" \
+		printf '%-10s %10.0f %7s %8.1f %9.1f %11.0f %5.0f   %-21s %-21s%s%s\n' "$name" "$rate" \
+			"$(spread http "$name" rate)" "$p50" "$p99" "$cpu" "$pct" \
 			"$(ratio "$rate" "$fr"), $(ratio "$cpu" "$fc")" \
 			"$(ratio "$rate" "$er"), $(ratio "$cpu" "$ec")" "$(fails http "$name")" \
 			"$([ "$(count_of http "$name" errors)" -gt 0 ] && echo '  (wrk saw errors)')"
@@ -516,7 +526,8 @@ report_mem
 
 echo "How to read: rate ratio = server / reference (above 1 is faster); CPU ratio = server CPU per"
 echo "message, request or MB / reference (below 1 is cheaper). CPU = utime+stime of the server"
-echo "process (and its children) from /proc over the measured window; CPU% = share of one core."
+echo "process (and its children) from /proc over the measured window; CPU% = share of one core;"
+echo "spread = (max - min) / median of the rate over the rounds (large = noisy machine)."
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -n "$(awk '$3 == "fail"' "$RES")" ]; then
 	echo "some runs FAILED (see above): a verification error is a real bug in that server"
