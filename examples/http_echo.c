@@ -27,13 +27,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "httpreq.h"
+#include "http_parser.h"
 
-static struct http_limits limits = {
-	.max_head = 8192,
-	.max_headers = HTTP_MAX_HEADERS,
-	.max_body = 1 << 20,
-};
+static struct http_limits limits = HTTP_LIMITS_DEFAULT;
 static unsigned idle_timeout_ms = 15000;
 static unsigned header_timeout_ms = 10000;
 static coil_loop_t *loop;
@@ -48,7 +44,8 @@ struct conn {
 	coil_channel_t *ch;
 	int state;
 	char *in;                  /* bytes not yet parsed */
-	size_t in_len, in_cap, scan;
+	size_t in_len, in_cap;
+	size_t last_len;           /* bytes already scanned for the head end */
 	int64_t content_length;    /* of the request being read */
 	bool chunked, keep_alive, hello;
 	char *head;                /* the head, echoed back */
@@ -174,14 +171,17 @@ static void process(struct conn *c)
 			/* The parsed request lives on the stack: a connection
 			 * keeps only what framing and the answer need. */
 			struct http_request req;
-			int r = http_parse_head(c->in, c->in_len, &c->scan, &req,
-						&limits);
+			int r = http_parse_request(c->in, c->in_len, c->last_len,
+						   &req, &limits);
+			if (r == HTTP_INCOMPLETE) {
+				c->last_len = c->in_len;
+				return;
+			}
 			if (r < 0) {
 				send_error(c, -r);
 				return;
 			}
-			if (r == 0)
-				return;
+			c->last_len = 0;
 			c->content_length = req.content_length;
 			c->chunked = req.chunked;
 			c->keep_alive = req.keep_alive;
@@ -201,7 +201,7 @@ static void process(struct conn *c)
 				c->head_len = (size_t)r;
 			}
 			consume(c, (size_t)r);
-			memset(&c->chunked_dec, 0, sizeof(c->chunked_dec));
+			http_chunked_init(&c->chunked_dec, &limits);
 			size_t want = c->chunked ? 0
 				      : c->content_length > 0
 					      ? (size_t)c->content_length
@@ -222,25 +222,31 @@ static void process(struct conn *c)
 		}
 		if (c->state == ST_BODY) {
 			if (c->chunked) {
-				/* Worst case every input byte is data. */
-				char *b = realloc(c->body, c->body_len + c->in_len + 1);
+				/* Decoded in place: the data moves to the front of
+				 * the input, anything after the body follows it. */
+				size_t n = c->in_len;
+				int r = http_chunked_decode(&c->chunked_dec, c->in, &n);
+				char *b = realloc(c->body, c->body_len + n + 1);
 				if (!b) {
 					send_error(c, 500);
 					return;
 				}
 				c->body = b;
-				size_t used, got;
-				int r = http_chunked_feed(&c->chunked_dec, c->in, c->in_len,
-							  &used, c->body + c->body_len,
-							  &got, limits.max_body);
-				c->body_len += got;
-				consume(c, used);
+				if (n)
+					memcpy(c->body + c->body_len, c->in, n);
+				c->body_len += n;
+				if (r == HTTP_INCOMPLETE) {
+					c->in_len = 0;
+					return;
+				}
 				if (r < 0) {
 					send_error(c, -r);
 					return;
 				}
-				if (r == 0)
-					return;
+				/* r bytes of the next request follow at in[n]. */
+				if (r)
+					memmove(c->in, c->in + n, (size_t)r);
+				c->in_len = (size_t)r;
 			} else {
 				size_t want = c->content_length > 0
 						      ? (size_t)c->content_length

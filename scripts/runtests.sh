@@ -10,7 +10,11 @@ progs=""
 if [ $# -gt 0 ]; then
 	for n in "$@"; do progs="$progs $B/test/test_$n"; done
 else
-	progs=$(ls $B/test/test_* 2>/dev/null | grep -v '\.o$' | grep -v '\.d$')
+	# The programs that have a source: a stale binary of a removed test
+	# in the build directory is not run.
+	for src in test/test_*.c; do
+		progs="$progs $B/test/$(basename "$src" .c)"
+	done
 fi
 for p in $progs; do
 	name=$(basename "$p")

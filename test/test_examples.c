@@ -209,7 +209,10 @@ static void test_http_echo_hostile(void)
 		{big, "HTTP/1.1 431"},
 		{"POST / HTTP/1.1\r\nContent-Length: 100001\r\n\r\n", "HTTP/1.1 413"},
 		{"GET / HTTP/3.0\r\n\r\n", "HTTP/1.1 505"},
-		{"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "HTTP/1.1 501"},
+		/* chunked must be the final coding of a request (RFC 9112). */
+		{"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "HTTP/1.1 400"},
+		{"GET / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+		 "HTTP/1.1 501"},
 	};
 	char buf[4096];
 	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
