@@ -8,11 +8,6 @@
 #include <stdint.h>
 
 /*
- * Note: this header declares the same struct tags (http_request,
- * http_limits, http_chunked) as the older examples/common/httpreq.h, so a
- * translation unit includes one or the other, never both. The functions have
- * different names, so both files link into the same program.
- *
  * Results. Every function returns either a non-negative success value,
  * HTTP_INCOMPLETE (feed more bytes), or one of the HTTP_ERR_* codes, which
  * are the negated HTTP status to answer with (-HTTP_ERR_BAD == 400). After

@@ -15,6 +15,8 @@
 
 FUZZ_SRCS_readline := lib/buf.c lib/alloc.c
 FUZZ_SRCS_http := examples/common/http_parser.c
+FUZZ_SRCS_addr := $(sort $(wildcard lib/*.c))
+FUZZ_LIBS_addr := -luring -lpthread
 
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 60
