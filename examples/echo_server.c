@@ -15,7 +15,7 @@
 #include <string.h>
 
 /* The read signal sees each chunk as it arrives (a view into the worker's
- * buffer); writing it copies the bytes into the channel's write queue. The
+ * receive buffer); write_view sends it from that buffer without a copy. The
  * write's handle is dropped at once: a failed write closes the channel, and
  * that is all an echo server needs to know. */
 static void write_done(coil_ip_t *ip, void *ud)
@@ -29,7 +29,7 @@ static void write_done(coil_ip_t *ip, void *ud)
 
 static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
 {
-	coil_ip_t *w = coil_channel_write(ch, data, len);
+	coil_ip_t *w = coil_channel_write_view(ch, data, len);
 	if (coil_ip_state(w) == COIL_IP_FAILED)
 		coil_ip_on_done(w, write_done, ch);
 	coil_ip_unref(w);

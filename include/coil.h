@@ -375,6 +375,15 @@ COIL_EXTERN coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data,
 						size_t len,
 						void (*free_fn)(void *));
 
+/* Zero-copy echo/relay: called inside a read-signal callback with bytes of
+ * the chunk being shown (data within the callback's view), the bytes are
+ * sent straight from the worker's receive buffer, which stays with the
+ * write until they are sent. A worker lends at most half its buffers this
+ * way; otherwise, and when called anywhere else, the bytes are copied as by
+ * coil_channel_write. Same results and errors as coil_channel_write. */
+COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
+					       const void *data, size_t len);
+
 /* kaa close(immediate). Not immediate: alive becomes false at once, queued
  * writes drain, then the descriptor closes. Immediate: queued writes fail with
  * -EBADF. Either way pending reads get what is buffered (or 0 bytes),

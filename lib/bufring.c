@@ -108,3 +108,8 @@ unsigned coil__bufring_size(const coil__worker *w)
 {
 	return w->bufring->size;
 }
+
+unsigned coil__bufring_count(const coil__worker *w)
+{
+	return w->bufring->count;
+}

@@ -70,6 +70,7 @@ typedef struct coil__writereq {
 	char *data;
 	size_t len, off;
 	void (*free_fn)(void *);
+	int bid;          /* a provided buffer lent by write_view, or -1 */
 } writereq;
 
 static void process(coil_channel_t *ch);
@@ -170,6 +171,7 @@ int coil__channel_new(coil__worker *w, coil_channel_t **out)
 	atomic_init(&ch->refs, 1);
 	atomic_init(&ch->st, COIL__CH_NEW);
 	ch->fd = -1;
+	ch->cur_bid = -1;
 	ch->close_on_eof = true;
 	ch->close_expected = true;
 	ch->delims = &coil__delims_default;
@@ -372,7 +374,7 @@ static void recv_cancel_complete(coil__op *op, int res, unsigned flags)
 }
 
 static void set_eof(coil_channel_t *ch, int err);
-static void on_bytes(coil_channel_t *ch, const char *p, size_t n);
+static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid);
 
 static void recv_complete(coil__op *op, int res, unsigned flags)
 {
@@ -385,8 +387,13 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		/* Bytes that arrive after close are dropped: the user asked
 		 * for the channel to stop. */
 		if (state(ch) == COIL__CH_OPEN && !ch->eof)
-			on_bytes(ch, coil__bufring_buf(ch->w, bid), (size_t)res);
-		coil__bufring_recycle(ch->w, bid);
+			on_bytes(ch, coil__bufring_buf(ch->w, bid), (size_t)res,
+				 (int)bid);
+		/* Recycled now, unless a zero-copy write kept it. */
+		if (ch->cur_kept)
+			ch->cur_kept = false;
+		else
+			coil__bufring_recycle(ch->w, bid);
 	} else if (res == 0) {
 		set_eof(ch, 0);
 	} else if (res == -ENOBUFS) {
@@ -622,7 +629,7 @@ static void process(coil_channel_t *ch)
 	coil__channel_put(ch);
 }
 
-static void on_bytes(coil_channel_t *ch, const char *p, size_t n)
+static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 {
 	if (ch->on_read) {
 		if (ch->sigq.len || signal_paused(ch)) {
@@ -633,7 +640,11 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n)
 			cancel_recv(ch);
 		} else {
 			coil__channel_get(ch);
+			ch->cur_bid = bid;
+			ch->cur_buf = p;
+			ch->cur_len = n;
 			ch->on_read(ch, p, n, ch->on_read_ud);
+			ch->cur_bid = -1;
 			bool gone = state(ch) != COIL__CH_OPEN;
 			/* Backpressure takes effect now, not at the end of
 			 * the turn. */
@@ -867,8 +878,24 @@ coil_ip_t *coil_channel_readv(coil_channel_t *ch, const size_t *sizes,
 
 static void send_complete(coil__op *op, int res, unsigned flags);
 
+/* Gives a lent provided buffer back to the ring (once its bytes are sent or
+ * the write failed). */
+static void wreq_return_buffer(writereq *r)
+{
+	coil__worker *w = r->ch->w;
+	if (r->bid < 0)
+		return;
+	if (w->bufring) {
+		coil__bufring_recycle(w, (unsigned)r->bid);
+		coil__bufring_flush(w);
+	}
+	w->pinned--;
+	r->bid = -1;
+}
+
 static void wreq_free(writereq *r)
 {
+	wreq_return_buffer(r);
 	if (r->free_fn)
 		r->free_fn(r->data);
 	coil_ip_unref(r->ip);
@@ -969,6 +996,7 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 			r->free_fn(r->data);
 			r->free_fn = NULL;
 		}
+		wreq_return_buffer(r);
 		coil_ip_finish_int(r->ip, (int64_t)r->len);
 		wreq_free(r);
 	}
@@ -1089,6 +1117,7 @@ coil_ip_t *coil_channel_writev(coil_channel_t *ch, const struct iovec *iov,
 	if (!r)
 		return NULL;
 	memset(r, 0, sizeof(*r));
+	r->bid = -1;
 	r->data = (char *)(r + 1);
 	r->len = len;
 	char *p = r->data;
@@ -1096,6 +1125,36 @@ coil_ip_t *coil_channel_writev(coil_channel_t *ch, const struct iovec *iov,
 		memcpy(p, iov[i].iov_base, iov[i].iov_len);
 		p += iov[i].iov_len;
 	}
+	return write_submit(ch, r);
+}
+
+/*
+ * Zero-copy echo and relay: inside a read-signal callback, bytes of the
+ * chunk being shown are written straight from the worker's provided buffer,
+ * which then stays with this write until its bytes are sent (the floor
+ * io_uring servers do the same). So that slow peers can never hold the
+ * ring, a worker lends at most half its buffers this way; beyond that, and
+ * anywhere else, the bytes are copied as by coil_channel_write.
+ */
+coil_ip_t *coil_channel_write_view(coil_channel_t *ch, const void *data,
+				   size_t len)
+{
+	if (!ch)
+		return NULL;
+	const char *d = data;
+	if (!on_home(ch) || ch->cur_bid < 0 || ch->cur_kept || !len ||
+	    d < ch->cur_buf || d + len > ch->cur_buf + ch->cur_len ||
+	    ch->w->pinned >= coil__bufring_count(ch->w) / 2)
+		return coil_channel_write(ch, data, len);
+	writereq *r = coil__calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	r->data = (char *)d;
+	r->len = len;
+	r->bid = ch->cur_bid;
+	r->ch = ch;
+	ch->cur_kept = true;
+	ch->w->pinned++;
 	return write_submit(ch, r);
 }
 
@@ -1116,6 +1175,7 @@ coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data, size_t len,
 	r->data = data;
 	r->len = len;
 	r->free_fn = free_fn;
+	r->bid = -1;
 	return write_submit(ch, r);
 }
 

@@ -110,6 +110,7 @@ struct coil__worker {
 	coil__list closers;    /* coil__closer: objects to close on stop */
 	unsigned long ops_inflight;
 	struct coil__bufring *bufring;
+	unsigned pinned;       /* provided buffers lent to zero-copy writes */
 	unsigned rr_next;      /* round-robin cursor for handing out clients */
 };
 
@@ -201,6 +202,7 @@ void coil__bufring_recycle(coil__worker *w, unsigned bid);
 /* Publishes recycled buffers; called once per completion batch. */
 void coil__bufring_flush(coil__worker *w);
 unsigned coil__bufring_size(const coil__worker *w);
+unsigned coil__bufring_count(const coil__worker *w);
 
 /* ---- InProgress internals used by I/O objects (inprogress.c) */
 coil_ip_t *coil__ip_new_on(coil__worker *w);
@@ -282,6 +284,12 @@ struct coil_channel_s {
 	coil__op close_op;
 	coil__bufq rq;
 	coil__bufq sigq;      /* read-signal bytes held back by backpressure */
+	/* The provided buffer shown to the read signal right now (-1: none),
+	 * and whether coil_channel_write_view kept it. */
+	int cur_bid;
+	const char *cur_buf;
+	size_t cur_len;
+	bool cur_kept;
 	size_t scan;
 	const coil__delims *delims;
 	coil__list reads;     /* pending read requests, in call order */

@@ -30,7 +30,7 @@ static size_t scaled(size_t n)
 
 static void echo_read(coil_channel_t *ch, const void *d, size_t n, void *ud)
 {
-	coil_ip_t *w = coil_channel_write(ch, d, n);
+	coil_ip_t *w = coil_channel_write_view(ch, d, n);
 	if (coil_ip_state(w) == COIL_IP_FAILED) {
 		coil_ip_error(w);
 		coil_channel_close(ch, 1); /* never drop bytes silently */
