@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -215,6 +216,7 @@ enum call_kind {
 	CALL_DELIMS,
 	CALL_INTEREST,
 	CALL_EOF_CLOSE,
+	CALL_REWRAP,
 };
 
 struct call {
@@ -228,6 +230,7 @@ struct call {
 
 static void call_local(coil_channel_t *ch, int kind, int i, void *cb,
 		       void *ud);
+static void rewrap_local(coil_channel_t *ch, int fd, int mode);
 
 static void call_task_run(coil__task *t)
 {
@@ -1345,6 +1348,9 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 	case CALL_EOF_CLOSE:
 		ch->close_on_eof = i != 0;
 		break;
+	case CALL_REWRAP:
+		rewrap_local(ch, i, (int)(intptr_t)ud);
+		break;
 	}
 }
 
@@ -1473,12 +1479,6 @@ int coil_channel_wrap(coil_loop_t *loop, int fd, int mode,
 	return 0;
 }
 
-struct rewrap {
-	coil__task task;
-	coil_channel_t *ch;
-	int fd, mode;
-};
-
 static void rewrap_local(coil_channel_t *ch, int fd, int mode)
 {
 	if (ch->fd >= 0 && state(ch) != COIL__CH_CLOSED) {
@@ -1496,14 +1496,6 @@ static void rewrap_local(coil_channel_t *ch, int fd, int mode)
 	kick_write(ch);
 }
 
-static void rewrap_run(coil__task *t)
-{
-	struct rewrap *rw = coil__container_of(t, struct rewrap, task);
-	rewrap_local(rw->ch, rw->fd, rw->mode);
-	coil__channel_put(rw->ch);
-	coil__free(rw);
-}
-
 int coil_channel_rewrap(coil_channel_t *ch, int fd, int mode)
 {
 	if (!ch)
@@ -1517,20 +1509,7 @@ int coil_channel_rewrap(coil_channel_t *ch, int fd, int mode)
 	int rc = prepare_fd(fd);
 	if (rc)
 		return rc;
-	if (on_home(ch)) {
-		rewrap_local(ch, fd, mode);
-		return 0;
-	}
-	struct rewrap *rw = coil__malloc(sizeof(*rw));
-	if (!rw)
-		return -ENOMEM;
-	rw->task.run = rewrap_run;
-	rw->ch = ch;
-	rw->fd = fd;
-	rw->mode = mode;
-	coil__channel_get(ch);
-	coil__post(ch->w, &rw->task);
-	return 0;
+	return call(ch, CALL_REWRAP, fd, NULL, (void *)(intptr_t)mode);
 }
 
 int coil_channel_pipe(coil_loop_t *loop, coil_channel_t **rd,

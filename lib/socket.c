@@ -1694,7 +1694,9 @@ int coil_socket_listening(const coil_socket_t *s)
 	       coil_channel_alive(s);
 }
 
-int coil_socket_local(const coil_socket_t *s, coil_sockinfo_t *out)
+/* getsockname / getpeername of the socket as a coil_sockinfo_t. */
+static int sockinfo_of(const coil_socket_t *s, coil_sockinfo_t *out,
+		       int (*get)(int, struct sockaddr *, socklen_t *))
 {
 	if (!s || !out)
 		return -EINVAL;
@@ -1703,23 +1705,19 @@ int coil_socket_local(const coil_socket_t *s, coil_sockinfo_t *out)
 		return -EBADF;
 	struct sockaddr_storage ss;
 	socklen_t l = sizeof(ss);
-	if (getsockname(fd, (struct sockaddr *)&ss, &l))
+	if (get(fd, (struct sockaddr *)&ss, &l))
 		return -errno;
 	return coil_sockinfo_from((struct sockaddr *)&ss, l, out);
 }
 
+int coil_socket_local(const coil_socket_t *s, coil_sockinfo_t *out)
+{
+	return sockinfo_of(s, out, getsockname);
+}
+
 int coil_socket_peer(const coil_socket_t *s, coil_sockinfo_t *out)
 {
-	if (!s || !out)
-		return -EINVAL;
-	int fd = coil_channel_fileno(s);
-	if (fd < 0)
-		return -EBADF;
-	struct sockaddr_storage ss;
-	socklen_t l = sizeof(ss);
-	if (getpeername(fd, (struct sockaddr *)&ss, &l))
-		return -errno;
-	int rc = coil_sockinfo_from((struct sockaddr *)&ss, l, out);
+	int rc = sockinfo_of(s, out, getpeername);
 	if (!rc && S(s))
 		snprintf(out->reqhost, sizeof(out->reqhost), "%s",
 			 S(s)->reqhost);
