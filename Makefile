@@ -171,6 +171,10 @@ $(B)/bench/micro: bench/micro.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(ALL_LDFLAGS) $(LDLIBS_ALL)
 
+$(B)/bench/slowloris: bench/slowloris.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(ALL_LDFLAGS)
+
 micro-bench: $(B)/bench/micro
 	@$(B)/bench/micro
 
