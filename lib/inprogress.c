@@ -697,33 +697,13 @@ int coil_ip_abort(coil_ip_t *ip)
 
 /* ---- running something on a handle's home worker ---- */
 
-struct home_task {
-	coil__task task;
-	void (*fn)(void *);
-	void *arg;
-};
-
-static void home_task_run(coil__task *t)
-{
-	struct home_task *h = coil__container_of(t, struct home_task, task);
-	h->fn(h->arg);
-	coil__free(h);
-}
-
 static int run_on(coil__worker *w, void (*fn)(void *), void *arg)
 {
 	if (coil__on_worker(w)) {
 		fn(arg);
 		return 0;
 	}
-	struct home_task *h = coil__malloc(sizeof(*h));
-	if (!h)
-		return -ENOMEM;
-	h->task.run = home_task_run;
-	h->fn = fn;
-	h->arg = arg;
-	coil__post(w, &h->task);
-	return 0;
+	return coil__post_fn(w, fn, arg);
 }
 
 /* ---- sleep ---- */

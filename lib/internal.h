@@ -148,6 +148,8 @@ coil__worker *coil__pick_worker(coil_loop_t *loop);
 
 /* Posts t to w's inbox (any thread); w runs t->run(t) on its thread. */
 void coil__post(coil__worker *w, coil__task *t);
+/* Posts fn(arg) to w (allocating the task): 0 or -ENOMEM. Any thread. */
+int coil__post_fn(coil__worker *w, void (*fn)(void *), void *arg);
 
 /* Schedules d to run on the current worker before it sleeps again. */
 void coil__defer_add(coil__worker *w, coil__defer *d);

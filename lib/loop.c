@@ -755,6 +755,11 @@ int coil_loop_post(coil_loop_t *loop, int worker, coil_task_cb fn, void *arg)
 		return -ESHUTDOWN;
 	coil__worker *w = worker < 0 ? coil__pick_worker(loop)
 				     : &loop->workers[worker];
+	return coil__post_fn(w, fn, arg);
+}
+
+int coil__post_fn(coil__worker *w, void (*fn)(void *), void *arg)
+{
 	struct user_task *u = coil__malloc(sizeof(*u));
 	if (!u)
 		return -ENOMEM;
