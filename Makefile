@@ -76,7 +76,10 @@ lib: $(STATIC) $(B)/libcoil.so
 
 $(B)/%.o: %.c $(wildcard include/*.h include/coil/*.h lib/*.h examples/common/*.h test/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CPPFLAGS) -Iexamples/common -Itest $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CPPFLAGS) -Iexamples/common -Itest $(ALL_CFLAGS) -MMD -MP -c $< -o $@
+
+# What each object really included (test_stress.c includes stress.c).
+-include $(wildcard $(B)/*/*.d $(B)/*/*/*.d)
 
 $(STATIC): $(LIB_OBJS)
 	@rm -f $@

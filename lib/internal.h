@@ -20,6 +20,23 @@
 #define coil__likely(x) __builtin_expect(!!(x), 1)
 #define coil__unlikely(x) __builtin_expect(!!(x), 0)
 
+/* Valgrind support (no cost outside valgrind: its client requests are a
+ * few no-op instructions). The kernel fills memory through the ring where
+ * memcheck cannot see it, so completions that carry bytes say so. */
+#if defined(__has_include)
+#if __has_include(<valgrind/memcheck.h>)
+#include <valgrind/memcheck.h>
+#define COIL__HAVE_VALGRIND 1
+#endif
+#endif
+#ifdef COIL__HAVE_VALGRIND
+#define coil__on_valgrind() (RUNNING_ON_VALGRIND != 0)
+#define coil__mem_defined(p, n) ((void)VALGRIND_MAKE_MEM_DEFINED((p), (n)))
+#else
+#define coil__on_valgrind() 0
+#define coil__mem_defined(p, n) ((void)0)
+#endif
+
 /* ---- allocator seam (alloc.c): jemalloc's non-standard API unless built
  * with COIL_NO_JEMALLOC (sanitizer builds), so coil never changes the
  * process's malloc. */
@@ -94,6 +111,7 @@ struct coil__worker {
 	pthread_t thread;
 	struct io_uring *ring; /* allocated so liburing.h stays in loop.c */
 	int ring_flags;
+	bool poll_wait;    /* sleep in poll(2), not io_uring_enter (valgrind) */
 	int efd;               /* eventfd: wake-ups from other threads */
 	_Atomic(coil__task *) inbox;
 	coil__op efd_op;

@@ -43,6 +43,8 @@ int t_read_exact(int fd, void *buf, size_t n);
 /* Counts the bytes of memory coil itself holds is not observable from here;
  * this returns the process's resident set size in KiB. */
 long t_rss_kib(void);
+/* Nonzero when the test runs under valgrind (make valgrind). */
+int t_on_valgrind(void);
 
 #define T_ASSERT_OK(expr)                                            \
 	do {                                                         \

@@ -48,6 +48,16 @@ static void test_ring_flags(void)
 {
 	coil_loop_t *loop = t_loop(1);
 	int f = coil_loop_ring_flags(loop, 0);
+	if (t_on_valgrind()) {
+		/* Workers sleep in poll(2) on a plain ring there. */
+		CU_ASSERT(!(f & (IORING_SETUP_COOP_TASKRUN |
+				 IORING_SETUP_DEFER_TASKRUN)));
+		coil_ip_t *ip = coil_sleep(loop, 1);
+		T_ASSERT_OK(t_wait(ip));
+		coil_ip_unref(ip);
+		coil_loop_free(loop);
+		return;
+	}
 	CU_ASSERT(f & IORING_SETUP_SINGLE_ISSUER);
 	CU_ASSERT(f & IORING_SETUP_DEFER_TASKRUN);
 	CU_ASSERT_EQUAL(coil_loop_ring_flags(loop, 1), -EINVAL);
