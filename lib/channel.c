@@ -196,6 +196,11 @@ static void do_register(coil_channel_t *ch)
 	if (!ch->registered) {
 		ch->registered = true;
 		coil__closer_add(ch->w, &ch->closer);
+		/* Listed after the stop walk (a client accepted in the last
+		 * batch, a call that arrived late): closed at the end of this
+		 * turn, not under the caller's feet. */
+		if (ch->w->stopping)
+			coil__defer_add(ch->w, &ch->defer);
 	}
 }
 
@@ -363,6 +368,8 @@ static void defer_run(coil__defer *d)
 	}
 	if (state(ch) == COIL__CH_CLOSED)
 		maybe_close_fd(ch);
+	if (ch->w->stopping && ch->registered && !ch->user_released)
+		closer_close(&ch->closer); /* last: may free the channel */
 }
 
 static void recv_cancel_complete(coil__op *op, int res, unsigned flags)
@@ -509,6 +516,13 @@ static void readv_finish(coil_channel_t *ch, readreq *r, size_t have)
 
 /* Serves the request at the head of the queue if it can be; returns whether
  * it completed. */
+/* The end of the stream as readers see it: bytes still held for a paused
+ * read signal come first (flush_sigq hands them on). */
+static inline bool rq_eof(const coil_channel_t *ch)
+{
+	return ch->eof && !ch->sigq.len;
+}
+
 static bool serve(coil_channel_t *ch, readreq *r)
 {
 	size_t have = ch->rq.len;
@@ -527,11 +541,11 @@ static bool serve(coil_channel_t *ch, readreq *r)
 	}
 	case RR_LINE: {
 		size_t n = have ? coil__find_line(d, have, ch->delims, &ch->scan,
-						  ch->eof)
+						  rq_eof(ch))
 				: 0;
 		if ((!n && have >= qsize) || n > qsize)
 			n = qsize; /* an over-long line, in pieces */
-		if (!n && ch->eof)
+		if (!n && rq_eof(ch))
 			n = have; /* the partial line at the end */
 		if (n) {
 			req_take(ch, r, n, 0);
@@ -544,7 +558,7 @@ static bool serve(coil_channel_t *ch, readreq *r)
 			req_take(ch, r, r->n, 0);
 			return true;
 		}
-		if (ch->eof) {
+		if (rq_eof(ch)) {
 			req_take(ch, r, have, ch->rerr ? ch->rerr : COIL_EOF);
 			return true;
 		}
@@ -558,7 +572,7 @@ static bool serve(coil_channel_t *ch, readreq *r)
 			r->got += n;
 			rq_consume(ch, n);
 		}
-		if (r->got == r->n || ch->eof) {
+		if (r->got == r->n || rq_eof(ch)) {
 			if (!r->got && ch->rerr)
 				coil__ip_fail_msg(r->ip, ch->rerr, NULL);
 			else
@@ -569,13 +583,13 @@ static bool serve(coil_channel_t *ch, readreq *r)
 		return false;
 	}
 	case RR_READV:
-		if (have >= r->n || ch->eof) {
+		if (have >= r->n || rq_eof(ch)) {
 			readv_finish(ch, r, have < r->n ? have : r->n);
 			return true;
 		}
 		return false;
 	}
-	if (ch->eof) {
+	if (rq_eof(ch)) {
 		req_end(ch, r);
 		return true;
 	}
@@ -589,10 +603,10 @@ static void emit_lines(coil_channel_t *ch)
 					    memory_order_relaxed);
 	while (ch->on_line && ch->rq.len) {
 		size_t n = coil__find_line(coil__bufq_data(&ch->rq), ch->rq.len,
-					   ch->delims, &ch->scan, ch->eof);
+					   ch->delims, &ch->scan, rq_eof(ch));
 		if ((!n && ch->rq.len >= qsize) || n > qsize)
 			n = qsize;
-		if (!n && ch->eof)
+		if (!n && rq_eof(ch))
 			n = ch->rq.len;
 		if (!n)
 			break;
@@ -636,11 +650,14 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 {
 	if (ch->on_read) {
 		if (ch->sigq.len || signal_paused(ch)) {
+			/* Held for the signal; other consumers get them
+			 * when it does (flush_sigq), so order is kept. */
 			if (coil__bufq_append(&ch->sigq, p, n)) {
 				set_eof(ch, -ENOMEM);
 				return;
 			}
 			cancel_recv(ch);
+			return;
 		} else {
 			coil__channel_get(ch);
 			ch->cur_bid = bid;
@@ -692,14 +709,35 @@ static void flush_sigq(coil_channel_t *ch)
 {
 	coil__channel_get(ch);
 	size_t chunk = atomic_load_explicit(&ch->chunk_size, memory_order_relaxed);
+	bool fed = false;
 	while (ch->sigq.len && ch->on_read && !signal_paused(ch) &&
 	       state(ch) == COIL__CH_OPEN) {
 		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
 		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
+		if (state(ch) == COIL__CH_OPEN &&
+		    (!coil__list_empty(&ch->reads) || ch->on_line)) {
+			/* Readers beside the signal see the same bytes. */
+			if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
+					      n))
+				set_eof(ch, -ENOMEM);
+			fed = true;
+		}
 		coil__bufq_consume(&ch->sigq, n);
+	}
+	if (ch->sigq.len && !ch->on_read && state(ch) == COIL__CH_OPEN) {
+		/* The signal was disconnected before it saw these bytes:
+		 * they belong to read() and readline() now. Everything in
+		 * the read queue arrived before them. */
+		if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
+				      ch->sigq.len))
+			set_eof(ch, -ENOMEM);
+		coil__bufq_consume(&ch->sigq, ch->sigq.len);
+		fed = true;
 	}
 	if (!ch->on_read || state(ch) != COIL__CH_OPEN)
 		coil__bufq_free(&ch->sigq);
+	if (fed)
+		process(ch);
 	if (!ch->sigq.len && ch->close_after_sigq) {
 		/* The end of stream waited for the signal to see it all. */
 		ch->close_after_sigq = false;
@@ -1324,6 +1362,8 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		do_register(ch);
 		ch->on_read = (coil_read_cb)cb;
 		ch->on_read_ud = ud;
+		if (ch->sigq.len)
+			flush_sigq(ch); /* to the new signal, or to readers */
 		update_interest(ch);
 		break;
 	case CALL_ON_LINE:

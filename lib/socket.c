@@ -714,7 +714,8 @@ static void accept_complete(coil__op *op, int res, unsigned flags)
 		sh->armed = false;
 	if (res >= 0) {
 		sh->backoff_ms = 0;
-		if (sh->closing || atomic_load(&l->closing)) {
+		if (sh->closing || atomic_load(&l->closing) ||
+		    sh->w->stopping) {
 			close(res);
 		} else if (l->is_unix && l->s->w->loop->nworkers > 1) {
 			/* Unix clients are spread over the workers. */
@@ -1341,6 +1342,8 @@ static void dgram_complete(coil__op *op, int res, unsigned flags)
 	} else {
 		d->dg->len = (size_t)res;
 		d->dg->fromlen = d->msg.msg_namelen;
+		coil__mem_defined(d->dg->data, (size_t)res);
+		coil__mem_defined(d->msg.msg_name, d->msg.msg_namelen);
 		coil_ip_finish_ptr(d->ip, d->dg, coil_free);
 	}
 	coil_ip_unref(d->ip);

@@ -792,8 +792,9 @@ static void test_foreign_thread_writes(void)
 		f[i] = (struct fw){ch, i, 0};
 		pthread_create(&th[i], NULL, foreign_writer, &f[i]);
 	}
-	char *buf = malloc(8 * 500 * 8);
+	char *buf = malloc(8 * 500 * 8 + 1);
 	T_ASSERT_OK(t_read_exact(peer, buf, 8 * 500 * 8));
+	buf[8 * 500 * 8] = 0; /* sscanf reads a string */
 	int next[8] = {0}, bad = 0;
 	for (int k = 0; k < 8 * 500; k++) {
 		int id, seq;
@@ -1002,6 +1003,57 @@ static void test_write_view_zero_copy(void)
 	coil_loop_free(loop);
 }
 
+/* A read signal whose answers back up is paused: bytes wait for it.
+ * Disconnecting it then must leave those bytes to read(), not drop them. */
+static _Atomic size_t backed_seen;
+static void backed_up_cb(coil_channel_t *ch, const void *d, size_t n,
+			 void *ud)
+{
+	if (atomic_fetch_add(&backed_seen, n) == 0) {
+		/* One answer far larger than the peer will take unread. */
+		size_t big = 4u << 20;
+		char *b = calloc(1, big);
+		coil_ip_unref(coil_channel_write_owned(ch, b, big, free));
+	}
+}
+
+static void test_paused_signal_disconnect_keeps_bytes(void)
+{
+	int peer;
+	coil_channel_t *ch = pair(&peer);
+	atomic_store(&backed_seen, 0);
+	T_ASSERT_OK(coil_channel_set_queue_size(ch, 64 * 1024));
+	/* The bytes wait in the socket first, so that arming the receive
+	 * brings several completions in one batch: the first one's answer
+	 * pauses the signal and the rest wait for it in coil. */
+	enum { TOTAL = 200 * 1024 };
+	char *data = malloc(TOTAL);
+	for (int i = 0; i < TOTAL; i++)
+		data[i] = (char)(i * 31 + i / 997);
+	T_ASSERT_OK(t_write_all(peer, data, TOTAL));
+	T_ASSERT_OK(coil_channel_on_read(ch, backed_up_cb, NULL));
+	for (int i = 0; i < 2000 && !atomic_load(&backed_seen); i++)
+		usleep(1000);
+	usleep(50000);
+	size_t seen = atomic_load(&backed_seen);
+	CU_ASSERT(seen > 0 && seen < TOTAL);
+	CU_ASSERT(coil_channel_write_queue_used(ch) >= 32 * 1024);
+	/* Disconnected while paused: what it did not see is read()'s. */
+	T_ASSERT_OK(coil_channel_on_read(ch, NULL, NULL));
+	coil_ip_t *r = coil_channel_read_exact(ch, TOTAL - seen);
+	T_ASSERT_OK(t_wait(r));
+	size_t n = 0;
+	const char *b = coil_ip_bytes(r, &n);
+	CU_ASSERT_EQUAL(n, TOTAL - seen);
+	CU_ASSERT(b && n == TOTAL - seen && !memcmp(b, data + seen, n));
+	coil_ip_unref(r);
+	CU_ASSERT_EQUAL(atomic_load(&backed_seen), seen);
+	free(data);
+	coil_channel_close(ch, 1);
+	coil_channel_release(ch);
+	close(peer);
+}
+
 static const coil_test_t tests[] = {
 	{"write_view_zero_copy", test_write_view_zero_copy},
 	{"read_basic", test_read_basic},
@@ -1026,6 +1078,8 @@ static const coil_test_t tests[] = {
 	{"dup_steal_live", test_dup_steal_live},
 	{"steal", test_steal},
 	{"bad_input", test_bad_input},
+	{"paused_signal_disconnect_keeps_bytes",
+	 test_paused_signal_disconnect_keeps_bytes},
 	{NULL, NULL},
 };
 
