@@ -54,6 +54,9 @@ struct conn {
 	size_t body_len;
 	struct http_chunked chunked_dec;
 	uint64_t last_active, req_start;
+	coil_ip_t *last_write;     /* newest response write, to await drain */
+	bool waiting;              /* a drain callback holds this conn */
+	bool dead;                 /* closed while waiting: freed by it */
 };
 
 /* Per-worker list of connections, swept once a second for timeouts. */
@@ -80,9 +83,42 @@ static const char *reason(int status)
 	case 413: return "Content Too Large";
 	case 431: return "Request Header Fields Too Large";
 	case 501: return "Not Implemented";
+	case 503: return "Service Unavailable";
 	case 505: return "HTTP Version Not Supported";
 	default: return "Error";
 	}
+}
+
+/* Unanswered pipelined input one connection may hold while its client
+ * does not read the answers; past it the client gets 503 and a close. */
+#define MAX_BACKLOG (4u << 20)
+
+static void conn_free(struct conn *c)
+{
+	coil_ip_unref(c->last_write);
+	free(c->in);
+	free(c->head);
+	free(c->body);
+	free(c);
+}
+
+/* Keeps the newest write's handle. A write refused at once (write queue
+ * full, channel closed) ends the connection: an answer is never dropped
+ * while later ones go out. */
+static void queued(struct conn *c, coil_ip_t *w)
+{
+	if (!w || coil_ip_state(w) == COIL_IP_FAILED) {
+		if (w)
+			coil_ip_error(w); /* seen: not an unobserved failure */
+		coil_ip_unref(w);
+		if (c->state != ST_CLOSING) {
+			c->state = ST_CLOSING;
+			coil_channel_close(c->ch, 1);
+		}
+		return;
+	}
+	coil_ip_unref(c->last_write);
+	c->last_write = w;
 }
 
 static void conn_close(struct conn *c)
@@ -103,7 +139,7 @@ static void send_error(struct conn *c, int status)
 			 "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
 			 status, reason(status), strlen(reason(status)) + 1,
 			 reason(status));
-	coil_ip_unref(coil_channel_write(c->ch, buf, (size_t)n));
+	queued(c, coil_channel_write(c->ch, buf, (size_t)n));
 	conn_close(c);
 }
 
@@ -123,7 +159,7 @@ static void respond(struct conn *c)
 		/* Static bytes: nothing to allocate or free. */
 		const char *r = keep ? hello_keep : hello_close;
 		size_t n = keep ? sizeof(hello_keep) - 1 : sizeof(hello_close) - 1;
-		coil_ip_unref(coil_channel_write_owned(c->ch, (void *)r, n, NULL));
+		queued(c, coil_channel_write_owned(c->ch, (void *)r, n, NULL));
 	} else {
 		size_t blen = c->head_len + c->body_len;
 		char *out = malloc(blen + 160);
@@ -138,8 +174,8 @@ static void respond(struct conn *c)
 		memcpy(out + n, c->head, c->head_len);
 		if (c->body_len)
 			memcpy(out + n + c->head_len, c->body, c->body_len);
-		coil_ip_unref(coil_channel_write_owned(c->ch, out, (size_t)n + blen,
-						       free));
+		queued(c, coil_channel_write_owned(c->ch, out, (size_t)n + blen,
+						   free));
 	}
 	free(c->head);
 	free(c->body);
@@ -158,13 +194,41 @@ static void consume(struct conn *c, size_t n)
 	c->in_len -= n;
 }
 
+static void process(struct conn *c);
+
+static void drained(coil_ip_t *w, void *ud)
+{
+	struct conn *c = ud;
+	c->waiting = false;
+	if (c->dead)
+		conn_free(c);
+	else
+		process(c);
+}
+
+/* A client that pipelines faster than it reads: answer more once the
+ * queued answers drain (the newest write settles when all have gone out).
+ * Half the queue is also where coil stops showing it new bytes. */
+static bool backlogged(struct conn *c)
+{
+	if (coil_channel_write_queue_used(c->ch) <
+	    coil_channel_queue_size(c->ch) / 2)
+		return false;
+	if (!c->waiting && c->last_write) {
+		c->waiting = true;
+		if (coil_ip_on_done(c->last_write, drained, c))
+			c->waiting = false;
+	}
+	return true;
+}
+
 /* Parses and answers every complete request in the buffer, in order
- * (pipelining), until more bytes are needed. */
+ * (pipelining), until more bytes are needed or the answers back up. */
 static void process(struct conn *c)
 {
 	while (c->state != ST_CLOSING) {
 		if (c->state == ST_HEAD) {
-			if (!c->in_len)
+			if (!c->in_len || backlogged(c))
 				return;
 			if (!c->req_start)
 				c->req_start = now_ms();
@@ -213,7 +277,7 @@ static void process(struct conn *c)
 					return;
 				}
 				if (expect && c->in_len == 0)
-					coil_ip_unref(coil_channel_write_owned(
+					queued(c, coil_channel_write_owned(
 						c->ch,
 						(void *)"HTTP/1.1 100 Continue\r\n\r\n",
 						25, NULL));
@@ -273,7 +337,12 @@ static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
 		return;
 	c->last_active = now_ms();
 	/* Bound what waits unparsed: a head longer than the limit is refused
-	 * by the parser; body bytes are consumed as they come. */
+	 * by the parser; body bytes are consumed as they come; requests
+	 * waiting behind unread answers are capped. */
+	if (c->in_len + len > MAX_BACKLOG) {
+		send_error(c, 503);
+		return;
+	}
 	if (c->in_len + len > c->in_cap) {
 		size_t cap = c->in_cap ? c->in_cap : 4096;
 		while (cap < c->in_len + len)
@@ -307,10 +376,10 @@ static void on_closed(coil_channel_t *ch, int expected, void *ud)
 		ws->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	free(c->in);
-	free(c->head);
-	free(c->body);
-	free(c);
+	if (c->waiting)
+		c->dead = true; /* drained() frees it */
+	else
+		conn_free(c);
 	coil_channel_release(ch);
 	atomic_fetch_sub(&open_conns, 1);
 }
@@ -383,6 +452,15 @@ static void close_idle(void *arg)
 	}
 }
 
+/* Answers to a client that went away fail with EPIPE or ECONNRESET and
+ * nobody holds their handles; that is normal for a server, so only other
+ * failures are reported. */
+static void on_unobserved(int err, const char *msg, void *ud)
+{
+	if (err != -EPIPE && err != -ECONNRESET)
+		fprintf(stderr, "http_echo: %s (%d)\n", msg, err);
+}
+
 static void usage(const char *argv0)
 {
 	fprintf(stderr,
@@ -432,6 +510,8 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &stop, NULL);
 	/* Writes to a reset peer fail with EPIPE inside coil, never raise
 	 * SIGPIPE; nothing else here writes to sockets. */
+
+	coil_set_unobserved_handler(on_unobserved, NULL);
 
 	coil_loop_opts_t o;
 	coil_loop_opts_init(&o);
