@@ -391,39 +391,35 @@ static int memory_round(pid_t pid, unsigned short port,
 	cases[nc++] = (struct mem_case){"pipelined flood, never read",
 					proc_kib(pid, "VmHWM"), sent};
 	close(fd);
-	/* 2. An endless header: 431 and close, whatever keeps coming. */
-	peak_reset(pid);
-	fd = raw_connect(port);
-	t_write_all(fd, "GET / HTTP/1.1\r\nX: ", 19);
+	/* 2-4. A head, then a unit repeated without end: the status, then a
+	 * close, whatever keeps coming. */
 	char *junk = malloc(1 << 16);
 	memset(junk, 'a', 1 << 16);
-	sent = write_until_stalled(fd, junk, 1 << 16, 64u << 20);
-	read_all(fd, buf, 4096);
-	CU_ASSERT_EQUAL(strncmp(buf, "HTTP/1.1 431", 12), 0);
-	cases[nc++] = (struct mem_case){"endless header",
-					proc_kib(pid, "VmHWM"), sent};
-	close(fd);
-	/* 3. An endless chunked body: 413 at max-body. */
-	peak_reset(pid);
-	fd = raw_connect(port);
-	t_write_all(fd, h, strlen(h));
-	sent = write_until_stalled(fd, chunk, sizeof(chunk), 64u << 20);
-	read_all(fd, buf, 4096);
-	CU_ASSERT_EQUAL(strncmp(buf, "HTTP/1.1 413", 12), 0);
-	cases[nc++] = (struct mem_case){"endless chunked body",
-					proc_kib(pid, "VmHWM"), sent};
-	close(fd);
-	/* 4. Garbage bytes: 400 and close. */
-	peak_reset(pid);
-	fd = raw_connect(port);
+	char *garbage = malloc(1 << 16);
 	for (int i = 0; i < (1 << 16); i++)
-		junk[i] = (char)(i * 7919 >> 3);
-	sent = write_until_stalled(fd, junk, 1 << 16, 64u << 20);
-	read_all(fd, buf, 4096);
-	CU_ASSERT_EQUAL(strncmp(buf, "HTTP/1.1 400", 12), 0);
-	cases[nc++] = (struct mem_case){"garbage bytes",
-					proc_kib(pid, "VmHWM"), sent};
-	close(fd);
+		garbage[i] = (char)(i * 7919 >> 3);
+	const struct {
+		const char *name, *head, *unit, *status;
+		size_t ulen;
+	} endless[] = {
+		{"endless header", "GET / HTTP/1.1\r\nX: ", junk, "HTTP/1.1 431",
+		 1 << 16},
+		{"endless chunked body", h, chunk, "HTTP/1.1 413", sizeof(chunk)},
+		{"garbage bytes", "", garbage, "HTTP/1.1 400", 1 << 16},
+	};
+	for (size_t i = 0; i < sizeof(endless) / sizeof(endless[0]); i++) {
+		peak_reset(pid);
+		fd = raw_connect(port);
+		t_write_all(fd, endless[i].head, strlen(endless[i].head));
+		sent = write_until_stalled(fd, endless[i].unit, endless[i].ulen,
+					   64u << 20);
+		read_all(fd, buf, 4096);
+		CU_ASSERT_EQUAL(strncmp(buf, endless[i].status, 12), 0);
+		cases[nc++] = (struct mem_case){endless[i].name,
+						proc_kib(pid, "VmHWM"), sent};
+		close(fd);
+	}
+	free(garbage);
 	/* 5. 200 slowloris connections at once, all timed out. */
 	peak_reset(pid);
 	int slow[200];
