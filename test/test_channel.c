@@ -1054,6 +1054,63 @@ static void test_paused_signal_disconnect_keeps_bytes(void)
 	close(peer);
 }
 
+/* A call a foreign thread makes before it causes I/O takes effect before
+ * the completion of that I/O: switch the read signal, then write to the
+ * peer; the byte must reach the new signal. Run on a default loop and on
+ * one whose workers sleep in poll(2) (the valgrind path), where a wake-up
+ * and the receive often complete in one batch. */
+struct which {
+	_Atomic int got[2];
+};
+static void sig_a(coil_channel_t *ch, const void *d, size_t n, void *ud)
+{
+	atomic_fetch_add(&((struct which *)ud)->got[0], (int)n);
+}
+static void sig_b(coil_channel_t *ch, const void *d, size_t n, void *ud)
+{
+	atomic_fetch_add(&((struct which *)ud)->got[1], (int)n);
+}
+
+static void test_foreign_call_before_io(void)
+{
+	for (int mode = 0; mode < 2; mode++) {
+		if (mode)
+			setenv("COIL_POLL_WAIT", "1", 1);
+		coil_loop_t *loop = t_loop(1);
+		if (mode)
+			unsetenv("COIL_POLL_WAIT");
+		int sv[2];
+		CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+		coil_channel_t *ch;
+		T_ASSERT_OK(coil_channel_wrap(loop, sv[0],
+					      COIL_IO_READ | COIL_IO_WRITE, &ch));
+		struct which w = {0};
+		int wrong = 0;
+		for (int i = 0; i < 200; i++) {
+			int to = i & 1;
+			T_ASSERT_OK(coil_channel_on_read(ch, to ? sig_b : sig_a,
+							 &w));
+			int before = atomic_load(&w.got[0]) +
+				     atomic_load(&w.got[1]);
+			int other = atomic_load(&w.got[!to]);
+			T_ASSERT_OK(t_write_all(sv[1], "x", 1));
+			for (int k = 0; k < 5000 &&
+					atomic_load(&w.got[0]) +
+							atomic_load(&w.got[1]) ==
+						before;
+			     k++)
+				usleep(100);
+			wrong += atomic_load(&w.got[!to]) != other;
+		}
+		CU_ASSERT_EQUAL(wrong, 0);
+		CU_ASSERT_EQUAL(atomic_load(&w.got[0]) + atomic_load(&w.got[1]),
+				200);
+		coil_channel_release(ch);
+		close(sv[1]);
+		coil_loop_free(loop);
+	}
+}
+
 static const coil_test_t tests[] = {
 	{"write_view_zero_copy", test_write_view_zero_copy},
 	{"read_basic", test_read_basic},
@@ -1080,6 +1137,7 @@ static const coil_test_t tests[] = {
 	{"bad_input", test_bad_input},
 	{"paused_signal_disconnect_keeps_bytes",
 	 test_paused_signal_disconnect_keeps_bytes},
+	{"foreign_call_before_io", test_foreign_call_before_io},
 	{NULL, NULL},
 };
 
