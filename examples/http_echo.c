@@ -11,7 +11,9 @@
  * the nginx baseline does in `make bench`. Keep-alive and pipelining work;
  * "Connection: close" and HTTP/1.0 are honoured. Malformed requests get 400,
  * oversize heads 431, oversize bodies 413, other transfer codings 501,
- * other versions 505, and requests that do not arrive in time 408. SIGINT or
+ * other versions 505, and requests that do not arrive in time 408. A client
+ * that pipelines faster than it reads is answered as its answers drain; one
+ * that gets more than 4 MiB of requests ahead of them gets 503. SIGINT or
  * SIGTERM stop it gracefully: the listener closes, responses in flight are
  * finished, then the loop stops.
  */

@@ -749,7 +749,7 @@ static void peers_drain(int *peer, struct peer_rx *rx, int n)
 {
 	unsigned char buf[65536];
 	for (int i = 0; i < n; i++) {
-		ssize_t r;
+		ssize_t r = -1;
 		while (!rx[i].eof && (r = read(peer[i], buf, sizeof(buf))) != 0) {
 			if (r < 0) {
 				if (errno != EAGAIN && errno != EWOULDBLOCK)
