@@ -45,8 +45,10 @@ struct conn {
 	struct conn *prev, *next; /* the worker's list, for timeouts */
 	coil_channel_t *ch;
 	int state;
-	char *in;                  /* bytes not yet parsed */
-	size_t in_len, in_cap;
+	char *in;                  /* input buffer; unparsed bytes start at */
+	size_t in_off;             /* in + in_off (consumed bytes are skipped, */
+	size_t in_len, in_cap;     /* and moved out once per read, not per
+				      request: pipelining stays linear) */
 	size_t last_len;           /* bytes already scanned for the head end */
 	int64_t content_length;    /* of the request being read */
 	bool chunked, keep_alive, hello;
@@ -189,11 +191,17 @@ static void respond(struct conn *c)
 		conn_close(c);
 }
 
+static char *in_data(struct conn *c)
+{
+	return c->in + c->in_off;
+}
+
 static void consume(struct conn *c, size_t n)
 {
-	if (c->in_len > n)
-		memmove(c->in, c->in + n, c->in_len - n);
+	c->in_off += n;
 	c->in_len -= n;
+	if (!c->in_len)
+		c->in_off = 0;
 }
 
 static void process(struct conn *c);
@@ -237,7 +245,7 @@ static void process(struct conn *c)
 			/* The parsed request lives on the stack: a connection
 			 * keeps only what framing and the answer need. */
 			struct http_request req;
-			int r = http_parse_request(c->in, c->in_len, c->last_len,
+			int r = http_parse_request(in_data(c), c->in_len, c->last_len,
 						   &req, &limits);
 			if (r == HTTP_INCOMPLETE) {
 				c->last_len = c->in_len;
@@ -263,7 +271,7 @@ static void process(struct conn *c)
 					send_error(c, 500);
 					return;
 				}
-				memcpy(c->head, c->in, (size_t)r);
+				memcpy(c->head, in_data(c), (size_t)r);
 				c->head_len = (size_t)r;
 			}
 			consume(c, (size_t)r);
@@ -291,7 +299,8 @@ static void process(struct conn *c)
 				/* Decoded in place: the data moves to the front of
 				 * the input, anything after the body follows it. */
 				size_t n = c->in_len;
-				int r = http_chunked_decode(&c->chunked_dec, c->in, &n);
+				int r = http_chunked_decode(&c->chunked_dec, in_data(c),
+							    &n);
 				char *b = realloc(c->body, c->body_len + n + 1);
 				if (!b) {
 					send_error(c, 500);
@@ -299,20 +308,21 @@ static void process(struct conn *c)
 				}
 				c->body = b;
 				if (n)
-					memcpy(c->body + c->body_len, c->in, n);
+					memcpy(c->body + c->body_len, in_data(c), n);
 				c->body_len += n;
 				if (r == HTTP_INCOMPLETE) {
 					c->in_len = 0;
+					c->in_off = 0;
 					return;
 				}
 				if (r < 0) {
 					send_error(c, -r);
 					return;
 				}
-				/* r bytes of the next request follow at in[n]. */
-				if (r)
-					memmove(c->in, c->in + n, (size_t)r);
-				c->in_len = (size_t)r;
+				/* r bytes of the next request follow at
+				 * in_data[n]. */
+				c->in_len = n + (size_t)r;
+				consume(c, n);
 			} else {
 				size_t want = c->content_length > 0
 						      ? (size_t)c->content_length
@@ -321,7 +331,7 @@ static void process(struct conn *c)
 				if (n > c->in_len)
 					n = c->in_len;
 				if (n)
-					memcpy(c->body + c->body_len, c->in, n);
+					memcpy(c->body + c->body_len, in_data(c), n);
 				c->body_len += n;
 				consume(c, n);
 				if (c->body_len < want)
@@ -345,7 +355,11 @@ static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
 		send_error(c, 503);
 		return;
 	}
-	if (c->in_len + len > c->in_cap) {
+	if (c->in_off && c->in_off + c->in_len + len > c->in_cap) {
+		memmove(c->in, in_data(c), c->in_len); /* once per read */
+		c->in_off = 0;
+	}
+	if (c->in_off + c->in_len + len > c->in_cap) {
 		size_t cap = c->in_cap ? c->in_cap : 4096;
 		while (cap < c->in_len + len)
 			cap *= 2;
@@ -357,7 +371,7 @@ static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
 		c->in = b;
 		c->in_cap = cap;
 	}
-	memcpy(c->in + c->in_len, data, len);
+	memcpy(in_data(c) + c->in_len, data, len);
 	c->in_len += len;
 	process(c);
 	/* Shrink an idle buffer so idle connections hold little memory. */

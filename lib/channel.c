@@ -360,6 +360,8 @@ static void defer_run(coil__defer *d)
 {
 	coil_channel_t *ch = coil__container_of(d, coil_channel_t, defer);
 	ch->starved = false;
+	/* A send that found no SQE (SQ full, kernel busy) was deferred too. */
+	kick_write(ch);
 	if (want_read(ch)) {
 		if (!ch->recv_armed && !ch->recv_cancelling)
 			arm_recv(ch);

@@ -119,7 +119,10 @@ static size_t read_all(int fd, char *buf, size_t cap)
 	struct timeval tv = {.tv_sec = 5};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	while (len < cap) {
-		ssize_t n = read(fd, buf + len, cap - len);
+		/* At most 64 KiB a call: TSan's read() interceptor touches the
+		 * whole range asked for, every call. */
+		size_t want = cap - len < 65536 ? cap - len : 65536;
+		ssize_t n = read(fd, buf + len, want);
 		if (n <= 0)
 			break;
 		len += (size_t)n;
@@ -297,8 +300,13 @@ static void test_http_echo_hostile(void)
 	size_t rl = read_all(fd, resp, 8 << 20);
 	pthread_join(wt, NULL);
 	int count = 0;
-	for (char *p = resp; p < resp + rl && (p = strstr(p, "hello\n")); p += 6)
-		count++;
+	/* A plain scan: TSan's strstr/memmem interceptors touch the whole
+	 * rest of the buffer on every call (quadratic here). */
+	for (size_t i = 0; i + 6 <= rl; i++)
+		if (resp[i] == 'h' && !memcmp(resp + i, "hello\n", 6))
+			count++;
+	if (count != FLOOD + 1)
+		fprintf(stderr, "flood: %d answers in %zu bytes\n", count, rl);
 	CU_ASSERT_EQUAL(count, FLOOD + 1);
 	CU_ASSERT(strstr(resp, "Connection: close") != NULL);
 	free(resp);
