@@ -178,8 +178,14 @@ $(B)/bench/slowloris: bench/slowloris.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(ALL_LDFLAGS)
 
-micro-bench: $(B)/bench/micro
+# Worker-to-worker wake-up, eventfd vs IORING_OP_MSG_RING (no coil).
+$(B)/bench/wake: bench/wake.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(ALL_LDFLAGS) -luring -lpthread
+
+micro-bench: $(B)/bench/micro $(B)/bench/wake
 	@$(B)/bench/micro
+	@$(B)/bench/wake
 
 bench: micro-bench
 
