@@ -195,6 +195,29 @@ struct hostile {
 	const char *status; /* expected status line prefix */
 };
 
+/* Opens n connections that send the start of a head and no more. */
+static void slow_open(unsigned short port, int *fds, int n)
+{
+	for (int i = 0; i < n; i++) {
+		fds[i] = raw_connect(port);
+		t_write_all(fds[i], "GET / HTTP/1.1\r\nX-", 18);
+	}
+}
+
+/* Reads each slow connection to its end; returns how many got a 408 and
+ * closes them. */
+static int slow_timed_out(int *fds, int n)
+{
+	char buf[512];
+	int timed_out = 0;
+	for (int i = 0; i < n; i++) {
+		read_all(fds[i], buf, sizeof(buf));
+		timed_out += strncmp(buf, "HTTP/1.1 408", 12) == 0;
+		close(fds[i]);
+	}
+	return timed_out;
+}
+
 struct flood {
 	int fd;
 	char *buf;
@@ -260,10 +283,7 @@ static void test_http_echo_hostile(void)
 	/* Slowloris: heads dribbled byte by byte time out with 408, while
 	 * other clients are served meanwhile. */
 	int slow[20];
-	for (int i = 0; i < 20; i++) {
-		slow[i] = raw_connect(port);
-		t_write_all(slow[i], "GET / HTTP/1.1\r\nX-", 18);
-	}
+	slow_open(port, slow, 20);
 	int ok = 0;
 	for (int i = 0; i < 20; i++) {
 		int c = raw_connect(port);
@@ -274,13 +294,7 @@ static void test_http_echo_hostile(void)
 		close(c);
 	}
 	CU_ASSERT_EQUAL(ok, 20);
-	int timed_out = 0;
-	for (int i = 0; i < 20; i++) {
-		read_all(slow[i], buf, sizeof(buf)); /* header timeout 0.5 s */
-		timed_out += strncmp(buf, "HTTP/1.1 408", 12) == 0;
-		close(slow[i]);
-	}
-	CU_ASSERT_EQUAL(timed_out, 20);
+	CU_ASSERT_EQUAL(slow_timed_out(slow, 20), 20); /* header timeout 0.5 s */
 	/* A pipelined flood: 30,000 requests written at once by one thread
 	 * while this one reads: 30,001 answers, in order, none dropped (the
 	 * answers far exceed the server's write queue, so it must stop
@@ -431,20 +445,10 @@ static int memory_round(pid_t pid, unsigned short port,
 	/* 5. 200 slowloris connections at once, all timed out. */
 	peak_reset(pid);
 	int slow[200];
-	for (int i = 0; i < 200; i++) {
-		slow[i] = raw_connect(port);
-		t_write_all(slow[i], "GET / HTTP/1.1\r\nX-", 18);
-	}
-	int timed_out = 0;
-	for (int i = 0; i < 200; i++) {
-		read_all(slow[i], buf, 4096);
-		timed_out += strncmp(buf, "HTTP/1.1 408", 12) == 0;
-	}
-	CU_ASSERT_EQUAL(timed_out, 200);
+	slow_open(port, slow, 200);
+	CU_ASSERT_EQUAL(slow_timed_out(slow, 200), 200);
 	cases[nc++] = (struct mem_case){"200 slowloris connections",
 					proc_kib(pid, "VmHWM"), 0};
-	for (int i = 0; i < 200; i++)
-		close(slow[i]);
 	/* 6. Smuggling attempts (CL+TE, duplicate CL), 1,000 times. */
 	peak_reset(pid);
 	for (int i = 0; i < 1000; i++) {
