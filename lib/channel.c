@@ -516,8 +516,6 @@ static void readv_finish(coil_channel_t *ch, readreq *r, size_t have)
 	req_done(ch, r);
 }
 
-/* Serves the request at the head of the queue if it can be; returns whether
- * it completed. */
 /* The end of the stream as readers see it: bytes still held for a paused
  * read signal come first (flush_sigq hands them on). */
 static inline bool rq_eof(const coil_channel_t *ch)
@@ -525,6 +523,8 @@ static inline bool rq_eof(const coil_channel_t *ch)
 	return ch->eof && !ch->sigq.len;
 }
 
+/* Serves the request at the head of the queue if it can be; returns whether
+ * it completed. */
 static bool serve(coil_channel_t *ch, readreq *r)
 {
 	size_t have = ch->rq.len;

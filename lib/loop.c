@@ -14,13 +14,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Valgrind (3.19 and later releases we know of) does not mark a waiting
- * io_uring_enter as blocking, so a worker asleep in the kernel keeps
- * valgrind's big lock and every other thread of the process stops. Under
- * valgrind the worker therefore sleeps in poll(2) on the ring fd instead,
- * on a plain ring (task work must wake a task sleeping outside
- * io_uring_enter, which DEFER_TASKRUN and COOP_TASKRUN do not promise). */
-
 #ifndef IORING_OP_READ_MULTISHOT
 #define IORING_OP_READ_MULTISHOT 49
 #endif
@@ -357,8 +350,14 @@ static int ring_setup(coil__worker *w)
 	w->ring = coil__calloc(1, sizeof(*w->ring));
 	if (!w->ring)
 		return -ENOMEM;
-	/* COIL_POLL_WAIT=1 takes the same path outside valgrind, so the
-	 * suite can test it. */
+	/* Valgrind (3.19 and later releases we know of) does not mark a
+	 * waiting io_uring_enter as blocking, so a worker asleep in the kernel
+	 * keeps valgrind's big lock and every other thread stops. Under
+	 * valgrind the worker sleeps in poll(2) on the ring fd instead (see
+	 * worker_run), on a plain ring: task work must wake a task sleeping
+	 * outside io_uring_enter, which DEFER_TASKRUN and COOP_TASKRUN do not
+	 * promise. COIL_POLL_WAIT=1 takes the same path outside valgrind, so
+	 * the suite can test it. */
 	const char *pw = getenv("COIL_POLL_WAIT");
 	w->poll_wait = coil__on_valgrind() || (pw && pw[0] == '1');
 	for (int i = 0; i < 3; i++) {
