@@ -64,12 +64,33 @@ struct accept_req {
 	int refs;
 };
 
+/*
+ * A client on its way to an accept() caller (in a handoff task, then in the
+ * listener's queue) is held twice: by the reference that becomes the
+ * caller's, and by one of its own (taken on the client's worker in
+ * deliver). At loop stop the client's worker may close it and drop the
+ * first on the caller's behalf before the listener's home worker is done
+ * with it; the second keeps its memory valid until the listener lets go.
+ */
+static void client_drop(coil_socket_t *c)
+{
+	coil_channel_release(c); /* a no-op if the stop already did it */
+	coil__channel_put(c);
+}
+
+/* Hands a queued client to its caller: the caller's reference stays. */
+static coil_socket_t *client_give(coil_socket_t *c)
+{
+	coil__channel_put(c);
+	return c;
+}
+
 static void listener_put(struct listener *l)
 {
 	if (atomic_fetch_sub(&l->refs, 1) != 1)
 		return;
 	for (size_t i = 0; i < l->qlen; i++)
-		coil_channel_release(l->queue[i]);
+		client_drop(l->queue[i]);
 	coil__free(l->queue);
 	coil__channel_put(l->s);
 	coil__free(l);
@@ -162,17 +183,18 @@ static void handoff_home_run(coil__task *t)
 {
 	struct handoff *h = coil__container_of(t, struct handoff, task);
 	struct listener *l = h->l;
-	if (l->qlen >= (size_t)l->backlog || atomic_load(&l->closing)) {
+	if (l->qlen >= (size_t)l->backlog || atomic_load(&l->closing) ||
+	    atomic_load(&l->s->w->loop->stopping)) {
 		/* Nobody takes clients: like a full kernel backlog, turn the
 		 * newest away instead of queueing without bound. */
-		coil_channel_release(h->client);
+		client_drop(h->client);
 		goto out;
 	}
 	if (l->qlen == l->qcap) {
 		size_t cap = l->qcap ? l->qcap * 2 : 16;
 		coil_socket_t **q = coil__realloc(l->queue, cap * sizeof(*q));
 		if (!q) {
-			coil_channel_release(h->client);
+			client_drop(h->client);
 			goto out;
 		}
 		l->queue = q;
@@ -221,6 +243,7 @@ static void deliver(struct listener *l, coil_socket_t *client)
 	}
 	h->l = l;
 	h->client = client;
+	coil__channel_get(client); /* see client_drop */
 	h->task.run = handoff_home_run;
 	atomic_fetch_add(&l->refs, 1);
 	coil__post(l->s->w, &h->task);
@@ -318,8 +341,18 @@ static void clients_free(void *p)
 	coil__free(cl);
 }
 
+/* The value of an accept() result nobody stole. */
+static void client_free(void *p)
+{
+	coil_channel_release(p);
+}
+
 static void serve_accepts(struct listener *l)
 {
+	/* Once the loop stops, clients are the stop's to close: handing one
+	 * out now would give the caller a socket being freed under it. */
+	if (atomic_load(&l->s->w->loop->stopping))
+		return;
 	while (l->qlen && !coil__list_empty(&l->pending)) {
 		struct accept_req *r = coil__container_of(l->pending.next,
 							  struct accept_req, link);
@@ -330,8 +363,7 @@ static void serve_accepts(struct listener *l)
 			coil_socket_t *c = l->queue[0];
 			memmove(l->queue, l->queue + 1,
 				--l->qlen * sizeof(*l->queue));
-			coil_ip_finish_ptr(r->ip, c,
-					   (void (*)(void *))coil_channel_release);
+			coil_ip_finish_ptr(r->ip, client_give(c), client_free);
 		} else {
 			size_t n = r->max && r->max < l->qlen ? r->max : l->qlen;
 			coil_clients_t *cl = coil__malloc(sizeof(*cl) +
@@ -340,7 +372,8 @@ static void serve_accepts(struct listener *l)
 				coil__ip_fail_msg(r->ip, -ENOMEM, NULL);
 			} else {
 				cl->count = n;
-				memcpy(cl->sock, l->queue, n * sizeof(cl->sock[0]));
+				for (size_t i = 0; i < n; i++)
+					cl->sock[i] = client_give(l->queue[i]);
 				memmove(l->queue, l->queue + n,
 					(l->qlen - n) * sizeof(*l->queue));
 				l->qlen -= n;

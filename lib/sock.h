@@ -16,6 +16,7 @@ struct coil__sock {
 	int bufsize;       /* pending buffer_size, 0 = kernel default */
 	int nodelay, keepalive, reuseaddr; /* -1: leave as is */
 	_Atomic unsigned timeout_ms;
+	_Atomic bool nonblocking; /* usocket settimeout(0) / setblocking(0) */
 	char reqhost[256];
 	struct connector *conn;
 	struct listener *lst;
@@ -25,7 +26,17 @@ struct coil__sock {
 	/* shutdown(SHUT_WR) waiting for the write queue */
 	coil_ip_t *shut_ip;
 	int shut_how;
+	/* udp.c, home worker: datagrams received for a recvfrom that was
+	 * aborted (or settled) meanwhile, for the next recvfrom, in order. */
+	struct coil__dg_stash *stash_head, **stash_tail;
 };
+
+struct coil__dg_stash {
+	struct coil__dg_stash *next;
+	coil_datagram_t *dg;
+};
+/* udp.c: frees the stashed datagrams (socket free). */
+COIL__HIDDEN void coil__sock_stash_free(struct coil__sock *s);
 
 static inline struct coil__sock *S(const coil_socket_t *s)
 {

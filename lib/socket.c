@@ -29,6 +29,7 @@
 
 static void sock_free(coil_channel_t *ch)
 {
+	coil__sock_stash_free(ch->sock);
 	coil__free(ch->sock);
 	ch->sock = NULL;
 }
@@ -40,8 +41,14 @@ static void sock_close(coil_channel_t *ch)
 	struct coil__sock *s = ch->sock;
 	if (!s)
 		return;
-	if (s->conn)
-		coil__sock_conn_close(s, -EBADF, "socket closed while connecting");
+	if (s->conn) {
+		if (ch->w->stopping)
+			coil__sock_conn_close(s, -ECANCELED,
+					      "connect cancelled: loop stopped");
+		else
+			coil__sock_conn_close(s, -EBADF,
+					      "socket closed while connecting");
+	}
 	if (s->shut_ip) {
 		coil__ip_fail_msg(s->shut_ip, -EBADF, "socket closed");
 		coil_ip_unref(s->shut_ip);
@@ -57,6 +64,7 @@ int coil__sock_alloc(coil_channel_t *ch)
 		return -ENOMEM;
 	s->nodelay = s->keepalive = s->reuseaddr = -1;
 	s->type = SOCK_STREAM;
+	s->stash_tail = &s->stash_head;
 	ch->sock = s;
 	ch->sock_free = sock_free;
 	ch->sock_close = sock_close;
@@ -76,6 +84,9 @@ int coil_socket_new(coil_loop_t *loop, coil_socket_t **out)
 		coil__channel_put(ch);
 		return rc;
 	}
+	/* Listed for loop stop from the start: a socket that is never used,
+	 * or is still connecting, is closed and freed by coil_loop_free. */
+	coil__channel_register(ch);
 	*out = ch;
 	return 0;
 }

@@ -50,6 +50,13 @@ int coil_socket_new_dgram(coil_loop_t *loop, int family, coil_socket_t **out)
 	return 0;
 }
 
+/*
+ * One sendto/recvfrom: a ring sendmsg/recvmsg on the home worker. Aborting
+ * one cancels its ring operation (contract 1: the hook returns 1 and the
+ * completion settles the handle). A datagram the kernel delivered to an
+ * operation whose handle was settled meanwhile (the abort lost the race)
+ * is stashed on the socket and given to the next recvfrom: none is lost.
+ */
 struct dgram_op {
 	coil__op op;
 	coil__task task;
@@ -60,13 +67,74 @@ struct dgram_op {
 	struct sockaddr_storage to;
 	coil_datagram_t *dg; /* recvfrom */
 	bool send;
+	bool inflight;       /* the ring op is submitted */
+	bool aborted;        /* aborted before it was submitted */
+	bool cancelling;
+	int flags;           /* MSG_DONTWAIT in non-blocking mode */
 };
+
+void coil__sock_stash_free(struct coil__sock *s)
+{
+	while (s->stash_head) {
+		struct coil__dg_stash *st = s->stash_head;
+		s->stash_head = st->next;
+		coil__free(st->dg);
+		coil__free(st);
+	}
+	s->stash_tail = &s->stash_head;
+}
+
+static void stash_push(struct coil__sock *s, coil_datagram_t *dg)
+{
+	struct coil__dg_stash *st = coil__malloc(sizeof(*st));
+	if (!st) {
+		coil__free(dg); /* out of memory: dropped, as the kernel would */
+		return;
+	}
+	st->next = NULL;
+	st->dg = dg;
+	*s->stash_tail = st;
+	s->stash_tail = &st->next;
+}
+
+static coil_datagram_t *stash_pop(struct coil__sock *s)
+{
+	struct coil__dg_stash *st = s->stash_head;
+	if (!st)
+		return NULL;
+	s->stash_head = st->next;
+	if (!s->stash_head)
+		s->stash_tail = &s->stash_head;
+	coil_datagram_t *dg = st->dg;
+	coil__free(st);
+	return dg;
+}
+
+static void dgram_free(struct dgram_op *d)
+{
+	coil_ip_unref(d->ip);
+	coil__channel_put(d->s);
+	if (d->send)
+		coil__free(d->iov.iov_base);
+	coil__free(d);
+}
+
+static const char *dgram_what(const struct dgram_op *d, int res)
+{
+	if (res == -ECANCELED)
+		return d->send ? "sendto aborted" : "recvfrom aborted";
+	if (res == -EAGAIN)
+		return d->send ? "sendto would block (non-blocking socket)"
+			       : "recvfrom: no datagram (non-blocking socket)";
+	return d->send ? "sendto" : "recvfrom";
+}
 
 static void dgram_complete(coil__op *op, int res, unsigned flags)
 {
 	struct dgram_op *d = coil__container_of(op, struct dgram_op, op);
+	d->inflight = false;
 	if (res < 0) {
-		coil__ip_fail_msg(d->ip, res, d->send ? "sendto" : "recvfrom");
+		coil__ip_fail_msg(d->ip, res, dgram_what(d, res));
 		coil__free(d->dg);
 	} else if (d->send) {
 		coil_ip_finish_int(d->ip, res);
@@ -75,13 +143,24 @@ static void dgram_complete(coil__op *op, int res, unsigned flags)
 		d->dg->fromlen = d->msg.msg_namelen;
 		coil__mem_defined(d->dg->data, (size_t)res);
 		coil__mem_defined(d->msg.msg_name, d->msg.msg_namelen);
-		coil_ip_finish_ptr(d->ip, d->dg, coil_free);
+		if (coil_ip_state(d->ip) != COIL_IP_PENDING ||
+		    coil_ip_finish_ptr(d->ip, d->dg, coil_free))
+			stash_push(S(d->s), d->dg);
 	}
-	coil_ip_unref(d->ip);
-	coil__channel_put(d->s);
-	if (d->send)
-		coil__free(d->iov.iov_base);
-	coil__free(d);
+	dgram_free(d);
+}
+
+static int dgram_abort(coil_ip_t *ip, void *arg)
+{
+	struct dgram_op *d = arg;
+	if (!d->inflight) {
+		d->aborted = true; /* not submitted yet: it never will be */
+		return 0;
+	}
+	if (!d->cancelling &&
+	    coil__prep_cancel(d->s->w, NULL, &d->op) == 0)
+		d->cancelling = true;
+	return d->cancelling ? 1 : -EBUSY;
 }
 
 static void dgram_start(coil__task *t)
@@ -89,17 +168,37 @@ static void dgram_start(coil__task *t)
 	struct dgram_op *d = coil__container_of(t, struct dgram_op, task);
 	coil_socket_t *s = d->s;
 	int rc;
+	if (d->aborted || coil_ip_state(d->ip) != COIL_IP_PENDING) {
+		coil__free(d->dg);
+		dgram_free(d);
+		return;
+	}
+	if (!d->send) {
+		coil_datagram_t *dg = stash_pop(S(s));
+		if (dg) {
+			size_t max = d->iov.iov_len;
+			if (dg->len > max)
+				dg->len = max; /* truncated, as recvfrom does */
+			coil__free(d->dg);
+			d->dg = NULL;
+			coil_ip_finish_ptr(d->ip, dg, coil_free);
+			dgram_free(d);
+			return;
+		}
+	}
 	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED) {
 		rc = -EBADF;
 	} else {
 		d->op.complete = dgram_complete;
 		rc = d->send ? coil__prep_sendmsg(s->w, &d->op, s->fd, &d->msg,
-						  MSG_NOSIGNAL)
+						  MSG_NOSIGNAL | d->flags)
 			     : coil__prep_recvmsg(s->w, &d->op, s->fd, &d->msg,
-						  0);
+						  d->flags);
 	}
 	if (rc)
 		dgram_complete(&d->op, rc, 0);
+	else
+		d->inflight = true;
 }
 
 static coil_ip_t *dgram_submit(coil_socket_t *s, struct dgram_op *d)
@@ -118,6 +217,9 @@ static coil_ip_t *dgram_submit(coil_socket_t *s, struct dgram_op *d)
 	d->msg.msg_iov = &d->iov;
 	d->msg.msg_iovlen = 1;
 	d->task.run = dgram_start;
+	if (atomic_load(&S(s)->nonblocking))
+		d->flags = MSG_DONTWAIT;
+	coil_ip_set_abort(ip, dgram_abort, d);
 	if (coil__on_worker(s->w))
 		dgram_start(&d->task);
 	else
