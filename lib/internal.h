@@ -45,6 +45,12 @@ void *coil__calloc(size_t n, size_t size);
 void *coil__realloc(void *p, size_t n);
 void coil__free(void *p);
 char *coil__strdup(const char *s);
+/* Allocation counters over the seam, always on and cheap (per-thread records
+ * summed on read; any thread): allocations live now, process-wide, and
+ * allocations ever made (a realloc is not a new one). Tests and benchmarks
+ * call them directly (static link). */
+size_t coil__alloc_live(void);
+uint64_t coil__alloc_total(void);
 
 /* ---- doubly linked intrusive list */
 typedef struct coil__list {
