@@ -321,6 +321,13 @@ COIL_EXTERN int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other);
  * a foreign thread, signal callbacks already running on the home worker may
  * still be finishing when this returns. Any thread. */
 COIL_EXTERN void coil_channel_release(coil_channel_t *ch);
+/* One more user reference to ch (returns ch), for a thread that keeps the
+ * channel while another may release it: each reference is dropped with its
+ * own coil_channel_release(), and only the last one releases the channel as
+ * described above. The caller must already hold a reference (its own or one
+ * passed to it). Invalid after coil_loop_free(), like every channel handle.
+ * Any thread. */
+COIL_EXTERN coil_channel_t *coil_channel_ref(coil_channel_t *ch);
 
 /* Reads. Each returns a new InProgress (NULL on -ENOMEM). At end of stream
  * and after close (kaa), reads finish with what is buffered, then 0 bytes;
@@ -378,8 +385,10 @@ COIL_EXTERN coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data,
 /* Zero-copy echo/relay: called inside a read-signal callback with bytes of
  * the chunk being shown (data within the callback's view), the bytes are
  * sent straight from the worker's receive buffer, which stays with the
- * write until they are sent. A worker lends at most half its buffers this
- * way; otherwise, and when called anywhere else, the bytes are copied as by
+ * write until they are sent. ch may be the channel being read (echo) or
+ * another channel with the same home worker (relay). A worker lends at most
+ * half its buffers this way; otherwise (other worker, bytes not from the
+ * shown chunk, called anywhere else) the bytes are copied as by
  * coil_channel_write. Same results and errors as coil_channel_write. */
 COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
 					       const void *data, size_t len);
@@ -390,6 +399,50 @@ COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
  * in-flight ring operations are cancelled, and the closed signal fires once
  * with expected = 1. A second close is a no-op (0). Any thread. */
 COIL_EXTERN int coil_channel_close(coil_channel_t *ch, int immediate);
+
+/* Linger, the drain deadline of a graceful close (nginx send_timeout): a
+ * channel closing with writes queued that makes no write progress for `ms`
+ * milliseconds (counted from the close, then from each send that moved
+ * bytes) closes at once; its unsent writes fail with -ETIMEDOUT (the first)
+ * and -EBADF. ms == 0: a graceful close is immediate. Default
+ * COIL_CHANNEL_LINGER_DEFAULT_MS (30 s). Read when the close begins and at
+ * each expiry. Returns 0 or -EINVAL. Any thread. */
+#define COIL_CHANNEL_LINGER_DEFAULT_MS 30000u
+COIL_EXTERN int coil_channel_set_linger(coil_channel_t *ch, unsigned ms);
+COIL_EXTERN unsigned coil_channel_linger(const coil_channel_t *ch);
+
+/* Drained signal (libuv/node "drain"): cb(ch, ud) runs on the home worker
+ * when write_queue_used falls to the low-water mark or below after a write
+ * took it above the mark, or after a write was refused with -ENOBUFS (retry
+ * then). Not while the channel closes. NULL disconnects. The mark defaults
+ * to queue_size / 4; coil_channel_set_low_water sets it (bytes; SIZE_MAX is
+ * -EINVAL). Returns 0, -EINVAL or -ENOMEM. Any thread. */
+typedef void (*coil_drain_cb)(coil_channel_t *ch, void *ud);
+COIL_EXTERN int coil_channel_on_drain(coil_channel_t *ch, coil_drain_cb cb,
+				      void *ud);
+COIL_EXTERN int coil_channel_set_low_water(coil_channel_t *ch, size_t n);
+COIL_EXTERN size_t coil_channel_low_water(const coil_channel_t *ch);
+
+/*
+ * Relay: every byte src reads is written to dst, in order, until src's
+ * stream ends. src's reading pauses while dst's write queue is at half its
+ * queue_size or more and resumes once it drained to dst's low-water mark, so
+ * a slow reader behind dst holds at most dst's queue (no -ENOBUFS, no byte
+ * lost). When both share a home worker the bytes go from src's receive
+ * buffer to dst's send without a copy (coil_channel_write_view rules).
+ * Uses src's read signal (-EBUSY if one is connected); dst may receive
+ * other writes meanwhile (interleaved at chunk boundaries); one relay per
+ * dst at a time (-EBUSY). The handle (home: src's worker) finishes with the
+ * bytes dst handed to the kernel once src reached end of stream (or was
+ * closed) and every relayed write completed; fails with the first write
+ * error, -EPIPE when dst closed first, src's read error, or -ECANCELED when
+ * aborted (the relay stops; bytes src already read and did not relay stay
+ * in src's read queue). Neither channel is closed by the relay. Both ways:
+ * two relays, e.g. coil_ip_all() of coil_channel_relay(a, b) and
+ * coil_channel_relay(b, a). NULL on -ENOMEM. Any thread.
+ */
+COIL_EXTERN coil_ip_t *coil_channel_relay(coil_channel_t *src,
+					  coil_channel_t *dst);
 
 /* Signals. Connect with a callback, disconnect with NULL. The data passed to
  * read/readline callbacks is a view valid only during the call. read sees

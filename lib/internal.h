@@ -345,7 +345,49 @@ struct coil_channel_s {
 	/* socket.c hooks: on close (listener shards, Unix unlink), on free */
 	void (*sock_close)(coil_channel_t *ch);
 	void (*sock_free)(coil_channel_t *ch);
+	/* socket.c sets it on a listener: reads and writes on it fail at
+	 * once with -ENOTCONN instead of waiting forever. */
+	_Atomic bool listening;
+	/* User references (coil_channel_ref); the last release is the
+	 * release. Together they hold one reference in refs. */
+	_Atomic int urefs;
+	/* Taken around every use of fd off the home worker (fileno, dup,
+	 * socket options) and by the home worker when it retires the
+	 * number, so no one acts on a descriptor number that was reused. */
+	pthread_mutex_t fd_lock;
+	bool lines_due;       /* readline signal to be served (deferred) */
+	bool in_flush, flush_again; /* flush_sigq running / to rerun */
+	/* steal: the victim's receive still drains into steal_to (which
+	 * holds steal_wait > 0 and reads nothing of its own until then). */
+	coil_channel_t *steal_to;
+	int steal_wait;
+	/* Drain deadline (linger) of a graceful close. */
+	_Atomic unsigned linger_ms;
+	uint64_t last_progress_ms;
+	bool linger_armed, linger_expired;
+	coil__timer linger_timer;
+	/* Drained signal: write queue at or below low_water after being
+	 * above it. */
+	_Atomic size_t low_water;
+	_Atomic bool drain_armed;
+	void (*on_drain)(coil_channel_t *ch, void *ud);
+	void *on_drain_ud;
+	/* Backpressure across channels: this channel's read signal also
+	 * pauses while gate's write queue is at or above half its size;
+	 * gate->gated names this channel so its drain can wake it. */
+	coil_channel_t *gate;
+	_Atomic(coil_channel_t *) gated;
+	_Atomic bool gate_paused;
+	struct coil__relay *relay; /* as the relay's source */
 };
+
+/* Home worker or any thread: runs fn(fd, arg) with ch's descriptor held
+ * open (the fd lock), or returns -EBADF when it has none or is closed.
+ * Socket options, local/peer, dup go through here. */
+int coil__channel_fd_call(coil_channel_t *ch, int (*fn)(int fd, void *arg),
+			  void *arg);
+/* Home worker: gives ch descriptor fd (-1: none) under the fd lock. */
+void coil__channel_set_fd(coil_channel_t *ch, int fd);
 
 /* Allocates a channel homed on w with no descriptor (st NEW), holding the
  * caller's reference. Any thread. */
