@@ -114,9 +114,12 @@ struct coil__worker {
 	bool poll_wait;    /* sleep in poll(2), not io_uring_enter (valgrind) */
 	int efd;               /* eventfd: wake-ups from other threads */
 	_Atomic(coil__task *) inbox;
+	/* Tasks taken from the inbox and not yet run (budget), in post order. */
+	coil__task *backlog, *backlog_tail;
 	coil__op efd_op;
 	uint64_t efd_val;
 	bool efd_armed;
+	coil__defer efd_retry; /* re-arms the eventfd read that found no SQE */
 	bool sq_stuck;         /* SQ full and the kernel said -EBUSY: reap */
 	bool stopping;         /* stop requested: close everything, drain */
 	_Atomic bool dead;     /* ring gone: preps fail with -ESHUTDOWN */

@@ -23,6 +23,10 @@ __thread coil__worker *coil__tls_worker;
 /* Continuations run per loop turn before the worker looks at the ring again:
  * a long synchronous chain cannot starve I/O (Seastar's lesson). */
 #define READY_BUDGET 256
+/* Inbox tasks run per loop turn, for the same reason: a task that re-posts
+ * itself, or a foreign thread posting faster than the worker runs, cannot
+ * keep the worker from its completions. */
+#define INBOX_BUDGET 256
 /* CQEs copied out of the ring per batch. */
 #define CQE_BATCH 64
 
@@ -239,26 +243,64 @@ void coil__post(coil__worker *w, coil__task *t)
 	}
 }
 
-/* Runs every task in the inbox in the order they were posted. */
-static bool drain_inbox(coil__worker *w)
+/* Moves what was posted so far behind the tasks taken earlier and not yet
+ * run (w->backlog, in post order). */
+static void take_inbox(coil__worker *w)
 {
 	coil__task *t = atomic_exchange_explicit(&w->inbox, NULL,
 						 memory_order_acquire);
 	if (!t)
-		return false;
-	coil__task *rev = NULL;
+		return;
+	coil__task *rev = NULL, *last = t;
 	while (t) {
 		coil__task *next = t->next;
 		t->next = rev;
 		rev = t;
 		t = next;
 	}
-	while (rev) {
-		coil__task *next = rev->next;
-		rev->run(rev);
-		rev = next;
+	if (w->backlog_tail)
+		w->backlog_tail->next = rev;
+	else
+		w->backlog = rev;
+	w->backlog_tail = last;
+}
+
+/* Runs up to budget tasks (0: all of them) in the order they were posted:
+ * first the backlog, then what the inbox holds now. A task posted by a task
+ * run here waits for the next call. Returns whether it ran any. */
+static bool drain_inbox(coil__worker *w, unsigned budget)
+{
+	take_inbox(w);
+	coil__task *t = w->backlog;
+	if (!t)
+		return false;
+	/* Detach the whole backlog first: a task may post (to the inbox,
+	 * never to the backlog), and the remainder is put back. */
+	coil__task *stop = NULL;
+	if (budget) {
+		coil__task *p = t;
+		for (unsigned i = 1; i < budget && p->next; i++)
+			p = p->next;
+		stop = p->next;
+		p->next = NULL;
+	}
+	if (stop) {
+		w->backlog = stop;
+	} else {
+		w->backlog = NULL;
+		w->backlog_tail = NULL;
+	}
+	while (t) {
+		coil__task *next = t->next;
+		t->run(t);
+		t = next;
 	}
 	return true;
+}
+
+static bool inbox_pending(coil__worker *w)
+{
+	return w->backlog || atomic_load(&w->inbox);
 }
 
 void coil__defer_add(coil__worker *w, coil__defer *d)
@@ -314,12 +356,23 @@ void coil__closer_del(coil__closer *c)
 
 static void efd_complete(coil__op *op, int res, unsigned flags);
 
+/* Arms the eventfd read. Without an SQE (SQ full and the kernel refused the
+ * submit), it retries from deferred work: until it is armed, the worker
+ * counts as busy and never sleeps, since it would not hear plain-thread
+ * posts. */
 static void arm_efd(coil__worker *w)
 {
 	w->efd_op.complete = efd_complete;
 	if (coil__prep_read(w, &w->efd_op, w->efd, &w->efd_val,
 			    sizeof(w->efd_val)) == 0)
 		w->efd_armed = true;
+	else if (!w->dead)
+		coil__defer_add(w, &w->efd_retry);
+}
+
+static void efd_retry_run(coil__defer *d)
+{
+	arm_efd(coil__container_of(d, coil__worker, efd_retry));
 }
 
 /* The eventfd read stays armed even while stopping: objects still closing
@@ -337,13 +390,18 @@ static void efd_complete(coil__op *op, int res, unsigned flags)
  * the ring to the task that creates it. Tries the best flags first and falls
  * back when the kernel says -EINVAL: DEFER_TASKRUN (6.1), COOP_TASKRUN (5.19),
  * then plain. CQSIZE keeps multishot bursts from overflowing the CQ.
+ * TASKRUN_FLAG (5.19, with either) makes the kernel raise IORING_SQ_TASKRUN
+ * when completions wait for the worker to enter it: a busy worker that
+ * does not sleep looks at that flag each turn (see worker_run).
  */
 static int ring_setup(coil__worker *w)
 {
 	const coil_loop_opts_t *o = &w->loop->opts;
 	unsigned tries[3] = {
-		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+			IORING_SETUP_TASKRUN_FLAG,
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN |
+			IORING_SETUP_TASKRUN_FLAG,
 		0,
 	};
 	int rc = -EINVAL;
@@ -401,7 +459,7 @@ static bool drained(coil__worker *w)
 	return w->ops_inflight == (w->efd_armed ? 1u : 0u) &&
 	       coil__list_empty(&w->closers) &&
 	       !w->ready_head && coil__list_empty(&w->defers) &&
-	       !atomic_load(&w->inbox);
+	       !inbox_pending(w);
 }
 
 /*
@@ -433,8 +491,10 @@ static unsigned reap(coil__worker *w)
 		 * a call a foreign thread made before causing I/O (setting a
 		 * signal, then writing to the peer) takes effect before the
 		 * completion that I/O brings. The push happened before the
-		 * cause, the cause before the CQE, the CQE before this peek. */
-		drain_inbox(w);
+		 * cause, the cause before the CQE, the CQE before this peek.
+		 * So all of them, not a budget's worth: the budget bounds a
+		 * turn, this drain a batch of completions. */
+		drain_inbox(w, 0);
 		for (unsigned i = 0; i < n; i++) {
 			if (!(batch[i].flags & IORING_CQE_F_MORE))
 				w->ops_inflight--;
@@ -460,8 +520,36 @@ static bool all_idle(const coil_loop_t *loop)
 }
 
 /*
- * The loop turn: inbox, due callbacks, deferred work, then one submit that
- * also waits for completions unless work is already pending, then reap.
+ * Whether the kernel holds completions that only an io_uring_enter with
+ * GETEVENTS posts: deferred task work (DEFER_TASKRUN, or COOP_TASKRUN's
+ * task work, flagged through TASKRUN_FLAG) or an overflowed CQ.
+ */
+static bool kernel_has_events(const coil__worker *w)
+{
+	unsigned f = IO_URING_READ_ONCE(*w->ring->sq.kflags);
+	return f & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW);
+}
+
+/*
+ * One turn's syscall while the worker is busy (it must not sleep): submit
+ * what is queued and, when the kernel flags events it holds for us, have
+ * them posted (a plain io_uring_submit does not run DEFER_TASKRUN's task
+ * work, so a busy worker would never see a completion). Nothing queued and
+ * nothing flagged: no syscall at all.
+ */
+static int busy_enter(coil__worker *w)
+{
+	if (kernel_has_events(w))
+		return io_uring_submit_and_get_events(w->ring);
+	if (io_uring_sq_ready(w->ring))
+		return io_uring_submit(w->ring);
+	return 0;
+}
+
+/*
+ * The loop turn: inbox, due callbacks, deferred work (each bounded), then
+ * one submit that also waits for completions unless work is already
+ * pending, then reap.
  *
  * Stopping: objects on one worker can hold objects on another (a listener
  * and its shards), so a worker leaves only once every worker is drained at
@@ -473,7 +561,7 @@ static void worker_run(coil__worker *w)
 {
 	struct __kernel_timespec stop_poll = {.tv_nsec = 5 * 1000 * 1000};
 	for (;;) {
-		drain_inbox(w);
+		drain_inbox(w, INBOX_BUDGET);
 		coil__ip_run_ready(w, READY_BUDGET);
 		run_defers(w);
 		if (w->stopping) {
@@ -482,10 +570,10 @@ static void worker_run(coil__worker *w)
 			if (d && all_idle(w->loop))
 				break;
 		}
-		bool busy = w->ready_head || atomic_load(&w->inbox) ||
+		bool busy = w->ready_head || inbox_pending(w) ||
 			    !coil__list_empty(&w->defers);
 		struct io_uring_cqe *cqe;
-		int rc = busy || w->poll_wait ? io_uring_submit(w->ring)
+		int rc = busy || w->poll_wait ? busy_enter(w)
 		       : w->stopping
 			       ? io_uring_submit_and_wait_timeout(w->ring, &cqe, 1,
 								  &stop_poll, NULL)
@@ -638,6 +726,7 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 		w->index = i;
 		coil__list_init(&w->defers);
 		coil__list_init(&w->closers);
+		coil__defer_init(&w->efd_retry, efd_retry_run);
 		w->efd = eventfd(0, EFD_CLOEXEC);
 		if (w->efd < 0) {
 			rc = -errno;
@@ -710,7 +799,7 @@ int coil_loop_free(coil_loop_t *loop)
 		for (unsigned i = 0; i < loop->nworkers; i++) {
 			coil__worker *w = &loop->workers[i];
 			coil__tls_worker = w;
-			while (drain_inbox(w) || w->ready_head) {
+			while (drain_inbox(w, 0) || w->ready_head) {
 				coil__ip_run_ready(w, READY_BUDGET);
 				run_defers(w);
 				more = true;

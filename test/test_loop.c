@@ -6,6 +6,7 @@
 #include <liburing.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 #include <unistd.h>
 
 static void test_new_free(void)
@@ -183,6 +184,83 @@ static void test_stop_with_work_in_flight(void)
 	coil_ip_unref(chained);
 }
 
+/* Fairness: a 10 ms timer fires while its worker is saturated by a task
+ * that re-posts itself forever. Before the fix, the busy worker called a
+ * submit that does not run DEFER_TASKRUN task work, so no completion was
+ * reaped while it stayed busy and the timer waited for the task to stop.
+ * No timing is asserted: the task stops on its own after a generous bound
+ * (10 s of wall time) and the test checks the timer fired before that. */
+struct spin_ctx {
+	coil_loop_t *loop;
+	coil_ip_t *timer;
+	coil_ip_t *done;
+	uint64_t start_ms;
+	unsigned long reposts;
+	unsigned long reposts_at_fire;
+	bool fired;
+};
+
+static uint64_t t_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void spin_task(void *arg)
+{
+	struct spin_ctx *c = arg;
+	c->reposts++;
+	if (!c->fired && coil_ip_state(c->timer) != COIL_IP_PENDING) {
+		c->fired = true;
+		c->reposts_at_fire = c->reposts;
+	}
+	/* Keep spinning a little after the fire (the loop must stay
+	 * usable), but stop for sure after the bound. */
+	if ((c->fired && c->reposts > c->reposts_at_fire + 1000) ||
+	    t_now_ms() - c->start_ms > 10000) {
+		coil_ip_finish_int(c->done, c->fired);
+		return;
+	}
+	if (coil_loop_post(c->loop, 0, spin_task, c))
+		coil_ip_finish_int(c->done, -1);
+}
+
+static void start_spin(void *arg)
+{
+	struct spin_ctx *c = arg;
+	c->start_ms = t_now_ms();
+	c->timer = coil_sleep(c->loop, 10);
+	spin_task(c);
+}
+
+static void check_timer_under_load(unsigned flags)
+{
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = 1;
+	o.flags = flags;
+	coil_loop_t *loop = NULL;
+	T_ASSERT_OK(coil_loop_new(&loop, &o));
+	struct spin_ctx c = {.loop = loop, .done = coil_ip_new(loop)};
+	T_ASSERT_OK(coil_loop_post(loop, 0, start_spin, &c));
+	T_ASSERT_OK(t_wait(c.done));
+	CU_ASSERT_EQUAL(coil_ip_int(c.done), 1);
+	CU_ASSERT(c.fired);
+	CU_ASSERT_EQUAL(coil_ip_state(c.timer), COIL_IP_FINISHED);
+	coil_ip_unref(c.timer);
+	coil_ip_unref(c.done);
+	coil_loop_free(loop);
+}
+
+static void test_timer_fires_while_busy(void)
+{
+	check_timer_under_load(0);
+	check_timer_under_load(COIL_LOOP_NO_DEFER_TASKRUN);
+	check_timer_under_load(COIL_LOOP_NO_DEFER_TASKRUN |
+			       COIL_LOOP_NO_COOP_TASKRUN);
+}
+
 /* Posting after free is refused rather than lost. */
 static void test_idle_worker_sleeps(void)
 {
@@ -210,6 +288,7 @@ static const coil_test_t tests[] = {
 	{"free_from_worker", test_free_from_worker},
 	{"stop_with_work_in_flight", test_stop_with_work_in_flight},
 	{"idle_worker_sleeps", test_idle_worker_sleeps},
+	{"timer_fires_while_busy", test_timer_fires_while_busy},
 	{NULL, NULL},
 };
 
