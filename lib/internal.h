@@ -125,6 +125,8 @@ struct coil__worker {
 	_Atomic bool dead;     /* ring gone: preps fail with -ESHUTDOWN */
 	_Atomic bool idle;     /* stopping and found drained (see worker_run) */
 	int start_rc;          /* ring setup result reported to coil_loop_new */
+	const char *start_what; /* the step start_rc is from */
+	bool ring_registered;  /* io_uring_register_ring_fd succeeded */
 	/* Settled InProgress handles whose callbacks are due (run in order). */
 	struct coil_ip_s *ready_head, *ready_tail;
 	coil__list defers;     /* coil__defer, run before sleeping */
@@ -211,8 +213,19 @@ int coil__prep_cancel(coil__worker *w, coil__op *op, coil__op *target);
 int coil__prep_timeout_remove(coil__worker *w, coil__op *op, coil__op *target);
 int coil__prep_close(coil__worker *w, coil__op *op, int fd);
 int coil__prep_shutdown(coil__worker *w, coil__op *op, int fd, int how);
-/* Whether the kernel supports an opcode (probed once per loop). */
-bool coil__op_supported(int opcode);
+/* Whether the kernel supports an opcode (probed once per process) and, for
+ * optional ones, whether w's loop may use it (COIL_LOOP_NO_READ_MULTISHOT).
+ * Any thread. */
+bool coil__op_supported(const coil__worker *w, int opcode);
+/* Kernel features found by the probe (loop.c), minus coil__probe_hide. */
+#define COIL__FEAT_OPS 0x1u          /* every opcode coil needs */
+#define COIL__FEAT_PBUF_RING 0x2u    /* IORING_REGISTER_PBUF_RING */
+#define COIL__FEAT_RECV_MSHOT 0x4u   /* IORING_RECV_MULTISHOT */
+#define COIL__FEAT_ACCEPT_MSHOT 0x8u /* IORING_ACCEPT_MULTISHOT */
+#define COIL__FEAT_READ_MSHOT 0x10u  /* IORING_OP_READ_MULTISHOT (optional) */
+unsigned coil__features(void);
+/* Tests set bits here to make coil behave as if the kernel lacked them. */
+extern unsigned coil__probe_hide;
 
 /* ---- provided buffers (bufring.c), one group per worker */
 #define COIL__BGID 0
