@@ -830,6 +830,15 @@ void coil__resolver_stop(coil_loop_t *loop)
 	}
 }
 
+/* The loop runs coil__resolver_init/stop for every loop (loop.c does not
+ * know the resolver by name). */
+static coil__loop_ext resolver_ext = {coil__resolver_init, coil__resolver_stop,
+				      NULL};
+__attribute__((constructor)) static void resolver_ext_register(void)
+{
+	coil__loop_ext_register(&resolver_ext);
+}
+
 /* Starts the resolver thread with every signal blocked (set before the
  * thread exists, so no signal can land on it even briefly). Under res_lock. */
 static int resolver_start(coil_loop_t *loop)

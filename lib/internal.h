@@ -127,8 +127,11 @@ struct coil__worker {
 	int start_rc;          /* ring setup result reported to coil_loop_new */
 	const char *start_what; /* the step start_rc is from */
 	bool ring_registered;  /* io_uring_register_ring_fd succeeded */
-	/* Settled InProgress handles whose callbacks are due (run in order). */
+	/* Settled InProgress handles whose callbacks are due (run in order),
+	 * and the function that runs them (installed by inprogress.c when it
+	 * queues one; the loop core calls it each turn while ready_head). */
 	struct coil_ip_s *ready_head, *ready_tail;
+	unsigned (*run_ready)(coil__worker *w, unsigned budget);
 	coil__list defers;     /* coil__defer, run before sleeping */
 	coil__list closers;    /* coil__closer: objects to close on stop */
 	unsigned long ops_inflight;
@@ -272,8 +275,20 @@ int coil__timer_start(coil__worker *w, coil__timer *t, uint64_t ms,
 		      coil__timer_cb cb);
 void coil__timer_cancel(coil__timer *t);
 
+/* ---- per-loop extensions (loop.c): a part of coil that keeps state in
+ * every loop without the loop core knowing it by name registers once per
+ * process (from a constructor, before any loop exists). coil_loop_new runs
+ * each init before starting workers; coil_loop_free runs each stop (in
+ * reverse order) before stopping them, and so does a failed coil_loop_new. */
+typedef struct coil__loop_ext {
+	void (*init)(coil_loop_t *loop);
+	void (*stop)(coil_loop_t *loop);
+	struct coil__loop_ext *next;
+} coil__loop_ext;
+void coil__loop_ext_register(coil__loop_ext *e);
+
 /* ---- resolver (addr.c): getaddrinfo on a per-loop thread started on first
- * use; loop.c calls coil__resolver_stop before freeing the loop. */
+ * use; a loop extension (init/stop run by loop.c). */
 void coil__resolver_init(coil_loop_t *loop);
 void coil__resolver_stop(coil_loop_t *loop);
 

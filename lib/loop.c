@@ -551,6 +551,45 @@ static void run_defers(coil__worker *w)
 	}
 }
 
+/* Runs the callbacks due (bounded), through the hook the layer that queued
+ * them installed. */
+static void run_ready(coil__worker *w)
+{
+	if (w->ready_head && w->run_ready)
+		w->run_ready(w, READY_BUDGET);
+}
+
+/* ---- per-loop extensions ---- */
+
+static coil__loop_ext *exts; /* registered before main, read-only after */
+
+void coil__loop_ext_register(coil__loop_ext *e)
+{
+	e->next = exts;
+	exts = e;
+}
+
+static void ext_init(coil_loop_t *loop)
+{
+	for (coil__loop_ext *e = exts; e; e = e->next)
+		e->init(loop);
+}
+
+/* Stops mirror inits: the list is newest first, so inits ran newest first
+ * and stops run oldest first (the last initialised stops first). */
+static void ext_stop_from(coil_loop_t *loop, coil__loop_ext *e)
+{
+	if (!e)
+		return;
+	ext_stop_from(loop, e->next);
+	e->stop(loop);
+}
+
+static void ext_stop(coil_loop_t *loop)
+{
+	ext_stop_from(loop, exts);
+}
+
 void coil__closer_add(coil__worker *w, coil__closer *c)
 {
 	coil__list_add_tail(&w->closers, &c->link);
@@ -771,7 +810,7 @@ static void worker_run(coil__worker *w)
 	struct __kernel_timespec stop_poll = {.tv_nsec = 5 * 1000 * 1000};
 	for (;;) {
 		drain_inbox(w, INBOX_BUDGET);
-		coil__ip_run_ready(w, READY_BUDGET);
+		run_ready(w);
 		run_defers(w);
 		if (w->stopping) {
 			bool d = drained(w);
@@ -984,7 +1023,7 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 	}
 	pthread_mutex_init(&loop->start_lock, NULL);
 	pthread_cond_init(&loop->start_cond, NULL);
-	coil__resolver_init(loop);
+	ext_init(loop);
 
 	unsigned spawned = 0;
 	for (unsigned i = 0; i < loop->nworkers; i++) {
@@ -1034,7 +1073,7 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 			pthread_join(w->thread, NULL);
 			close(w->efd);
 		}
-		coil__resolver_stop(loop);
+		ext_stop(loop);
 		pthread_mutex_destroy(&loop->start_lock);
 		pthread_cond_destroy(&loop->start_cond);
 		coil__free(loop->workers);
@@ -1052,7 +1091,7 @@ int coil_loop_free(coil_loop_t *loop)
 	if (coil__tls_worker && coil__tls_worker->loop == loop)
 		return -EDEADLK;
 	atomic_store(&loop->stopping, 1);
-	coil__resolver_stop(loop);
+	ext_stop(loop);
 	for (unsigned i = 0; i < loop->nworkers; i++) {
 		coil__task *t = coil__malloc(sizeof(*t));
 		if (!t)
@@ -1073,7 +1112,7 @@ int coil_loop_free(coil_loop_t *loop)
 			coil__worker *w = &loop->workers[i];
 			coil__tls_worker = w;
 			while (drain_inbox(w, 0) || w->ready_head) {
-				coil__ip_run_ready(w, READY_BUDGET);
+				run_ready(w);
 				run_defers(w);
 				more = true;
 			}
