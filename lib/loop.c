@@ -1002,6 +1002,19 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 	*out = NULL;
 	coil_loop_opts_t o;
 	int rc = copy_opts(&o, opts);
+	/* COIL_LOOP_FLAGS (a number, e.g. 0x8) adds COIL_LOOP_NO_* flags to
+	 * every loop of the process: comparisons and fallback tests without
+	 * rebuilding the program. */
+	const char *ev = getenv("COIL_LOOP_FLAGS");
+	if (!rc && ev && *ev) {
+		char *end;
+		unsigned long f = strtoul(ev, &end, 0);
+		if (*end || f > ~0u) {
+			set_error("COIL_LOOP_FLAGS=%s: not a number", ev);
+			rc = -EINVAL;
+		}
+		o.flags |= (unsigned)f;
+	}
 	if (!rc)
 		rc = normalise_opts(&o);
 	if (!rc)
