@@ -63,11 +63,20 @@ COIL_EXTERN void coil_free(void *p);
 
 typedef struct coil_loop_s coil_loop_t;
 
-/* Flags for coil_loop_opts_t.flags (mostly for tests of the fallbacks). */
+/* Flags for coil_loop_opts_t.flags: each turns off an optional kernel
+ * feature, for tests of the fallbacks and for comparisons. */
 #define COIL_LOOP_NO_DEFER_TASKRUN 0x1u /* do not try DEFER_TASKRUN */
 #define COIL_LOOP_NO_COOP_TASKRUN 0x2u  /* do not try COOP_TASKRUN */
+#define COIL_LOOP_NO_READ_MULTISHOT 0x4u /* single reads for pipes/ttys */
+#define COIL_LOOP_NO_REGISTERED_RING 0x8u /* do not register the ring fd */
 
+/* Loop options. The struct may grow at its end in later versions: always
+ * fill it with coil_loop_opts_init(), which sets size, then change fields.
+ * coil_loop_new() reads only the first `size` bytes (so a program built
+ * against an older, smaller struct still works) and refuses a larger size
+ * whose unknown trailing bytes are not zero. */
 typedef struct coil_loop_opts_s {
+	size_t size;         /* sizeof(coil_loop_opts_t), set by opts_init */
 	unsigned workers;    /* worker threads; 0 = online CPUs */
 	unsigned sq_entries; /* SQ size per ring; 0 = 256 */
 	unsigned cq_entries; /* CQ size per ring; 0 = 16 * sq_entries */
@@ -76,14 +85,25 @@ typedef struct coil_loop_opts_s {
 	unsigned flags;      /* COIL_LOOP_* */
 } coil_loop_opts_t;
 
-/* Fills *opts with the defaults (all zero). Any thread. */
+/* Fills *opts with the defaults (all zero) and sets opts->size. Any
+ * thread. */
 COIL_EXTERN void coil_loop_opts_init(coil_loop_opts_t *opts);
 
 /* Creates a loop and starts its worker threads. opts may be NULL.
- * Returns 0 and sets *out, or: -EINVAL (bad option), -ENOMEM, -ENOSYS /
- * -EPERM (io_uring unavailable: old kernel, seccomp, io_uring_disabled),
- * or the error of io_uring_queue_init / pthread_create. Any thread. */
+ * Returns 0 and sets *out, or: -EINVAL (bad option, or opts->size not set
+ * by coil_loop_opts_init), -E2BIG (opts from a newer coil with non-zero
+ * fields this one does not know), -ENOMEM, -ENOSYS (io_uring absent, or the
+ * kernel lacks a feature coil needs: multishot recv/accept, provided buffer
+ * rings, an opcode), -EPERM (seccomp, io_uring_disabled), or the error of
+ * io_uring_queue_init / pthread_create. On failure coil_loop_last_error()
+ * says why. Any thread. */
 COIL_EXTERN int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts);
+
+/* Text describing why the calling thread's last failed coil_loop_new()
+ * failed (naming a missing kernel feature or the bad option), or "" after a
+ * success. Thread-local storage owned by coil: valid until the thread's next
+ * coil_loop_new(); never NULL. Any thread. */
+COIL_EXTERN const char *coil_loop_last_error(void);
 
 /* Stops the loop: every channel, socket, monitor and timer still open is
  * closed immediately (pending InProgress handles fail with -ECANCELED or

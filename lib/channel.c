@@ -1854,7 +1854,7 @@ void coil__channel_register(coil_channel_t *ch)
 
 /* Chooses how to read fd: multishot recv for sockets, multishot read for
  * other pollable files when the kernel has it, single reads otherwise. */
-static int read_kind(int fd, bool is_socket)
+static int read_kind(coil__worker *w, int fd, bool is_socket)
 {
 	if (is_socket)
 		return COIL__RK_RECV;
@@ -1862,7 +1862,7 @@ static int read_kind(int fd, bool is_socket)
 	if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
 		return COIL__RK_RECV;
 	if (fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode)) &&
-	    coil__op_supported(IORING_OP_READ_MULTISHOT))
+	    coil__op_supported(w, IORING_OP_READ_MULTISHOT))
 		return COIL__RK_READ_MSHOT;
 	return COIL__RK_READ_ONCE;
 }
@@ -1889,7 +1889,7 @@ void coil__channel_attach_fd(coil_channel_t *ch, int fd, int mode,
 {
 	coil__channel_set_fd(ch, fd);
 	ch->mode = mode;
-	ch->rkind = read_kind(fd, is_socket);
+	ch->rkind = read_kind(ch->w, fd, is_socket);
 	ch->is_socket = ch->rkind == COIL__RK_RECV;
 	ch->eof = false;
 	ch->rerr = 0;
@@ -1956,7 +1956,7 @@ int coil_channel_wrap(coil_loop_t *loop, int fd, int mode,
 		return rc;
 	ch->fd = fd;
 	ch->mode = mode;
-	ch->rkind = read_kind(fd, false);
+	ch->rkind = read_kind(ch->w, fd, false);
 	ch->is_socket = ch->rkind == COIL__RK_RECV;
 	set_state(ch, COIL__CH_OPEN);
 	rc = call(ch, CALL_ATTACH, 0, NULL, NULL);

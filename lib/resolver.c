@@ -341,3 +341,12 @@ coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text, int flags)
 	pthread_mutex_unlock(&loop->res_lock);
 	return ip;
 }
+
+/* The loop runs coil__resolver_init/stop for every loop (loop.c does not
+ * know the resolver by name). */
+static coil__loop_ext resolver_ext = {coil__resolver_init, coil__resolver_stop,
+				      NULL};
+__attribute__((constructor)) static void resolver_ext_register(void)
+{
+	coil__loop_ext_register(&resolver_ext);
+}
