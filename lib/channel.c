@@ -108,6 +108,8 @@ static void channel_free(coil_channel_t *ch)
 {
 	if (ch->sock_free)
 		ch->sock_free(ch);
+	if (ch->flt) /* tls.c */
+		ch->flt->free(ch);
 	if (ch->registered)
 		coil__closer_del(&ch->closer);
 	coil__defer_cancel(&ch->defer);
@@ -288,6 +290,8 @@ static bool want_read(const coil_channel_t *ch)
 	if (ch->fd < 0 || ch->eof || !(ch->mode & COIL_IO_READ) ||
 	    state(ch) != COIL__CH_OPEN || ch->w->stopping)
 		return false;
+	if (ch->flt && ch->flt->want_input(ch)) /* tls.c: a handshake */
+		return true;
 	size_t limit = atomic_load_explicit(&ch->queue_size,
 					    memory_order_relaxed);
 	if (!coil__list_empty(&ch->reads)) {
@@ -398,7 +402,10 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 		/* Bytes that arrive after close are dropped: the user asked
 		 * for the channel to stop. */
-		if (state(ch) == COIL__CH_OPEN && !ch->eof)
+		if (state(ch) == COIL__CH_OPEN && !ch->eof && ch->flt)
+			ch->flt->input(ch, coil__bufring_buf(ch->w, bid),
+				       (size_t)res); /* tls.c */
+		else if (state(ch) == COIL__CH_OPEN && !ch->eof)
 			on_bytes(ch, coil__bufring_buf(ch->w, bid), (size_t)res,
 				 (int)bid);
 		/* Recycled now, unless a zero-copy write kept it. */
@@ -407,7 +414,7 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		else
 			coil__bufring_recycle(ch->w, bid);
 	} else if (res == 0) {
-		set_eof(ch, 0);
+		set_eof(ch, ch->flt ? ch->flt->eof(ch) : 0); /* tls.c */
 	} else if (res == -ENOBUFS) {
 		/* The worker's buffers ran out within one batch. They are all
 		 * recycled by the end of it: re-arm then (from the defer, not
@@ -477,10 +484,15 @@ static void finish_empty(coil_ip_t *ip)
 }
 
 /* At end of stream with nothing for r: 0 bytes, or the read error. */
+static const char *rerr_msg(const coil_channel_t *ch)
+{
+	return ch->flt ? ch->flt->errtext(ch) : NULL; /* tls.c */
+}
+
 static void req_end(coil_channel_t *ch, readreq *r)
 {
 	if (ch->rerr)
-		coil__ip_fail_msg(r->ip, ch->rerr, NULL);
+		coil__ip_fail_msg(r->ip, ch->rerr, rerr_msg(ch));
 	else
 		finish_empty(r->ip);
 	req_done(ch, r);
@@ -576,7 +588,7 @@ static bool serve(coil_channel_t *ch, readreq *r)
 		}
 		if (r->got == r->n || rq_eof(ch)) {
 			if (!r->got && ch->rerr)
-				coil__ip_fail_msg(r->ip, ch->rerr, NULL);
+				coil__ip_fail_msg(r->ip, ch->rerr, rerr_msg(ch));
 			else
 				coil_ip_finish_int(r->ip, (int64_t)r->got);
 			req_done(ch, r);
@@ -979,9 +991,16 @@ static bool can_send(const coil_channel_t *ch)
 	       (st == COIL__CH_OPEN || st == COIL__CH_CLOSING);
 }
 
+/* tls.c: the filter has bytes of its own to send (or owes them at close). */
+static inline bool flt_pending(const coil_channel_t *ch)
+{
+	return ch->flt && ch->flt->pending(ch);
+}
+
 static void kick_write(coil_channel_t *ch)
 {
-	if (ch->send_inflight || !ch->wq_head || !can_send(ch))
+	if (ch->send_inflight || (!ch->wq_head && !flt_pending(ch)) ||
+	    !can_send(ch))
 		return;
 	int n = 0, batch = ch->dgram ? 1 : COIL__IOV_BATCH;
 	for (writereq *r = ch->wq_head; r && n < batch; r = r->next) {
@@ -989,6 +1008,8 @@ static void kick_write(coil_channel_t *ch)
 		ch->iov[n].iov_len = r->len - r->off;
 		n++;
 	}
+	if (ch->flt && !(n = ch->flt->prep_send(ch, n))) /* tls.c */
+		return;
 	ch->send_niov = n;
 	ch->send_op.complete = send_complete;
 	int rc;
@@ -1021,6 +1042,8 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 	coil_channel_t *ch = coil__container_of(op, coil_channel_t, send_op);
 	ch->send_inflight = false;
 	size_t done = res > 0 ? (size_t)res : 0;
+	if (ch->flt && done) /* tls.c: sent bytes -> plaintext bytes */
+		done = ch->flt->sent(ch, done);
 	while (ch->wq_head && done) {
 		writereq *r = ch->wq_head;
 		size_t left = r->len - r->off;
@@ -1063,7 +1086,7 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 			flush_sigq(ch);
 		if (!ch->wq_head && ch->drained_fn)
 			ch->drained_fn(ch);
-		if (st == COIL__CH_CLOSING && !ch->wq_head)
+		if (st == COIL__CH_CLOSING && !ch->wq_head && !flt_pending(ch))
 			finish_close(ch);
 	}
 	maybe_close_fd(ch);
@@ -1278,6 +1301,8 @@ static void finish_close(coil_channel_t *ch)
 	}
 	cancel_recv(ch);
 	process(ch);
+	if (ch->flt) /* tls.c */
+		ch->flt->closed(ch);
 	if (ch->sock_close)
 		ch->sock_close(ch);
 	maybe_close_fd(ch);
@@ -1298,7 +1323,9 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	if (st != COIL__CH_CLOSING)
 		ch->close_expected = expected;
 	coil__channel_get(ch);
-	if (!immediate && ch->wq_head && ch->fd >= 0) {
+	if (ch->flt) /* tls.c: close_notify is owed, or cannot be sent */
+		immediate = ch->flt->closing(ch, immediate);
+	if (!immediate && (ch->wq_head || flt_pending(ch)) && ch->fd >= 0) {
 		/* kaa close(immediate=False): not alive any more, but the
 		 * queued writes drain first. Reading stops now. */
 		set_state(ch, COIL__CH_CLOSING);
@@ -1652,6 +1679,25 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 		coil__channel_attach_fd(ch, fd, mode, sock);
 	process(ch);
 	return 0;
+}
+
+/* ---- stream filters (tls.c) ---- */
+
+void coil__channel_deliver(coil_channel_t *ch, const char *p, size_t n)
+{
+	if (state(ch) == COIL__CH_OPEN && !ch->eof && n)
+		on_bytes(ch, p, n, -1);
+}
+
+void coil__channel_end(coil_channel_t *ch, int err)
+{
+	set_eof(ch, err);
+}
+
+void coil__channel_kick(coil_channel_t *ch)
+{
+	kick_write(ch);
+	update_interest(ch);
 }
 
 /* ---- properties ---- */
