@@ -464,6 +464,436 @@ static void test_s_client_vs_server_12(void)
 	s_client_vs_server("-tls1_2");
 }
 
+/* ---- SNI: the server's callback chooses between two certificates ---- */
+
+static coil_tls_ctx_t *sni_other;
+
+static coil_tls_ctx_t *pick_ctx(const char *name, void *ud)
+{
+	int *calls = ud;
+	(*calls)++;
+	return name && !strcmp(name, "other.test") ? sni_other : NULL;
+}
+
+static void sni_round(coil_tls_ctx_t *cc, coil_tls_ctx_t *sc,
+		      const char *host, const char *want_cn)
+{
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	handshake_pair(a, cc, host, b, sc);
+	coil_tls_info_t ia, ib;
+	T_ASSERT_OK(coil_tls_info(a, &ia));
+	T_ASSERT_OK(coil_tls_info(b, &ib));
+	CU_ASSERT(strstr(ia.peer_subject, want_cn) != NULL);
+	CU_ASSERT_STRING_EQUAL(ib.server_name, host);
+	coil_channel_release(a);
+	coil_channel_release(b);
+}
+
+static void test_sni_two_certs(void)
+{
+	coil_tls_ctx_t *cc = client_ctx(), *sc = server_ctx("srv");
+	sni_other = server_ctx("other");
+	int calls = 0;
+	T_ASSERT_OK(coil_tls_ctx_set_sni_cb(sc, pick_ctx, &calls));
+	CU_ASSERT_EQUAL(coil_tls_ctx_set_sni_cb(cc, pick_ctx, &calls), -EINVAL);
+	sni_round(cc, sc, "other.test", "CN=other.test");
+	sni_round(cc, sc, "localhost", "CN=localhost");
+	CU_ASSERT_EQUAL(calls, 2);
+	/* Connections hold their own references: freeing now is fine. */
+	coil_tls_ctx_free(sni_other);
+	coil_tls_ctx_free(cc);
+	coil_tls_ctx_free(sc);
+}
+
+/* ---- verification failures: each with a readable reason ---- */
+
+static void verify_fails(const char *leaf, const char *host,
+			 coil_tls_ctx_t *cc, const char *reason)
+{
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	coil_tls_ctx_t *sc = server_ctx(leaf);
+	coil_ip_t *hc = coil_socket_starttls_client(a, cc, host);
+	coil_ip_t *hs = coil_socket_starttls_server(b, sc);
+	CU_ASSERT_EQUAL(w_err(hc), -EKEYREJECTED);
+	const char *m = coil_ip_message(hc);
+	if (!strcasestr(m, reason))
+		fprintf(stderr, "message: %s\n", m);
+	CU_ASSERT(strcasestr(m, reason) != NULL);
+	CU_ASSERT(strstr(m, "certificate verify failed") != NULL);
+	/* The server learns it from the client's alert. */
+	CU_ASSERT(w_err(hs) < 0);
+	CU_ASSERT(strlen(coil_ip_message(hs)) > 0);
+	coil_ip_unref(hc);
+	coil_ip_unref(hs);
+	/* A failed handshake closes the channel. */
+	CU_ASSERT(!coil_channel_alive(a));
+	coil_channel_release(a);
+	coil_channel_release(b);
+	coil_tls_ctx_free(sc);
+}
+
+static void test_verify_failures(void)
+{
+	coil_tls_ctx_t *cc = client_ctx();
+	verify_fails("srv", "wrong.test", cc, "Hostname mismatch");
+	verify_fails("srv", "127.0.0.2", cc, "IP address mismatch");
+	verify_fails("expired", "localhost", cc, "certificate has expired");
+	verify_fails("self", "localhost", cc, "self-signed certificate");
+	/* The right name and an IP literal the certificate lists. */
+	coil_tls_ctx_t *sc = server_ctx("srv");
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	handshake_pair(a, cc, "127.0.0.1", b, sc);
+	coil_channel_release(a);
+	coil_channel_release(b);
+	/* VERIFY_NONE accepts the self-signed one. */
+	coil_tls_ctx_t *lax = client_ctx();
+	T_ASSERT_OK(coil_tls_ctx_set_verify(lax, COIL_TLS_VERIFY_NONE));
+	coil_tls_ctx_t *ss = server_ctx("self");
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	handshake_pair(a, lax, "localhost", b, ss);
+	coil_channel_release(a);
+	coil_channel_release(b);
+	coil_tls_ctx_free(lax);
+	coil_tls_ctx_free(ss);
+	coil_tls_ctx_free(sc);
+	coil_tls_ctx_free(cc);
+}
+
+/* Client certificates: REQUIRE refuses a client without one. */
+static void test_client_cert_required(void)
+{
+	coil_tls_ctx_t *sc = server_ctx("srv");
+	T_ASSERT_OK(coil_tls_ctx_set_verify(sc, COIL_TLS_VERIFY_REQUIRE));
+	T_ASSERT_OK(coil_tls_ctx_set_ca(sc, path("ca.pem"), NULL));
+	coil_tls_ctx_t *anon = client_ctx();
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	coil_ip_t *hc = coil_socket_starttls_client(a, anon, "localhost");
+	coil_ip_t *hs = coil_socket_starttls_server(b, sc);
+	CU_ASSERT_EQUAL(w_err(hs), -EPROTO);
+	CU_ASSERT(strstr(coil_ip_message(hs), "certificate") != NULL);
+	/* TLS 1.3: the client may finish first, then see the alert. */
+	t_wait(hc);
+	coil_ip_unref(hc);
+	coil_ip_unref(hs);
+	coil_channel_release(a);
+	coil_channel_release(b);
+	/* With a certificate (from memory) it passes, and the server sees
+	 * its subject. */
+	coil_tls_ctx_t *cert = client_ctx();
+	char *crt = NULL, *key = NULL;
+	size_t nc = 0, nk = 0;
+	FILE *f = fopen(path("other.pem"), "r");
+	CU_ASSERT_FATAL(f != NULL);
+	crt = malloc(65536);
+	nc = fread(crt, 1, 65536, f);
+	fclose(f);
+	f = fopen(path("other.key"), "r");
+	CU_ASSERT_FATAL(f != NULL);
+	key = malloc(65536);
+	nk = fread(key, 1, 65536, f);
+	fclose(f);
+	T_ASSERT_OK(coil_tls_ctx_use_cert_mem(cert, crt, nc, key, nk));
+	CU_ASSERT_EQUAL(coil_tls_ctx_use_cert_mem(cert, key, nk, crt, nc),
+			-EINVAL);
+	CU_ASSERT(strlen(coil_tls_ctx_error(cert)) > 0);
+	free(crt);
+	free(key);
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	handshake_pair(a, cert, "localhost", b, sc);
+	coil_tls_info_t ib;
+	T_ASSERT_OK(coil_tls_info(b, &ib));
+	CU_ASSERT(strstr(ib.peer_subject, "CN=other.test") != NULL);
+	coil_channel_release(a);
+	coil_channel_release(b);
+	coil_tls_ctx_free(cert);
+	coil_tls_ctx_free(anon);
+	coil_tls_ctx_free(sc);
+}
+
+/* ---- handshakes that never complete, garbage ---- */
+
+/* A raw peer on a socketpair: the coil end runs a server handshake with a
+ * 150 ms timeout; `send` is what the peer sends before going silent. */
+static void stalled_handshake(const void *send, size_t n, int want)
+{
+	int sv[2];
+	CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+	coil_socket_t *s;
+	T_ASSERT_OK(coil_socket_wrap(L, sv[0], &s));
+	coil_tls_ctx_t *sc = server_ctx("srv");
+	T_ASSERT_OK(coil_tls_ctx_set_handshake_timeout(sc, 150));
+	if (n)
+		CU_ASSERT_EQUAL(write(sv[1], send, n), (ssize_t)n);
+	coil_ip_t *hs = coil_socket_starttls_server(s, sc);
+	CU_ASSERT_EQUAL(w_err(hs), want);
+	CU_ASSERT(strlen(coil_ip_message(hs)) > 0);
+	coil_ip_unref(hs);
+	/* The channel was closed: the peer reads the end of the stream
+	 * (after an alert, for garbage). */
+	char buf[4096];
+	struct pollfd pf = {sv[1], POLLIN, 0};
+	ssize_t r = 1;
+	for (int i = 0; i < 100 && r > 0; i++) {
+		CU_ASSERT(poll(&pf, 1, 10000) == 1);
+		r = read(sv[1], buf, sizeof(buf));
+	}
+	CU_ASSERT(r == 0 || (r < 0 && errno == ECONNRESET));
+	CU_ASSERT(!coil_channel_alive(s));
+	coil_channel_release(s);
+	close(sv[1]);
+	coil_tls_ctx_free(sc);
+}
+
+static void test_handshake_timeout(void)
+{
+	size_t before = coil_live_channels();
+	stalled_handshake(NULL, 0, -ETIMEDOUT);
+	/* A ClientHello cut in the middle: the record header promises more
+	 * than ever comes. */
+	static const unsigned char partial[] = {0x16, 0x03, 0x01, 0x02, 0x00,
+						0x01, 0x00, 0x01, 0xfc, 0x03,
+						0x03, 0xaa, 0xbb};
+	stalled_handshake(partial, sizeof(partial), -ETIMEDOUT);
+	for (int i = 0; i < 1000 && coil_live_channels() > before; i++)
+		usleep(1000);
+	CU_ASSERT(coil_live_channels() <= before);
+}
+
+static void test_garbage_closed(void)
+{
+	char junk[4096];
+	memset(junk, 'G', sizeof(junk));
+	memcpy(junk, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27);
+	stalled_handshake(junk, sizeof(junk), -EPROTO);
+	/* A peer that floods garbage is cut off at the first bad record:
+	 * it cannot make the server hold what it sends. */
+	int sv[2];
+	CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+	coil_socket_t *s;
+	T_ASSERT_OK(coil_socket_wrap(L, sv[0], &s));
+	coil_tls_ctx_t *sc = server_ctx("srv");
+	coil_ip_t *hs = coil_socket_starttls_server(s, sc);
+	size_t sent = 0;
+	const size_t limit = 256u << 20;
+	while (sent < limit) {
+		ssize_t w = send(sv[1], junk, sizeof(junk), MSG_NOSIGNAL);
+		if (w <= 0)
+			break;
+		sent += (size_t)w;
+	}
+	CU_ASSERT(sent < limit);
+	CU_ASSERT_EQUAL(w_err(hs), -EPROTO);
+	coil_ip_unref(hs);
+	coil_channel_release(s);
+	close(sv[1]);
+	coil_tls_ctx_free(sc);
+}
+
+/* Aborting the handshake closes the channel. */
+static void test_handshake_abort(void)
+{
+	int sv[2];
+	CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+	coil_socket_t *s;
+	T_ASSERT_OK(coil_socket_wrap(L, sv[0], &s));
+	coil_tls_ctx_t *cc = client_ctx();
+	T_ASSERT_OK(coil_tls_ctx_set_handshake_timeout(cc, 0));
+	coil_ip_t *hc = coil_socket_starttls_client(s, cc, "localhost");
+	/* The ClientHello arrives, then the abort. */
+	char buf[4096];
+	CU_ASSERT(read(sv[1], buf, sizeof(buf)) > 5);
+	CU_ASSERT_EQUAL(buf[0], 0x16);
+	T_ASSERT_OK(coil_ip_abort(hc));
+	CU_ASSERT_EQUAL(w_err(hc), -ECANCELED);
+	coil_ip_unref(hc);
+	CU_ASSERT_EQUAL(read(sv[1], buf, sizeof(buf)), 0);
+	coil_channel_release(s);
+	close(sv[1]);
+	coil_tls_ctx_free(cc);
+}
+
+/* Bad arguments and states. */
+static void test_starttls_errors(void)
+{
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	coil_tls_ctx_t *cc = client_ctx(), *sc = server_ctx("srv");
+	coil_ip_t *ip = coil_socket_starttls_client(a, sc, "localhost");
+	CU_ASSERT_EQUAL(w_err(ip), -EINVAL);
+	coil_ip_unref(ip);
+	ip = coil_socket_starttls_server(a, NULL);
+	CU_ASSERT_EQUAL(w_err(ip), -EINVAL);
+	coil_ip_unref(ip);
+	CU_ASSERT_PTR_NULL(coil_socket_starttls_server(NULL, sc));
+	CU_ASSERT_EQUAL(coil_tls_ctx_new(7, &cc), -EINVAL);
+	CU_ASSERT_EQUAL(coil_tls_ctx_set_verify(cc, 9), -EINVAL);
+	CU_ASSERT_EQUAL(coil_tls_ctx_set_versions(cc, COIL_TLS_1_3,
+						  COIL_TLS_1_2), -EINVAL);
+	const char *bad[] = {""};
+	CU_ASSERT_EQUAL(coil_tls_ctx_set_alpn(cc, bad, 1), -EINVAL);
+	CU_ASSERT_EQUAL(coil_tls_ctx_set_ca(cc, path("nonexistent.pem"), NULL),
+			-EINVAL);
+	CU_ASSERT(strlen(coil_tls_ctx_error(cc)) > 0);
+	CU_ASSERT_EQUAL(coil_tls_ctx_use_cert_file(sc, path("nope.pem"),
+						   path("srv.key")), -EINVAL);
+	CU_ASSERT(strstr(coil_tls_ctx_error(sc), "nope.pem") != NULL);
+	/* No TLS on a plain channel. */
+	coil_tls_info_t i;
+	CU_ASSERT_EQUAL(coil_tls_info(a, &i), -ENOTCONN);
+	/* starttls twice. */
+	handshake_pair(a, cc, "localhost", b, sc);
+	ip = coil_socket_starttls_client(a, cc, "localhost");
+	CU_ASSERT_EQUAL(w_err(ip), -EALREADY);
+	coil_ip_unref(ip);
+	T_ASSERT_OK(coil_channel_close(a, 1));
+	coil_channel_release(a);
+	coil_channel_release(b);
+	/* After close: -ENOTCONN. */
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	T_ASSERT_OK(coil_channel_close(a, 1));
+	ip = coil_socket_starttls_client(a, cc, "localhost");
+	CU_ASSERT_EQUAL(w_err(ip), -ENOTCONN);
+	coil_ip_unref(ip);
+	coil_channel_release(a);
+	coil_channel_release(b);
+	coil_tls_ctx_free(cc);
+	coil_tls_ctx_free(sc);
+}
+
+/* ---- records and lines ---- */
+
+/* Lines split across records (each write waited for, so each is a record
+ * of its own), several delimiters, the readline signal. */
+struct lines {
+	char got[8][32];
+	_Atomic int n;
+};
+
+static void on_line(coil_channel_t *ch, const void *d, size_t n, void *ud)
+{
+	struct lines *l = ud;
+	int k = atomic_load(&l->n);
+	if (k < 8 && n < 32) {
+		memcpy(l->got[k], d, n);
+		l->got[k][n] = 0;
+	}
+	atomic_store(&l->n, k + 1);
+}
+
+static void test_readline_across_records(void)
+{
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	coil_tls_ctx_t *cc = client_ctx(), *sc = server_ctx("srv");
+	handshake_pair(a, cc, "localhost", b, sc);
+	const char *parts[] = {"ab", "cd\r", "\nef", "gh\n", "x\r\ny"};
+	for (int i = 0; i < 5; i++)
+		ip_done_ok(coil_channel_write(a, parts[i], strlen(parts[i])));
+	const void *d[] = {"\r\n", "\n"};
+	size_t dl[] = {2, 1};
+	T_ASSERT_OK(coil_channel_set_delimiters(b, d, dl, 2));
+	expect_read(coil_channel_readline(b), "abcd\r\n");
+	expect_read(coil_channel_readline(b), "efgh\n");
+	expect_read(coil_channel_readline(b), "x\r\n");
+	/* The readline signal over the same stream. */
+	struct lines l = {0};
+	/* channel.c counts a readline() as pending until just after its
+	 * handle settled: a caller woken by t_wait can still see -EBUSY for
+	 * a moment (reported to chan). */
+	int rc = -EBUSY;
+	for (int i = 0; i < 1000 && rc == -EBUSY; i++)
+		if ((rc = coil_channel_on_readline(b, on_line, &l)) == -EBUSY)
+			usleep(1000);
+	T_ASSERT_OK(rc);
+	ip_done_ok(coil_channel_write(a, "z\n", 2));
+	ip_done_ok(coil_channel_write(a, "1\r", 2));
+	ip_done_ok(coil_channel_write(a, "\n", 1));
+	for (int i = 0; i < 5000 && atomic_load(&l.n) < 2; i++)
+		usleep(1000);
+	CU_ASSERT_EQUAL(atomic_load(&l.n), 2);
+	CU_ASSERT_STRING_EQUAL(l.got[0], "yz\n");
+	CU_ASSERT_STRING_EQUAL(l.got[1], "1\r\n");
+	T_ASSERT_OK(coil_channel_on_readline(b, NULL, NULL));
+	coil_channel_release(a);
+	coil_channel_release(b);
+	coil_tls_ctx_free(cc);
+	coil_tls_ctx_free(sc);
+}
+
+/* ---- close_notify and truncation ---- */
+
+static void test_truncation_is_error(void)
+{
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	coil_tls_ctx_t *cc = client_ctx(), *sc = server_ctx("srv");
+	handshake_pair(a, cc, "localhost", b, sc);
+	/* a reads everything the server sent (its session tickets came
+	 * first), so that closing a is a plain FIN, not a reset. */
+	ip_done_ok(coil_channel_write(b, "x", 1));
+	expect_read(coil_channel_read(a), "x");
+	ip_done_ok(coil_channel_write(a, "partial", 7));
+	/* close(1) sends no close_notify: the server reads the bytes that
+	 * came, then a read error, not the end of the stream. */
+	T_ASSERT_OK(coil_channel_close(a, 1));
+	expect_read(coil_channel_read_exact(b, 7), "partial");
+	coil_ip_t *r = coil_channel_read(b);
+	int e = w_err(r);
+	if (e != -EPROTO)
+		fprintf(stderr, "truncation: %d %s\n", e, coil_ip_message(r));
+	CU_ASSERT_EQUAL(e, -EPROTO);
+	CU_ASSERT(strstr(coil_ip_message(r), "truncated") != NULL);
+	coil_ip_unref(r);
+	coil_channel_release(a);
+	coil_channel_release(b);
+	/* A raw peer closing after the handshake: the same. A peer that
+	 * ends with close_notify: a clean end (test_coil_coil). */
+	coil_tls_ctx_free(cc);
+	coil_tls_ctx_free(sc);
+}
+
+/* ---- session resumption ---- */
+
+static void resume_round(coil_tls_ctx_t *cc, coil_tls_ctx_t *sc, int want)
+{
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	handshake_pair(a, cc, "localhost", b, sc);
+	coil_tls_info_t ia, ib;
+	T_ASSERT_OK(coil_tls_info(a, &ia));
+	T_ASSERT_OK(coil_tls_info(b, &ib));
+	CU_ASSERT_EQUAL(ia.session_reused, want);
+	CU_ASSERT_EQUAL(ib.session_reused, want);
+	/* TLS 1.3 tickets come after the handshake: read once. */
+	ip_done_ok(coil_channel_write(b, "t", 1));
+	expect_read(coil_channel_read(a), "t");
+	T_ASSERT_OK(coil_channel_close(a, 0));
+	expect_read(coil_channel_read(b), "");
+	coil_channel_release(a);
+	coil_channel_release(b);
+}
+
+static void test_session_resumption(void)
+{
+	coil_tls_ctx_t *cc = client_ctx(), *sc = server_ctx("srv");
+	resume_round(cc, sc, 0);
+	resume_round(cc, sc, 1);
+	coil_tls_ctx_free(cc);
+	coil_tls_ctx_free(sc);
+	/* Off on the server: never resumed. */
+	cc = client_ctx();
+	sc = server_ctx("srv");
+	T_ASSERT_OK(coil_tls_ctx_set_session_resumption(sc, 0));
+	resume_round(cc, sc, 0);
+	resume_round(cc, sc, 0);
+	coil_tls_ctx_free(cc);
+	coil_tls_ctx_free(sc);
+}
+
 static const coil_test_t tests[] = {
 	{"coil_coil", test_coil_coil},
 	{"tls12_alpn_early_writes", test_tls12_alpn_early_writes},
@@ -471,6 +901,16 @@ static const coil_test_t tests[] = {
 	{"client_vs_s_server_12", test_client_vs_s_server_12},
 	{"s_client_vs_server_13", test_s_client_vs_server_13},
 	{"s_client_vs_server_12", test_s_client_vs_server_12},
+	{"sni_two_certs", test_sni_two_certs},
+	{"verify_failures", test_verify_failures},
+	{"client_cert_required", test_client_cert_required},
+	{"handshake_timeout", test_handshake_timeout},
+	{"garbage_closed", test_garbage_closed},
+	{"handshake_abort", test_handshake_abort},
+	{"starttls_errors", test_starttls_errors},
+	{"readline_across_records", test_readline_across_records},
+	{"truncation_is_error", test_truncation_is_error},
+	{"session_resumption", test_session_resumption},
 	{NULL, NULL},
 };
 
