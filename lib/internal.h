@@ -410,6 +410,10 @@ struct coil_channel_s {
 	_Atomic(coil_channel_t *) gated;
 	_Atomic bool gate_paused;
 	struct coil__relay *relay; /* as the relay's source */
+	/* tls.c: a stream filter between the ring and the queues (NULL: the
+	 * bytes go through as they are). See coil__filter_ops. */
+	const struct coil__filter_ops *flt;
+	void *flt_state;
 };
 
 /* Home worker or any thread: runs fn(fd, arg) with ch's descriptor held
@@ -437,5 +441,43 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 /* Reference counting for objects that keep a channel alive. */
 void coil__channel_get(coil_channel_t *ch);
 void coil__channel_put(coil_channel_t *ch);
+
+/* ---- stream filters (tls.c): a layer that rewrites the bytes between the
+ * ring and the channel's queues, on the home worker. The read queue and the
+ * write queue keep holding plaintext; the filter sees every received chunk,
+ * and turns the plaintext a send would carry into the bytes to send. */
+struct coil__filter_ops {
+	/* Received bytes (a view valid during the call); the plaintext goes
+	 * on with coil__channel_deliver(). */
+	void (*input)(coil_channel_t *ch, const char *p, size_t n);
+	/* The peer's end of stream: 0 to end cleanly, or the error to end
+	 * the stream with (a truncated TLS stream). */
+	int (*eof)(coil_channel_t *ch);
+	/* ch->iov[0..n) hold the queued plaintext a send would carry; the
+	 * filter replaces them with the bytes to send and returns their
+	 * count (0: nothing to send now). */
+	int (*prep_send)(coil_channel_t *ch, int n);
+	/* res bytes of that send went out: returns how many plaintext bytes
+	 * of the write queue are now sent. */
+	size_t (*sent)(coil_channel_t *ch, size_t res);
+	/* Output of the filter's own is waiting (or owed at close). */
+	bool (*pending)(const coil_channel_t *ch);
+	/* Reading is wanted even with no reader (a handshake). */
+	bool (*want_input)(const coil_channel_t *ch);
+	/* close(immediate) begins: returns whether to close immediately. */
+	bool (*closing)(coil_channel_t *ch, bool immediate);
+	/* The channel is closed (the descriptor may still be closing). */
+	void (*closed)(coil_channel_t *ch);
+	/* Text for the read error the filter ended the stream with, or NULL. */
+	const char *(*errtext)(const coil_channel_t *ch);
+	void (*free)(coil_channel_t *ch);
+};
+/* Home worker: plaintext from the filter enters the channel's queues, as
+ * received bytes do without one. Dropped once the channel is not open. */
+void coil__channel_deliver(coil_channel_t *ch, const char *p, size_t n);
+/* Home worker: ends the stream (err 0: end of stream, else a read error). */
+void coil__channel_end(coil_channel_t *ch, int err);
+/* Home worker: sends what is due and re-evaluates reading. */
+void coil__channel_kick(coil_channel_t *ch);
 
 #endif /* COIL_INTERNAL_H */
