@@ -723,6 +723,15 @@ static void ladder_mark(struct ladder *l, const void *local)
 		l->hi = a;
 }
 
+/* Leaving a step: the outermost frame of the last steps says "done" (the
+ * test returns then, and *l with it). */
+static void ladder_leave(struct ladder *l)
+{
+	coil_ip_t *done = l->done;
+	if (--l->nest == 0 && l->left == 0)
+		coil_ip_finish_int(done, 0);
+}
+
 /* An on_done ladder: each callback attaches the next one to a handle that
  * has already settled (a buffered line, a value at hand). */
 static void ladder_done(coil_ip_t *src, void *ud)
@@ -737,10 +746,8 @@ static void ladder_done(coil_ip_t *src, void *ud)
 		coil_ip_t *next = coil_ip_new_int(L, l->left);
 		CU_ASSERT_EQUAL(coil_ip_on_done(next, ladder_done, l), 0);
 		coil_ip_unref(next);
-	} else {
-		coil_ip_finish_int(l->done, 0);
 	}
-	l->nest--;
+	ladder_leave(l);
 }
 
 static void ladder_start(void *arg)
@@ -785,9 +792,7 @@ static coil_ip_t *ladder_then(coil_ip_t *src, void *ud)
 	if (--l->left > 0)
 		coil_ip_unref(coil_ip_then(coil_ip_new_int(L, l->left),
 					   ladder_then, NULL, l));
-	else
-		coil_ip_finish_int(l->done, 0);
-	l->nest--;
+	ladder_leave(l);
 	return coil_ip_return_int(src, coil_ip_int(src) + 1);
 }
 
