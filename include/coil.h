@@ -15,7 +15,9 @@
  *    to a function documented as "consumes ip".
  *  - No user callback ever runs inside the call that started an operation,
  *    except a callback attached with coil_ip_then()/coil_ip_on_done() to an
- *    InProgress that has already settled: that one runs at once (kaa rule).
+ *    InProgress that has already settled: that one runs at once (kaa rule),
+ *    up to COIL_IP_INLINE_DEPTH nested per worker, then from the ready
+ *    queue.
  */
 #ifndef COIL_H
 #define COIL_H
