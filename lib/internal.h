@@ -138,6 +138,8 @@ struct coil__worker {
 	 * queues one; the loop core calls it each turn while ready_head). */
 	struct coil_ip_s *ready_head, *ready_tail;
 	unsigned (*run_ready)(coil__worker *w, unsigned budget);
+	unsigned ip_depth;     /* late-attach callbacks nested now (inprogress.c) */
+	void *ip_frame;        /* innermost then-callback running (inprogress.c) */
 	coil__list defers;     /* coil__defer, run before sleeping */
 	coil__list closers;    /* coil__closer: objects to close on stop */
 	unsigned long ops_inflight;
@@ -254,6 +256,9 @@ coil_ip_t *coil__ip_new_on(coil__worker *w);
 /* Settle from the home worker with a value/failure; never fails on the home
  * worker for a pending handle that this caller owns the settling of. */
 int coil__ip_fail_msg(coil_ip_t *ip, int err, const char *msg);
+/* loop.c: a loop was created (live) / is about to be freed (!live); a
+ * handle dropped after its loop is gone then never posts to it. */
+void coil__ip_loop_live(coil_loop_t *loop, bool live);
 /* Runs due callbacks; returns how many handles it processed (bounded). */
 unsigned coil__ip_run_ready(coil__worker *w, unsigned budget);
 coil__worker *coil__ip_home(const coil_ip_t *ip);

@@ -1093,6 +1093,7 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 		coil__free(loop);
 		return rc;
 	}
+	coil__ip_loop_live(loop, true);
 	*out = loop;
 	return 0;
 }
@@ -1132,6 +1133,7 @@ int coil_loop_free(coil_loop_t *loop)
 			coil__tls_worker = NULL;
 		}
 	}
+	coil__ip_loop_live(loop, false);
 	for (unsigned i = 0; i < loop->nworkers; i++)
 		close(loop->workers[i].efd);
 	pthread_mutex_destroy(&loop->start_lock);
