@@ -127,6 +127,8 @@ static void channel_free(coil_channel_t *ch)
 	pthread_mutex_destroy(&ch->fd_lock);
 	if (ch->sock_free)
 		ch->sock_free(ch);
+	if (ch->flt) /* tls.c */
+		ch->flt->free(ch);
 	if (ch->registered)
 		coil__closer_del(&ch->closer);
 	coil__defer_cancel(&ch->defer);
@@ -347,6 +349,8 @@ static bool want_read(coil_channel_t *ch)
 	if (ch->fd < 0 || ch->eof || !(ch->mode & COIL_IO_READ) ||
 	    state(ch) != COIL__CH_OPEN || ch->w->stopping || ch->steal_wait)
 		return false;
+	if (ch->flt && ch->flt->want_input(ch)) /* tls.c: a handshake */
+		return true;
 	size_t limit = atomic_load_explicit(&ch->queue_size,
 					    memory_order_relaxed);
 	if (!coil__list_empty(&ch->reads)) {
@@ -475,7 +479,10 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 		/* Bytes that arrive after close are dropped: the user asked
 		 * for the channel to stop. */
-		if (state(ch) == COIL__CH_OPEN && !ch->eof)
+		if (state(ch) == COIL__CH_OPEN && !ch->eof && ch->flt)
+			ch->flt->input(ch, coil__bufring_buf(ch->w, bid),
+				       (size_t)res); /* tls.c */
+		else if (state(ch) == COIL__CH_OPEN && !ch->eof)
 			on_bytes(ch, coil__bufring_buf(ch->w, bid), (size_t)res,
 				 (int)bid);
 		/* Recycled now, unless a zero-copy write kept it. */
@@ -486,7 +493,7 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 	} else if (ch->steal_to) {
 		/* The thief's own receive will see the end or the error. */
 	} else if (res == 0) {
-		set_eof(ch, 0);
+		set_eof(ch, ch->flt ? ch->flt->eof(ch) : 0); /* tls.c */
 	} else if (res == -ENOBUFS) {
 		/* The worker's buffers ran out within one batch. They are all
 		 * recycled by the end of it: re-arm then (from the defer, not
@@ -558,10 +565,15 @@ static void finish_empty(coil_ip_t *ip)
 }
 
 /* At end of stream with nothing for r: 0 bytes, or the read error. */
+static const char *rerr_msg(const coil_channel_t *ch)
+{
+	return ch->flt ? ch->flt->errtext(ch) : NULL; /* tls.c */
+}
+
 static void req_end(coil_channel_t *ch, readreq *r)
 {
 	if (ch->rerr)
-		coil__ip_fail_msg(r->ip, ch->rerr, NULL);
+		coil__ip_fail_msg(r->ip, ch->rerr, rerr_msg(ch));
 	else
 		finish_empty(r->ip);
 	req_done(ch, r);
@@ -657,7 +669,7 @@ static bool serve(coil_channel_t *ch, readreq *r)
 		}
 		if (r->got == r->n || rq_eof(ch)) {
 			if (!r->got && ch->rerr)
-				coil__ip_fail_msg(r->ip, ch->rerr, NULL);
+				coil__ip_fail_msg(r->ip, ch->rerr, rerr_msg(ch));
 			else
 				coil_ip_finish_int(r->ip, (int64_t)r->got);
 			req_done(ch, r);
@@ -1213,9 +1225,16 @@ static bool can_send(const coil_channel_t *ch)
 	       (st == COIL__CH_OPEN || st == COIL__CH_CLOSING);
 }
 
+/* tls.c: the filter has bytes of its own to send (or owes them at close). */
+static inline bool flt_pending(const coil_channel_t *ch)
+{
+	return ch->flt && ch->flt->pending(ch);
+}
+
 static void kick_write(coil_channel_t *ch)
 {
-	if (ch->send_inflight || !ch->wq_head || !can_send(ch))
+	if (ch->send_inflight || (!ch->wq_head && !flt_pending(ch)) ||
+	    !can_send(ch))
 		return;
 	int n = 0, batch = ch->dgram ? 1 : COIL__IOV_BATCH;
 	for (writereq *r = ch->wq_head; r && n < batch; r = r->next) {
@@ -1224,6 +1243,8 @@ static void kick_write(coil_channel_t *ch)
 		ch->iov[n].iov_len = r->len - r->off;
 		n++;
 	}
+	if (ch->flt && !(n = ch->flt->prep_send(ch, n))) /* tls.c */
+		return;
 	ch->send_niov = n;
 	ch->send_op.complete = send_complete;
 	int rc;
@@ -1258,6 +1279,8 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 	size_t done = res > 0 ? (size_t)res : 0;
 	if (done && ch->linger_armed)
 		ch->last_progress_ms = coil__now_ms();
+	if (ch->flt && done) /* tls.c: sent bytes -> plaintext bytes */
+		done = ch->flt->sent(ch, done);
 	while (ch->wq_head && done) {
 		writereq *r = ch->wq_head;
 		size_t left = r->len - r->off;
@@ -1310,7 +1333,7 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 			ch->drained_fn(ch);
 		drain_check(ch);
 		gate_wake(ch);
-		if (st == COIL__CH_CLOSING && !ch->wq_head)
+		if (st == COIL__CH_CLOSING && !ch->wq_head && !flt_pending(ch))
 			finish_close(ch);
 	}
 	emit_closed(ch);
@@ -1600,6 +1623,8 @@ static void finish_close(coil_channel_t *ch)
 	cancel_recv(ch);
 	process_api(ch);
 	ch->lines_due = false; /* the signal saw what it could: closed now */
+	if (ch->flt) /* tls.c */
+		ch->flt->closed(ch);
 	if (ch->sock_close)
 		ch->sock_close(ch);
 	maybe_close_fd(ch);
@@ -1700,7 +1725,9 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	if (st != COIL__CH_CLOSING)
 		ch->close_expected = expected;
 	coil__channel_get(ch);
-	if (!immediate && ch->wq_head && ch->fd >= 0) {
+	if (ch->flt) /* tls.c: close_notify is owed, or cannot be sent */
+		immediate = ch->flt->closing(ch, immediate);
+	if (!immediate && (ch->wq_head || flt_pending(ch)) && ch->fd >= 0) {
 		/* kaa close(immediate=False): not alive any more, but the
 		 * queued writes drain first. Reading stops now. */
 		set_state(ch, COIL__CH_CLOSING);
@@ -1875,7 +1902,7 @@ void coil__channel_register(coil_channel_t *ch)
 
 /* Chooses how to read fd: multishot recv for sockets, multishot read for
  * other pollable files when the kernel has it, single reads otherwise. */
-static int read_kind(int fd, bool is_socket)
+static int read_kind(coil__worker *w, int fd, bool is_socket)
 {
 	if (is_socket)
 		return COIL__RK_RECV;
@@ -1883,7 +1910,7 @@ static int read_kind(int fd, bool is_socket)
 	if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
 		return COIL__RK_RECV;
 	if (fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode)) &&
-	    coil__op_supported(IORING_OP_READ_MULTISHOT))
+	    coil__op_supported(w, IORING_OP_READ_MULTISHOT))
 		return COIL__RK_READ_MSHOT;
 	return COIL__RK_READ_ONCE;
 }
@@ -1910,7 +1937,7 @@ void coil__channel_attach_fd(coil_channel_t *ch, int fd, int mode,
 {
 	coil__channel_set_fd(ch, fd);
 	ch->mode = mode;
-	ch->rkind = read_kind(fd, is_socket);
+	ch->rkind = read_kind(ch->w, fd, is_socket);
 	ch->is_socket = ch->rkind == COIL__RK_RECV;
 	ch->eof = false;
 	ch->rerr = 0;
@@ -1977,7 +2004,7 @@ int coil_channel_wrap(coil_loop_t *loop, int fd, int mode,
 		return rc;
 	ch->fd = fd;
 	ch->mode = mode;
-	ch->rkind = read_kind(fd, false);
+	ch->rkind = read_kind(ch->w, fd, false);
 	ch->is_socket = ch->rkind == COIL__RK_RECV;
 	set_state(ch, COIL__CH_OPEN);
 	rc = call(ch, CALL_ATTACH, 0, NULL, NULL);
@@ -2156,6 +2183,25 @@ static void steal_drained(coil_channel_t *victim)
 	ch->steal_wait--;
 	update_interest(ch);
 	coil__channel_put(ch);
+}
+
+/* ---- stream filters (tls.c) ---- */
+
+void coil__channel_deliver(coil_channel_t *ch, const char *p, size_t n)
+{
+	if (state(ch) == COIL__CH_OPEN && !ch->eof && n)
+		on_bytes(ch, p, n, -1);
+}
+
+void coil__channel_end(coil_channel_t *ch, int err)
+{
+	set_eof(ch, err);
+}
+
+void coil__channel_kick(coil_channel_t *ch)
+{
+	kick_write(ch);
+	update_interest(ch);
 }
 
 /* ---- properties ---- */
