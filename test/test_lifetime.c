@@ -126,6 +126,19 @@ static void test_unservable_requests_fail(void)
 	close(p[1]);
 	coil_channel_release(rd);
 	coil_channel_release(wr);
+	/* A listening socket: reads and writes fail at once (-ENOTCONN). */
+	coil_socket_t *lst;
+	T_ASSERT_OK(coil_socket_new(L, &lst));
+	T_ASSERT_OK(coil_socket_listen(lst, "127.0.0.1:0", 8, 0));
+	coil_ip_t *lw = coil_channel_write(lst, "x", 1);
+	coil_ip_t *lr = coil_channel_read(lst);
+	T_ASSERT_OK(t_wait(lw));
+	T_ASSERT_OK(t_wait(lr));
+	CU_ASSERT_EQUAL(coil_ip_error(lw), -ENOTCONN);
+	CU_ASSERT_EQUAL(coil_ip_error(lr), -ENOTCONN);
+	coil_ip_unref(lw);
+	coil_ip_unref(lr);
+	coil_channel_release(lst);
 }
 
 /* ---- order at close ---- */
