@@ -393,6 +393,7 @@ struct coil_channel_s {
 	pthread_mutex_t fd_lock;
 	bool lines_due;       /* readline signal to be served (deferred) */
 	bool in_flush, flush_again; /* flush_sigq running / to rerun */
+	size_t sig_back;      /* tail of the shown chunk the signal left */
 	/* steal: the victim's receive still drains into steal_to (which
 	 * holds steal_wait > 0 and reads nothing of its own until then). */
 	coil_channel_t *steal_to;
