@@ -237,6 +237,8 @@ bool coil__op_supported(const coil__worker *w, int opcode);
 unsigned coil__features(void);
 /* Tests set bits here to make coil behave as if the kernel lacked them. */
 extern unsigned coil__probe_hide;
+/* Tests: the next N eventfd-read arms fail as if no SQE could be had. */
+extern _Atomic unsigned coil__efd_arm_fail;
 
 /* ---- provided buffers (bufring.c), one group per worker */
 #define COIL__BGID 0
