@@ -861,10 +861,10 @@ int main(int argc, char **argv)
 		snprintf(url, sizeof(url), "http://%s/", numeric);
 	if (log_level >= LOG_INFO) {
 		fprintf(stderr,
-			"http_echo: listening on %s with %u workers (coil %s); "
+			"http_echo: listening on %s with %u worker%s (coil %s); "
 			"Ctrl-C stops it\n"
 			"http_echo: try: curl -s %shello ; curl -s -d 'hi' %secho\n",
-			url, nw, coil_version(), url, url);
+			url, nw, nw == 1 ? "" : "s", coil_version(), url, url);
 	}
 
 	int sig;
