@@ -53,6 +53,17 @@ ALL_CFLAGS := $(CFLAGS_BASE) $(SAN) $(CFLAGS)
 ALL_LDFLAGS := $(SAN) $(LDFLAGS)
 LDLIBS_ALL := $(LIBS) $(JEMALLOC)
 
+# TLS (lib/tls.c) with OpenSSL 3, found by pkg-config; `make TLS=0` builds
+# without it (the coil_tls_* functions then fail with -ENOTSUP), in its own
+# build directory.
+TLS ?= $(shell pkg-config --exists 'openssl >= 3' 2>/dev/null && echo 1 || echo 0)
+ifeq ($(TLS),1)
+  ALL_CPPFLAGS += -DCOIL_HAVE_OPENSSL $(shell pkg-config --cflags openssl)
+  LDLIBS_ALL += $(shell pkg-config --libs openssl)
+else
+  B := $(B)-notls
+endif
+
 LIB_SRCS := $(sort $(wildcard lib/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(B)/%.o)
 STATIC := $(B)/libcoil.a

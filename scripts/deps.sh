@@ -18,8 +18,9 @@ for what in "$@"; do
 	# the packaging checks, and man/groff to render the man pages.
 	test) pkgs="$pkgs curl apache2-utils nghttp2-client wrk python3 socat"
 	      pkgs="$pkgs netcat-openbsd clang g++ binutils man-db groff-base"
+	      pkgs="$pkgs openssl libssl-dev"
 	      want_clang_rt=1 ;;
-	bench) pkgs="$pkgs wrk nginx-light curl" ;;
+	bench) pkgs="$pkgs wrk nginx-light curl libuv1-dev strace" ;;
 	fuzz) pkgs="$pkgs clang"; want_clang_rt=1 ;;
 	valgrind) pkgs="$pkgs valgrind" ;;
 	*) echo "deps.sh: unknown set '$what' (build, test, bench, fuzz, valgrind)" >&2
