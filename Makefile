@@ -174,11 +174,18 @@ man: $(MAN_STAMP)
 check-man: $(MAN_STAMP) $(B)/libcoil.so
 	@sh scripts/check-man.sh $(B)/libcoil.so build/man
 
-# Regenerated every time: it depends on PREFIX, LIBDIR and INCDIR.
+# Regenerated every time: it depends on PREFIX, LIBDIR, INCDIR and TLS. A
+# TLS build needs OpenSSL's libraries in static links (after coil's own).
+ifeq ($(TLS),1)
+  PC_REQUIRES_PRIVATE := Requires.private: openssl >= 3
+else
+  PC_REQUIRES_PRIVATE := \# built without TLS: no Requires.private
+endif
 .PHONY: coil.pc
 coil.pc: coil.pc.in include/coil/version.h
 	@sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
-	    -e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+	    -e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@REQUIRES_PRIVATE@|$(PC_REQUIRES_PRIVATE)|' $< > $@
 
 install: lib coil.pc man
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/coil \

@@ -96,7 +96,7 @@ function flush(    i, line) {
 function write_page(k,    f, i, n, nl, lines, t, inlist, names, others) {
 	f = out "/" g_page[k] ".3"
 	printf ".TH %s 3 \"%s\" \"coil %s\" \"coil manual\"\n", toupper(g_page[k]), date, version > f
-	printf ".nh\n.SH NAME\n" > f
+	printf ".nh\n.ad l\n.SH NAME\n" > f
 	t = g_summary[k]
 	if (t == "")
 		t = "see the synopsis"
