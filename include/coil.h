@@ -44,6 +44,18 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------ */
+/* Version of the library at run time                                       */
+/* ------------------------------------------------------------------------ */
+
+/* The version of the libcoil the program runs with, as "MAJOR.MINOR.PATCH"
+ * (COIL_VERSION_STRING is the one it was compiled against). Static string,
+ * never NULL. Any thread. */
+COIL_EXTERN const char *coil_version(void);
+/* The same as a number, (MAJOR << 16) | (MINOR << 8) | PATCH, to compare
+ * with COIL_VERSION_HEX. Any thread. */
+COIL_EXTERN unsigned coil_version_number(void);
+
+/* ------------------------------------------------------------------------ */
 /* Errors and memory                                                        */
 /* ------------------------------------------------------------------------ */
 
