@@ -292,7 +292,8 @@ coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text, int flags)
 {
 	if (!loop)
 		return NULL;
-	coil_ip_t *ip = coil_ip_new(loop);
+	/* coil's own handle: abortable without a hook (inprogress.c). */
+	coil_ip_t *ip = coil__ip_new_on(coil__pick_worker(loop));
 	if (!ip)
 		return NULL;
 	coil_addr_t a;
@@ -340,4 +341,13 @@ coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text, int flags)
 	pthread_cond_signal(&loop->res_cond);
 	pthread_mutex_unlock(&loop->res_lock);
 	return ip;
+}
+
+/* The loop runs coil__resolver_init/stop for every loop (loop.c does not
+ * know the resolver by name). */
+static coil__loop_ext resolver_ext = {coil__resolver_init, coil__resolver_stop,
+				      NULL};
+__attribute__((constructor)) static void resolver_ext_register(void)
+{
+	coil__loop_ext_register(&resolver_ext);
 }
