@@ -38,6 +38,7 @@ struct connector {
 	int best_err;
 	char best_msg[160];
 	bool done;
+	bool detached;        /* non-blocking: ip is the connector's own */
 	coil__timer he;       /* head start for the next attempt */
 	bool he_armed;
 	coil__timer deadline; /* socket timeout */
@@ -95,6 +96,8 @@ static void conn_finish(struct connector *c, int err, const char *msg)
 		/* Queued writes wait for a later connect (kaa: writes before
 		 * open are queued); the socket can connect again. */
 		coil__ip_fail_msg(c->ip, err, msg);
+		if (c->detached)
+			(void)coil_ip_error(c->ip); /* nobody else looks */
 	} else {
 		atomic_store(&s->connected, 1);
 		coil__channel_connected(c->s);
@@ -335,6 +338,21 @@ static void connect_local(struct sock_call *call)
 	atomic_store(&ss->connected, 0);
 	s->connecting = true;
 	snprintf(ss->reqhost, sizeof(ss->reqhost), "%s", addr.host);
+	if (atomic_load(&ss->nonblocking)) {
+		/* usocket non-blocking connect: the call says it is in
+		 * progress, the connect goes on (connecting() is 1 until it
+		 * ends; connected() says how). The connector settles a handle
+		 * of its own. */
+		coil_ip_t *inner = coil__ip_new_on(s->w);
+		if (inner) {
+			coil__ip_fail_msg(c->ip, -EINPROGRESS,
+					  "connect in progress (non-blocking "
+					  "socket)");
+			coil_ip_unref(c->ip);
+			c->ip = inner;
+			c->detached = true;
+		}
+	}
 	coil_ip_set_abort(c->ip, connect_abort, c);
 	unsigned tmo = atomic_load(&ss->timeout_ms);
 	if (tmo && coil__timer_start(s->w, &c->deadline, tmo, deadline_fired) == 0) {

@@ -511,6 +511,12 @@ static void accept_local(struct sock_call *c)
 				  l ? "listener closed" : "socket is not listening");
 		return;
 	}
+	if (atomic_load(&S(c->s)->nonblocking) && !l->qlen) {
+		coil__ip_fail_msg(c->ip, -EAGAIN,
+				  "accept: no client waiting (non-blocking "
+				  "socket)");
+		return;
+	}
 	struct accept_req *r = coil__calloc(1, sizeof(*r));
 	if (!r) {
 		coil__ip_fail_msg(c->ip, -ENOMEM, NULL);

@@ -15,6 +15,7 @@ struct coil__sock {
 	_Atomic int connecting, connected, listening;
 	int bufsize;       /* pending buffer_size, 0 = kernel default */
 	int nodelay, keepalive, reuseaddr; /* -1: leave as is */
+	int keepidle;      /* TCP_KEEPIDLE seconds, 0 = kernel default */
 	_Atomic unsigned timeout_ms;
 	_Atomic bool nonblocking; /* usocket settimeout(0) / setblocking(0) */
 	char reqhost[256];

@@ -110,6 +110,9 @@ void coil__sock_apply_opts(struct coil__sock *s, int fd)
 	if (s->type == SOCK_STREAM && s->family != AF_UNIX)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY,
 			   s->nodelay >= 0 ? &s->nodelay : &one, sizeof(int));
+	if (s->keepidle > 0 && s->type == SOCK_STREAM && s->family != AF_UNIX)
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &s->keepidle,
+			   sizeof(int));
 }
 
 /* ---- forwarding to the home worker ---- */
