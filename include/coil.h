@@ -693,6 +693,22 @@ typedef struct coil_addrlist_s {
 COIL_EXTERN coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text,
 				    int flags);
 
+/* Reverse lookup (getnameinfo; libuv uv_getnameinfo, CPython
+ * socket.getnameinfo) on coil's resolver thread, never on a worker.
+ * flags are getnameinfo's NI_* flags (NI_NUMERICHOST, NI_NAMEREQD,
+ * NI_NUMERICSERV, NI_DGRAM...). Finishes with a coil_nameinfo_t (coil_ip_ptr,
+ * owned by the handle); fails with -EINVAL (not an IPv4/IPv6 sockaddr),
+ * -ENOENT (no name, with NI_NAMEREQD), -EAGAIN, -ECANCELED (loop freed),
+ * with getnameinfo's text in the message. NULL only for a NULL loop or
+ * -ENOMEM. Any thread. */
+typedef struct coil_nameinfo_s {
+	char host[1025];   /* NI_MAXHOST */
+	char service[32];  /* NI_MAXSERV */
+} coil_nameinfo_t;
+COIL_EXTERN coil_ip_t *coil_reverse_lookup(coil_loop_t *loop,
+					   const struct sockaddr *sa,
+					   socklen_t len, int flags);
+
 /* ------------------------------------------------------------------------ */
 /* Socket: connect, listen, accept, datagrams (kaa Socket, coro sock)       */
 /* ------------------------------------------------------------------------ */

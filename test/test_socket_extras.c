@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <netdb.h>
 #include <poll.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
@@ -416,7 +417,52 @@ static void test_recv_fds_abort_and_close(void)
 	T_ASSERT_OK(coil_loop_free(loop));
 }
 
+/* getnameinfo off the worker: numeric and by name, IPv4 and IPv6, and
+ * what is not an IP address. */
+static void test_reverse_lookup(void)
+{
+	coil_loop_t *loop = t_loop(1);
+	struct sockaddr_in v4 = {.sin_family = AF_INET, .sin_port = htons(80),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	coil_ip_t *ip = coil_reverse_lookup(loop, (struct sockaddr *)&v4,
+					    sizeof(v4),
+					    NI_NUMERICHOST | NI_NUMERICSERV);
+	T_ASSERT_OK(t_wait(ip));
+	T_ASSERT_OK(coil_ip_error(ip));
+	coil_nameinfo_t *ni = coil_ip_ptr(ip);
+	CU_ASSERT_FATAL(ni != NULL);
+	CU_ASSERT_STRING_EQUAL(ni->host, "127.0.0.1");
+	CU_ASSERT_STRING_EQUAL(ni->service, "80");
+	coil_ip_unref(ip);
+	/* By name: whatever /etc/hosts or DNS says, it is a name. */
+	ip = coil_reverse_lookup(loop, (struct sockaddr *)&v4, sizeof(v4),
+				 NI_NUMERICSERV);
+	T_ASSERT_OK(t_wait(ip));
+	T_ASSERT_OK(coil_ip_error(ip));
+	ni = coil_ip_ptr(ip);
+	CU_ASSERT(ni && ni->host[0]);
+	coil_ip_unref(ip);
+	struct sockaddr_in6 v6 = {.sin6_family = AF_INET6,
+				  .sin6_port = htons(443),
+				  .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+	ip = coil_reverse_lookup(loop, (struct sockaddr *)&v6, sizeof(v6),
+				 NI_NUMERICHOST | NI_NUMERICSERV);
+	T_ASSERT_OK(t_wait(ip));
+	T_ASSERT_OK(coil_ip_error(ip));
+	ni = coil_ip_ptr(ip);
+	CU_ASSERT(ni && strcmp(ni->host, "::1") == 0);
+	CU_ASSERT(ni && strcmp(ni->service, "443") == 0);
+	coil_ip_unref(ip);
+	struct sockaddr_un un = {.sun_family = AF_UNIX};
+	ip = coil_reverse_lookup(loop, (struct sockaddr *)&un, sizeof(un), 0);
+	T_ASSERT_OK(t_wait(ip));
+	CU_ASSERT_EQUAL(coil_ip_error(ip), -EINVAL);
+	coil_ip_unref(ip);
+	T_ASSERT_OK(coil_loop_free(loop));
+}
+
 static const coil_test_t tests[] = {
+	{"reverse_lookup", test_reverse_lookup},
 	{"pass_descriptors", test_pass_descriptors},
 	{"recv_fds_abort_and_close", test_recv_fds_abort_and_close},
 	{"nonblocking_accept_recvfrom", test_nonblocking_accept_recvfrom},
