@@ -75,6 +75,7 @@ static void conn_finish(struct connector *c, int err, const char *msg)
 	if (s->conn == c)
 		s->conn = NULL;
 	atomic_store(&s->connecting, 0);
+	atomic_store(&c->s->sock_connecting, false);
 	c->s->connecting = false;
 	for (int i = 0; i < c->natt; i++) {
 		struct attempt *a = &c->att[i];
@@ -336,6 +337,7 @@ static void connect_local(struct sock_call *call)
 	ss->conn = c;
 	atomic_store(&ss->connecting, 1);
 	atomic_store(&ss->connected, 0);
+	atomic_store(&s->sock_connecting, true); /* alive, reads wait */
 	s->connecting = true;
 	snprintf(ss->reqhost, sizeof(ss->reqhost), "%s", addr.host);
 	if (atomic_load(&ss->nonblocking)) {

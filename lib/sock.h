@@ -36,6 +36,7 @@ struct coil__sock {
 	socklen_t bind_len;
 	int bind_flags;
 	int accept_err;    /* the fatal accept error that closed the listener */
+	bool vreg;         /* listed as handed out through a handle (listener.c) */
 };
 
 struct coil__dg_stash {
@@ -46,6 +47,8 @@ struct coil__dg_stash {
  * reads and writes without an address follow). 0 or -errno. */
 COIL__HIDDEN int coil__sock_dgram_connect(coil_socket_t *s, const char *text,
 					  int flags);
+/* listener.c: a handed-out client is being freed (see client_free). */
+COIL__HIDDEN void coil__sock_vreg_forget(coil_channel_t *c);
 /* udp.c: frees the stashed datagrams (socket free). */
 COIL__HIDDEN void coil__sock_stash_free(struct coil__sock *s);
 

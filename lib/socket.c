@@ -29,6 +29,8 @@
 
 static void sock_free(coil_channel_t *ch)
 {
+	if (ch->sock->vreg)
+		coil__sock_vreg_forget(ch);
 	coil__sock_stash_free(ch->sock);
 	coil__free(ch->sock);
 	ch->sock = NULL;
@@ -84,6 +86,7 @@ int coil_socket_new(coil_loop_t *loop, coil_socket_t **out)
 		coil__channel_put(ch);
 		return rc;
 	}
+	atomic_store(&ch->sock_unconnected, true); /* reads: -ENOTCONN */
 	/* Listed for loop stop from the start: a socket that is never used,
 	 * or is still connecting, is closed and freed by coil_loop_free. */
 	coil__channel_register(ch);

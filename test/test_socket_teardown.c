@@ -128,6 +128,67 @@ static void test_accept_handles_outlive_loop(void)
 	CU_ASSERT_EQUAL(coil_live_channels(), live0);
 }
 
+/* Settled accept()/accept_many() results nobody stole, unref'd after
+ * coil_loop_free: their free functions released the clients through freed
+ * memory (SIGSEGV in the release build). The stop already released them;
+ * the handles are tombstones. */
+static void test_accept_values_unref_after_free(void)
+{
+	size_t live0 = coil_live_channels();
+	for (int round = 0; round < 4; round++) {
+		coil_loop_t *loop = t_loop(2);
+		coil_socket_t *s = NULL;
+		T_ASSERT_OK(coil_socket_new(loop, &s));
+		T_ASSERT_OK(coil_socket_listen(s, "127.0.0.1:0", 16, 0));
+		char addr[64];
+		snprintf(addr, sizeof(addr), "127.0.0.1:%u", local_port(s));
+		int fd[3];
+		for (int i = 0; i < 3; i++)
+			fd[i] = connect_blocking(addr, AF_INET);
+		coil_ip_t *one = coil_socket_accept(s);
+		T_ASSERT_OK(t_wait(one));
+		T_ASSERT_OK(coil_ip_error(one));
+		coil_ip_t *many = coil_socket_accept_many(s, 2);
+		T_ASSERT_OK(t_wait(many));
+		T_ASSERT_OK(coil_ip_error(many));
+		coil_clients_t *cl = coil_ip_ptr(many);
+		if (cl->count < 2) { /* the third may still be on its way */
+			coil_ip_t *more = coil_socket_accept(s);
+			T_ASSERT_OK(t_wait(more));
+			coil_ip_unref(more); /* released now, loop alive */
+		}
+		T_ASSERT_OK(coil_loop_free(loop));
+		CU_ASSERT_EQUAL(coil_live_channels(), live0);
+		CU_ASSERT_PTR_NOT_NULL(coil_ip_ptr(one));
+		coil_ip_unref(one);
+		coil_ip_unref(many);
+		for (int i = 0; i < 3; i++)
+			close(fd[i]);
+	}
+}
+
+/* Unref'd (not stolen) on the user's thread while the loop stops: the
+ * free function and the stop's close race for the same client. */
+static void test_accept_value_unref_races_stop(void)
+{
+	size_t live0 = coil_live_channels();
+	for (int round = 0; round < 20; round++) {
+		coil_loop_t *loop = t_loop(2);
+		coil_socket_t *s = NULL;
+		T_ASSERT_OK(coil_socket_new(loop, &s));
+		T_ASSERT_OK(coil_socket_listen(s, "127.0.0.1:0", 16, 0));
+		char addr[64];
+		snprintf(addr, sizeof(addr), "127.0.0.1:%u", local_port(s));
+		int fd = connect_blocking(addr, AF_INET);
+		coil_ip_t *a = coil_socket_accept(s);
+		T_ASSERT_OK(t_wait(a));
+		coil_ip_unref(a); /* may run while ... */
+		T_ASSERT_OK(coil_loop_free(loop)); /* ... this stops the loop */
+		close(fd);
+	}
+	CU_ASSERT_EQUAL(coil_live_channels(), live0);
+}
+
 /* Sockets made with coil_socket_new and never used are freed by
  * coil_loop_free (they leaked about 1.2 KB each). */
 static void test_never_used_sockets_freed(void)
@@ -248,6 +309,8 @@ static const coil_test_t tests[] = {
 	{"tcp_listener_unaccepted_free", test_tcp_listener_unaccepted_free},
 	{"unix_listener_unaccepted_free", test_unix_listener_unaccepted_free},
 	{"accept_handles_outlive_loop", test_accept_handles_outlive_loop},
+	{"accept_values_unref_after_free", test_accept_values_unref_after_free},
+	{"accept_value_unref_races_stop", test_accept_value_unref_races_stop},
 	{"never_used_sockets_freed", test_never_used_sockets_freed},
 	{"pending_connect_cancelled_by_stop",
 	 test_pending_connect_cancelled_by_stop},
