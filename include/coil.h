@@ -794,6 +794,36 @@ COIL_EXTERN coil_ip_t *coil_socket_sendto_sa(coil_socket_t *s,
 					     const struct sockaddr *sa,
 					     socklen_t salen);
 COIL_EXTERN coil_ip_t *coil_socket_recvfrom(coil_socket_t *s, size_t max);
+/* Batched datagrams (libuv UV_UDP_RECVMMSG, recvmmsg/sendmmsg). io_uring
+ * has no batch opcode: a batch waits through the ring for its first
+ * datagram (or for room), then moves the rest with one non-blocking
+ * recvmmsg/sendmmsg on the home worker.
+ * recvfrom_many: up to max_count (1..1024) datagrams of up to max_size
+ * bytes each; waits for the first, then takes what is already there.
+ * Finishes with a coil_datagrams_t (coil_ip_ptr; stealing it makes the
+ * caller coil_free() each dg[i] and the struct). sendto_many: copies the n
+ * (1..1024) datagrams (to NULL/tolen 0: the connected peer) and finishes
+ * with how many were sent (fewer only on an error after the first; an
+ * error before any fails the handle). Both abortable (aborted receives keep
+ * what arrived for the next receive), honour non-blocking mode (-EAGAIN),
+ * -EINVAL / -ENOTSOCK / -EBADF or the kernel's error. Any thread. */
+typedef struct coil_datagrams_s {
+	size_t count;
+	coil_datagram_t *dg[];
+} coil_datagrams_t;
+typedef struct coil_dgram_out_s {
+	const void *data;
+	size_t len;
+	const struct sockaddr *to;
+	socklen_t tolen;
+} coil_dgram_out_t;
+COIL_EXTERN coil_ip_t *coil_socket_recvfrom_many(coil_socket_t *s,
+						 size_t max_count,
+						 size_t max_size);
+COIL_EXTERN coil_ip_t *coil_socket_sendto_many(coil_socket_t *s,
+					       const coil_dgram_out_t *msgs,
+					       size_t n);
+
 /* Descriptor passing over a Unix socket (SCM_RIGHTS; CPython
  * send_fds/recv_fds, libuv uv_write2 / uv_pipe_pending_*). send_fds sends
  * len >= 1 bytes of data with 1..COIL_FDMSG_MAX descriptors, which are
@@ -879,6 +909,17 @@ COIL_EXTERN int coil_socket_set_membership(coil_socket_t *s, const char *group,
 					   const char *iface, int join);
 COIL_EXTERN int coil_socket_set_multicast_interface(coil_socket_t *s,
 						    const char *iface);
+
+/* libuv uv_try_write: sends what fits in the socket buffer now, with no
+ * queueing, and returns the bytes sent (maybe fewer than len), or -EAGAIN
+ * when nothing can go now (the buffer is full, writes are queued or in
+ * flight, or the socket is still connecting: it never overtakes an earlier
+ * write), -ENOTCONN (never connected), -EBADF (closed), -EPIPE /
+ * -ECONNRESET..., -EOPNOTSUPP on a channel with a stream filter (TLS).
+ * Writes made at the same time from other threads are not ordered with it.
+ * Any thread. */
+COIL_EXTERN int64_t coil_socket_try_write(coil_socket_t *s, const void *data,
+					  size_t len);
 
 /* kaa state properties and addresses. */
 COIL_EXTERN int coil_socket_connecting(const coil_socket_t *s);

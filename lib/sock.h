@@ -49,6 +49,10 @@ COIL__HIDDEN int coil__sock_dgram_connect(coil_socket_t *s, const char *text,
 					  int flags);
 /* listener.c: a handed-out client is being freed (see client_free). */
 COIL__HIDDEN void coil__sock_vreg_forget(coil_channel_t *c);
+/* udp.c, home worker: the stash of datagrams for the next receive. */
+COIL__HIDDEN void coil__sock_stash_push(struct coil__sock *s,
+					coil_datagram_t *dg);
+COIL__HIDDEN coil_datagram_t *coil__sock_stash_pop(struct coil__sock *s);
 /* udp.c: frees the stashed datagrams (socket free). */
 COIL__HIDDEN void coil__sock_stash_free(struct coil__sock *s);
 

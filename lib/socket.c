@@ -333,3 +333,48 @@ int coil_socketpair(coil_loop_t *loop, int domain, int type, coil_socket_t **a,
 	}
 	return 0;
 }
+
+/* ---- try_write (libuv uv_try_write) ---- */
+
+struct try_send {
+	const void *data;
+	size_t len;
+};
+
+static int try_send_on_fd(int fd, void *arg)
+{
+	struct try_send *t = arg;
+	ssize_t n = send(fd, t->data, t->len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (n < 0)
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	return (int)(n > INT32_MAX ? INT32_MAX : n);
+}
+
+/*
+ * Sends what fits in the socket buffer now, with no queueing: only when
+ * nothing is queued or in flight (so it never overtakes an earlier write),
+ * under the fd lock (so never on a reused descriptor).
+ */
+int64_t coil_socket_try_write(coil_socket_t *s, const void *data, size_t len)
+{
+	if (!s || (!data && len))
+		return -EINVAL;
+	if (!S(s))
+		return -ENOTSOCK;
+	if (s->flt)
+		return -EOPNOTSUPP; /* a stream filter (TLS) must see every byte */
+	if (!len)
+		return 0;
+	if (atomic_load(&S(s)->connecting) || atomic_load(&s->wq_used))
+		return -EAGAIN;
+	if (atomic_load(&s->close_req))
+		return -EBADF;
+	if (len > INT32_MAX)
+		len = INT32_MAX;
+	struct try_send t = {data, len};
+	int rc = coil__channel_fd_call(s, try_send_on_fd, &t);
+	if (rc == -EBADF && !atomic_load(&S(s)->connected) &&
+	    atomic_load(&s->st) == COIL__CH_NEW)
+		return -ENOTCONN;
+	return rc;
+}

@@ -84,7 +84,7 @@ void coil__sock_stash_free(struct coil__sock *s)
 	s->stash_tail = &s->stash_head;
 }
 
-static void stash_push(struct coil__sock *s, coil_datagram_t *dg)
+void coil__sock_stash_push(struct coil__sock *s, coil_datagram_t *dg)
 {
 	struct coil__dg_stash *st = coil__malloc(sizeof(*st));
 	if (!st) {
@@ -97,7 +97,7 @@ static void stash_push(struct coil__sock *s, coil_datagram_t *dg)
 	s->stash_tail = &st->next;
 }
 
-static coil_datagram_t *stash_pop(struct coil__sock *s)
+coil_datagram_t *coil__sock_stash_pop(struct coil__sock *s)
 {
 	struct coil__dg_stash *st = s->stash_head;
 	if (!st)
@@ -145,7 +145,7 @@ static void dgram_complete(coil__op *op, int res, unsigned flags)
 		coil__mem_defined(d->msg.msg_name, d->msg.msg_namelen);
 		if (coil_ip_state(d->ip) != COIL_IP_PENDING ||
 		    coil_ip_finish_ptr(d->ip, d->dg, coil_free))
-			stash_push(S(d->s), d->dg);
+			coil__sock_stash_push(S(d->s), d->dg);
 	}
 	dgram_free(d);
 }
@@ -174,7 +174,7 @@ static void dgram_start(coil__task *t)
 		return;
 	}
 	if (!d->send) {
-		coil_datagram_t *dg = stash_pop(S(s));
+		coil_datagram_t *dg = coil__sock_stash_pop(S(s));
 		if (dg) {
 			size_t max = d->iov.iov_len;
 			if (dg->len > max)

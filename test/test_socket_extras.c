@@ -461,9 +461,127 @@ static void test_reverse_lookup(void)
 	T_ASSERT_OK(coil_loop_free(loop));
 }
 
+/* uv_try_write: sends what fits now; -EAGAIN while writes are queued (it
+ * never overtakes them) or the buffer is full; -ENOTCONN before connect. */
+static void test_try_write(void)
+{
+	coil_loop_t *loop = t_loop(1);
+	coil_socket_t *fresh = NULL;
+	T_ASSERT_OK(coil_socket_new(loop, &fresh));
+	CU_ASSERT_EQUAL(coil_socket_try_write(fresh, "x", 1), -ENOTCONN);
+	coil_channel_release(fresh);
+	coil_socket_t *a = NULL, *b = NULL;
+	T_ASSERT_OK(coil_socketpair(loop, AF_UNIX, SOCK_STREAM, &a, &b));
+	CU_ASSERT_EQUAL(coil_socket_try_write(a, "hello", 5), 5);
+	coil_ip_t *r = coil_channel_read_exact(b, 5);
+	T_ASSERT_OK(t_wait(r));
+	size_t n = 0;
+	const char *p = coil_ip_bytes(r, &n);
+	CU_ASSERT(n == 5 && memcmp(p, "hello", 5) == 0);
+	coil_ip_unref(r);
+	/* Fill the socket buffer: try_write then sends less, then nothing. */
+	int small = 4096;
+	setsockopt(coil_channel_fileno(a), SOL_SOCKET, SO_SNDBUF, &small,
+		   sizeof(small));
+	static char big[1 << 20];
+	int64_t sent = coil_socket_try_write(a, big, sizeof(big));
+	CU_ASSERT(sent > 0 && sent < (int64_t)sizeof(big));
+	int64_t again = 0;
+	for (int i = 0; i < 100 && again >= 0; i++)
+		again = coil_socket_try_write(a, big, sizeof(big));
+	CU_ASSERT_EQUAL(again, -EAGAIN);
+	/* A queued write makes it wait its turn. */
+	coil_ip_t *w = coil_channel_write(a, "q", 1);
+	CU_ASSERT_EQUAL(coil_socket_try_write(a, "z", 1), -EAGAIN);
+	coil_ip_abort(w);
+	coil_ip_unref(w);
+	coil_channel_release(a);
+	coil_channel_release(b);
+	T_ASSERT_OK(coil_loop_free(loop));
+}
+
+/* recvmmsg/sendmmsg style batches: 10 datagrams sent in one call arrive
+ * whole and in order in batches; a batch waits for its first datagram. */
+static void test_udp_batches(void)
+{
+	coil_loop_t *loop = t_loop(2);
+	coil_socket_t *rx = NULL, *tx = NULL;
+	T_ASSERT_OK(coil_socket_new_dgram(loop, AF_INET, &rx));
+	T_ASSERT_OK(coil_socket_new_dgram(loop, AF_INET, &tx));
+	T_ASSERT_OK(coil_socket_bind(rx, "127.0.0.1:0", 0));
+	struct sockaddr_in to = {.sin_family = AF_INET,
+				 .sin_port = htons(local_port(rx)),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	coil_ip_t *r = coil_socket_recvfrom_many(rx, 4, 64);
+	CU_ASSERT_EQUAL(coil_ip_wait(r, 50), -ETIMEDOUT); /* waits */
+	char text[10][8];
+	coil_dgram_out_t out[10];
+	for (int i = 0; i < 10; i++) {
+		int len = snprintf(text[i], sizeof(text[i]), "d%d", i);
+		out[i] = (coil_dgram_out_t){text[i], (size_t)len,
+					    (struct sockaddr *)&to, sizeof(to)};
+	}
+	coil_ip_t *s = coil_socket_sendto_many(tx, out, 10);
+	T_ASSERT_OK(t_wait(s));
+	T_ASSERT_OK(coil_ip_error(s));
+	CU_ASSERT_EQUAL(coil_ip_int(s), 10);
+	coil_ip_unref(s);
+	int next = 0;
+	while (next < 10) {
+		if (!r)
+			r = coil_socket_recvfrom_many(rx, 4, 64);
+		T_ASSERT_OK(t_wait(r));
+		T_ASSERT_OK(coil_ip_error(r));
+		coil_datagrams_t *d = coil_ip_ptr(r);
+		CU_ASSERT_FATAL(d && d->count >= 1 && d->count <= 4);
+		for (size_t i = 0; i < d->count; i++, next++) {
+			char want[8];
+			int len = snprintf(want, sizeof(want), "d%d", next);
+			CU_ASSERT_EQUAL(d->dg[i]->len, (size_t)len);
+			CU_ASSERT(memcmp(d->dg[i]->data, want, (size_t)len) == 0);
+			CU_ASSERT_EQUAL(ntohs(((struct sockaddr_in *)&d->dg[i]->from)->sin_port),
+					local_port(tx));
+		}
+		coil_ip_unref(r);
+		r = NULL;
+	}
+	CU_ASSERT_EQUAL(next, 10);
+	/* Non-blocking: nothing there. */
+	T_ASSERT_OK(coil_socket_set_blocking(rx, 0));
+	r = coil_socket_recvfrom_many(rx, 4, 64);
+	T_ASSERT_OK(t_wait(r));
+	CU_ASSERT_EQUAL(coil_ip_error(r), -EAGAIN);
+	coil_ip_unref(r);
+	/* Aborted while waiting: the next batch gets what comes later. */
+	T_ASSERT_OK(coil_socket_set_blocking(rx, 1));
+	r = coil_socket_recvfrom_many(rx, 4, 64);
+	CU_ASSERT_EQUAL(coil_ip_abort(r), 0);
+	T_ASSERT_OK(t_wait(r));
+	CU_ASSERT_EQUAL(coil_ip_error(r), -ECANCELED);
+	coil_ip_unref(r);
+	s = coil_socket_sendto_many(tx, out, 2);
+	T_ASSERT_OK(t_wait(s));
+	coil_ip_unref(s);
+	r = coil_socket_recvfrom_many(rx, 4, 64);
+	T_ASSERT_OK(t_wait(r));
+	T_ASSERT_OK(coil_ip_error(r));
+	coil_datagrams_t *d = coil_ip_ptr(r);
+	CU_ASSERT(d && d->count >= 1 && d->dg[0]->len == 2 &&
+		  memcmp(d->dg[0]->data, "d0", 2) == 0);
+	coil_ip_unref(r);
+	r = coil_socket_recvfrom_many(rx, 0, 64);
+	CU_ASSERT_EQUAL(coil_ip_error(r), -EINVAL);
+	coil_ip_unref(r);
+	coil_channel_release(rx);
+	coil_channel_release(tx);
+	T_ASSERT_OK(coil_loop_free(loop));
+}
+
 static const coil_test_t tests[] = {
+	{"pass_descriptors", test_pass_descriptors}, /* forks: first */
+	{"try_write", test_try_write},
+	{"udp_batches", test_udp_batches},
 	{"reverse_lookup", test_reverse_lookup},
-	{"pass_descriptors", test_pass_descriptors},
 	{"recv_fds_abort_and_close", test_recv_fds_abort_and_close},
 	{"nonblocking_accept_recvfrom", test_nonblocking_accept_recvfrom},
 	{"nonblocking_connect", test_nonblocking_connect},
