@@ -5,6 +5,7 @@
 
 #include <limits.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,7 +51,7 @@
  */
 
 /* Owner of an embedded then/adopt node. */
-#define LINK_OWNER(n) coil__container_of((n), coil_ip_t, link)
+#define LINK_OWNER(n) (&coil__container_of((n), struct chain_ip, link)->ip)
 
 enum cb_kind { CB_THEN, CB_ADOPT, CB_DONE, CB_INTERNAL };
 /* Who made a handle: decides what abort does without a hook. */
@@ -105,13 +106,28 @@ struct coil_ip_s {
 	coil_ip_t *ready_next; /* ready queue; also the free worklist */
 	_Atomic(coil_abort_cb) abort_hook;
 	void *abort_arg;
-	/* Chained handles: what this one waits on now (an observer reference,
-	 * set and cleared on the home worker only), and the node that sits on
-	 * that handle's callback list. */
-	coil_ip_t *upstream;
-	cbnode link;
 	coil__task publish_task;
 };
+
+/* A chained handle (kind IP_CHAIN): what it waits on now (an observer
+ * reference, set and cleared on the home worker only), and the node that
+ * sits on that handle's callback list. Other handles do without. */
+struct chain_ip {
+	coil_ip_t ip;
+	coil_ip_t *upstream;
+	cbnode link;
+};
+
+static inline struct chain_ip *CH(coil_ip_t *ip)
+{
+	return coil__container_of(ip, struct chain_ip, ip);
+}
+
+/* What ip waits on (a chain link), or NULL. */
+static inline coil_ip_t *upstream_of(coil_ip_t *ip)
+{
+	return ip->kind == IP_CHAIN ? CH(ip)->upstream : NULL;
+}
 
 /* ---- the unobserved-failure handler: one lock, held while it runs, so
  * that once coil_set_unobserved_handler() returns the old handler neither
@@ -201,7 +217,8 @@ static inline const coil_ip_t *vsrc(const coil_ip_t *ip)
 
 static coil_ip_t *ip_alloc(coil__worker *w, int kind, uint64_t refs)
 {
-	coil_ip_t *ip = coil__calloc(1, sizeof(*ip));
+	coil_ip_t *ip = coil__calloc(1, kind == IP_CHAIN ? sizeof(struct chain_ip)
+						       : sizeof(*ip));
 	if (!ip)
 		return NULL;
 	atomic_init(&ip->refs, refs);
@@ -325,8 +342,9 @@ static void ip_free_one(coil_ip_t *ip)
 	if (ip->free_fn && ip->ptr)
 		ip->free_fn(ip->ptr);
 	coil_ip_unref(ip->alias);
-	if (ip->upstream)
-		obs_unref(ip->upstream);
+	coil_ip_t *up = upstream_of(ip);
+	if (up)
+		obs_unref(up);
 	coil__free(ip->msg);
 	coil__free(ip);
 }
@@ -355,17 +373,55 @@ static void futex_wake_all(_Atomic int *addr)
 }
 
 /*
- * Stores the final state and wakes blocked waiters. The store and the load
- * of the waiter count are both sequentially consistent, as are the waiter's
- * increment and its load of the state in coil_ip_wait (the store-buffering
- * pattern): either the waiter sees the state, or this sees the waiter and
- * wakes it; never neither.
+ * Publishing the state against coil_ip_wait is the store-buffering pattern:
+ * the settler stores the state then loads the waiter count; a waiter
+ * increments the count then loads the state. Without a full fence on both
+ * sides each may miss the other's store (the settler sees no waiter, the
+ * waiter sees PENDING and sleeps: a lost wake-up). The fence is asymmetric:
+ * the settle path, hot on every worker, only has a compiler barrier, and the
+ * waiter, which is about to block anyway, issues membarrier(2), which makes
+ * every running thread of the process execute a full barrier. So either the
+ * settler's load comes after that barrier and sees the new waiter, or its
+ * store came before it and the waiter sees the state. Where membarrier is
+ * not available (old kernel, seccomp, valgrind) settlers use a sequentially
+ * consistent store instead, and waiters that started before that switch
+ * re-check the state every millisecond.
  */
+enum { SB_UNKNOWN, SB_MEMBARRIER, SB_FENCE };
+static _Atomic int sb_mode = SB_UNKNOWN;
+static pthread_once_t sb_once = PTHREAD_ONCE_INIT;
+
+static void sb_init(void)
+{
+	int ok = syscall(SYS_membarrier,
+			 MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+	atomic_store(&sb_mode, ok ? SB_MEMBARRIER : SB_FENCE);
+}
+
 static void store_state(coil_ip_t *ip, int state)
 {
-	atomic_store_explicit(&ip->state, state, memory_order_seq_cst);
+	if (coil__likely(atomic_load_explicit(&sb_mode, memory_order_relaxed) !=
+			 SB_FENCE)) {
+		atomic_store_explicit(&ip->state, state, memory_order_release);
+		atomic_signal_fence(memory_order_seq_cst);
+	} else {
+		atomic_store_explicit(&ip->state, state, memory_order_seq_cst);
+	}
 	if (atomic_load_explicit(&ip->waiters, memory_order_seq_cst))
 		futex_wake_all(&ip->state);
+}
+
+/* The waiter's half (after the waiter count went up): false when the
+ * waiter must poll because the barrier could not be had. */
+static bool sb_waiter_fence(void)
+{
+	pthread_once(&sb_once, sb_init);
+	if (atomic_load(&sb_mode) == SB_MEMBARRIER &&
+	    syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+		return true;
+	atomic_store(&sb_mode, SB_FENCE);
+	atomic_thread_fence(memory_order_seq_cst);
+	return false;
 }
 
 static void ready_push(coil__worker *w, coil_ip_t *ip)
@@ -384,9 +440,9 @@ static void ready_push(coil__worker *w, coil_ip_t *ip)
  * waited on and queue the callbacks. */
 static void publish_local(coil_ip_t *ip)
 {
-	coil_ip_t *up = ip->upstream;
+	coil_ip_t *up = upstream_of(ip);
 	if (up) {
-		ip->upstream = NULL;
+		CH(ip)->upstream = NULL;
 		obs_unref(up);
 	}
 	if (ip->cbs && !ip->in_ready)
@@ -804,6 +860,18 @@ static void attach_task_run(coil__task *t)
 	coil_ip_unref(src);
 }
 
+/* Attaches n to ip without consuming a reference (the caller holds one). */
+static void attach_borrowed(coil_ip_t *ip, cbnode *n)
+{
+	if (coil__on_worker(ip->home)) {
+		attach_local(ip, n);
+		return;
+	}
+	n->src = coil_ip_ref(ip);
+	n->task.run = attach_task_run;
+	coil__post(ip->home, &n->task);
+}
+
 /* Attaches n to ip; consumes one strong reference to ip. */
 static void attach_consume(coil_ip_t *ip, cbnode *n)
 {
@@ -834,7 +902,7 @@ static int on_internal(coil_ip_t *ip, void (*fn)(coil_ip_t *, void *),
 		return -ENOMEM;
 	n->u.internal.fn = fn;
 	n->u.internal.arg = arg;
-	attach_consume(coil_ip_ref(ip), n);
+	attach_borrowed(ip, n);
 	return 0;
 }
 
@@ -849,7 +917,7 @@ static void move_adopters(coil_ip_t *c, coil_ip_t *r)
 	while (*pp) {
 		cbnode *m = *pp;
 		coil_ip_t *d = m->kind == CB_ADOPT ? LINK_OWNER(m) : NULL;
-		if (!d || d->home != c->home || d->upstream != c) {
+		if (!d || d->home != c->home || CH(d)->upstream != c) {
 			pp = &m->next;
 			continue;
 		}
@@ -857,7 +925,7 @@ static void move_adopters(coil_ip_t *c, coil_ip_t *r)
 		if (!*pp)
 			c->cbs_tail = pp;
 		obs_ref(r);
-		d->upstream = r;
+		CH(d)->upstream = r;
 		obs_unref(c);
 		cbs_append(r, m);
 	}
@@ -870,7 +938,7 @@ static void move_adopters(coil_ip_t *c, coil_ip_t *r)
  */
 static void adopt(coil_ip_t *c, coil_ip_t *r)
 {
-	cbnode *n = &c->link;
+	cbnode *n = &CH(c)->link;
 	if (is_claimed(c)) {
 		/* The chain was aborted while its callback ran: what the
 		 * callback started is not wanted any more. */
@@ -885,7 +953,7 @@ static void adopt(coil_ip_t *c, coil_ip_t *r)
 		coil_ip_unref(c);
 		return;
 	}
-	coil_ip_t *old = c->upstream;
+	coil_ip_t *old = CH(c)->upstream;
 	if (r->home == c->home) {
 		move_adopters(c, r);
 		if (!c->cbs &&
@@ -900,7 +968,7 @@ static void adopt(coil_ip_t *c, coil_ip_t *r)
 		}
 	}
 	obs_ref(r);
-	c->upstream = r;
+	CH(c)->upstream = r;
 	if (old)
 		obs_unref(old);
 	n->kind = CB_ADOPT;
@@ -919,13 +987,13 @@ coil_ip_t *coil_ip_then(coil_ip_t *ip, coil_then_cb on_ok, coil_then_cb on_err,
 		coil_ip_unref(ip);
 		return NULL;
 	}
-	cbnode *n = &c->link;
+	cbnode *n = &CH(c)->link;
 	n->kind = CB_THEN;
 	n->u.then.ok = on_ok;
 	n->u.then.err = on_err;
 	n->u.then.ud = ud;
 	obs_ref(ip);
-	c->upstream = ip;
+	CH(c)->upstream = ip;
 	attach_consume(ip, n);
 	return c;
 }
@@ -976,7 +1044,7 @@ int coil_ip_on_done(coil_ip_t *ip, coil_done_cb cb, void *ud)
 	atomic_store(&ip->observed, true);
 	n->u.done.cb = cb;
 	n->u.done.ud = ud;
-	attach_consume(coil_ip_ref(ip), n);
+	attach_borrowed(ip, n);
 	return 0;
 }
 
@@ -1079,18 +1147,18 @@ static int abort_local(coil_ip_t *ip)
 {
 	if (is_claimed(ip))
 		return -EALREADY;
-	if (!ip->upstream ||
+	if (!upstream_of(ip) ||
 	    atomic_load_explicit(&ip->abort_hook, memory_order_acquire))
 		return abort_one(ip);
 	coil_ip_t *x = ip;
 	for (;;) {
-		coil_ip_t *up = x->upstream;
-		if (up->home != ip->home || is_claimed(up) || !up->upstream ||
+		coil_ip_t *up = upstream_of(x);
+		if (up->home != ip->home || is_claimed(up) || !upstream_of(up) ||
 		    atomic_load_explicit(&up->abort_hook, memory_order_acquire))
 			break;
 		x = up;
 	}
-	coil_ip_t *target = x->upstream;
+	coil_ip_t *target = upstream_of(x);
 	int rc = 0;
 	if (!is_claimed(target))
 		rc = target->home == ip->home ? abort_one(target)
@@ -1101,7 +1169,7 @@ static int abort_local(coil_ip_t *ip)
 		return rc;
 	coil_ip_t *y = ip;
 	for (;;) {
-		coil_ip_t *next = y == x ? NULL : coil_ip_ref(y->upstream);
+		coil_ip_t *next = y == x ? NULL : coil_ip_ref(upstream_of(y));
 		fail_cancelled(y);
 		if (y != ip)
 			coil_ip_unref(y);
@@ -1509,9 +1577,9 @@ int coil_ip_wait(coil_ip_t *ip, int timeout_ms)
 			deadline.tv_nsec -= 1000000000;
 		}
 	}
-	/* Sequentially consistent increment and state loads: pairs with
-	 * store_state (see there). */
+	/* The waiter's half of the store-buffering fence (see store_state). */
 	atomic_fetch_add_explicit(&ip->waiters, 1, memory_order_seq_cst);
+	bool poll = !sb_waiter_fence();
 	int rc = 0;
 	while (atomic_load_explicit(&ip->state, memory_order_seq_cst) ==
 	       COIL_IP_PENDING) {
@@ -1531,6 +1599,11 @@ int coil_ip_wait(coil_ip_t *ip, int timeout_ms)
 			}
 			relp = &rel;
 		}
+		/* Without the barrier a settle may not see this waiter: look
+		 * again every millisecond. */
+		struct timespec ms1 = {.tv_nsec = 1000000};
+		if (poll && (!relp || rel.tv_sec > 0 || rel.tv_nsec > 1000000))
+			relp = &ms1;
 		/* Sleeps only while the state word still says PENDING. */
 		syscall(SYS_futex, (int *)&ip->state, FUTEX_WAIT_PRIVATE,
 			COIL_IP_PENDING, relp, NULL, 0);
