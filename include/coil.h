@@ -44,6 +44,18 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------ */
+/* Version of the library at run time                                       */
+/* ------------------------------------------------------------------------ */
+
+/* The version of the libcoil the program runs with, as "MAJOR.MINOR.PATCH"
+ * (COIL_VERSION_STRING is the one it was compiled against). Static string,
+ * never NULL. Any thread. */
+COIL_EXTERN const char *coil_version(void);
+/* The same as a number, (MAJOR << 16) | (MINOR << 8) | PATCH, to compare
+ * with COIL_VERSION_HEX. Any thread. */
+COIL_EXTERN unsigned coil_version_number(void);
+
+/* ------------------------------------------------------------------------ */
 /* Errors and memory                                                        */
 /* ------------------------------------------------------------------------ */
 
@@ -71,11 +83,20 @@ COIL_EXTERN void coil_free(void *p);
 
 typedef struct coil_loop_s coil_loop_t;
 
-/* Flags for coil_loop_opts_t.flags (mostly for tests of the fallbacks). */
+/* Flags for coil_loop_opts_t.flags: each turns off an optional kernel
+ * feature, for tests of the fallbacks and for comparisons. */
 #define COIL_LOOP_NO_DEFER_TASKRUN 0x1u /* do not try DEFER_TASKRUN */
 #define COIL_LOOP_NO_COOP_TASKRUN 0x2u  /* do not try COOP_TASKRUN */
+#define COIL_LOOP_NO_READ_MULTISHOT 0x4u /* single reads for pipes/ttys */
+#define COIL_LOOP_NO_REGISTERED_RING 0x8u /* do not register the ring fd */
 
+/* Loop options. The struct may grow at its end in later versions: always
+ * fill it with coil_loop_opts_init(), which sets size, then change fields.
+ * coil_loop_new() reads only the first `size` bytes (so a program built
+ * against an older, smaller struct still works) and refuses a larger size
+ * whose unknown trailing bytes are not zero. */
 typedef struct coil_loop_opts_s {
+	size_t size;         /* sizeof(coil_loop_opts_t), set by opts_init */
 	unsigned workers;    /* worker threads; 0 = online CPUs */
 	unsigned sq_entries; /* SQ size per ring; 0 = 256 */
 	unsigned cq_entries; /* CQ size per ring; 0 = 16 * sq_entries */
@@ -84,14 +105,25 @@ typedef struct coil_loop_opts_s {
 	unsigned flags;      /* COIL_LOOP_* */
 } coil_loop_opts_t;
 
-/* Fills *opts with the defaults (all zero). Any thread. */
+/* Fills *opts with the defaults (all zero) and sets opts->size. Any
+ * thread. */
 COIL_EXTERN void coil_loop_opts_init(coil_loop_opts_t *opts);
 
 /* Creates a loop and starts its worker threads. opts may be NULL.
- * Returns 0 and sets *out, or: -EINVAL (bad option), -ENOMEM, -ENOSYS /
- * -EPERM (io_uring unavailable: old kernel, seccomp, io_uring_disabled),
- * or the error of io_uring_queue_init / pthread_create. Any thread. */
+ * Returns 0 and sets *out, or: -EINVAL (bad option, or opts->size not set
+ * by coil_loop_opts_init), -E2BIG (opts from a newer coil with non-zero
+ * fields this one does not know), -ENOMEM, -ENOSYS (io_uring absent, or the
+ * kernel lacks a feature coil needs: multishot recv/accept, provided buffer
+ * rings, an opcode), -EPERM (seccomp, io_uring_disabled), or the error of
+ * io_uring_queue_init / pthread_create. On failure coil_loop_last_error()
+ * says why. Any thread. */
 COIL_EXTERN int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts);
+
+/* Text describing why the calling thread's last failed coil_loop_new()
+ * failed (naming a missing kernel feature or the bad option), or "" after a
+ * success. Thread-local storage owned by coil: valid until the thread's next
+ * coil_loop_new(); never NULL. Any thread. */
+COIL_EXTERN const char *coil_loop_last_error(void);
 
 /* Stops the loop: every channel, socket, monitor and timer still open is
  * closed immediately (pending InProgress handles fail with -ECANCELED or
@@ -382,6 +414,13 @@ COIL_EXTERN int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other);
  * a foreign thread, signal callbacks already running on the home worker may
  * still be finishing when this returns. Any thread. */
 COIL_EXTERN void coil_channel_release(coil_channel_t *ch);
+/* One more user reference to ch (returns ch), for a thread that keeps the
+ * channel while another may release it: each reference is dropped with its
+ * own coil_channel_release(), and only the last one releases the channel as
+ * described above. The caller must already hold a reference (its own or one
+ * passed to it). Invalid after coil_loop_free(), like every channel handle.
+ * Any thread. */
+COIL_EXTERN coil_channel_t *coil_channel_ref(coil_channel_t *ch);
 
 /* Reads. Each returns a new InProgress (NULL on -ENOMEM). At end of stream
  * and after close (kaa), reads finish with what is buffered, then 0 bytes;
@@ -439,8 +478,10 @@ COIL_EXTERN coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data,
 /* Zero-copy echo/relay: called inside a read-signal callback with bytes of
  * the chunk being shown (data within the callback's view), the bytes are
  * sent straight from the worker's receive buffer, which stays with the
- * write until they are sent. A worker lends at most half its buffers this
- * way; otherwise, and when called anywhere else, the bytes are copied as by
+ * write until they are sent. ch may be the channel being read (echo) or
+ * another channel with the same home worker (relay). A worker lends at most
+ * half its buffers this way; otherwise (other worker, bytes not from the
+ * shown chunk, called anywhere else) the bytes are copied as by
  * coil_channel_write. Same results and errors as coil_channel_write. */
 COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
 					       const void *data, size_t len);
@@ -451,6 +492,50 @@ COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
  * in-flight ring operations are cancelled, and the closed signal fires once
  * with expected = 1. A second close is a no-op (0). Any thread. */
 COIL_EXTERN int coil_channel_close(coil_channel_t *ch, int immediate);
+
+/* Linger, the drain deadline of a graceful close (nginx send_timeout): a
+ * channel closing with writes queued that makes no write progress for `ms`
+ * milliseconds (counted from the close, then from each send that moved
+ * bytes) closes at once; its unsent writes fail with -ETIMEDOUT (the first)
+ * and -EBADF. ms == 0: a graceful close is immediate. Default
+ * COIL_CHANNEL_LINGER_DEFAULT_MS (30 s). Read when the close begins and at
+ * each expiry. Returns 0 or -EINVAL. Any thread. */
+#define COIL_CHANNEL_LINGER_DEFAULT_MS 30000u
+COIL_EXTERN int coil_channel_set_linger(coil_channel_t *ch, unsigned ms);
+COIL_EXTERN unsigned coil_channel_linger(const coil_channel_t *ch);
+
+/* Drained signal (libuv/node "drain"): cb(ch, ud) runs on the home worker
+ * when write_queue_used falls to the low-water mark or below after a write
+ * took it above the mark, or after a write was refused with -ENOBUFS (retry
+ * then). Not while the channel closes. NULL disconnects. The mark defaults
+ * to queue_size / 4; coil_channel_set_low_water sets it (bytes; SIZE_MAX is
+ * -EINVAL). Returns 0, -EINVAL or -ENOMEM. Any thread. */
+typedef void (*coil_drain_cb)(coil_channel_t *ch, void *ud);
+COIL_EXTERN int coil_channel_on_drain(coil_channel_t *ch, coil_drain_cb cb,
+				      void *ud);
+COIL_EXTERN int coil_channel_set_low_water(coil_channel_t *ch, size_t n);
+COIL_EXTERN size_t coil_channel_low_water(const coil_channel_t *ch);
+
+/*
+ * Relay: every byte src reads is written to dst, in order, until src's
+ * stream ends. src's reading pauses while dst's write queue is at half its
+ * queue_size or more and resumes once it drained to dst's low-water mark, so
+ * a slow reader behind dst holds at most dst's queue (no -ENOBUFS, no byte
+ * lost). When both share a home worker the bytes go from src's receive
+ * buffer to dst's send without a copy (coil_channel_write_view rules).
+ * Uses src's read signal (-EBUSY if one is connected); dst may receive
+ * other writes meanwhile (interleaved at chunk boundaries); one relay per
+ * dst at a time (-EBUSY). The handle (home: src's worker) finishes with the
+ * bytes dst handed to the kernel once src reached end of stream (or was
+ * closed) and every relayed write completed; fails with the first write
+ * error, -EPIPE when dst closed first, src's read error, or -ECANCELED when
+ * aborted (the relay stops; bytes src already read and did not relay stay
+ * in src's read queue). Neither channel is closed by the relay. Both ways:
+ * two relays, e.g. coil_ip_all() of coil_channel_relay(a, b) and
+ * coil_channel_relay(b, a). NULL on -ENOMEM. Any thread.
+ */
+COIL_EXTERN coil_ip_t *coil_channel_relay(coil_channel_t *src,
+					  coil_channel_t *dst);
 
 /* Signals. Connect with a callback, disconnect with NULL. The data passed to
  * read/readline callbacks is a view valid only during the call. read sees
@@ -701,6 +786,144 @@ COIL_EXTERN int coil_socket_listening(const coil_socket_t *s);
 COIL_EXTERN int coil_socket_local(const coil_socket_t *s,
 				  coil_sockinfo_t *out);
 COIL_EXTERN int coil_socket_peer(const coil_socket_t *s, coil_sockinfo_t *out);
+
+/* ------------------------------------------------------------------------ */
+/* TLS: starttls over a socket channel (kaa's TLS socket), OpenSSL 3        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * After a successful starttls every channel call keeps its meaning over the
+ * encrypted stream: reads and the read/readline signals see plaintext,
+ * writes take plaintext (queue_size and -ENOBUFS count plaintext bytes; a
+ * write finishes once the records carrying its last byte went to the
+ * kernel), close(0) sends close_notify after the queued writes, close(1)
+ * closes without it. The peer's close_notify is the end of stream; a
+ * stream that ends without one (truncation) is a read error: -EPROTO.
+ * A fatal TLS error (bad record, alert) ends the stream with -EPROTO and
+ * OpenSSL's reason as the reads' message, and closes the channel. TLS 1.2
+ * renegotiation is refused. Built with TLS=0 (no OpenSSL), every function
+ * here fails with -ENOTSUP (coil_tls_available() says which).
+ */
+typedef struct coil_tls_ctx_s coil_tls_ctx_t;
+
+#define COIL_TLS_CLIENT 0
+#define COIL_TLS_SERVER 1
+
+#define COIL_TLS_VERIFY_NONE 0    /* no certificate check */
+#define COIL_TLS_VERIFY_PEER 1    /* client default; server: ask, check */
+#define COIL_TLS_VERIFY_REQUIRE 2 /* server: a client certificate is needed */
+
+#define COIL_TLS_1_2 0x0303
+#define COIL_TLS_1_3 0x0304
+
+/* 1 when coil was built with OpenSSL, else 0. Any thread. */
+COIL_EXTERN int coil_tls_available(void);
+
+/* A context: certificates, CA store, verification, ALPN, versions, session
+ * resumption, shared by any number of connections on any workers. role is
+ * COIL_TLS_CLIENT (verifies the server against the system CA store unless
+ * coil_tls_ctx_set_ca* says otherwise; resumes sessions per host name) or
+ * COIL_TLS_SERVER. Defaults: TLS 1.2 minimum, handshake timeout 10 s,
+ * session resumption on. Returns 0 and *out (one reference), -EINVAL,
+ * -ENOMEM, -ENOTSUP (TLS=0). The setters below may be called only until
+ * the context is first used by starttls (-EBUSY after: it is then
+ * read-only and safe from every thread); they are not thread-safe among
+ * themselves. On failure coil_tls_ctx_error() has OpenSSL's reason. */
+COIL_EXTERN int coil_tls_ctx_new(int role, coil_tls_ctx_t **out);
+/* Adds a reference (returns c) / drops one; connections hold their own,
+ * so a context may be freed while they run. NULL is ignored. Any thread. */
+COIL_EXTERN coil_tls_ctx_t *coil_tls_ctx_ref(coil_tls_ctx_t *c);
+COIL_EXTERN void coil_tls_ctx_free(coil_tls_ctx_t *c);
+/* Why the last setter failed ("" if it did not). Valid until the next
+ * setter call on c. */
+COIL_EXTERN const char *coil_tls_ctx_error(const coil_tls_ctx_t *c);
+/* Certificate chain (PEM: leaf first, then intermediates) and private key,
+ * from files or from memory (copied). -EINVAL with the reason (unreadable,
+ * malformed, key does not match). */
+COIL_EXTERN int coil_tls_ctx_use_cert_file(coil_tls_ctx_t *c,
+					   const char *chain_file,
+					   const char *key_file);
+COIL_EXTERN int coil_tls_ctx_use_cert_mem(coil_tls_ctx_t *c, const void *chain,
+					  size_t chain_len, const void *key,
+					  size_t key_len);
+/* Trusted CAs: a PEM file and/or a hashed directory; both NULL = the
+ * system's default store. _mem: PEM certificates in memory (copied). */
+COIL_EXTERN int coil_tls_ctx_set_ca(coil_tls_ctx_t *c, const char *file,
+				    const char *dir);
+COIL_EXTERN int coil_tls_ctx_set_ca_mem(coil_tls_ctx_t *c, const void *pem,
+					size_t len);
+/* COIL_TLS_VERIFY_*. -EINVAL for another value. */
+COIL_EXTERN int coil_tls_ctx_set_verify(coil_tls_ctx_t *c, int mode);
+/* ALPN: a client offers protos in this order; a server picks the first of
+ * its list the client offered (none in common: no ALPN, not an error).
+ * Names of 1..255 bytes, copied; n == 0 clears. */
+COIL_EXTERN int coil_tls_ctx_set_alpn(coil_tls_ctx_t *c,
+				      const char *const *protos, size_t n);
+/* Protocol versions: COIL_TLS_1_2 or COIL_TLS_1_3, 0 = no bound (the
+ * minimum is never below TLS 1.2). */
+COIL_EXTERN int coil_tls_ctx_set_versions(coil_tls_ctx_t *c, int min, int max);
+/* OpenSSL cipher strings for TLS 1.2 and TLS 1.3 (NULL keeps one). */
+COIL_EXTERN int coil_tls_ctx_set_ciphers(coil_tls_ctx_t *c, const char *tls12,
+					 const char *tls13);
+/* Session resumption (server: session cache and tickets; client: the last
+ * session per host name is offered again). Default on. */
+COIL_EXTERN int coil_tls_ctx_set_session_resumption(coil_tls_ctx_t *c, int on);
+/* Handshakes started with c fail with -ETIMEDOUT (and close the channel)
+ * after ms; 0 = no limit. Default 10000. */
+COIL_EXTERN int coil_tls_ctx_set_handshake_timeout(coil_tls_ctx_t *c,
+						   unsigned ms);
+/* Server: cb(name, ud) runs during each handshake (on the connection's home
+ * worker; name is the client's SNI or NULL) and returns the server context
+ * to continue with (its certificate, ALPN list), or NULL to keep c. The
+ * returned context must stay alive while cb may return it; the connection
+ * takes its own reference. -EINVAL on a client context. */
+typedef coil_tls_ctx_t *(*coil_tls_sni_cb)(const char *name, void *ud);
+COIL_EXTERN int coil_tls_ctx_set_sni_cb(coil_tls_ctx_t *c, coil_tls_sni_cb cb,
+					void *ud);
+
+/* Starts TLS on a connected socket (or any open read-write stream
+ * channel): the handshake runs on the channel's home worker and the handle
+ * finishes with 0 once it is done (coil_tls_info is then valid). host (may
+ * be NULL: no name check) is sent as SNI and verified against the
+ * certificate (an IP literal is checked as an address). Fails with:
+ * -EINVAL (no context, wrong role, bad host name), -ENOTCONN (not open),
+ * -EBUSY (plaintext writes still queued: wait for them), -EALREADY (TLS
+ * already), -EKEYREJECTED (certificate verification failed; the message
+ * says why: "Hostname mismatch", "certificate has expired"...), -EPROTO
+ * (handshake failure: OpenSSL's reason, the peer's alert), -ECONNRESET
+ * (the peer closed), -ETIMEDOUT (the context's handshake timeout),
+ * -ECANCELED (aborted). Any failure after the call was accepted closes the
+ * channel. Bytes already read ahead are taken as the first TLS records.
+ * Any thread. NULL only on -ENOMEM. */
+COIL_EXTERN coil_ip_t *coil_socket_starttls_client(coil_socket_t *s,
+						   coil_tls_ctx_t *c,
+						   const char *host);
+COIL_EXTERN coil_ip_t *coil_socket_starttls_server(coil_socket_t *s,
+						   coil_tls_ctx_t *c);
+
+/* What a finished handshake negotiated (a copy). */
+typedef struct coil_tls_info_s {
+	char version[16];        /* "TLSv1.2", "TLSv1.3" */
+	char cipher[64];         /* OpenSSL's name of the cipher suite */
+	char alpn[256];          /* the ALPN protocol, "" if none */
+	char server_name[256];   /* the SNI name (client: the one sent) */
+	char peer_subject[512];  /* "/CN=..." of the peer certificate, or "" */
+	int session_reused;      /* 1 if the session was resumed */
+	int server;              /* 1 on the server side */
+} coil_tls_info_t;
+/* 0 and *out, -ENOTCONN (no TLS on ch, or the handshake is not done),
+ * -EINVAL, -ENOTSUP. Any thread once the starttls handle has finished. */
+COIL_EXTERN int coil_tls_info(const coil_channel_t *ch, coil_tls_info_t *out);
+
+/* A TLS listener: like coil_socket_on_new_client, but each accepted client
+ * first completes a server handshake with c; cb receives only handshaken
+ * clients (it owns them). Clients whose handshake fails or times out are
+ * closed and never shown. cb == NULL disconnects. Returns 0, -EINVAL
+ * (client context), -EDEADLK (called on another worker than the
+ * listener's), -ENOMEM. Any non-worker thread or the listener's worker. */
+COIL_EXTERN int coil_socket_on_new_tls_client(coil_socket_t *listener,
+					      coil_tls_ctx_t *c,
+					      coil_new_client_cb cb, void *ud);
 
 #ifdef __cplusplus
 }

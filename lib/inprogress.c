@@ -434,6 +434,7 @@ static void ready_push(coil__worker *w, coil_ip_t *ip)
 	else
 		w->ready_head = ip;
 	w->ready_tail = ip;
+	w->run_ready = coil__ip_run_ready;
 }
 
 /* Home worker only: the outcome is final; drop the link to what the handle
