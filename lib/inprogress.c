@@ -78,6 +78,8 @@ typedef struct cbnode {
 		struct {
 			void (*fn)(coil_ip_t *src, void *arg);
 			void *arg;
+			/* Runs instead when fn never will (its loop is gone). */
+			void (*drop)(void *arg);
 		} internal;
 	} u;
 } cbnode;
@@ -265,6 +267,7 @@ static inline void obs_ref(coil_ip_t *ip)
 
 static void ip_free(coil_ip_t *ip);
 static void broken(coil_ip_t *ip);
+static void cbnode_release(cbnode *n);
 static int fail_owned(coil_ip_t *ip, int err, char *msg);
 
 static inline bool is_claimed(const coil_ip_t *ip)
@@ -307,14 +310,24 @@ static void obs_unref(coil_ip_t *ip)
  * observers see COIL_BROKEN. The caller keeps the handle alive. */
 static void broken(coil_ip_t *ip)
 {
-	if (!home_alive(ip->home))
+	if (!home_alive(ip->home)) {
+		/* Its loop is gone: the callbacks can never run. Release what
+		 * they hold (their chained handles hold observer references
+		 * to ip: ip is freed once those go). */
+		cbnode *n = ip->cbs;
+		ip->cbs = NULL;
+		ip->cbs_tail = &ip->cbs;
+		while (n) {
+			cbnode *next = n->next;
+			cbnode_release(n);
+			n = next;
+		}
 		return;
+	}
 	fail_owned(ip, COIL_BROKEN,
 		   coil__strdup("broken promise: the last reference to a "
 				"pending handle was dropped"));
 }
-
-static void cbnode_release(cbnode *n);
 
 /*
  * Frees a handle whose references are all gone. Freeing can release other
@@ -419,8 +432,9 @@ static bool sb_waiter_fence(void)
 	if (atomic_load(&sb_mode) == SB_MEMBARRIER &&
 	    syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
 		return true;
+	/* From now on settlers use seq_cst stores; this waiter polls, in
+	 * case a settle already went the cheap way. */
 	atomic_store(&sb_mode, SB_FENCE);
-	atomic_thread_fence(memory_order_seq_cst);
 	return false;
 }
 
@@ -694,10 +708,13 @@ const char *coil_ip_message(const coil_ip_t *ip)
  * back its reference to its owner, others are freed. */
 static void cbnode_release(cbnode *n)
 {
-	if (n->kind == CB_THEN || n->kind == CB_ADOPT)
+	if (n->kind == CB_THEN || n->kind == CB_ADOPT) {
 		coil_ip_unref(LINK_OWNER(n));
-	else
-		coil__free(n);
+		return;
+	}
+	if (n->kind == CB_INTERNAL && n->u.internal.drop)
+		n->u.internal.drop(n->u.internal.arg);
+	coil__free(n);
 }
 
 /*
@@ -896,13 +913,14 @@ static cbnode *cbnode_new(int kind)
 
 /* Internal observer used by timeout and the combinators. */
 static int on_internal(coil_ip_t *ip, void (*fn)(coil_ip_t *, void *),
-		       void *arg)
+		       void (*drop)(void *), void *arg)
 {
 	cbnode *n = cbnode_new(CB_INTERNAL);
 	if (!n)
 		return -ENOMEM;
 	n->u.internal.fn = fn;
 	n->u.internal.arg = arg;
+	n->u.internal.drop = drop;
 	attach_borrowed(ip, n);
 	return 0;
 }
@@ -1343,6 +1361,11 @@ static void watch_src_done(coil_ip_t *src, void *arg)
 	watch_put(wt);
 }
 
+static void watch_drop(void *arg)
+{
+	watch_put(arg);
+}
+
 static void watch_start(void *arg)
 {
 	struct watch *wt = arg;
@@ -1352,7 +1375,7 @@ static void watch_start(void *arg)
 		coil__ip_fail_msg(wt->out, rc, "cannot arm timer");
 		wt->refs--;
 	}
-	if (on_internal(wt->src, watch_src_done, wt)) {
+	if (on_internal(wt->src, watch_src_done, watch_drop, wt)) {
 		coil__ip_fail_msg(wt->out, -ENOMEM, NULL);
 		coil__timer_cancel(&wt->timer);
 		watch_put(wt);
@@ -1476,6 +1499,31 @@ static int group_abort(coil_ip_t *out, void *arg)
 	return 0;
 }
 
+static void group_drop(void *arg)
+{
+	group_put(arg);
+}
+
+/* The member's loop is gone. If the combinator's is too, its own
+ * callbacks (the hook release among them) will never run either: release
+ * them, or the group and the combinator would hold each other. */
+static void member_drop(void *arg)
+{
+	struct group *g = ((struct member *)arg)->g;
+	coil_ip_t *out = g->out;
+	if (!is_claimed(out) && !home_alive(out->home)) {
+		cbnode *n = out->cbs;
+		out->cbs = NULL;
+		out->cbs_tail = &out->cbs;
+		while (n) {
+			cbnode *next = n->next;
+			cbnode_release(n);
+			n = next;
+		}
+	}
+	group_put(g);
+}
+
 /* Keeps the group alive for its abort hook until out has settled: both
  * run on out's home worker. */
 static void group_hook_release(coil_ip_t *out, void *arg)
@@ -1521,7 +1569,7 @@ static coil_ip_t *group_new(coil_loop_t *loop, coil_ip_t *const *ips,
 		obs_ref(ips[i]);
 	}
 	coil_ip_set_abort(out, group_abort, g);
-	if (on_internal(out, group_hook_release, g)) {
+	if (on_internal(out, group_hook_release, group_drop, g)) {
 		coil_ip_set_abort(out, NULL, NULL);
 		group_put(g);
 	}
@@ -1534,7 +1582,7 @@ static coil_ip_t *group_new(coil_loop_t *loop, coil_ip_t *const *ips,
 		}
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (on_internal(ips[i], member_done, &g->m[i])) {
+		if (on_internal(ips[i], member_done, member_drop, &g->m[i])) {
 			/* Out of memory: this member will never report;
 			 * count it as settled so the group can finish. */
 			coil__ip_fail_msg(out, -ENOMEM, NULL);
