@@ -123,6 +123,14 @@ static void acount_sum(uint64_t *allocs, uint64_t *frees)
 	*frees = fr;
 }
 
+void coil__alloc_counted(bool alloc)
+{
+	if (alloc)
+		acount_alloc();
+	else
+		acount_free();
+}
+
 size_t coil__alloc_live(void)
 {
 	uint64_t al, fr;

@@ -167,8 +167,12 @@ static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static coil_loop_t **live_loops;
 static size_t live_n, live_cap;
 
+static void pc_drain(coil_loop_t *loop);
+
 void coil__ip_loop_live(coil_loop_t *loop, bool live)
 {
+	if (!live)
+		pc_drain(loop);
 	pthread_mutex_lock(&live_lock);
 	if (live) {
 		if (live_n == live_cap) {
@@ -217,10 +221,74 @@ static inline const coil_ip_t *vsrc(const coil_ip_t *ip)
 	return ip->alias ? ip->alias : ip;
 }
 
+/*
+ * Per-worker caches of freed handles and nodes (bounded), reused by the next
+ * allocation on that worker: a settle or a chain step then costs no trip
+ * through the allocator. Only on workers (their lists are theirs alone),
+ * and not in sanitizer or valgrind builds, where every allocation must be
+ * seen. The allocation counters still count each reuse and each caching.
+ */
+enum { PC_PLAIN, PC_CHAIN, PC_NODE };
+#define PC_MAX 256
+
+static size_t pc_size(int k)
+{
+	return k == PC_PLAIN ? sizeof(coil_ip_t)
+	     : k == PC_CHAIN ? sizeof(struct chain_ip)
+			     : sizeof(cbnode);
+}
+
+static void *pc_get(int k)
+{
+#ifndef COIL_NO_JEMALLOC
+	coil__worker *w = coil__tls_worker;
+	if (w && w->ip_cache[k]) {
+		void *p = w->ip_cache[k];
+		w->ip_cache[k] = *(void **)p;
+		w->ip_cache_n[k]--;
+		memset(p, 0, pc_size(k));
+		coil__alloc_counted(true);
+		return p;
+	}
+#endif
+	return coil__calloc(1, pc_size(k));
+}
+
+static void pc_put(int k, void *p)
+{
+#ifndef COIL_NO_JEMALLOC
+	coil__worker *w = coil__tls_worker;
+	if (w && w->ip_cache_n[k] < PC_MAX) {
+		*(void **)p = w->ip_cache[k];
+		w->ip_cache[k] = p;
+		w->ip_cache_n[k]++;
+		coil__alloc_counted(false);
+		return;
+	}
+#endif
+	coil__free(p);
+}
+
+/* The loop is being freed: give its workers' caches back. */
+static void pc_drain(coil_loop_t *loop)
+{
+	for (unsigned i = 0; i < loop->nworkers; i++) {
+		coil__worker *w = &loop->workers[i];
+		for (int k = 0; k < 3; k++) {
+			while (w->ip_cache[k]) {
+				void *p = w->ip_cache[k];
+				w->ip_cache[k] = *(void **)p;
+				coil__alloc_counted(true);
+				coil__free(p);
+			}
+			w->ip_cache_n[k] = 0;
+		}
+	}
+}
+
 static coil_ip_t *ip_alloc(coil__worker *w, int kind, uint64_t refs)
 {
-	coil_ip_t *ip = coil__calloc(1, kind == IP_CHAIN ? sizeof(struct chain_ip)
-						       : sizeof(*ip));
+	coil_ip_t *ip = pc_get(kind == IP_CHAIN ? PC_CHAIN : PC_PLAIN);
 	if (!ip)
 		return NULL;
 	atomic_init(&ip->refs, refs);
@@ -359,7 +427,7 @@ static void ip_free_one(coil_ip_t *ip)
 	if (up)
 		obs_unref(up);
 	coil__free(ip->msg);
-	coil__free(ip);
+	pc_put(ip->kind == IP_CHAIN ? PC_CHAIN : PC_PLAIN, ip);
 }
 
 static void ip_free(coil_ip_t *ip)
@@ -714,7 +782,7 @@ static void cbnode_release(cbnode *n)
 	}
 	if (n->kind == CB_INTERNAL && n->u.internal.drop)
 		n->u.internal.drop(n->u.internal.arg);
-	coil__free(n);
+	pc_put(PC_NODE, n);
 }
 
 /*
@@ -807,7 +875,7 @@ static void run_cb(coil_ip_t *src, cbnode *n)
 		n->u.internal.fn(src, n->u.internal.arg);
 		break;
 	}
-	coil__free(n);
+	pc_put(PC_NODE, n);
 }
 
 unsigned coil__ip_run_ready(coil__worker *w, unsigned budget)
@@ -905,7 +973,7 @@ static void attach_consume(coil_ip_t *ip, cbnode *n)
 
 static cbnode *cbnode_new(int kind)
 {
-	cbnode *n = coil__calloc(1, sizeof(*n));
+	cbnode *n = pc_get(PC_NODE);
 	if (n)
 		n->kind = kind;
 	return n;
