@@ -334,6 +334,7 @@ static inline void obs_ref(coil_ip_t *ip)
 }
 
 static void ip_free(coil_ip_t *ip);
+static void obs_unref(coil_ip_t *ip);
 static void broken(coil_ip_t *ip);
 static void cbnode_release(cbnode *n);
 static int fail_owned(coil_ip_t *ip, int err, char *msg);
@@ -347,23 +348,38 @@ void coil_ip_unref(coil_ip_t *ip)
 {
 	if (!ip)
 		return;
-	uint64_t old = atomic_fetch_sub_explicit(&ip->refs, STRONG1,
-						 memory_order_acq_rel);
-	if (old == STRONG1) {
-		/* Nothing refers to it any more. A pending handle that still
-		 * has callbacks is failed (they run) before it goes. */
-		if (!is_claimed(ip) && ip->cbs && home_alive(ip->home)) {
-			atomic_store_explicit(&ip->refs, STRONG1,
-					      memory_order_relaxed);
-			broken(ip);
-			coil_ip_unref(ip);
-			return;
+	uint64_t old = atomic_load_explicit(&ip->refs, memory_order_relaxed);
+	for (;;) {
+		if ((uint32_t)old == 1 && (old >> 32) && !is_claimed(ip)) {
+			/* The last strong reference of a pending handle that
+			 * observers wait on: trade it for an observer one (so
+			 * an observer letting go meanwhile cannot free it under
+			 * us), break the handle, then let go. */
+			if (atomic_compare_exchange_weak_explicit(
+				    &ip->refs, &old, old - STRONG1 + OBS1,
+				    memory_order_acq_rel, memory_order_relaxed)) {
+				broken(ip);
+				obs_unref(ip);
+				return;
+			}
+			continue;
 		}
-		ip_free(ip);
-	} else if ((uint32_t)old == 1 && !is_claimed(ip)) {
-		/* The last strong reference went; observers still wait. */
-		broken(ip);
+		if (atomic_compare_exchange_weak_explicit(
+			    &ip->refs, &old, old - STRONG1, memory_order_acq_rel,
+			    memory_order_relaxed))
+			break;
 	}
+	if (old != STRONG1)
+		return;
+	/* Nothing refers to it any more. A pending handle that still has
+	 * callbacks is failed (they run) before it goes. */
+	if (!is_claimed(ip) && ip->cbs && home_alive(ip->home)) {
+		atomic_store_explicit(&ip->refs, STRONG1, memory_order_relaxed);
+		broken(ip);
+		coil_ip_unref(ip);
+		return;
+	}
+	ip_free(ip);
 }
 
 static void obs_unref(coil_ip_t *ip)
@@ -825,6 +841,15 @@ static void then_result(coil_ip_t *src, coil_ip_t *c, coil_ip_t *r,
 	}
 	coil__free(f->msg);
 	f->msg = NULL;
+	if (r == c) {
+		/* It would wait for itself forever. */
+		fail_owned(c, -EINVAL,
+			   coil__strdup("then-callback returned its own "
+					"chained handle"));
+		coil_ip_unref(r);
+		coil_ip_unref(c);
+		return;
+	}
 	if (r && r != src) {
 		adopt(c, r);
 		return;
