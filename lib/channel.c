@@ -1725,6 +1725,17 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	if (st != COIL__CH_CLOSING)
 		ch->close_expected = expected;
 	coil__channel_get(ch);
+	/* Bytes a paused read signal had not been shown yet are buffered
+	 * bytes like the read queue's: readers get them (after what is
+	 * queued) and then the end of stream. */
+	if (ch->sigq.len) {
+		if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
+				      ch->sigq.len))
+			ch->rerr = -ENOMEM;
+		coil__bufq_free(&ch->sigq);
+		ch->close_after_sigq = false;
+		rq_changed(ch);
+	}
 	if (ch->flt) /* tls.c: close_notify is owed, or cannot be sent */
 		immediate = ch->flt->closing(ch, immediate);
 	if (!immediate && (ch->wq_head || flt_pending(ch)) && ch->fd >= 0) {
