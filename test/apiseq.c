@@ -256,6 +256,7 @@ struct aq_conn {
 	int close_on_eof;
 	int released, closed_by_us, stole;
 	int changes; /* close / release / steal made (for "gone" checks) */
+	int in_sig;  /* inside a read-signal callback (any depth) */
 	int foreign_inflight;
 	int line_on;
 	aq_sub *read_sub, *line_sub, *closed_sub, *subs;
@@ -289,6 +290,7 @@ struct aq_conn {
 
 struct aq_run {
 	coil_loop_t *loop;
+	FILE *logf; /* verbose output: stderr, or memory kept for failures */
 	unsigned gates;
 	int verbose;
 	aq_conn conns[AQ_CONNS];
@@ -328,7 +330,7 @@ static void vlog(aq_run *run, const char *fmt, ...)
 		return;
 	va_list ap;
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vfprintf(run->logf, fmt, ap);
 	va_end(ap);
 }
 
@@ -446,7 +448,11 @@ static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 	ev->flag = F_CONSUMED;
 	int idx = (int)(ev - c->ev);
 	int changes = c->changes;
+	if (type == EV_SIG)
+		c->in_sig++;
 	cb_next(c, s, data, len);
+	if (type == EV_SIG)
+		c->in_sig--;
 	ev = &c->ev[idx];
 	if (type == EV_SIG) {
 		int ci = chan_index(c, ch);
@@ -909,7 +915,7 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 			do_steal(c, issuer);
 		break;
 	case OP_ON_READ:
-		if (in && in->kind == EV_SIG && (run->gates & G_REPLACE)) {
+		if (c->in_sig && (run->gates & G_REPLACE)) {
 			op = -1; /* gated: nothing done */
 			break;
 		}
@@ -917,8 +923,7 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 		rc = coil_channel_on_read(c->ch, read_cb, sub);
 		break;
 	case OP_OFF_READ:
-		if (in && in->kind == EV_SIG &&
-		    (run->gates & G_SELF_DISCONNECT)) {
+		if (c->in_sig && (run->gates & G_SELF_DISCONNECT)) {
 			op = -1;
 			break;
 		}
@@ -1362,13 +1367,14 @@ static long long find_at(aq_conn *c, const unsigned char *d, size_t n)
 
 static void dump_conn(aq_conn *c)
 {
-	fprintf(stderr, "conn %d: sent %llu, %d reads, %d events\n", c->idx,
+	FILE *lf = c->run->logf;
+	fprintf(lf, "conn %d: sent %llu, %d reads, %d events\n", c->idx,
 		(unsigned long long)c->sent, c->nreads, c->nev);
 	for (int i = 0; i < c->nreads; i++) {
 		aq_req *r = c->reads[i];
 		const unsigned char *d;
 		size_t n = r->ip ? req_bytes(r, &d) : 0;
-		fprintf(stderr,
+		fprintf(lf,
 			"  req %d: %s op %d %s ch %d stamp %d state %d err %d "
 			"len %zu at %lld\n",
 			i, kind_name[r->kind], r->op, r->issuer ? "thr" : "home",
@@ -1381,7 +1387,7 @@ static void dump_conn(aq_conn *c)
 	}
 	for (int e = 0; e < c->nev; e++) {
 		aq_event *ev = &c->ev[e];
-		fprintf(stderr, "  ev %d: %s gen %d flag %s len %zu at %lld\n", e,
+		fprintf(lf, "  ev %d: %s gen %d flag %s len %zu at %lld\n", e,
 			ev->type == EV_LINE ? "line" : "sig", ev->gen,
 			ev->flag == F_SHARED     ? "shared"
 			: ev->flag == F_CONSUMED ? "consumed"
@@ -1671,6 +1677,19 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 	run->err = err;
 	run->errlen = errlen;
 	run->verbose = verbose;
+	run->logf = stderr;
+	/* COIL_APISEQ_LOGFAIL=prefix: log verbosely to memory and write the
+	 * log of a failing run to prefix.<n> (long unattended runs). */
+	const char *logfail = getenv("COIL_APISEQ_LOGFAIL");
+	char *logbuf = NULL;
+	size_t loglen = 0;
+	if (logfail && *logfail) {
+		FILE *m = open_memstream(&logbuf, &loglen);
+		if (m) {
+			run->logf = m;
+			run->verbose = 2;
+		}
+	}
 	run->gates = gates_get();
 	aq_current = run;
 	pthread_mutex_init(&run->mu, NULL);
@@ -1828,9 +1847,10 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 		t->c = c;
 		t->op = mainops[i][1];
 		t->arg = mainops[i][2];
+		int yield = t->arg & 4;
 		if (coil_loop_post(run->loop, c->home, home_task, t))
 			free(t);
-		if (t->arg & 4)
+		if (yield)
 			sched_yield();
 	}
 	for (int k = 0; k < AQ_THREADS; k++)
@@ -1971,6 +1991,23 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 	}
 	coil_set_unobserved_handler(NULL, NULL);
 	int failed = atomic_load(&run->failed);
+	if (run->logf != stderr) {
+		static atomic_int nlog;
+		if (failed) {
+			fprintf(run->logf, "FAILED: %s\n", err ? err : "");
+			fflush(run->logf);
+			char path[512];
+			snprintf(path, sizeof(path), "%s.%d", logfail,
+				 atomic_fetch_add(&nlog, 1));
+			FILE *f = fopen(path, "w");
+			if (f) {
+				fwrite(logbuf, 1, loglen, f);
+				fclose(f);
+			}
+		}
+		fclose(run->logf);
+		free(logbuf);
+	}
 	pthread_mutex_destroy(&run->mu);
 	free(run);
 	return failed ? 1 : 0;
