@@ -77,6 +77,9 @@ enum {
 					   plain thread */
 	G_SMALL_BUFFERS = 1u << 9, /* loops with 16 or 512-byte provided
 				      buffers */
+	G_CLOSE_PAUSED = 1u << 10, /* close / release while the read signal
+				      may be connected (it may hold paused
+				      bytes) */
 };
 
 static const struct {
@@ -93,6 +96,7 @@ static const struct {
 	{G_RELEASE_RACE, "release-race"},
 	{G_ABORT_FOREIGN_READ, "abort-foreign-read"},
 	{G_SMALL_BUFFERS, "small-buffers"},
+	{G_CLOSE_PAUSED, "close-paused-signal"},
 };
 
 /* The gates in force on main today (each one is a finding in
@@ -100,7 +104,8 @@ static const struct {
 #define AQ_DEFAULT_GATES                                                   \
 	"steal,self-disconnect,replace-read-cb,abort-write,"              \
 	"abort-partial-read,closed-order,readinto-beside-readline,"         \
-	"release-race,abort-foreign-read,small-buffers"
+	"release-race,abort-foreign-read,small-buffers,"                   \
+	"close-paused-signal"
 
 static unsigned gates_parse(const char *s)
 {
@@ -847,6 +852,12 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 	}
 	if (op == OP_INTO && c->line_on && (run->gates & G_INTO_BESIDE_LINE))
 		op = OP_EXACT;
+	if ((op == OP_CLOSE || op == OP_RELEASE) &&
+	    (run->gates & G_CLOSE_PAUSED) &&
+	    (c->read_sub || c->foreign_inflight)) {
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
 	int saved_op = cur_op;
 	cur_op = atomic_fetch_add(&run->opno, 1) + 1;
 	vlog(run, "#%d conn %d %s: %s(%d)%s\n", cur_op, c->idx,
@@ -899,53 +910,75 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 		break;
 	}
 	case OP_CLOSE:
+		c->closed_by_us = 1;
+		c->changes++;
 		rc = coil_channel_close(c->ch, arg & 1);
 		if (rc)
 			violation(run, "conn %d: close returned %d", c->idx, rc);
-		c->closed_by_us = 1;
-		c->changes++;
 		break;
 	case OP_RELEASE:
-		coil_channel_release(c->ch);
 		c->released = 1;
 		c->changes++;
+		if (!issuer)
+			model_apply(c, OP_RELEASE, 0, NULL);
+		coil_channel_release(c->ch);
 		break;
 	case OP_STEAL:
 		if (!(run->gates & G_STEAL) && !c->foreign_inflight)
 			do_steal(c, issuer);
 		break;
 	case OP_ON_READ:
-		if (c->in_sig && (run->gates & G_REPLACE)) {
+	case OP_OFF_READ:
+	case OP_ON_LINE:
+	case OP_OFF_LINE:
+	case OP_ON_CLOSED:
+	case OP_OFF_CLOSED: {
+		if (c->in_sig && (run->gates & G_REPLACE) && op == OP_ON_READ) {
 			op = -1; /* gated: nothing done */
 			break;
 		}
-		sub = sub_new(c, EV_SIG, arg & 1);
-		rc = coil_channel_on_read(c->ch, read_cb, sub);
-		break;
-	case OP_OFF_READ:
-		if (c->in_sig && (run->gates & G_SELF_DISCONNECT)) {
+		if (c->in_sig && (run->gates & G_SELF_DISCONNECT) &&
+		    op == OP_OFF_READ) {
 			op = -1;
 			break;
 		}
-		rc = coil_channel_on_read(c->ch, NULL, NULL);
+		int kind = op <= OP_OFF_READ ? EV_SIG : op <= OP_OFF_LINE ? EV_LINE : 2;
+		bool on = op == OP_ON_READ || op == OP_ON_LINE || op == OP_ON_CLOSED;
+		aq_sub **slot = kind == EV_SIG    ? &c->read_sub
+				: kind == EV_LINE ? &c->line_sub
+						  : &c->closed_sub;
+		aq_sub *prev = *slot;
+		int prev_on = c->line_on;
+		if (on)
+			sub = sub_new(c, kind, arg & 1);
+		/* On the home worker the model changes before the call: the
+		 * call may run callbacks (a flush, lines) that change it
+		 * again, and those must win. */
+		if (!issuer)
+			model_apply(c, op, 0, sub);
+		if (kind == EV_SIG)
+			rc = coil_channel_on_read(c->ch, on ? read_cb : NULL,
+						  on ? sub : NULL);
+		else if (kind == EV_LINE)
+			rc = coil_channel_on_readline(c->ch, on ? line_cb : NULL,
+						      on ? sub : NULL);
+		else
+			rc = coil_channel_on_closed(c->ch, on ? closed_cb : NULL,
+						    on ? sub : NULL);
+		if (rc && !issuer) {
+			/* Refused: nothing changed (no callback ran). */
+			if (sub)
+				sub->dead = 1;
+			if (prev)
+				prev->dead = 0;
+			*slot = prev;
+			c->line_on = prev_on;
+		}
+		if (rc && rc != -EBUSY && rc != -EBADF)
+			violation(run, "conn %d: %s returned %d", c->idx,
+				  op_name[op], rc);
 		break;
-	case OP_ON_LINE:
-		sub = sub_new(c, EV_LINE, 0);
-		rc = coil_channel_on_readline(c->ch, line_cb, sub);
-		if (rc && rc != -EBUSY)
-			violation(run, "conn %d: on_readline returned %d",
-				  c->idx, rc);
-		break;
-	case OP_OFF_LINE:
-		rc = coil_channel_on_readline(c->ch, NULL, NULL);
-		break;
-	case OP_ON_CLOSED:
-		sub = sub_new(c, 2, 0);
-		rc = coil_channel_on_closed(c->ch, closed_cb, sub);
-		break;
-	case OP_OFF_CLOSED:
-		rc = coil_channel_on_closed(c->ch, NULL, NULL);
-		break;
+	}
 	case OP_FREE:
 		/* Only the main thread frees; from a worker it is refused. */
 		if (coil_loop_current_worker(run->loop) >= 0) {
@@ -957,10 +990,6 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 		rc = 0;
 		break;
 	}
-	if (op >= OP_ON_READ && op <= OP_OFF_CLOSED && rc && rc != -EBUSY &&
-	    rc != -EBADF)
-		violation(run, "conn %d: %s returned %d", c->idx, op_name[op],
-			  rc);
 	if (issuer) {
 		aq_fence *f = calloc(1, sizeof(*f));
 		if (!f)
@@ -973,8 +1002,6 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 			violation(run, "coil_loop_post (fence) failed");
 			free(f);
 		}
-	} else {
-		model_apply(c, op, rc, sub);
 	}
 	cur_op = saved_op;
 	pthread_mutex_unlock(&c->mu);
@@ -1162,8 +1189,10 @@ static void *peer_main(void *arg)
 			} else if (k == 0) {
 				rdone = 1;
 			} else if (errno != EAGAIN && errno != EINTR) {
-				if (errno == ECONNRESET)
-					c->peer_reset = 1;
+				/* ECONNRESET, EPIPE: a TCP close with unread
+				 * input sends a reset, and the peer's kernel
+				 * may drop what it had not yet handed over. */
+				c->peer_reset = 1;
 				rdone = 1;
 			}
 		}
