@@ -15,7 +15,9 @@
  *    to a function documented as "consumes ip".
  *  - No user callback ever runs inside the call that started an operation,
  *    except a callback attached with coil_ip_then()/coil_ip_on_done() to an
- *    InProgress that has already settled: that one runs at once (kaa rule).
+ *    InProgress that has already settled: that one runs at once (kaa rule),
+ *    up to COIL_IP_INLINE_DEPTH nested per worker, then from the ready
+ *    queue.
  */
 #ifndef COIL_H
 #define COIL_H
@@ -42,12 +44,30 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------ */
+/* Version of the library at run time                                       */
+/* ------------------------------------------------------------------------ */
+
+/* The version of the libcoil the program runs with, as "MAJOR.MINOR.PATCH"
+ * (COIL_VERSION_STRING is the one it was compiled against). Static string,
+ * never NULL. Any thread. */
+COIL_EXTERN const char *coil_version(void);
+/* The same as a number, (MAJOR << 16) | (MINOR << 8) | PATCH, to compare
+ * with COIL_VERSION_HEX. Any thread. */
+COIL_EXTERN unsigned coil_version_number(void);
+
+/* ------------------------------------------------------------------------ */
 /* Errors and memory                                                        */
 /* ------------------------------------------------------------------------ */
 
 /* End of stream reached before a read that needs more bytes could finish
  * (read_exact): Python's EOFError. Distinct from every -errno value. */
 #define COIL_EOF (-4095)
+
+/* Broken promise: a pending InProgress handle lost its last reference (its
+ * producer dropped it without settling it), so nothing can ever settle it;
+ * the handles and callbacks waiting on it fail with this instead of
+ * hanging. Distinct from every -errno value and from COIL_EOF. */
+#define COIL_BROKEN (-4094)
 
 /* Text for a coil error code (negative errno or COIL_EOF). Never NULL; the
  * string is static. Any thread. */
@@ -63,11 +83,20 @@ COIL_EXTERN void coil_free(void *p);
 
 typedef struct coil_loop_s coil_loop_t;
 
-/* Flags for coil_loop_opts_t.flags (mostly for tests of the fallbacks). */
+/* Flags for coil_loop_opts_t.flags: each turns off an optional kernel
+ * feature, for tests of the fallbacks and for comparisons. */
 #define COIL_LOOP_NO_DEFER_TASKRUN 0x1u /* do not try DEFER_TASKRUN */
 #define COIL_LOOP_NO_COOP_TASKRUN 0x2u  /* do not try COOP_TASKRUN */
+#define COIL_LOOP_NO_READ_MULTISHOT 0x4u /* single reads for pipes/ttys */
+#define COIL_LOOP_NO_REGISTERED_RING 0x8u /* do not register the ring fd */
 
+/* Loop options. The struct may grow at its end in later versions: always
+ * fill it with coil_loop_opts_init(), which sets size, then change fields.
+ * coil_loop_new() reads only the first `size` bytes (so a program built
+ * against an older, smaller struct still works) and refuses a larger size
+ * whose unknown trailing bytes are not zero. */
 typedef struct coil_loop_opts_s {
+	size_t size;         /* sizeof(coil_loop_opts_t), set by opts_init */
 	unsigned workers;    /* worker threads; 0 = online CPUs */
 	unsigned sq_entries; /* SQ size per ring; 0 = 256 */
 	unsigned cq_entries; /* CQ size per ring; 0 = 16 * sq_entries */
@@ -76,14 +105,25 @@ typedef struct coil_loop_opts_s {
 	unsigned flags;      /* COIL_LOOP_* */
 } coil_loop_opts_t;
 
-/* Fills *opts with the defaults (all zero). Any thread. */
+/* Fills *opts with the defaults (all zero) and sets opts->size. Any
+ * thread. */
 COIL_EXTERN void coil_loop_opts_init(coil_loop_opts_t *opts);
 
 /* Creates a loop and starts its worker threads. opts may be NULL.
- * Returns 0 and sets *out, or: -EINVAL (bad option), -ENOMEM, -ENOSYS /
- * -EPERM (io_uring unavailable: old kernel, seccomp, io_uring_disabled),
- * or the error of io_uring_queue_init / pthread_create. Any thread. */
+ * Returns 0 and sets *out, or: -EINVAL (bad option, or opts->size not set
+ * by coil_loop_opts_init), -E2BIG (opts from a newer coil with non-zero
+ * fields this one does not know), -ENOMEM, -ENOSYS (io_uring absent, or the
+ * kernel lacks a feature coil needs: multishot recv/accept, provided buffer
+ * rings, an opcode), -EPERM (seccomp, io_uring_disabled), or the error of
+ * io_uring_queue_init / pthread_create. On failure coil_loop_last_error()
+ * says why. Any thread. */
 COIL_EXTERN int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts);
+
+/* Text describing why the calling thread's last failed coil_loop_new()
+ * failed (naming a missing kernel feature or the bad option), or "" after a
+ * success. Thread-local storage owned by coil: valid until the thread's next
+ * coil_loop_new(); never NULL. Any thread. */
+COIL_EXTERN const char *coil_loop_last_error(void);
 
 /* Stops the loop: every channel, socket, monitor and timer still open is
  * closed immediately (pending InProgress handles fail with -ECANCELED or
@@ -121,7 +161,9 @@ COIL_EXTERN int coil_loop_post(coil_loop_t *loop, int worker, coil_task_cb fn,
  * State machine: PENDING -> FINISHED (a value) | FAILED (-errno + message).
  * Aborting a pending handle fails it with -ECANCELED. A handle is freed when
  * its last reference is dropped; pending I/O holds its own reference, so
- * dropping yours never cancels anything (use coil_ip_abort for that).
+ * dropping yours never cancels anything (use coil_ip_abort for that). A
+ * pending handle whose last reference goes while callbacks or other handles
+ * wait on it fails with COIL_BROKEN, so they do not hang.
  *
  * Every callback of a handle runs on its home worker: the worker that created
  * it, or for handles created outside any worker, the worker given by
@@ -169,20 +211,36 @@ COIL_EXTERN int coil_ip_fail(coil_ip_t *ip, int err, const char *fmt, ...)
 COIL_EXTERN int coil_ip_failv(coil_ip_t *ip, int err, const char *fmt,
 			      va_list ap);
 
-/* Abort hook for handles the caller creates: runs on the home worker when the
- * handle is aborted while pending. Return 0 to let the handle fail with
- * -ECANCELED now; return 1 when the hook started an asynchronous cancel and
- * will settle the handle itself (with -ECANCELED or, if the cancel lost the
- * race, the real result). Home worker only (or before anyone else sees ip). */
+/* Abort hook: runs on the home worker when the handle is aborted while
+ * pending. Return 0 to let the handle fail with -ECANCELED now; 1 when the
+ * hook started an asynchronous cancel and will settle the handle itself (with
+ * -ECANCELED or, if the cancel lost the race, the real result); a negative
+ * errno to refuse (veto) the abort: the handle stays pending and
+ * coil_ip_abort() on the home worker returns that error (e.g. -EBUSY for
+ * work that can no longer be taken back). A handle settled from another
+ * thread may still see its hook run while that settle is under way (the
+ * settle of the loser then returns -EALREADY). Set it on the home worker,
+ * or before anyone else sees ip; NULL removes it. */
 typedef int (*coil_abort_cb)(coil_ip_t *ip, void *arg);
 COIL_EXTERN void coil_ip_set_abort(coil_ip_t *ip, coil_abort_cb hook,
 				   void *arg);
 
-/* Aborts a pending handle (see coil_abort_cb). Returns 0 when the abort was
- * started, -EALREADY when the handle has settled. From a foreign thread the
- * abort is forwarded to the home worker and 0 means "requested": the handle
- * then settles with -ECANCELED or, if completion won the race, its real
- * outcome. Any thread. */
+/* Aborts a pending handle. What it does depends on the handle:
+ *  - with an abort hook (every coil I/O handle, sleeps, timeouts, all/any,
+ *    or your own via coil_ip_set_abort): the hook decides (coil_abort_cb);
+ *  - a chained handle (then/catch/finally): aborts what it currently waits
+ *    on (its source, or the handle its callback returned), then fails with
+ *    -ECANCELED every link of the chain up to it; no callback of those links
+ *    that has not started runs. If what it waits on is not abortable the
+ *    chain still stops waiting; if it refuses, the chain stays pending and
+ *    the refusal is returned;
+ *  - a coil_ip_new() handle without a hook: not abortable, -ENOTSUP, stays
+ *    pending.
+ * Returns 0 when the abort was done or started, -EALREADY when the handle
+ * has settled, -ENOTSUP, or a hook's refusal. From a foreign thread the
+ * abort is forwarded to the home worker and 0 means "requested" (a refusal
+ * is then not reported): the handle then settles with -ECANCELED or, if
+ * completion won the race, its real outcome. Any thread. */
 COIL_EXTERN int coil_ip_abort(coil_ip_t *ip);
 
 /* Getters. coil_ip_state is safe from any thread at any time; the value
@@ -209,12 +267,24 @@ COIL_EXTERN coil_loop_t *coil_ip_loop(const coil_ip_t *ip);
 /*
  * Chaining. A then-callback receives the settled source handle (borrowed:
  * valid during the call) and returns either
- *   - NULL: the chained handle takes the source's outcome unchanged, or
+ *   - NULL, or src itself (no reference needed, none is taken): the chained
+ *     handle takes the source's outcome unchanged, or
+ *   - the result of coil_ip_return_int()/coil_ip_return_error(): the chained
+ *     handle finishes/fails with that plain outcome, or
  *   - a handle (ownership passes to the chain), which is adopted: the chained
- *     handle settles as that one does, when it does.
+ *     handle settles as that one does, when it does. Adoption collapses: a
+ *     loop written as adoption (each callback returns the next iteration's
+ *     chained handle) holds O(1) handles when its handles share a worker.
  * on_ok runs when the source finished, on_err when it failed; a NULL handler
  * passes that outcome through, so an error skips to the first on_err.
+ *
+ * A callback attached to an already settled handle runs at once, inside the
+ * attaching call, on the home worker (kaa's rule), but only while fewer than
+ * COIL_IP_INLINE_DEPTH such callbacks are nested on that worker; beyond, it
+ * runs from the worker's ready queue, in order. So no program can grow the
+ * stack by walking through settled handles.
  */
+#define COIL_IP_INLINE_DEPTH 8
 typedef coil_ip_t *(*coil_then_cb)(coil_ip_t *src, void *ud);
 typedef void (*coil_done_cb)(coil_ip_t *src, void *ud);
 
@@ -234,19 +304,36 @@ COIL_EXTERN coil_ip_t *coil_ip_finally(coil_ip_t *ip, coil_done_cb cb,
  * observed. Returns 0 or -ENOMEM (then cb never runs). Any thread. */
 COIL_EXTERN int coil_ip_on_done(coil_ip_t *ip, coil_done_cb cb, void *ud);
 
+/* For a then-callback's return statement: `return coil_ip_return_int(src,
+ * v);` finishes the chained handle with v, `return coil_ip_return_error(src,
+ * -EPROTO, "bad %s", x);` fails it (err must be < 0, else -EINVAL; fmt may
+ * be NULL). Inside a then-callback running for src on its worker nothing is
+ * allocated (the result is a marker only that callback may return, at
+ * once); called anywhere else they return a new settled handle, as
+ * coil_ip_new_int()/coil_ip_new_error() (NULL on -ENOMEM). */
+COIL_EXTERN coil_ip_t *coil_ip_return_int(coil_ip_t *src, int64_t value);
+COIL_EXTERN coil_ip_t *coil_ip_return_error(coil_ip_t *src, int err,
+					    const char *fmt, ...)
+	COIL_PRINTF(3, 4);
+
 /* Returns a handle that mirrors ip, or fails with -ETIMEDOUT after `ms`
  * milliseconds; with abort_on_timeout, ip is aborted at expiry. Consumes ip.
- * NULL on -ENOMEM. Any thread. */
+ * Aborting the returned handle aborts ip (a refusal of ip is returned; if ip
+ * is not abortable the timeout just fails with -ECANCELED). NULL on -ENOMEM.
+ * Any thread. */
 COIL_EXTERN coil_ip_t *coil_ip_timeout(coil_ip_t *ip, unsigned ms,
 				       int abort_on_timeout);
 
 /* kaa InProgressAll: finishes (never fails) with n once every member has
- * settled, failed members included. kaa InProgressAny: settles when the first
- * member settles, with coil_ip_int() = its index, coil_ip_ptr() = the member
- * (valid while the combinator is referenced), and the member's outcome
- * (finished, or failed with its error and message). Members are borrowed (the
- * combinator takes its own references). n == 0: all finishes at once with 0,
- * any fails with -EINVAL. Any thread. NULL on -ENOMEM. */
+ * settled, failed members included. kaa InProgressAny: finishes (never
+ * fails) when the first member settles, with coil_ip_int() = its index and
+ * coil_ip_ptr() = the member (valid while the combinator is referenced),
+ * which carries its own outcome: look at its error (the combinator does not
+ * mark it observed). Members are borrowed (the combinator observes them
+ * without keeping them alive for their producers). Aborting a combinator
+ * aborts its pending members and fails it with -ECANCELED. n == 0: all
+ * finishes at once with 0, any fails with -EINVAL; a NULL member fails it
+ * with -EINVAL. Any thread. NULL on -ENOMEM. */
 COIL_EXTERN coil_ip_t *coil_ip_all(coil_loop_t *loop, coil_ip_t *const *ips,
 				   size_t n);
 COIL_EXTERN coil_ip_t *coil_ip_any(coil_loop_t *loop, coil_ip_t *const *ips,
@@ -259,15 +346,21 @@ COIL_EXTERN coil_ip_t *coil_ip_any(coil_loop_t *loop, coil_ip_t *const *ips,
 COIL_EXTERN int coil_ip_wait(coil_ip_t *ip, int timeout_ms);
 
 /* A handle that finishes with 0 after ms milliseconds (a ring timeout on the
- * home worker). Abortable. NULL on -ENOMEM. Any thread. */
+ * home worker). Abortable: the ring timeout is removed and the handle fails
+ * with -ECANCELED. NULL on -ENOMEM. Any thread. */
 COIL_EXTERN coil_ip_t *coil_sleep(coil_loop_t *loop, unsigned ms);
 
 /* Called when a failed handle is freed and no one ever looked at its error
  * (then/catch/on_done/coil_ip_error/wait). Not called for -ECANCELED
  * (aborts are deliberate) nor for writes failed with -EBADF because their
  * channel closed (the closed signal tells that). Default: one line on
- * stderr. NULL restores the default. Process-wide; set it before starting
- * loops. */
+ * stderr. NULL restores the default. Process-wide and thread-safe: reports
+ * and the setter are serialised by one lock, so once the setter returns the
+ * old handler is not running and will not run again. The handler runs on
+ * the thread that drops the last reference (often a worker), inside that
+ * coil_ip_unref(); it may drop references itself but must not block or
+ * call coil_set_unobserved_handler() from another thread and wait for it.
+ * Any thread. */
 typedef void (*coil_unobserved_cb)(int err, const char *msg, void *ud);
 COIL_EXTERN void coil_set_unobserved_handler(coil_unobserved_cb cb, void *ud);
 
@@ -321,6 +414,13 @@ COIL_EXTERN int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other);
  * a foreign thread, signal callbacks already running on the home worker may
  * still be finishing when this returns. Any thread. */
 COIL_EXTERN void coil_channel_release(coil_channel_t *ch);
+/* One more user reference to ch (returns ch), for a thread that keeps the
+ * channel while another may release it: each reference is dropped with its
+ * own coil_channel_release(), and only the last one releases the channel as
+ * described above. The caller must already hold a reference (its own or one
+ * passed to it). Invalid after coil_loop_free(), like every channel handle.
+ * Any thread. */
+COIL_EXTERN coil_channel_t *coil_channel_ref(coil_channel_t *ch);
 
 /* Reads. Each returns a new InProgress (NULL on -ENOMEM). At end of stream
  * and after close (kaa), reads finish with what is buffered, then 0 bytes;
@@ -378,8 +478,10 @@ COIL_EXTERN coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data,
 /* Zero-copy echo/relay: called inside a read-signal callback with bytes of
  * the chunk being shown (data within the callback's view), the bytes are
  * sent straight from the worker's receive buffer, which stays with the
- * write until they are sent. A worker lends at most half its buffers this
- * way; otherwise, and when called anywhere else, the bytes are copied as by
+ * write until they are sent. ch may be the channel being read (echo) or
+ * another channel with the same home worker (relay). A worker lends at most
+ * half its buffers this way; otherwise (other worker, bytes not from the
+ * shown chunk, called anywhere else) the bytes are copied as by
  * coil_channel_write. Same results and errors as coil_channel_write. */
 COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
 					       const void *data, size_t len);
@@ -390,6 +492,50 @@ COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
  * in-flight ring operations are cancelled, and the closed signal fires once
  * with expected = 1. A second close is a no-op (0). Any thread. */
 COIL_EXTERN int coil_channel_close(coil_channel_t *ch, int immediate);
+
+/* Linger, the drain deadline of a graceful close (nginx send_timeout): a
+ * channel closing with writes queued that makes no write progress for `ms`
+ * milliseconds (counted from the close, then from each send that moved
+ * bytes) closes at once; its unsent writes fail with -ETIMEDOUT (the first)
+ * and -EBADF. ms == 0: a graceful close is immediate. Default
+ * COIL_CHANNEL_LINGER_DEFAULT_MS (30 s). Read when the close begins and at
+ * each expiry. Returns 0 or -EINVAL. Any thread. */
+#define COIL_CHANNEL_LINGER_DEFAULT_MS 30000u
+COIL_EXTERN int coil_channel_set_linger(coil_channel_t *ch, unsigned ms);
+COIL_EXTERN unsigned coil_channel_linger(const coil_channel_t *ch);
+
+/* Drained signal (libuv/node "drain"): cb(ch, ud) runs on the home worker
+ * when write_queue_used falls to the low-water mark or below after a write
+ * took it above the mark, or after a write was refused with -ENOBUFS (retry
+ * then). Not while the channel closes. NULL disconnects. The mark defaults
+ * to queue_size / 4; coil_channel_set_low_water sets it (bytes; SIZE_MAX is
+ * -EINVAL). Returns 0, -EINVAL or -ENOMEM. Any thread. */
+typedef void (*coil_drain_cb)(coil_channel_t *ch, void *ud);
+COIL_EXTERN int coil_channel_on_drain(coil_channel_t *ch, coil_drain_cb cb,
+				      void *ud);
+COIL_EXTERN int coil_channel_set_low_water(coil_channel_t *ch, size_t n);
+COIL_EXTERN size_t coil_channel_low_water(const coil_channel_t *ch);
+
+/*
+ * Relay: every byte src reads is written to dst, in order, until src's
+ * stream ends. src's reading pauses while dst's write queue is at half its
+ * queue_size or more and resumes once it drained to dst's low-water mark, so
+ * a slow reader behind dst holds at most dst's queue (no -ENOBUFS, no byte
+ * lost). When both share a home worker the bytes go from src's receive
+ * buffer to dst's send without a copy (coil_channel_write_view rules).
+ * Uses src's read signal (-EBUSY if one is connected); dst may receive
+ * other writes meanwhile (interleaved at chunk boundaries); one relay per
+ * dst at a time (-EBUSY). The handle (home: src's worker) finishes with the
+ * bytes dst handed to the kernel once src reached end of stream (or was
+ * closed) and every relayed write completed; fails with the first write
+ * error, -EPIPE when dst closed first, src's read error, or -ECANCELED when
+ * aborted (the relay stops; bytes src already read and did not relay stay
+ * in src's read queue). Neither channel is closed by the relay. Both ways:
+ * two relays, e.g. coil_ip_all() of coil_channel_relay(a, b) and
+ * coil_channel_relay(b, a). NULL on -ENOMEM. Any thread.
+ */
+COIL_EXTERN coil_ip_t *coil_channel_relay(coil_channel_t *src,
+					  coil_channel_t *dst);
 
 /* Signals. Connect with a callback, disconnect with NULL. The data passed to
  * read/readline callbacks is a view valid only during the call. read sees
@@ -640,6 +786,144 @@ COIL_EXTERN int coil_socket_listening(const coil_socket_t *s);
 COIL_EXTERN int coil_socket_local(const coil_socket_t *s,
 				  coil_sockinfo_t *out);
 COIL_EXTERN int coil_socket_peer(const coil_socket_t *s, coil_sockinfo_t *out);
+
+/* ------------------------------------------------------------------------ */
+/* TLS: starttls over a socket channel (kaa's TLS socket), OpenSSL 3        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * After a successful starttls every channel call keeps its meaning over the
+ * encrypted stream: reads and the read/readline signals see plaintext,
+ * writes take plaintext (queue_size and -ENOBUFS count plaintext bytes; a
+ * write finishes once the records carrying its last byte went to the
+ * kernel), close(0) sends close_notify after the queued writes, close(1)
+ * closes without it. The peer's close_notify is the end of stream; a
+ * stream that ends without one (truncation) is a read error: -EPROTO.
+ * A fatal TLS error (bad record, alert) ends the stream with -EPROTO and
+ * OpenSSL's reason as the reads' message, and closes the channel. TLS 1.2
+ * renegotiation is refused. Built with TLS=0 (no OpenSSL), every function
+ * here fails with -ENOTSUP (coil_tls_available() says which).
+ */
+typedef struct coil_tls_ctx_s coil_tls_ctx_t;
+
+#define COIL_TLS_CLIENT 0
+#define COIL_TLS_SERVER 1
+
+#define COIL_TLS_VERIFY_NONE 0    /* no certificate check */
+#define COIL_TLS_VERIFY_PEER 1    /* client default; server: ask, check */
+#define COIL_TLS_VERIFY_REQUIRE 2 /* server: a client certificate is needed */
+
+#define COIL_TLS_1_2 0x0303
+#define COIL_TLS_1_3 0x0304
+
+/* 1 when coil was built with OpenSSL, else 0. Any thread. */
+COIL_EXTERN int coil_tls_available(void);
+
+/* A context: certificates, CA store, verification, ALPN, versions, session
+ * resumption, shared by any number of connections on any workers. role is
+ * COIL_TLS_CLIENT (verifies the server against the system CA store unless
+ * coil_tls_ctx_set_ca* says otherwise; resumes sessions per host name) or
+ * COIL_TLS_SERVER. Defaults: TLS 1.2 minimum, handshake timeout 10 s,
+ * session resumption on. Returns 0 and *out (one reference), -EINVAL,
+ * -ENOMEM, -ENOTSUP (TLS=0). The setters below may be called only until
+ * the context is first used by starttls (-EBUSY after: it is then
+ * read-only and safe from every thread); they are not thread-safe among
+ * themselves. On failure coil_tls_ctx_error() has OpenSSL's reason. */
+COIL_EXTERN int coil_tls_ctx_new(int role, coil_tls_ctx_t **out);
+/* Adds a reference (returns c) / drops one; connections hold their own,
+ * so a context may be freed while they run. NULL is ignored. Any thread. */
+COIL_EXTERN coil_tls_ctx_t *coil_tls_ctx_ref(coil_tls_ctx_t *c);
+COIL_EXTERN void coil_tls_ctx_free(coil_tls_ctx_t *c);
+/* Why the last setter failed ("" if it did not). Valid until the next
+ * setter call on c. */
+COIL_EXTERN const char *coil_tls_ctx_error(const coil_tls_ctx_t *c);
+/* Certificate chain (PEM: leaf first, then intermediates) and private key,
+ * from files or from memory (copied). -EINVAL with the reason (unreadable,
+ * malformed, key does not match). */
+COIL_EXTERN int coil_tls_ctx_use_cert_file(coil_tls_ctx_t *c,
+					   const char *chain_file,
+					   const char *key_file);
+COIL_EXTERN int coil_tls_ctx_use_cert_mem(coil_tls_ctx_t *c, const void *chain,
+					  size_t chain_len, const void *key,
+					  size_t key_len);
+/* Trusted CAs: a PEM file and/or a hashed directory; both NULL = the
+ * system's default store. _mem: PEM certificates in memory (copied). */
+COIL_EXTERN int coil_tls_ctx_set_ca(coil_tls_ctx_t *c, const char *file,
+				    const char *dir);
+COIL_EXTERN int coil_tls_ctx_set_ca_mem(coil_tls_ctx_t *c, const void *pem,
+					size_t len);
+/* COIL_TLS_VERIFY_*. -EINVAL for another value. */
+COIL_EXTERN int coil_tls_ctx_set_verify(coil_tls_ctx_t *c, int mode);
+/* ALPN: a client offers protos in this order; a server picks the first of
+ * its list the client offered (none in common: no ALPN, not an error).
+ * Names of 1..255 bytes, copied; n == 0 clears. */
+COIL_EXTERN int coil_tls_ctx_set_alpn(coil_tls_ctx_t *c,
+				      const char *const *protos, size_t n);
+/* Protocol versions: COIL_TLS_1_2 or COIL_TLS_1_3, 0 = no bound (the
+ * minimum is never below TLS 1.2). */
+COIL_EXTERN int coil_tls_ctx_set_versions(coil_tls_ctx_t *c, int min, int max);
+/* OpenSSL cipher strings for TLS 1.2 and TLS 1.3 (NULL keeps one). */
+COIL_EXTERN int coil_tls_ctx_set_ciphers(coil_tls_ctx_t *c, const char *tls12,
+					 const char *tls13);
+/* Session resumption (server: session cache and tickets; client: the last
+ * session per host name is offered again). Default on. */
+COIL_EXTERN int coil_tls_ctx_set_session_resumption(coil_tls_ctx_t *c, int on);
+/* Handshakes started with c fail with -ETIMEDOUT (and close the channel)
+ * after ms; 0 = no limit. Default 10000. */
+COIL_EXTERN int coil_tls_ctx_set_handshake_timeout(coil_tls_ctx_t *c,
+						   unsigned ms);
+/* Server: cb(name, ud) runs during each handshake (on the connection's home
+ * worker; name is the client's SNI or NULL) and returns the server context
+ * to continue with (its certificate, ALPN list), or NULL to keep c. The
+ * returned context must stay alive while cb may return it; the connection
+ * takes its own reference. -EINVAL on a client context. */
+typedef coil_tls_ctx_t *(*coil_tls_sni_cb)(const char *name, void *ud);
+COIL_EXTERN int coil_tls_ctx_set_sni_cb(coil_tls_ctx_t *c, coil_tls_sni_cb cb,
+					void *ud);
+
+/* Starts TLS on a connected socket (or any open read-write stream
+ * channel): the handshake runs on the channel's home worker and the handle
+ * finishes with 0 once it is done (coil_tls_info is then valid). host (may
+ * be NULL: no name check) is sent as SNI and verified against the
+ * certificate (an IP literal is checked as an address). Fails with:
+ * -EINVAL (no context, wrong role, bad host name), -ENOTCONN (not open),
+ * -EBUSY (plaintext writes still queued: wait for them), -EALREADY (TLS
+ * already), -EKEYREJECTED (certificate verification failed; the message
+ * says why: "Hostname mismatch", "certificate has expired"...), -EPROTO
+ * (handshake failure: OpenSSL's reason, the peer's alert), -ECONNRESET
+ * (the peer closed), -ETIMEDOUT (the context's handshake timeout),
+ * -ECANCELED (aborted). Any failure after the call was accepted closes the
+ * channel. Bytes already read ahead are taken as the first TLS records.
+ * Any thread. NULL only on -ENOMEM. */
+COIL_EXTERN coil_ip_t *coil_socket_starttls_client(coil_socket_t *s,
+						   coil_tls_ctx_t *c,
+						   const char *host);
+COIL_EXTERN coil_ip_t *coil_socket_starttls_server(coil_socket_t *s,
+						   coil_tls_ctx_t *c);
+
+/* What a finished handshake negotiated (a copy). */
+typedef struct coil_tls_info_s {
+	char version[16];        /* "TLSv1.2", "TLSv1.3" */
+	char cipher[64];         /* OpenSSL's name of the cipher suite */
+	char alpn[256];          /* the ALPN protocol, "" if none */
+	char server_name[256];   /* the SNI name (client: the one sent) */
+	char peer_subject[512];  /* "/CN=..." of the peer certificate, or "" */
+	int session_reused;      /* 1 if the session was resumed */
+	int server;              /* 1 on the server side */
+} coil_tls_info_t;
+/* 0 and *out, -ENOTCONN (no TLS on ch, or the handshake is not done),
+ * -EINVAL, -ENOTSUP. Any thread once the starttls handle has finished. */
+COIL_EXTERN int coil_tls_info(const coil_channel_t *ch, coil_tls_info_t *out);
+
+/* A TLS listener: like coil_socket_on_new_client, but each accepted client
+ * first completes a server handshake with c; cb receives only handshaken
+ * clients (it owns them). Clients whose handshake fails or times out are
+ * closed and never shown. cb == NULL disconnects. Returns 0, -EINVAL
+ * (client context), -EDEADLK (called on another worker than the
+ * listener's), -ENOMEM. Any non-worker thread or the listener's worker. */
+COIL_EXTERN int coil_socket_on_new_tls_client(coil_socket_t *listener,
+					      coil_tls_ctx_t *c,
+					      coil_new_client_cb cb, void *ud);
 
 #ifdef __cplusplus
 }
