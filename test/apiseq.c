@@ -80,6 +80,8 @@ enum {
 	G_CLOSE_PAUSED = 1u << 10, /* close / release while the read signal
 				      may be connected (it may hold paused
 				      bytes) */
+	G_STEAL_IN_SIGNAL = 1u << 11, /* steal inside a signal callback of the
+					 victim */
 };
 
 static const struct {
@@ -97,15 +99,12 @@ static const struct {
 	{G_ABORT_FOREIGN_READ, "abort-foreign-read"},
 	{G_SMALL_BUFFERS, "small-buffers"},
 	{G_CLOSE_PAUSED, "close-paused-signal"},
+	{G_STEAL_IN_SIGNAL, "steal-in-signal"},
 };
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
-#define AQ_DEFAULT_GATES                                                   \
-	"steal,self-disconnect,replace-read-cb,abort-write,"              \
-	"abort-partial-read,closed-order,readinto-beside-readline,"         \
-	"release-race,abort-foreign-read,small-buffers,"                   \
-	"close-paused-signal"
+#define AQ_DEFAULT_GATES "small-buffers,steal-in-signal"
 
 static unsigned gates_parse(const char *s)
 {
@@ -262,6 +261,7 @@ struct aq_conn {
 	int released, closed_by_us, stole;
 	int changes; /* close / release / steal made (for "gone" checks) */
 	int in_sig;  /* inside a read-signal callback (any depth) */
+	int in_line; /* inside a readline-signal callback (any depth) */
 	int foreign_inflight;
 	int line_on;
 	aq_sub *read_sub, *line_sub, *closed_sub, *subs;
@@ -453,12 +453,11 @@ static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 	ev->flag = F_CONSUMED;
 	int idx = (int)(ev - c->ev);
 	int changes = c->changes;
-	if (type == EV_SIG)
-		c->in_sig++;
-	cb_next(c, s, data, len);
-	if (type == EV_SIG)
-		c->in_sig--;
-	ev = &c->ev[idx];
+	/* The read signal alone takes a chunk when, as it is shown, no
+	 * request is queued and no readline signal is connected (decided
+	 * before the callback: what the callback does to the signal or the
+	 * requests does not change it; docs/channel.md). */
+	int flag = F_CONSUMED;
 	if (type == EV_SIG) {
 		int ci = chan_index(c, ch);
 		bool consumers = c->line_on && c->line_sub && c->line_sub->ch == ch;
@@ -468,12 +467,21 @@ static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 			    coil_ip_state(r->ip) == COIL_IP_PENDING)
 				consumers = true;
 		}
-		if (c->foreign_inflight || changes != c->changes ||
-		    c->closed_by_us || (ci >= 0 && c->closed_count[ci]))
-			ev->flag = F_EITHER;
-		else
-			ev->flag = consumers ? F_SHARED : F_CONSUMED;
+		flag = consumers ? F_SHARED : F_CONSUMED;
+		if (c->foreign_inflight || c->closed_by_us ||
+		    (ci >= 0 && c->closed_count[ci]))
+			flag = F_EITHER;
 	}
+	int *in_ctr = type == EV_SIG ? &c->in_sig : &c->in_line;
+	(*in_ctr)++;
+	cb_next(c, s, data, len);
+	(*in_ctr)--;
+	ev = &c->ev[idx];
+	/* A callback that closed, released or stole: the chunk may not
+	 * reach the readers. */
+	if (type == EV_SIG && changes != c->changes)
+		flag = F_EITHER;
+	ev->flag = flag;
 	pthread_mutex_unlock(&c->mu);
 }
 
@@ -924,8 +932,10 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 		coil_channel_release(c->ch);
 		break;
 	case OP_STEAL:
-		if (!(run->gates & G_STEAL) && !c->foreign_inflight)
-			do_steal(c, issuer);
+		if ((run->gates & G_STEAL) || c->foreign_inflight ||
+		    ((run->gates & G_STEAL_IN_SIGNAL) && (c->in_sig || c->in_line)))
+			break;
+		do_steal(c, issuer);
 		break;
 	case OP_ON_READ:
 	case OP_OFF_READ:
@@ -1340,6 +1350,12 @@ static size_t req_bytes(aq_req *r, const unsigned char **d)
 	size_t n = 0;
 	*d = NULL;
 	if (r->kind == K_INTO) {
+		/* A failed readinto reports no count: what it had copied
+		 * went back to the front of the read queue (docs/channel.md
+		 * "Aborting"); the buffer keeps a copy that is not a
+		 * delivery. */
+		if (coil_ip_state(r->ip) != COIL_IP_FINISHED)
+			return 0;
 		while (n < r->n && r->buf[n])
 			n++;
 		*d = r->buf;
