@@ -17,6 +17,9 @@ FUZZ_SRCS_readline := lib/buf.c lib/alloc.c
 FUZZ_SRCS_http := examples/common/http_parser.c
 FUZZ_SRCS_addr := $(sort $(wildcard lib/*.c))
 FUZZ_LIBS_addr := -luring -lpthread
+# tls: the library with OpenSSL (the -D reaches every source of the line).
+FUZZ_SRCS_tls := $(sort $(wildcard lib/*.c))
+FUZZ_LIBS_tls := -DCOIL_HAVE_OPENSSL -luring -lpthread -lssl -lcrypto
 
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 60
