@@ -697,7 +697,8 @@ static void fill_info(tls_conn *t)
 	SSL_get0_alpn_selected(t->ssl, &a, &alen);
 	if (alen >= sizeof(i->alpn))
 		alen = sizeof(i->alpn) - 1;
-	memcpy(i->alpn, a, alen);
+	if (a && alen)
+		memcpy(i->alpn, a, alen);
 	i->alpn[alen] = 0;
 	const char *sn = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
 	snprintf(i->server_name, sizeof(i->server_name), "%s", sn ? sn : "");
