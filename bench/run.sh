@@ -10,7 +10,8 @@
 #   IDLE_CONNS=10000 connections held for the memory scenario; MEM_ROUNDS=1
 #   SERVER_CPU=0 LOAD_CPU=1   taskset pinning; THREADS=1 server threads
 #   PORT_BASE=19000  first port; every (round, server) gets its own port
-#   SCENARIOS="echo1 echo50 echo500 bulk http mem"   subset to run
+#   SCENARIOS="echo1 echo50 echo500 echo4k bulk http mem counts allocs"   subset to run
+#   COUNT_MSGS=20000 messages per server for the syscall counts (strace -c -f)
 #
 # Every server is started by this script, pinned, waited for (it must accept
 # a connection), measured, then stopped by its PID. The trap kills only the
@@ -29,23 +30,28 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 THREADS=${THREADS:-1}
 PORT_BASE=${PORT_BASE:-19000}
-SCENARIOS=${SCENARIOS:-"echo1 echo50 echo500 bulk http mem"}
+SCENARIOS=${SCENARIOS:-"echo1 echo50 echo500 echo4k bulk http mem counts allocs"}
+COUNT_MSGS=${COUNT_MSGS:-20000}
 NGINX=${NGINX:-/usr/sbin/nginx}
 LOADGEN=$B/bench/loadgen
 HZ=$(getconf CLK_TCK)
 
 # "name:command". The command gets "--port P --threads N" appended; @nginx
-# is generated below. The first entry of each list is the floor the ratios
-# are computed against, the second the second reference.
+# is generated below; leading VAR=value words go to the environment. The
+# first entry of each list is the floor the ratios are computed against,
+# the second the second reference. coil_noreg is coil with one ring feature
+# turned off (COIL_LOOP_FLAGS, see docs/api.md), to measure what it brings.
 ECHO_SERVERS=(
 	"uring:$B/bench/uring_echo"
 	"epoll:$B/bench/epoll_echo"
 	"libuv:$B/bench/uv_echo"
 	"coil:$B/examples/echo_server --host 127.0.0.1"
+	"coil_noreg:COIL_LOOP_FLAGS=0x8 $B/examples/echo_server --host 127.0.0.1"
 )
 HTTP_SERVERS=(
-	"epoll_http:$B/bench/epoll_http"
+	"uring_http:$B/bench/uring_http"
 	"nginx:@nginx"
+	"epoll_http:$B/bench/epoll_http"
 	"coil_http:$B/examples/http_echo --host 127.0.0.1"
 )
 
@@ -172,8 +178,12 @@ SPID=
 SKIPPED=
 # start_server name command port: 0 started, 2 not built, 1 failed
 start_server() {
-	local name=$1 cmd=$2 port=$3 bin dir
+	local name=$1 cmd=$2 port=$3 bin dir envs=
 	SPID=
+	while [[ $cmd =~ ^[A-Z_]+=[^\ ]*\  ]]; do
+		envs="$envs ${cmd%% *}"
+		cmd=${cmd#* }
+	done
 	if [ "$cmd" = @nginx ]; then
 		[ -x "$NGINX" ] || { note_skip "$name" "$NGINX not installed"; return 2; }
 		dir=$TMP/nginx-$port
@@ -189,7 +199,7 @@ start_server() {
 		return 1
 	fi
 	# shellcheck disable=SC2086 # cmd is a command line on purpose
-	taskset -c "$SERVER_CPU" $cmd >"$TMP/$name.log" 2>&1 &
+	env $envs taskset -c "$SERVER_CPU" $cmd >"$TMP/$name.log" 2>&1 &
 	SPID=$!
 	STARTED="$STARTED$SPID "
 	if ! taskset -c "$LOAD_CPU" "$LOADGEN" --port "$port" --mode wait --timeout 5 2>/dev/null; then
@@ -222,13 +232,14 @@ note_skip() {
 	echo "  $1: $2: skipped"
 }
 
-# echo_run scenario server port conns mode
+# echo_run scenario server port conns mode [loadgen args...]
 echo_run() {
 	local sc=$1 name=$2 port=$3 conns=$4 mode=$5 out c0 c1 msgs bytes secs dt
+	shift 5
 	server_gone "$sc" "$name" && return
 	c0=$(cpu_ticks "$SPID")
 	out=$(taskset -c "$LOAD_CPU" "$LOADGEN" --port "$port" --mode "$mode" \
-		--conns "$conns" --duration "$DUR" 2>"$TMP/loadgen.err")
+		--conns "$conns" --duration "$DUR" "$@" 2>"$TMP/loadgen.err")
 	local rc=$?
 	c1=$(cpu_ticks "$SPID")
 	if [ $rc -ne 0 ] || [ -z "$out" ] || ! alive "$SPID"; then
@@ -317,6 +328,37 @@ mem_run() {
 	rec mem "$name" per_conn "$(calc %.0f "($r1 - $r0) * 1024 / $IDLE_CONNS")"
 }
 
+# Syscalls of the server while it echoes exactly COUNT_MSGS messages over
+# $conns connections: strace -c -f attached to every thread of the running
+# server (after the warm-up), detached with SIGINT once loadgen is done.
+# Exact counts, not estimates; strace slows the server, so no timing here.
+count_run() { # server port conns
+	local name=$1 port=$2 conns=$3 spid out calls enters
+	server_gone counts "$name" && return
+	command -v strace >/dev/null || { note_skip "counts" "strace not installed"; return; }
+	strace -qq -f -c -o "$TMP/strace.out" -p "$SPID" 2>"$TMP/strace.err" &
+	spid=$!
+	STARTED="$STARTED$spid "
+	sleep 0.5 # attached to every thread by then
+	out=$(taskset -c "$LOAD_CPU" "$LOADGEN" --port "$port" --mode echo \
+		--conns "$conns" --count "$COUNT_MSGS" --timeout 60 2>"$TMP/loadgen.err")
+	local rc=$?
+	kill -INT "$spid" 2>/dev/null
+	wait "$spid" 2>/dev/null
+	forget "$spid"
+	if [ $rc -ne 0 ] || [ ! -s "$TMP/strace.out" ]; then
+		echo "  $name counts: FAILED: $(tr '\n' ' ' <"$TMP/loadgen.err" "$TMP/strace.err")"
+		rec "counts$conns" "$name" fail 1
+		return
+	fi
+	# columns: % time, seconds, usecs/call, calls, [errors,] syscall
+	calls=$(awk '$NF == "total" { print $4 }' "$TMP/strace.out")
+	enters=$(awk '$NF == "io_uring_enter" { print $4 }' "$TMP/strace.out")
+	rec "counts$conns" "$name" sys_per "$(calc %.3f "${calls:-0} / $COUNT_MSGS")"
+	rec "counts$conns" "$name" enter_per "$(calc %.3f "${enters:-0} / $COUNT_MSGS")"
+	cp "$TMP/strace.out" "$TMP/strace.$name.$conns"
+}
+
 # median scenario server key (empty if none)
 median() {
 	awk -v s="$1" -v n="$2" -v k="$3" '$1 == s && $2 == n && $3 == k { print $4 }' "$RES" |
@@ -361,7 +403,7 @@ T0=$(date +%s)
 for r in $(seq "$ROUNDS"); do
 	echo "round $r/$ROUNDS ..."
 	i=0
-	if has echo1 || has echo50 || has echo500 || has bulk; then
+	if has echo1 || has echo50 || has echo500 || has echo4k || has bulk; then
 		for e in "${ECHO_SERVERS[@]}"; do
 			name=${e%%:*}; cmd=${e#*:}
 			port=$((PORT_BASE + (r - 1) * NSERV + i)); i=$((i + 1))
@@ -372,6 +414,8 @@ for r in $(seq "$ROUNDS"); do
 			has echo1 && echo_run echo1 "$name" "$port" 1 echo
 			has echo50 && echo_run echo50 "$name" "$port" 50 echo
 			has echo500 && echo_run echo500 "$name" "$port" 500 echo
+			has echo4k && echo_run echo4k "$name" "$port" 50 echo \
+				--size 4096 --depth 4
 			has bulk && echo_run bulk "$name" "$port" 1 bulk
 			stop_server
 		done
@@ -401,6 +445,20 @@ if has mem; then
 			mem_run "$name" "$port"
 			stop_server
 		done
+	done
+fi
+if has counts; then
+	echo "syscall counts: $COUNT_MSGS messages per echo server under strace -c -f ..."
+	i=0
+	for e in "${ECHO_SERVERS[@]}"; do
+		name=${e%%:*}; cmd=${e#*:}
+		port=$((PORT_BASE + (ROUNDS + MEM_ROUNDS) * NSERV + i)); i=$((i + 1))
+		start_server "$name" "$cmd" "$port" || continue
+		taskset -c "$LOAD_CPU" "$LOADGEN" --port "$port" --conns 50 \
+			--duration 0.3 >/dev/null 2>&1
+		count_run "$name" "$port" 1
+		count_run "$name" "$port" 50
+		stop_server
 	done
 fi
 echo "(measured in $(($(date +%s) - T0)) s)"
@@ -517,12 +575,42 @@ report_mem() {
 	echo
 }
 
+report_counts() {
+	local name c
+	has counts || return
+	echo "== syscalls per echoed 64 B message (strace -c -f on the server, $COUNT_MSGS messages, exact counts) =="
+	printf '%-10s %22s %22s %22s %22s\n' server "io_uring_enter, 1 conn" "all syscalls, 1 conn" \
+		"io_uring_enter, 50" "all syscalls, 50"
+	for e in "${ECHO_SERVERS[@]}"; do
+		name=${e%%:*}
+		[ -n "$(median counts1 "$name" sys_per)" ] || { printf '%-10s no result\n' "$name"; continue; }
+		printf '%-10s %22s %22s %22s %22s\n' "$name" \
+			"$(median counts1 "$name" enter_per)" "$(median counts1 "$name" sys_per)" \
+			"$(median counts50 "$name" enter_per)" "$(median counts50 "$name" sys_per)"
+	done
+	echo
+}
+
+report_allocs() {
+	has allocs || return
+	echo "== heap allocations per message (bench/allocs: coil__alloc_total(), exact) =="
+	if [ -x "$B/bench/allocs" ]; then
+		"$B/bench/allocs" 20000 || echo "  allocs FAILED"
+	else
+		echo "  $B/bench/allocs not built"
+	fi
+	echo
+}
+
 report_echo echo1 "echo 64 B ping-pong, 1 connection (latency-bound)"
 report_echo echo50 "echo 64 B ping-pong, 50 connections"
 report_echo echo500 "echo 64 B ping-pong, 500 connections"
+report_echo echo4k "echo 4 KiB messages, 4 in flight per connection, 50 connections"
 report_bulk
 report_http
 report_mem
+report_counts
+report_allocs
 
 echo "How to read: rate ratio = server / reference (above 1 is faster); CPU ratio = server CPU per"
 echo "message, request or MB / reference (below 1 is cheaper). CPU = utime+stime of the server"

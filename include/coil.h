@@ -63,11 +63,20 @@ COIL_EXTERN void coil_free(void *p);
 
 typedef struct coil_loop_s coil_loop_t;
 
-/* Flags for coil_loop_opts_t.flags (mostly for tests of the fallbacks). */
+/* Flags for coil_loop_opts_t.flags: each turns off an optional kernel
+ * feature, for tests of the fallbacks and for comparisons. */
 #define COIL_LOOP_NO_DEFER_TASKRUN 0x1u /* do not try DEFER_TASKRUN */
 #define COIL_LOOP_NO_COOP_TASKRUN 0x2u  /* do not try COOP_TASKRUN */
+#define COIL_LOOP_NO_READ_MULTISHOT 0x4u /* single reads for pipes/ttys */
+#define COIL_LOOP_NO_REGISTERED_RING 0x8u /* do not register the ring fd */
 
+/* Loop options. The struct may grow at its end in later versions: always
+ * fill it with coil_loop_opts_init(), which sets size, then change fields.
+ * coil_loop_new() reads only the first `size` bytes (so a program built
+ * against an older, smaller struct still works) and refuses a larger size
+ * whose unknown trailing bytes are not zero. */
 typedef struct coil_loop_opts_s {
+	size_t size;         /* sizeof(coil_loop_opts_t), set by opts_init */
 	unsigned workers;    /* worker threads; 0 = online CPUs */
 	unsigned sq_entries; /* SQ size per ring; 0 = 256 */
 	unsigned cq_entries; /* CQ size per ring; 0 = 16 * sq_entries */
@@ -76,14 +85,25 @@ typedef struct coil_loop_opts_s {
 	unsigned flags;      /* COIL_LOOP_* */
 } coil_loop_opts_t;
 
-/* Fills *opts with the defaults (all zero). Any thread. */
+/* Fills *opts with the defaults (all zero) and sets opts->size. Any
+ * thread. */
 COIL_EXTERN void coil_loop_opts_init(coil_loop_opts_t *opts);
 
 /* Creates a loop and starts its worker threads. opts may be NULL.
- * Returns 0 and sets *out, or: -EINVAL (bad option), -ENOMEM, -ENOSYS /
- * -EPERM (io_uring unavailable: old kernel, seccomp, io_uring_disabled),
- * or the error of io_uring_queue_init / pthread_create. Any thread. */
+ * Returns 0 and sets *out, or: -EINVAL (bad option, or opts->size not set
+ * by coil_loop_opts_init), -E2BIG (opts from a newer coil with non-zero
+ * fields this one does not know), -ENOMEM, -ENOSYS (io_uring absent, or the
+ * kernel lacks a feature coil needs: multishot recv/accept, provided buffer
+ * rings, an opcode), -EPERM (seccomp, io_uring_disabled), or the error of
+ * io_uring_queue_init / pthread_create. On failure coil_loop_last_error()
+ * says why. Any thread. */
 COIL_EXTERN int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts);
+
+/* Text describing why the calling thread's last failed coil_loop_new()
+ * failed (naming a missing kernel feature or the bad option), or "" after a
+ * success. Thread-local storage owned by coil: valid until the thread's next
+ * coil_loop_new(); never NULL. Any thread. */
+COIL_EXTERN const char *coil_loop_last_error(void);
 
 /* Stops the loop: every channel, socket, monitor and timer still open is
  * closed immediately (pending InProgress handles fail with -ECANCELED or
@@ -321,6 +341,13 @@ COIL_EXTERN int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other);
  * a foreign thread, signal callbacks already running on the home worker may
  * still be finishing when this returns. Any thread. */
 COIL_EXTERN void coil_channel_release(coil_channel_t *ch);
+/* One more user reference to ch (returns ch), for a thread that keeps the
+ * channel while another may release it: each reference is dropped with its
+ * own coil_channel_release(), and only the last one releases the channel as
+ * described above. The caller must already hold a reference (its own or one
+ * passed to it). Invalid after coil_loop_free(), like every channel handle.
+ * Any thread. */
+COIL_EXTERN coil_channel_t *coil_channel_ref(coil_channel_t *ch);
 
 /* Reads. Each returns a new InProgress (NULL on -ENOMEM). At end of stream
  * and after close (kaa), reads finish with what is buffered, then 0 bytes;
@@ -378,8 +405,10 @@ COIL_EXTERN coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data,
 /* Zero-copy echo/relay: called inside a read-signal callback with bytes of
  * the chunk being shown (data within the callback's view), the bytes are
  * sent straight from the worker's receive buffer, which stays with the
- * write until they are sent. A worker lends at most half its buffers this
- * way; otherwise, and when called anywhere else, the bytes are copied as by
+ * write until they are sent. ch may be the channel being read (echo) or
+ * another channel with the same home worker (relay). A worker lends at most
+ * half its buffers this way; otherwise (other worker, bytes not from the
+ * shown chunk, called anywhere else) the bytes are copied as by
  * coil_channel_write. Same results and errors as coil_channel_write. */
 COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
 					       const void *data, size_t len);
@@ -390,6 +419,50 @@ COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
  * in-flight ring operations are cancelled, and the closed signal fires once
  * with expected = 1. A second close is a no-op (0). Any thread. */
 COIL_EXTERN int coil_channel_close(coil_channel_t *ch, int immediate);
+
+/* Linger, the drain deadline of a graceful close (nginx send_timeout): a
+ * channel closing with writes queued that makes no write progress for `ms`
+ * milliseconds (counted from the close, then from each send that moved
+ * bytes) closes at once; its unsent writes fail with -ETIMEDOUT (the first)
+ * and -EBADF. ms == 0: a graceful close is immediate. Default
+ * COIL_CHANNEL_LINGER_DEFAULT_MS (30 s). Read when the close begins and at
+ * each expiry. Returns 0 or -EINVAL. Any thread. */
+#define COIL_CHANNEL_LINGER_DEFAULT_MS 30000u
+COIL_EXTERN int coil_channel_set_linger(coil_channel_t *ch, unsigned ms);
+COIL_EXTERN unsigned coil_channel_linger(const coil_channel_t *ch);
+
+/* Drained signal (libuv/node "drain"): cb(ch, ud) runs on the home worker
+ * when write_queue_used falls to the low-water mark or below after a write
+ * took it above the mark, or after a write was refused with -ENOBUFS (retry
+ * then). Not while the channel closes. NULL disconnects. The mark defaults
+ * to queue_size / 4; coil_channel_set_low_water sets it (bytes; SIZE_MAX is
+ * -EINVAL). Returns 0, -EINVAL or -ENOMEM. Any thread. */
+typedef void (*coil_drain_cb)(coil_channel_t *ch, void *ud);
+COIL_EXTERN int coil_channel_on_drain(coil_channel_t *ch, coil_drain_cb cb,
+				      void *ud);
+COIL_EXTERN int coil_channel_set_low_water(coil_channel_t *ch, size_t n);
+COIL_EXTERN size_t coil_channel_low_water(const coil_channel_t *ch);
+
+/*
+ * Relay: every byte src reads is written to dst, in order, until src's
+ * stream ends. src's reading pauses while dst's write queue is at half its
+ * queue_size or more and resumes once it drained to dst's low-water mark, so
+ * a slow reader behind dst holds at most dst's queue (no -ENOBUFS, no byte
+ * lost). When both share a home worker the bytes go from src's receive
+ * buffer to dst's send without a copy (coil_channel_write_view rules).
+ * Uses src's read signal (-EBUSY if one is connected); dst may receive
+ * other writes meanwhile (interleaved at chunk boundaries); one relay per
+ * dst at a time (-EBUSY). The handle (home: src's worker) finishes with the
+ * bytes dst handed to the kernel once src reached end of stream (or was
+ * closed) and every relayed write completed; fails with the first write
+ * error, -EPIPE when dst closed first, src's read error, or -ECANCELED when
+ * aborted (the relay stops; bytes src already read and did not relay stay
+ * in src's read queue). Neither channel is closed by the relay. Both ways:
+ * two relays, e.g. coil_ip_all() of coil_channel_relay(a, b) and
+ * coil_channel_relay(b, a). NULL on -ENOMEM. Any thread.
+ */
+COIL_EXTERN coil_ip_t *coil_channel_relay(coil_channel_t *src,
+					  coil_channel_t *dst);
 
 /* Signals. Connect with a callback, disconnect with NULL. The data passed to
  * read/readline callbacks is a view valid only during the call. read sees

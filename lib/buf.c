@@ -109,6 +109,37 @@ static int bufq_reserve(coil__bufq *q, size_t n)
 	return 0;
 }
 
+int coil__bufq_prepend(coil__bufq *q, const void *p, size_t n)
+{
+	if (!n)
+		return 0;
+	if (n <= q->off) {
+		/* The dead prefix has room (the usual case: the bytes were
+		 * just consumed from there). */
+		q->off -= n;
+		memmove(q->buf + q->off, p, n);
+		q->len += n;
+		return 0;
+	}
+	if (q->len > SIZE_MAX - n)
+		return -ENOMEM;
+	size_t cap = q->cap ? q->cap : BUFQ_MIN;
+	while (cap < q->len + n)
+		cap = cap > SIZE_MAX / 2 ? q->len + n : cap * 2;
+	char *b = coil__malloc(cap);
+	if (!b)
+		return -ENOMEM;
+	memcpy(b, p, n);
+	if (q->len)
+		memcpy(b + n, q->buf + q->off, q->len);
+	coil__free(q->buf);
+	q->buf = b;
+	q->off = 0;
+	q->len += n;
+	q->cap = cap;
+	return 0;
+}
+
 int coil__bufq_append(coil__bufq *q, const void *p, size_t n)
 {
 	if (!n)

@@ -27,6 +27,10 @@ void coil__bufq_free(coil__bufq *q);
  * (doubling); a large dead prefix is reclaimed by moving the live bytes to
  * the front rather than by growing. n == 0 is a no-op (p may be NULL). */
 int coil__bufq_append(coil__bufq *q, const void *p, size_t n);
+/* Puts n bytes in front of the live ones (bytes handed back to where they
+ * were consumed from): 0, or -ENOMEM with q unchanged. p must not point into
+ * q's storage. n == 0 is a no-op. */
+int coil__bufq_prepend(coil__bufq *q, const void *p, size_t n);
 /* The first live byte; valid until the next append, consume or take. An
  * empty queue without storage gives "" (never NULL + 0, which UBSan flags). */
 static inline const char *coil__bufq_data(const coil__bufq *q)

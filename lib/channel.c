@@ -56,6 +56,7 @@ typedef struct readreq {
 	coil_ip_t *ip;   /* the request's reference */
 	int kind;
 	bool queued;
+	bool aborted;    /* aborted before it reached the home worker */
 	size_t n;        /* EXACT/INTO/READV: bytes wanted */
 	size_t got;      /* INTO: bytes copied so far */
 	char *into;
@@ -72,6 +73,9 @@ typedef struct coil__writereq {
 	size_t len, off;
 	void (*free_fn)(void *);
 	int bid;          /* a provided buffer lent by write_view, or -1 */
+	bool queued;      /* in the write queue (home worker) */
+	bool started;     /* went into a send: bytes may be the kernel's */
+	bool aborted;     /* aborted before it reached the home worker */
 } writereq;
 
 static void process(coil_channel_t *ch);
@@ -81,6 +85,14 @@ static void finish_close(coil_channel_t *ch);
 static void maybe_close_fd(coil_channel_t *ch);
 static void flush_sigq(coil_channel_t *ch);
 static void finish_empty(coil_ip_t *ip);
+static void process_api(coil_channel_t *ch);
+static void emit_closed(coil_channel_t *ch);
+static void steal_drained(coil_channel_t *victim);
+static void linger_stop(coil_channel_t *ch);
+static void fail_all_reads(coil_channel_t *ch, int err, const char *msg);
+static void gate_wake(coil_channel_t *ch);
+static void relay_check(coil_channel_t *ch);
+static void drain_check(coil_channel_t *ch);
 
 static inline bool on_home(const coil_channel_t *ch)
 {
@@ -104,8 +116,15 @@ void coil__channel_get(coil_channel_t *ch)
 	atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
 }
 
+static void fail_writes(coil_channel_t *ch, int first_err, const char *msg);
+
 static void channel_free(coil_channel_t *ch)
 {
+	/* Nothing a freed channel held may stay pending: its requests fail
+	 * (normally close has settled them all already). */
+	fail_all_reads(ch, -EBADF, "channel freed");
+	fail_writes(ch, -EBADF, "channel freed");
+	pthread_mutex_destroy(&ch->fd_lock);
 	if (ch->sock_free)
 		ch->sock_free(ch);
 	if (ch->flt) /* tls.c */
@@ -172,6 +191,10 @@ int coil__channel_new(coil__worker *w, coil_channel_t **out)
 		return -ENOMEM;
 	ch->w = w;
 	atomic_init(&ch->refs, 1);
+	atomic_init(&ch->urefs, 1);
+	pthread_mutex_init(&ch->fd_lock, NULL);
+	atomic_init(&ch->linger_ms, COIL_CHANNEL_LINGER_DEFAULT_MS);
+	atomic_init(&ch->low_water, SIZE_MAX);
 	atomic_init(&ch->st, COIL__CH_NEW);
 	ch->fd = -1;
 	ch->cur_bid = -1;
@@ -224,6 +247,11 @@ enum call_kind {
 	CALL_INTEREST,
 	CALL_EOF_CLOSE,
 	CALL_REWRAP,
+	CALL_WAKE,
+	CALL_UNGATE,
+	CALL_ON_DRAIN,
+	CALL_RELAY,
+	CALL_RELAY_CHECK,
 };
 
 struct call {
@@ -238,6 +266,8 @@ struct call {
 static void call_local(coil_channel_t *ch, int kind, int i, void *cb,
 		       void *ud);
 static void rewrap_local(coil_channel_t *ch, int fd, int mode);
+static void relay_start(coil_channel_t *src, struct coil__relay *r);
+static void relay_dst_closed(coil_channel_t *src, coil_channel_t *dst);
 
 static void call_task_run(coil__task *t)
 {
@@ -279,16 +309,45 @@ static void recv_cancel_complete(coil__op *op, int res, unsigned flags);
  * were already received when the pause began are bounded by what one
  * completion batch can carry (the worker's provided buffers).
  */
-static bool signal_paused(const coil_channel_t *ch)
+static bool queue_high(const coil_channel_t *ch)
 {
-	return atomic_load_explicit(&ch->wq_used, memory_order_relaxed) >=
-	       atomic_load_explicit(&ch->queue_size, memory_order_relaxed) / 2;
+	return atomic_load(&ch->wq_used) >= atomic_load(&ch->queue_size) / 2;
 }
 
-static bool want_read(const coil_channel_t *ch)
+/* The low-water mark: set, or a quarter of queue_size. */
+static size_t low_water(const coil_channel_t *ch)
+{
+	size_t lw = atomic_load_explicit(&ch->low_water, memory_order_relaxed);
+	return lw != SIZE_MAX ? lw : atomic_load(&ch->queue_size) / 4;
+}
+
+/*
+ * The gate (a relay's destination, maybe on another worker) pauses this
+ * channel's read signal while its own write queue is high. The flag is
+ * raised before the second look, and the gate drops its queue before it
+ * looks at the flag (gate_wake), so one of the two always sees the other.
+ */
+static bool gate_high(coil_channel_t *ch)
+{
+	coil_channel_t *g = ch->gate;
+	if (!g || !queue_high(g))
+		return false;
+	atomic_store(&ch->gate_paused, true);
+	if (queue_high(g))
+		return true;
+	atomic_store(&ch->gate_paused, false);
+	return false;
+}
+
+static bool signal_paused(coil_channel_t *ch)
+{
+	return queue_high(ch) || gate_high(ch);
+}
+
+static bool want_read(coil_channel_t *ch)
 {
 	if (ch->fd < 0 || ch->eof || !(ch->mode & COIL_IO_READ) ||
-	    state(ch) != COIL__CH_OPEN || ch->w->stopping)
+	    state(ch) != COIL__CH_OPEN || ch->w->stopping || ch->steal_wait)
 		return false;
 	if (ch->flt && ch->flt->want_input(ch)) /* tls.c: a handshake */
 		return true;
@@ -364,6 +423,15 @@ static void defer_run(coil__defer *d)
 {
 	coil_channel_t *ch = coil__container_of(d, coil_channel_t, defer);
 	ch->starved = false;
+	/* Work an API call left for later so that no user callback runs
+	 * inside it (rule 13): held-back bytes for a new read signal, lines
+	 * for a new readline signal. */
+	if (ch->sigq.len && state(ch) == COIL__CH_OPEN)
+		flush_sigq(ch);
+	if (ch->lines_due) {
+		ch->lines_due = false;
+		process(ch);
+	}
 	/* A send that found no SQE (SQ full, kernel busy) was deferred too. */
 	kick_write(ch);
 	if (want_read(ch)) {
@@ -398,7 +466,16 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 	bool more = flags & IORING_CQE_F_MORE;
 	if (!more)
 		ch->recv_armed = false;
-	if (res > 0) {
+	if (res > 0 && ch->steal_to) {
+		/* Stolen: what the old receive still takes belongs to the
+		 * thief, in order, before anything it reads itself. */
+		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+		coil_channel_t *to = ch->steal_to;
+		if (state(to) == COIL__CH_OPEN && !to->eof)
+			on_bytes(to, coil__bufring_buf(ch->w, bid), (size_t)res,
+				 -1);
+		coil__bufring_recycle(ch->w, bid);
+	} else if (res > 0) {
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 		/* Bytes that arrive after close are dropped: the user asked
 		 * for the channel to stop. */
@@ -413,6 +490,8 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 			ch->cur_kept = false;
 		else
 			coil__bufring_recycle(ch->w, bid);
+	} else if (ch->steal_to) {
+		/* The thief's own receive will see the end or the error. */
 	} else if (res == 0) {
 		set_eof(ch, ch->flt ? ch->flt->eof(ch) : 0); /* tls.c */
 	} else if (res == -ENOBUFS) {
@@ -426,6 +505,8 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		set_eof(ch, res);
 	}
 	if (!more) {
+		if (ch->steal_to)
+			steal_drained(ch);
 		update_interest(ch);
 		maybe_close_fd(ch);
 		coil__channel_put(ch);
@@ -660,8 +741,40 @@ static void process(coil_channel_t *ch)
 	coil__channel_put(ch);
 }
 
+/*
+ * process() for API calls (read, close, signal changes): serves requests,
+ * whose handles only queue their callbacks, but leaves the readline signal
+ * to the end of the turn, so that no user callback runs inside the call
+ * (rule 13).
+ */
+static void process_api(coil_channel_t *ch)
+{
+	if (!ch->on_line) {
+		process(ch);
+		return;
+	}
+	coil_read_cb cb = ch->on_line;
+	ch->on_line = NULL;
+	process(ch);
+	ch->on_line = cb;
+	if (ch->rq.len) {
+		ch->lines_due = true;
+		coil__defer_add(ch->w, &ch->defer);
+	}
+	update_interest(ch);
+}
+
+/* The channel whose provided buffer a read signal is shown right now (write
+ * views of it may keep the buffer), on this thread. */
+static __thread coil_channel_t *showing;
+
 static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 {
+	/* Readers beside the signal get the chunk too; without them the
+	 * signal alone consumed it, even if it disconnected itself meanwhile
+	 * (a read() it issued gets the next bytes, not these again). */
+	bool others = !coil__list_empty(&ch->reads) || ch->on_line;
+	bool shown = false;
 	if (ch->on_read) {
 		if (ch->sigq.len || signal_paused(ch)) {
 			/* Held for the signal; other consumers get them
@@ -677,8 +790,12 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 			ch->cur_bid = bid;
 			ch->cur_buf = p;
 			ch->cur_len = n;
+			coil_channel_t *prev = showing;
+			showing = ch;
 			ch->on_read(ch, p, n, ch->on_read_ud);
+			showing = prev;
 			ch->cur_bid = -1;
+			shown = true;
 			bool gone = state(ch) != COIL__CH_OPEN;
 			/* Backpressure takes effect now, not at the end of
 			 * the turn. */
@@ -689,8 +806,7 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 				return;
 		}
 	}
-	bool consumers = !coil__list_empty(&ch->reads) || ch->on_line;
-	if (!consumers && ch->on_read)
+	if (shown && !others)
 		return; /* the read signal alone took these bytes */
 	/* Fast path: an empty queue and a plain read at the head. */
 	if (!ch->rq.len && !ch->on_line && !coil__list_empty(&ch->reads)) {
@@ -721,15 +837,24 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
  * queue allows. */
 static void flush_sigq(coil_channel_t *ch)
 {
+	/* One frame at a time: a nested flush (a callback that replaced
+	 * the signal) would show the chunk being shown again. */
+	if (ch->in_flush) {
+		ch->flush_again = true;
+		return;
+	}
+	ch->in_flush = true;
 	coil__channel_get(ch);
 	size_t chunk = atomic_load_explicit(&ch->chunk_size, memory_order_relaxed);
 	bool fed = false;
+again:
+	ch->flush_again = false;
 	while (ch->sigq.len && ch->on_read && !signal_paused(ch) &&
 	       state(ch) == COIL__CH_OPEN) {
 		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
+		bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
-		if (state(ch) == COIL__CH_OPEN &&
-		    (!coil__list_empty(&ch->reads) || ch->on_line)) {
+		if (state(ch) == COIL__CH_OPEN && others) {
 			/* Readers beside the signal see the same bytes. */
 			if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
 					      n))
@@ -750,8 +875,12 @@ static void flush_sigq(coil_channel_t *ch)
 	}
 	if (!ch->on_read || state(ch) != COIL__CH_OPEN)
 		coil__bufq_free(&ch->sigq);
+	if (ch->flush_again)
+		goto again;
+	ch->in_flush = false;
 	if (fed)
 		process(ch);
+	relay_check(ch);
 	if (!ch->sigq.len && ch->close_after_sigq) {
 		/* The end of stream waited for the signal to see it all. */
 		ch->close_after_sigq = false;
@@ -775,26 +904,67 @@ static void set_eof(coil_channel_t *ch, int err)
 		ch->close_after_sigq = true; /* see flush_sigq */
 	else if (ch->close_on_eof)
 		coil__channel_close_local(ch, false, false);
+	relay_check(ch);
 }
 
 /* ---- reading: the API ---- */
 
 static void read_task_run(coil__task *t);
 
+/*
+ * Abort of a read (its own, or its timeout's). A request not yet served has
+ * taken nothing from the stream. A readinto that copied part of what it
+ * wants gives those bytes back to the front of the read queue, where they
+ * came from (it is always the head request), so the next read starts with
+ * them: an aborted read loses no byte. The handle fails with -ECANCELED.
+ */
 static int read_abort(coil_ip_t *ip, void *arg)
 {
 	readreq *r = arg;
-	if (r->queued) {
-		coil_channel_t *ch = r->ch;
-		/* Not yet served: nothing was taken from the queue, so no
-		 * byte is lost by forgetting the request. */
-		coil__list_del(&r->link);
-		r->queued = false;
-		if (r->kind == RR_LINE)
-			atomic_fetch_sub(&ch->nlines, 1);
-		coil_ip_unref(r->ip);
-		coil__free(r);
-		update_interest(ch);
+	coil_channel_t *ch = r->ch;
+	if (!r->queued) {
+		/* Still on its way to the home worker: dropped on arrival. */
+		r->aborted = true;
+		return 0;
+	}
+	if (r->kind == RR_INTO && r->got) {
+		if (coil__bufq_prepend(&ch->rq, r->into, r->got)) {
+			coil__ip_fail_msg(r->ip, -ENOMEM,
+					  "out of memory returning the bytes "
+					  "of an aborted readinto");
+			coil__list_del(&r->link);
+			r->queued = false;
+			coil_ip_unref(r->ip);
+			coil__free(r);
+			set_eof(ch, -ENOMEM);
+			return 1;
+		}
+		ch->scan = 0;
+		rq_changed(ch);
+	}
+	coil__list_del(&r->link);
+	r->queued = false;
+	if (r->kind == RR_LINE)
+		atomic_fetch_sub(&ch->nlines, 1);
+	coil_ip_unref(r->ip);
+	coil__free(r);
+	/* The next request may be served by what the aborted one left. */
+	if (!coil__list_empty(&ch->reads) && ch->rq.len)
+		process_api(ch);
+	update_interest(ch);
+	return 0;
+}
+
+/* Requests this channel can never serve fail at once. */
+static int read_refused(coil_channel_t *ch, const char **msg)
+{
+	if (atomic_load(&ch->listening)) {
+		*msg = "read on a listening socket (use accept)";
+		return -ENOTCONN;
+	}
+	if (state(ch) != COIL__CH_NEW && !(ch->mode & COIL_IO_READ)) {
+		*msg = "read on a channel not open for reading";
+		return -EBADF;
 	}
 	return 0;
 }
@@ -802,12 +972,22 @@ static int read_abort(coil_ip_t *ip, void *arg)
 static void read_enqueue(coil_channel_t *ch, readreq *r)
 {
 	do_register(ch);
-	coil_ip_set_abort(r->ip, read_abort, r);
+	const char *msg = NULL;
+	int err = r->aborted ? -ECANCELED : read_refused(ch, &msg);
+	if (err) {
+		if (err != -ECANCELED)
+			coil__ip_fail_msg(r->ip, err, msg);
+		if (r->kind == RR_LINE)
+			atomic_fetch_sub(&ch->nlines, 1);
+		coil_ip_unref(r->ip);
+		coil__free(r);
+		return;
+	}
 	r->queued = true;
 	coil__list_add_tail(&ch->reads, &r->link);
 	if (state(ch) >= COIL__CH_CLOSING)
 		ch->eof = true;
-	process(ch);
+	process_api(ch);
 }
 
 static void read_task_run(coil__task *t)
@@ -816,6 +996,17 @@ static void read_task_run(coil__task *t)
 	coil_channel_t *ch = r->ch;
 	read_enqueue(ch, r);
 	coil__channel_put(ch);
+}
+
+/* Settles every pending read with err (a channel freed with requests left,
+ * which close normally prevents). */
+static void fail_all_reads(coil_channel_t *ch, int err, const char *msg)
+{
+	while (!coil__list_empty(&ch->reads)) {
+		readreq *r = coil__container_of(ch->reads.next, readreq, link);
+		coil__ip_fail_msg(r->ip, err, msg);
+		req_done(ch, r);
+	}
 }
 
 static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
@@ -869,6 +1060,8 @@ static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
 	coil__list_init(&r->link);
 	if (kind == RR_LINE)
 		atomic_fetch_add(&ch->nlines, 1);
+	/* Set before anyone else sees ip, so an abort always finds it. */
+	coil_ip_set_abort(ip, read_abort, r);
 	if (on_home(ch)) {
 		read_enqueue(ch, r);
 	} else {
@@ -982,6 +1175,26 @@ static void fail_writes(coil_channel_t *ch, int first_err, const char *msg)
 		err = -EBADF;
 		r = next;
 	}
+	gate_wake(ch);
+}
+
+/* The error writes fail with when the channel closed under them. */
+static int closed_err(const coil_channel_t *ch, const char **msg)
+{
+	if (ch->linger_expired) {
+		*msg = "linger: the write queue made no progress for the "
+		       "channel's linger time";
+		return -ETIMEDOUT;
+	}
+	*msg = "channel closed";
+	return -EBADF;
+}
+
+static void fail_closed_writes(coil_channel_t *ch)
+{
+	const char *msg;
+	int err = closed_err(ch, &msg);
+	fail_writes(ch, err, msg);
 }
 
 static bool can_send(const coil_channel_t *ch)
@@ -1004,6 +1217,7 @@ static void kick_write(coil_channel_t *ch)
 		return;
 	int n = 0, batch = ch->dgram ? 1 : COIL__IOV_BATCH;
 	for (writereq *r = ch->wq_head; r && n < batch; r = r->next) {
+		r->started = true;
 		ch->iov[n].iov_base = r->data + r->off;
 		ch->iov[n].iov_len = r->len - r->off;
 		n++;
@@ -1042,6 +1256,8 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 	coil_channel_t *ch = coil__container_of(op, coil_channel_t, send_op);
 	ch->send_inflight = false;
 	size_t done = res > 0 ? (size_t)res : 0;
+	if (done && ch->linger_armed)
+		ch->last_progress_ms = coil__now_ms();
 	if (ch->flt && done) /* tls.c: sent bytes -> plaintext bytes */
 		done = ch->flt->sent(ch, done);
 	while (ch->wq_head && done) {
@@ -1051,11 +1267,15 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		r->off += n;
 		done -= n;
 		wq_release(ch, n);
-		if (r->off < r->len)
+		if (r->off < r->len) {
+			/* Its bytes not yet sent go again, first. */
+			r->started = false;
 			break;
+		}
 		ch->wq_head = r->next;
 		if (!ch->wq_head)
 			ch->wq_tail = &ch->wq_head;
+		r->queued = false;
 		/* The bytes are the kernel's now: give the buffer back before
 		 * the handle settles, so a waiter may reuse it at once. */
 		if (r->free_fn) {
@@ -1066,10 +1286,14 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		coil_ip_finish_int(r->ip, (int64_t)r->len);
 		wreq_free(r);
 	}
+	/* The rest of a partial batch was not sent: abortable again. */
+	for (writereq *r = ch->wq_head; r; r = r->next)
+		if (!r->off)
+			r->started = false;
 	int st = state(ch);
 	if (res < 0 && res != -EINTR && res != -EAGAIN) {
 		if (st == COIL__CH_CLOSED || res == -ECANCELED) {
-			fail_writes(ch, -EBADF, "channel closed");
+			fail_closed_writes(ch);
 		} else {
 			char msg[96];
 			snprintf(msg, sizeof(msg), "send: %s", coil_strerror(res));
@@ -1077,7 +1301,7 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 			coil__channel_close_local(ch, true, false);
 		}
 	} else if (st == COIL__CH_CLOSED) {
-		fail_writes(ch, -EBADF, "channel closed");
+		fail_closed_writes(ch);
 	} else {
 		kick_write(ch);
 		/* Writes drained: a paused read signal gets its waiting bytes,
@@ -1086,24 +1310,90 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 			flush_sigq(ch);
 		if (!ch->wq_head && ch->drained_fn)
 			ch->drained_fn(ch);
+		drain_check(ch);
+		gate_wake(ch);
 		if (st == COIL__CH_CLOSING && !ch->wq_head && !flt_pending(ch))
 			finish_close(ch);
 	}
+	emit_closed(ch);
 	maybe_close_fd(ch);
 	coil__channel_put(ch);
+}
+
+/* Drained signal: the write queue fell to the low-water mark after being
+ * above it (or after a write was refused as the queue was full). */
+static void drain_check(coil_channel_t *ch)
+{
+	if (!atomic_load(&ch->drain_armed) ||
+	    atomic_load(&ch->wq_used) > low_water(ch) ||
+	    state(ch) != COIL__CH_OPEN)
+		return;
+	atomic_store(&ch->drain_armed, false);
+	if (ch->on_drain && !ch->user_released)
+		ch->on_drain(ch, ch->on_drain_ud);
+}
+
+/*
+ * Abort of a write (contract 1). A write still in the queue, none of whose
+ * bytes went into a send, is removed: the peer gets none of it and later
+ * writes keep their order. A write that started is refused with -EBUSY (its
+ * handle stays pending and completes normally).
+ */
+static int write_abort(coil_ip_t *ip, void *arg)
+{
+	writereq *r = arg;
+	coil_channel_t *ch = r->ch;
+	if (!r->queued) {
+		/* Still on its way to the home worker: dropped on arrival. */
+		r->aborted = true;
+		return 0;
+	}
+	if (r->started || r->off)
+		return -EBUSY;
+	writereq **pp = &ch->wq_head;
+	while (*pp && *pp != r)
+		pp = &(*pp)->next;
+	if (!*pp)
+		return -EBUSY;
+	*pp = r->next;
+	if (ch->wq_tail == &r->next)
+		ch->wq_tail = pp;
+	r->queued = false;
+	wq_release(ch, r->len);
+	coil__ip_fail_msg(r->ip, -ECANCELED, "aborted");
+	wreq_free(r);
+	gate_wake(ch);
+	if (!ch->wq_head && !ch->send_inflight && state(ch) == COIL__CH_CLOSING)
+		finish_close(ch);
+	return 1;
 }
 
 static void write_enqueue(coil_channel_t *ch, writereq *r)
 {
 	do_register(ch);
-	if (state(ch) >= COIL__CH_CLOSING) {
+	const char *msg = NULL;
+	int err = 0;
+	if (r->aborted)
+		err = -ECANCELED; /* already failed by the abort */
+	else if (state(ch) >= COIL__CH_CLOSING)
+		err = -EBADF, msg = "write after close";
+	else if (atomic_load(&ch->listening))
+		err = -ENOTCONN, msg = "write on a listening socket";
+	else if (state(ch) != COIL__CH_NEW && !(ch->mode & COIL_IO_WRITE))
+		err = -EBADF, msg = "write on a channel not open for writing";
+	if (err) {
 		wq_release(ch, r->len);
-		coil__ip_fail_msg(r->ip, -EBADF, "write after close");
+		if (err != -ECANCELED)
+			coil__ip_fail_msg(r->ip, err, msg);
 		wreq_free(r);
+		gate_wake(ch);
 		return;
 	}
+	r->queued = true;
 	*ch->wq_tail = r;
 	ch->wq_tail = &r->next;
+	if (atomic_load(&ch->wq_used) > low_water(ch))
+		atomic_store(&ch->drain_armed, true);
 	kick_write(ch);
 }
 
@@ -1143,17 +1433,22 @@ static coil_ip_t *write_submit(coil_channel_t *ch, writereq *r)
 	size_t qsize = atomic_load(&ch->queue_size);
 	size_t used = atomic_load(&ch->wq_used);
 	do {
-		/* One write larger than the queue may go alone into an empty
-		 * queue; otherwise the queue never exceeds queue_size. */
-		if (used && used + r->len > qsize) {
+		/* kaa: the write queue never exceeds queue_size; a write that
+		 * would take it past fails whole, with nothing queued. */
+		if (used + r->len > qsize || used + r->len < used) {
 			coil_ip_fail(ip, -ENOBUFS,
-				     "write queue full (%zu of %zu bytes used, "
-				     "%zu more asked)", used, qsize, r->len);
+				     "write of %zu bytes would take the write "
+				     "queue past queue_size (%zu of %zu bytes "
+				     "used)", r->len, used, qsize);
+			if (used)
+				atomic_store(&ch->drain_armed, true);
 			wreq_free(r);
 			return ip;
 		}
 	} while (!atomic_compare_exchange_weak(&ch->wq_used, &used,
 					       used + r->len));
+	/* Set before anyone else sees ip, so an abort always finds it. */
+	coil_ip_set_abort(ip, write_abort, r);
 	if (on_home(ch)) {
 		write_enqueue(ch, r);
 	} else {
@@ -1208,8 +1503,12 @@ coil_ip_t *coil_channel_write_view(coil_channel_t *ch, const void *data,
 	if (!ch)
 		return NULL;
 	const char *d = data;
-	if (!on_home(ch) || ch->cur_bid < 0 || ch->cur_kept || !len ||
-	    d < ch->cur_buf || d + len > ch->cur_buf + ch->cur_len ||
+	/* The chunk shown right now, by ch itself (echo) or by another
+	 * channel of the same worker (relay). */
+	coil_channel_t *src = showing;
+	if (!on_home(ch) || !src || src->w != ch->w || src->cur_bid < 0 ||
+	    src->cur_kept || !len || d < src->cur_buf ||
+	    d + len > src->cur_buf + src->cur_len ||
 	    ch->w->pinned >= coil__bufring_count(ch->w) / 2)
 		return coil_channel_write(ch, data, len);
 	writereq *r = coil__calloc(1, sizeof(*r));
@@ -1217,9 +1516,9 @@ coil_ip_t *coil_channel_write_view(coil_channel_t *ch, const void *data,
 		return NULL;
 	r->data = (char *)d;
 	r->len = len;
-	r->bid = ch->cur_bid;
+	r->bid = src->cur_bid;
 	r->ch = ch;
-	ch->cur_kept = true;
+	src->cur_kept = true;
 	ch->w->pinned++;
 	return write_submit(ch, r);
 }
@@ -1260,7 +1559,7 @@ static void maybe_close_fd(coil_channel_t *ch)
 	    ch->recv_cancelling || ch->send_inflight || ch->send_cancelling)
 		return;
 	int fd = ch->fd;
-	ch->fd = -1;
+	coil__channel_set_fd(ch, -1);
 	ch->close_op.complete = close_complete;
 	/* Batched on the ring normally; directly while stopping, when the
 	 * ring is busy draining everything else. */
@@ -1287,6 +1586,7 @@ static void finish_close(coil_channel_t *ch)
 	set_state(ch, COIL__CH_CLOSED);
 	ch->eof = true;
 	coil__channel_get(ch);
+	linger_stop(ch);
 	if (ch->send_inflight && !ch->send_cancelling && !ch->w->stopping) {
 		/* Its completion fails what is left; the data must stay
 		 * valid until then. */
@@ -1297,21 +1597,102 @@ static void finish_close(coil_channel_t *ch)
 			coil__channel_get(ch);
 		}
 	} else if (!ch->send_inflight) {
-		fail_writes(ch, -EBADF, "channel closed");
+		fail_closed_writes(ch);
 	}
 	cancel_recv(ch);
-	process(ch);
+	process_api(ch);
+	ch->lines_due = false; /* the signal saw what it could: closed now */
 	if (ch->flt) /* tls.c */
 		ch->flt->closed(ch);
 	if (ch->sock_close)
 		ch->sock_close(ch);
 	maybe_close_fd(ch);
-	if (!ch->closed_emitted) {
-		ch->closed_emitted = true;
-		if (ch->on_closed && !ch->user_released)
-			ch->on_closed(ch, ch->close_expected, ch->on_closed_ud);
+	emit_closed(ch);
+	relay_check(ch);
+	coil_channel_t *src = atomic_load(&ch->gated);
+	if (src) {
+		/* A relay writes into this channel: it ends now. */
+		coil__channel_get(ch);
+		if (call(src, CALL_RELAY_CHECK, 0, ch, NULL))
+			coil__channel_put(ch);
 	}
 	coil__channel_put(ch);
+}
+
+static void closed_run(coil_ip_t *ip, void *ud)
+{
+	coil_channel_t *ch = ud;
+	if (ch->on_closed && !ch->user_released)
+		ch->on_closed(ch, ch->close_expected, ch->on_closed_ud);
+	coil__channel_put(ch);
+}
+
+/*
+ * The closed signal fires once the channel is closed and every write has
+ * settled, through the ready queue behind the writes' callbacks (libuv's
+ * order: every write callback before the close callback), and never inside
+ * the call that closed the channel (rule 13).
+ */
+static void emit_closed(coil_channel_t *ch)
+{
+	if (ch->closed_emitted || state(ch) != COIL__CH_CLOSED ||
+	    ch->send_inflight || ch->wq_head)
+		return;
+	ch->closed_emitted = true;
+	if (!ch->on_closed || ch->user_released)
+		return;
+	coil_ip_t *ip = coil__ip_new_on(ch->w);
+	if (!ip)
+		return; /* -ENOMEM: the signal is lost, never run inline */
+	coil__channel_get(ch);
+	if (coil_ip_on_done(ip, closed_run, ch))
+		coil__channel_put(ch);
+	coil_ip_finish_int(ip, 0);
+	coil_ip_unref(ip);
+}
+
+/* ---- linger: the drain deadline of a graceful close ---- */
+
+static void linger_fire(coil__timer *t, int res)
+{
+	coil_channel_t *ch = coil__container_of(t, coil_channel_t,
+						linger_timer);
+	ch->linger_armed = false;
+	if (res == 0 && state(ch) == COIL__CH_CLOSING) {
+		uint64_t ms = atomic_load(&ch->linger_ms);
+		uint64_t idle = coil__now_ms() - ch->last_progress_ms;
+		if (idle >= ms) {
+			/* No write progress for the whole linger time: the
+			 * peer does not read; give its memory back. */
+			ch->linger_expired = true;
+			coil__channel_close_local(ch, true, ch->close_expected);
+		} else if (coil__timer_start(ch->w, &ch->linger_timer,
+					     ms - idle, linger_fire) == 0) {
+			ch->linger_armed = true;
+			return; /* keeps its reference */
+		}
+	}
+	coil__channel_put(ch);
+}
+
+/* Entering CLOSING with writes queued: the deadline starts now and moves
+ * with every send that makes progress (nginx send_timeout). */
+static void linger_start(coil_channel_t *ch)
+{
+	unsigned ms = atomic_load(&ch->linger_ms);
+	ch->last_progress_ms = coil__now_ms();
+	if (ch->linger_armed || ch->w->stopping)
+		return;
+	if (coil__timer_start(ch->w, &ch->linger_timer, ms, linger_fire) == 0) {
+		ch->linger_armed = true;
+		coil__channel_get(ch);
+	}
+}
+
+static void linger_stop(coil_channel_t *ch)
+{
+	if (ch->linger_armed)
+		coil__timer_cancel(&ch->linger_timer);
 }
 
 void coil__channel_close_local(coil_channel_t *ch, bool immediate,
@@ -1330,10 +1711,16 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 		 * queued writes drain first. Reading stops now. */
 		set_state(ch, COIL__CH_CLOSING);
 		ch->eof = true;
-		process(ch);
+		process_api(ch);
 		cancel_recv(ch);
-		if (!ch->connecting)
-			kick_write(ch);
+		if (atomic_load(&ch->linger_ms) == 0) {
+			ch->linger_expired = true;
+			finish_close(ch);
+		} else {
+			linger_start(ch);
+			if (!ch->connecting)
+				kick_write(ch);
+		}
 	} else {
 		finish_close(ch);
 	}
@@ -1349,9 +1736,16 @@ int coil_channel_close(coil_channel_t *ch, int immediate)
 	return call(ch, CALL_CLOSE, immediate, NULL, NULL);
 }
 
-void coil_channel_release(coil_channel_t *ch)
+coil_channel_t *coil_channel_ref(coil_channel_t *ch)
 {
 	if (ch)
+		atomic_fetch_add(&ch->urefs, 1);
+	return ch;
+}
+
+void coil_channel_release(coil_channel_t *ch)
+{
+	if (ch && atomic_fetch_sub(&ch->urefs, 1) == 1)
 		call(ch, CALL_RELEASE, 0, NULL, NULL);
 }
 
@@ -1382,6 +1776,7 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		ch->on_read = NULL;
 		ch->on_line = NULL;
 		ch->on_closed = NULL;
+		ch->on_drain = NULL;
 		atomic_store(&ch->has_line_cb, false);
 		coil__channel_close_local(ch, false, true);
 		coil__channel_put(ch); /* the user's reference */
@@ -1391,15 +1786,45 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		do_register(ch);
 		ch->on_read = (coil_read_cb)cb;
 		ch->on_read_ud = ud;
+		/* Held-back bytes go to the new signal, or to readers, at the
+		 * end of the turn: never inside this call (rule 13). */
 		if (ch->sigq.len)
-			flush_sigq(ch); /* to the new signal, or to readers */
+			coil__defer_add(ch->w, &ch->defer);
 		update_interest(ch);
 		break;
 	case CALL_ON_LINE:
 		do_register(ch);
 		ch->on_line = (coil_read_cb)cb;
 		ch->on_line_ud = ud;
-		process(ch);
+		process_api(ch);
+		break;
+	case CALL_ON_DRAIN:
+		ch->on_drain = (void (*)(coil_channel_t *, void *))cb;
+		ch->on_drain_ud = ud;
+		break;
+	case CALL_WAKE:
+		/* A gate drained: show what the pause held, read again. */
+		if (ch->sigq.len)
+			flush_sigq(ch);
+		update_interest(ch);
+		break;
+	case CALL_RELAY:
+		relay_start(ch, cb);
+		break;
+	case CALL_RELAY_CHECK:
+		if (cb)
+			relay_dst_closed(ch, cb);
+		relay_check(ch);
+		if (cb)
+			coil__channel_put((coil_channel_t *)cb);
+		break;
+	case CALL_UNGATE:
+		/* The relay ended: forget its source (run here, the only
+		 * thread that reads gated). */
+		if (atomic_load(&ch->gated) == cb) {
+			atomic_store(&ch->gated, NULL);
+		}
+		coil__channel_put((coil_channel_t *)cb);
 		break;
 	case CALL_ON_CLOSED:
 		ch->on_closed = (coil_closed_cb)cb;
@@ -1409,10 +1834,10 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		coil__delims_free((coil__delims *)ch->delims);
 		ch->delims = cb ? cb : &coil__delims_default;
 		ch->scan = 0;
-		process(ch);
+		process_api(ch);
 		break;
 	case CALL_INTEREST:
-		process(ch);
+		process_api(ch);
 		break;
 	case CALL_EOF_CLOSE:
 		ch->close_on_eof = i != 0;
@@ -1456,7 +1881,7 @@ void coil__channel_register(coil_channel_t *ch)
 
 /* Chooses how to read fd: multishot recv for sockets, multishot read for
  * other pollable files when the kernel has it, single reads otherwise. */
-static int read_kind(int fd, bool is_socket)
+static int read_kind(coil__worker *w, int fd, bool is_socket)
 {
 	if (is_socket)
 		return COIL__RK_RECV;
@@ -1464,22 +1889,46 @@ static int read_kind(int fd, bool is_socket)
 	if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
 		return COIL__RK_RECV;
 	if (fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode)) &&
-	    coil__op_supported(IORING_OP_READ_MULTISHOT))
+	    coil__op_supported(w, IORING_OP_READ_MULTISHOT))
 		return COIL__RK_READ_MSHOT;
 	return COIL__RK_READ_ONCE;
+}
+
+void coil__channel_set_fd(coil_channel_t *ch, int fd)
+{
+	pthread_mutex_lock(&ch->fd_lock);
+	ch->fd = fd;
+	pthread_mutex_unlock(&ch->fd_lock);
+}
+
+int coil__channel_fd_call(coil_channel_t *ch, int (*fn)(int fd, void *arg),
+			  void *arg)
+{
+	pthread_mutex_lock(&ch->fd_lock);
+	int rc = ch->fd >= 0 && state(ch) != COIL__CH_CLOSED ? fn(ch->fd, arg)
+							     : -EBADF;
+	pthread_mutex_unlock(&ch->fd_lock);
+	return rc;
 }
 
 void coil__channel_attach_fd(coil_channel_t *ch, int fd, int mode,
 			     bool is_socket)
 {
-	ch->fd = fd;
+	coil__channel_set_fd(ch, fd);
 	ch->mode = mode;
-	ch->rkind = read_kind(fd, is_socket);
+	ch->rkind = read_kind(ch->w, fd, is_socket);
 	ch->is_socket = ch->rkind == COIL__RK_RECV;
 	ch->eof = false;
 	ch->rerr = 0;
 	set_state(ch, COIL__CH_OPEN);
 	do_register(ch);
+	/* What waited for a descriptor and this one cannot serve fails. */
+	if (!(mode & COIL_IO_READ))
+		fail_all_reads(ch, -EBADF,
+			       "read on a channel not open for reading");
+	if (!(mode & COIL_IO_WRITE) && !ch->send_inflight)
+		fail_writes(ch, -EBADF,
+			    "write on a channel not open for writing");
 	update_interest(ch);
 	kick_write(ch);
 }
@@ -1534,7 +1983,7 @@ int coil_channel_wrap(coil_loop_t *loop, int fd, int mode,
 		return rc;
 	ch->fd = fd;
 	ch->mode = mode;
-	ch->rkind = read_kind(fd, false);
+	ch->rkind = read_kind(ch->w, fd, false);
 	ch->is_socket = ch->rkind == COIL__RK_RECV;
 	set_state(ch, COIL__CH_OPEN);
 	rc = call(ch, CALL_ATTACH, 0, NULL, NULL);
@@ -1558,8 +2007,9 @@ static void rewrap_local(coil_channel_t *ch, int fd, int mode)
 		/* A recv still in flight holds the file itself, not the
 		 * number, and is being cancelled: closing the number now is
 		 * safe. */
-		close(ch->fd);
-		ch->fd = -1;
+		int old = ch->fd;
+		coil__channel_set_fd(ch, -1);
+		close(old);
 	}
 	coil__channel_attach_fd(ch, fd, mode, false);
 	kick_write(ch);
@@ -1604,16 +2054,19 @@ int coil_channel_pipe(coil_loop_t *loop, coil_channel_t **rd,
 	return 0;
 }
 
+static int dup_fd(int fd, void *arg)
+{
+	int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	return nfd < 0 ? -errno : nfd;
+}
+
 int coil_channel_dup(coil_channel_t *ch, coil_channel_t **out)
 {
 	if (!ch || !out)
 		return -EINVAL;
-	int fd = ch->fd;
-	if (fd < 0 || state(ch) == COIL__CH_CLOSED)
-		return -EBADF;
-	int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	int nfd = coil__channel_fd_call(ch, dup_fd, NULL);
 	if (nfd < 0)
-		return -errno;
+		return nfd;
 	coil_channel_t *d;
 	int rc = coil__channel_new(ch->w, &d);
 	if (rc) {
@@ -1659,26 +2112,56 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 		if (other->send_inflight || other->wq_head)
 			return -EBUSY;
 	}
+	if (other->steal_to || ch->steal_to)
+		return -EBUSY; /* already stolen, or a victim itself */
 	int fd = fcntl(other->fd, F_DUPFD_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
-	if (other->rq.len &&
-	    coil__bufq_append(&ch->rq, coil__bufq_data(&other->rq),
-			      other->rq.len)) {
+	/* other's bytes in arrival order: its read queue (already shown to
+	 * its read signal), then what a pause held back (never shown), then
+	 * what its receive still takes until the cancel lands. Shown bytes
+	 * go to ch's readers; unshown ones to ch's read signal if it has one
+	 * (through sigq, flushed at the end of the turn), else to its
+	 * readers. */
+	bool to_sig = ch->on_read != NULL;
+	if (coil__bufq_append(&ch->rq, coil__bufq_data(&other->rq),
+			      other->rq.len) ||
+	    coil__bufq_append(to_sig ? &ch->sigq : &ch->rq,
+			      coil__bufq_data(&other->sigq), other->sigq.len)) {
 		close(fd);
 		return -ENOMEM;
 	}
 	coil__bufq_consume(&other->rq, other->rq.len);
+	coil__bufq_free(&other->sigq);
+	other->close_after_sigq = false;
 	rq_changed(other);
+	if (ch->sigq.len)
+		coil__defer_add(ch->w, &ch->defer);
 	int mode = other->mode;
 	bool sock = other->is_socket;
+	if (other->recv_armed) {
+		/* Until its last completion, ch reads nothing of its own. */
+		other->steal_to = ch;
+		coil__channel_get(ch);
+		ch->steal_wait++;
+	}
 	coil__channel_close_local(other, true, true);
 	if (ch->fd >= 0 && state(ch) != COIL__CH_CLOSED)
 		rewrap_local(ch, fd, mode);
 	else
 		coil__channel_attach_fd(ch, fd, mode, sock);
-	process(ch);
+	process_api(ch);
 	return 0;
+}
+
+/* The victim's receive ended: the thief reads for itself from now on. */
+static void steal_drained(coil_channel_t *victim)
+{
+	coil_channel_t *ch = victim->steal_to;
+	victim->steal_to = NULL;
+	ch->steal_wait--;
+	update_interest(ch);
+	coil__channel_put(ch);
 }
 
 /* ---- stream filters (tls.c) ---- */
@@ -1702,9 +2185,19 @@ void coil__channel_kick(coil_channel_t *ch)
 
 /* ---- properties ---- */
 
+static int fd_number(int fd, void *arg)
+{
+	return fd;
+}
+
+/* The number, read under the fd lock: it is the channel's as of the call
+ * (use it on the home worker, where it cannot change under you). */
 int coil_channel_fileno(const coil_channel_t *ch)
 {
-	return ch && state(ch) != COIL__CH_CLOSED ? ch->fd : -1;
+	if (!ch)
+		return -1;
+	int fd = coil__channel_fd_call((coil_channel_t *)ch, fd_number, NULL);
+	return fd < 0 ? -1 : fd;
 }
 
 int coil_channel_alive(const coil_channel_t *ch)
@@ -1816,4 +2309,247 @@ void coil_channel_set_data(coil_channel_t *ch, void *data)
 void *coil_channel_get_data(const coil_channel_t *ch)
 {
 	return ch ? ch->data : NULL;
+}
+
+/* ---- drained signal, linger, references ---- */
+
+int coil_channel_on_drain(coil_channel_t *ch,
+			  void (*cb)(coil_channel_t *ch, void *ud), void *ud)
+{
+	if (!ch)
+		return -EINVAL;
+	return call(ch, CALL_ON_DRAIN, 0, (void *)cb, ud);
+}
+
+int coil_channel_set_low_water(coil_channel_t *ch, size_t n)
+{
+	if (!ch || n == SIZE_MAX)
+		return -EINVAL;
+	atomic_store(&ch->low_water, n);
+	return 0;
+}
+
+size_t coil_channel_low_water(const coil_channel_t *ch)
+{
+	return ch ? low_water(ch) : 0;
+}
+
+int coil_channel_set_linger(coil_channel_t *ch, unsigned ms)
+{
+	if (!ch)
+		return -EINVAL;
+	atomic_store(&ch->linger_ms, ms);
+	return 0;
+}
+
+unsigned coil_channel_linger(const coil_channel_t *ch)
+{
+	return ch ? atomic_load(&ch->linger_ms) : 0;
+}
+
+/* ---- relay: src's bytes into dst, paced by dst's write queue ---- */
+
+struct coil__relay {
+	_Atomic int refs;        /* the relay + one per write in flight */
+	coil_channel_t *src, *dst;
+	coil_ip_t *ip;
+	_Atomic uint64_t out;    /* bytes dst handed to the kernel */
+	_Atomic int err;         /* first write error */
+	_Atomic unsigned pending;
+	_Atomic bool src_done;
+	bool active;
+};
+
+static void relay_put(struct coil__relay *r)
+{
+	if (atomic_fetch_sub(&r->refs, 1) == 1) {
+		coil_ip_unref(r->ip);
+		coil__channel_put(r->src);
+		coil__channel_put(r->dst);
+		coil__free(r);
+	}
+}
+
+/* The gate (dst, on its home worker) drained to its low-water mark: wake
+ * a source that paused for it. */
+static void gate_wake(coil_channel_t *ch)
+{
+	coil_channel_t *src = atomic_load(&ch->gated);
+	if (!src)
+		return;
+	if (atomic_load(&ch->wq_used) > low_water(ch) &&
+	    state(ch) != COIL__CH_CLOSED)
+		return;
+	if (atomic_exchange(&src->gate_paused, false))
+		call(src, CALL_WAKE, 0, NULL, NULL);
+}
+
+static void relay_end(struct coil__relay *r, int err, const char *msg)
+{
+	coil_channel_t *src = r->src, *dst = r->dst;
+	r->active = false;
+	src->relay = NULL;
+	src->on_read = NULL;
+	src->gate = NULL;
+	atomic_store(&src->gate_paused, false);
+	/* Held-back bytes now belong to src's readers (end of the turn). */
+	if (src->sigq.len)
+		coil__defer_add(src->w, &src->defer);
+	if (err)
+		coil__ip_fail_msg(r->ip, err, msg);
+	else
+		coil_ip_finish_int(r->ip, (int64_t)atomic_load(&r->out));
+	/* dst forgets src on its own worker (the one that reads gated),
+	 * holding src until then. */
+	coil__channel_get(src);
+	if (call(dst, CALL_UNGATE, 0, src, NULL))
+		coil__channel_put(src);
+	update_interest(src);
+	relay_put(r);
+}
+
+/* src's home worker: ends the relay once src's stream ended and every
+ * write settled, or at the first write error. */
+static void relay_check(coil_channel_t *ch)
+{
+	struct coil__relay *r = ch->relay;
+	if (!r || !r->active)
+		return;
+	int err = atomic_load(&r->err);
+	if (err) {
+		relay_end(r, err, "relay: a write to the destination failed");
+		return;
+	}
+	bool ended = (ch->eof && !ch->sigq.len) ||
+		     state(ch) == COIL__CH_CLOSED;
+	if (!ended)
+		return;
+	atomic_store(&r->src_done, true);
+	if (atomic_load(&r->pending))
+		return; /* the last write's completion checks again */
+	if (ch->rerr)
+		relay_end(r, ch->rerr, "relay: the source failed");
+	else
+		relay_end(r, 0, NULL);
+}
+
+static void relay_dst_closed(coil_channel_t *src, coil_channel_t *dst)
+{
+	struct coil__relay *r = src->relay;
+	if (r && r->active && r->dst == dst) {
+		int zero = 0;
+		atomic_compare_exchange_strong(&r->err, &zero, -EPIPE);
+	}
+}
+
+/* dst's home worker: a relayed write settled. */
+static void relay_write_done(coil_ip_t *w, void *ud)
+{
+	struct coil__relay *r = ud;
+	int err = coil_ip_error(w);
+	if (err) {
+		int zero = 0;
+		atomic_compare_exchange_strong(&r->err, &zero, err);
+	} else {
+		atomic_fetch_add(&r->out, (uint64_t)coil_ip_int(w));
+	}
+	if (atomic_fetch_sub(&r->pending, 1) == 1 || err) {
+		if (err || atomic_load(&r->src_done))
+			call(r->src, CALL_RELAY_CHECK, 0, NULL, NULL);
+	}
+	relay_put(r);
+}
+
+static void relay_on_read(coil_channel_t *src, const void *data, size_t len,
+			  void *ud)
+{
+	struct coil__relay *r = ud;
+	if (!r->active)
+		return;
+	coil_ip_t *w = coil_channel_write_view(r->dst, data, len);
+	if (!w) {
+		int zero = 0;
+		atomic_compare_exchange_strong(&r->err, &zero, -ENOMEM);
+		coil__defer_add(src->w, &src->defer);
+		return;
+	}
+	atomic_fetch_add(&r->pending, 1);
+	atomic_fetch_add(&r->refs, 1);
+	if (coil_ip_on_done(w, relay_write_done, r)) {
+		atomic_fetch_sub(&r->pending, 1);
+		relay_put(r);
+		int zero = 0;
+		atomic_compare_exchange_strong(&r->err, &zero, -ENOMEM);
+	}
+	coil_ip_unref(w);
+}
+
+static int relay_abort(coil_ip_t *ip, void *arg)
+{
+	struct coil__relay *r = arg;
+	if (r->active)
+		relay_end(r, -ECANCELED, "relay aborted");
+	return 1;
+}
+
+static void relay_start(coil_channel_t *src, struct coil__relay *r)
+{
+	do_register(src);
+	const char *msg = NULL;
+	int err = 0;
+	if (src->relay || src->on_read)
+		err = -EBUSY, msg = "relay: the source already has a read "
+				    "signal or relay";
+	else if (atomic_load(&src->listening) ||
+		 (state(src) != COIL__CH_NEW && !(src->mode & COIL_IO_READ)))
+		err = -EBADF, msg = "relay: the source is not open for reading";
+	else if (atomic_load(&r->dst->gated))
+		err = -EBUSY, msg = "relay: the destination already has a "
+				    "relay source";
+	if (err) {
+		coil__ip_fail_msg(r->ip, err, msg);
+		relay_put(r);
+		return;
+	}
+	r->active = true;
+	src->relay = r;
+	src->gate = r->dst;
+	/* The relay's reference on src, dropped by dst's CALL_UNGATE. */
+	atomic_store(&r->dst->gated, src);
+	coil_ip_set_abort(r->ip, relay_abort, r);
+	src->on_read = relay_on_read;
+	src->on_read_ud = r;
+	if (src->sigq.len)
+		coil__defer_add(src->w, &src->defer);
+	update_interest(src);
+	relay_check(src);
+}
+
+coil_ip_t *coil_channel_relay(coil_channel_t *src, coil_channel_t *dst)
+{
+	if (!src)
+		return NULL;
+	coil_ip_t *ip = coil__ip_new_on(src->w);
+	if (!ip)
+		return NULL;
+	if (!dst || dst == src) {
+		coil__ip_fail_msg(ip, -EINVAL, "relay: bad destination");
+		return ip;
+	}
+	struct coil__relay *r = coil__calloc(1, sizeof(*r));
+	if (!r) {
+		coil_ip_unref(ip);
+		return NULL;
+	}
+	atomic_init(&r->refs, 1);
+	r->src = src;
+	r->dst = dst;
+	r->ip = coil_ip_ref(ip);
+	coil__channel_get(src);
+	coil__channel_get(dst);
+	if (call(src, CALL_RELAY, 0, r, NULL)) {
+		coil__ip_fail_msg(ip, -ENOMEM, NULL);
+		relay_put(r);
+	}
+	return ip;
 }

@@ -181,6 +181,7 @@ static void publish(coil_ip_t *ip, int state)
 		else
 			w->ready_head = ip;
 		w->ready_tail = ip;
+		w->run_ready = coil__ip_run_ready;
 	}
 	coil_ip_unref(ip);
 }

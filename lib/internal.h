@@ -45,6 +45,12 @@ void *coil__calloc(size_t n, size_t size);
 void *coil__realloc(void *p, size_t n);
 void coil__free(void *p);
 char *coil__strdup(const char *s);
+/* Allocation counters over the seam, always on and cheap (per-thread records
+ * summed on read; any thread): allocations live now, process-wide, and
+ * allocations ever made (a realloc is not a new one). Tests and benchmarks
+ * call them directly (static link). */
+size_t coil__alloc_live(void);
+uint64_t coil__alloc_total(void);
 
 /* ---- doubly linked intrusive list */
 typedef struct coil__list {
@@ -114,16 +120,24 @@ struct coil__worker {
 	bool poll_wait;    /* sleep in poll(2), not io_uring_enter (valgrind) */
 	int efd;               /* eventfd: wake-ups from other threads */
 	_Atomic(coil__task *) inbox;
+	/* Tasks taken from the inbox and not yet run (budget), in post order. */
+	coil__task *backlog, *backlog_tail;
 	coil__op efd_op;
 	uint64_t efd_val;
 	bool efd_armed;
+	coil__defer efd_retry; /* re-arms the eventfd read that found no SQE */
 	bool sq_stuck;         /* SQ full and the kernel said -EBUSY: reap */
 	bool stopping;         /* stop requested: close everything, drain */
 	_Atomic bool dead;     /* ring gone: preps fail with -ESHUTDOWN */
 	_Atomic bool idle;     /* stopping and found drained (see worker_run) */
 	int start_rc;          /* ring setup result reported to coil_loop_new */
-	/* Settled InProgress handles whose callbacks are due (run in order). */
+	const char *start_what; /* the step start_rc is from */
+	bool ring_registered;  /* io_uring_register_ring_fd succeeded */
+	/* Settled InProgress handles whose callbacks are due (run in order),
+	 * and the function that runs them (installed by inprogress.c when it
+	 * queues one; the loop core calls it each turn while ready_head). */
 	struct coil_ip_s *ready_head, *ready_tail;
+	unsigned (*run_ready)(coil__worker *w, unsigned budget);
 	coil__list defers;     /* coil__defer, run before sleeping */
 	coil__list closers;    /* coil__closer: objects to close on stop */
 	unsigned long ops_inflight;
@@ -208,8 +222,19 @@ int coil__prep_cancel(coil__worker *w, coil__op *op, coil__op *target);
 int coil__prep_timeout_remove(coil__worker *w, coil__op *op, coil__op *target);
 int coil__prep_close(coil__worker *w, coil__op *op, int fd);
 int coil__prep_shutdown(coil__worker *w, coil__op *op, int fd, int how);
-/* Whether the kernel supports an opcode (probed once per loop). */
-bool coil__op_supported(int opcode);
+/* Whether the kernel supports an opcode (probed once per process) and, for
+ * optional ones, whether w's loop may use it (COIL_LOOP_NO_READ_MULTISHOT).
+ * Any thread. */
+bool coil__op_supported(const coil__worker *w, int opcode);
+/* Kernel features found by the probe (loop.c), minus coil__probe_hide. */
+#define COIL__FEAT_OPS 0x1u          /* every opcode coil needs */
+#define COIL__FEAT_PBUF_RING 0x2u    /* IORING_REGISTER_PBUF_RING */
+#define COIL__FEAT_RECV_MSHOT 0x4u   /* IORING_RECV_MULTISHOT */
+#define COIL__FEAT_ACCEPT_MSHOT 0x8u /* IORING_ACCEPT_MULTISHOT */
+#define COIL__FEAT_READ_MSHOT 0x10u  /* IORING_OP_READ_MULTISHOT (optional) */
+unsigned coil__features(void);
+/* Tests set bits here to make coil behave as if the kernel lacked them. */
+extern unsigned coil__probe_hide;
 
 /* ---- provided buffers (bufring.c), one group per worker */
 #define COIL__BGID 0
@@ -256,8 +281,20 @@ int coil__timer_start(coil__worker *w, coil__timer *t, uint64_t ms,
 		      coil__timer_cb cb);
 void coil__timer_cancel(coil__timer *t);
 
-/* ---- resolver (addr.c): getaddrinfo on a per-loop thread started on first
- * use; loop.c calls coil__resolver_stop before freeing the loop. */
+/* ---- per-loop extensions (loop.c): a part of coil that keeps state in
+ * every loop without the loop core knowing it by name registers once per
+ * process (from a constructor, before any loop exists). coil_loop_new runs
+ * each init before starting workers; coil_loop_free runs each stop (in
+ * reverse order) before stopping them, and so does a failed coil_loop_new. */
+typedef struct coil__loop_ext {
+	void (*init)(coil_loop_t *loop);
+	void (*stop)(coil_loop_t *loop);
+	struct coil__loop_ext *next;
+} coil__loop_ext;
+void coil__loop_ext_register(coil__loop_ext *e);
+
+/* ---- resolver (resolver.c): getaddrinfo on a per-loop thread started on first
+ * use; a loop extension (init/stop run by loop.c). */
 void coil__resolver_init(coil_loop_t *loop);
 void coil__resolver_stop(coil_loop_t *loop);
 
@@ -339,11 +376,53 @@ struct coil_channel_s {
 	/* socket.c hooks: on close (listener shards, Unix unlink), on free */
 	void (*sock_close)(coil_channel_t *ch);
 	void (*sock_free)(coil_channel_t *ch);
+	/* socket.c sets it on a listener: reads and writes on it fail at
+	 * once with -ENOTCONN instead of waiting forever. */
+	_Atomic bool listening;
+	/* User references (coil_channel_ref); the last release is the
+	 * release. Together they hold one reference in refs. */
+	_Atomic int urefs;
+	/* Taken around every use of fd off the home worker (fileno, dup,
+	 * socket options) and by the home worker when it retires the
+	 * number, so no one acts on a descriptor number that was reused. */
+	pthread_mutex_t fd_lock;
+	bool lines_due;       /* readline signal to be served (deferred) */
+	bool in_flush, flush_again; /* flush_sigq running / to rerun */
+	/* steal: the victim's receive still drains into steal_to (which
+	 * holds steal_wait > 0 and reads nothing of its own until then). */
+	coil_channel_t *steal_to;
+	int steal_wait;
+	/* Drain deadline (linger) of a graceful close. */
+	_Atomic unsigned linger_ms;
+	uint64_t last_progress_ms;
+	bool linger_armed, linger_expired;
+	coil__timer linger_timer;
+	/* Drained signal: write queue at or below low_water after being
+	 * above it. */
+	_Atomic size_t low_water;
+	_Atomic bool drain_armed;
+	void (*on_drain)(coil_channel_t *ch, void *ud);
+	void *on_drain_ud;
+	/* Backpressure across channels: this channel's read signal also
+	 * pauses while gate's write queue is at or above half its size;
+	 * gate->gated names this channel so its drain can wake it. */
+	coil_channel_t *gate;
+	_Atomic(coil_channel_t *) gated;
+	_Atomic bool gate_paused;
+	struct coil__relay *relay; /* as the relay's source */
 	/* tls.c: a stream filter between the ring and the queues (NULL: the
 	 * bytes go through as they are). See coil__filter_ops. */
 	const struct coil__filter_ops *flt;
 	void *flt_state;
 };
+
+/* Home worker or any thread: runs fn(fd, arg) with ch's descriptor held
+ * open (the fd lock), or returns -EBADF when it has none or is closed.
+ * Socket options, local/peer, dup go through here. */
+int coil__channel_fd_call(coil_channel_t *ch, int (*fn)(int fd, void *arg),
+			  void *arg);
+/* Home worker: gives ch descriptor fd (-1: none) under the fd lock. */
+void coil__channel_set_fd(coil_channel_t *ch, int fd);
 
 /* Allocates a channel homed on w with no descriptor (st NEW), holding the
  * caller's reference. Any thread. */

@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,28 +26,238 @@ __thread coil__worker *coil__tls_worker;
 /* Continuations run per loop turn before the worker looks at the ring again:
  * a long synchronous chain cannot starve I/O (Seastar's lesson). */
 #define READY_BUDGET 256
+/* Inbox tasks run per loop turn, for the same reason: a task that re-posts
+ * itself, or a foreign thread posting faster than the worker runs, cannot
+ * keep the worker from its completions. */
+#define INBOX_BUDGET 256
 /* CQEs copied out of the ring per batch. */
 #define CQE_BATCH 64
 
-/* ---- opcode probe, once per process ---- */
+/* ---- kernel feature probe, once per process ----
+ *
+ * coil_loop_new() refuses a kernel that lacks what coil has no other path
+ * for, with -ENOSYS and a message naming it (coil_loop_last_error()):
+ * better than a channel that fails its first read with -EINVAL. Opcodes come
+ * from IORING_REGISTER_PROBE; op flags the probe cannot show (multishot
+ * recv and accept) and provided buffer rings are tried for real on a small
+ * ring over a Unix socketpair and an autobound Unix listener.
+ * Optional features (multishot read, a registered ring fd) fall back. */
 
 static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
 static unsigned char probe_ops[256];
+static unsigned probe_have;     /* COIL__FEAT_* found */
+static int probe_rc;            /* io_uring_setup's error, or 0 */
+unsigned coil__probe_hide;      /* tests: COIL__FEAT_* to treat as absent */
+
+static const struct {
+	int op;
+	const char *name;
+} required_ops[] = {
+	{IORING_OP_READ, "READ"},         {IORING_OP_WRITEV, "WRITEV"},
+	{IORING_OP_SEND, "SEND"},         {IORING_OP_RECV, "RECV"},
+	{IORING_OP_SENDMSG, "SENDMSG"},   {IORING_OP_RECVMSG, "RECVMSG"},
+	{IORING_OP_ACCEPT, "ACCEPT"},     {IORING_OP_CONNECT, "CONNECT"},
+	{IORING_OP_POLL_ADD, "POLL_ADD"}, {IORING_OP_TIMEOUT, "TIMEOUT"},
+	{IORING_OP_TIMEOUT_REMOVE, "TIMEOUT_REMOVE"},
+	{IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
+	{IORING_OP_CLOSE, "CLOSE"},       {IORING_OP_SHUTDOWN, "SHUTDOWN"},
+};
+
+/* Waits for the CQE of the op tagged `tag`, dropping others (bounded: the
+ * probe must not hang a loaded machine; a timeout counts as "not proven
+ * missing"). Returns 1 and fills res/flags, 0 on timeout, or <0. */
+static int probe_wait(struct io_uring *r, uint64_t tag, int *res,
+		      unsigned *flags)
+{
+	for (;;) {
+		struct io_uring_cqe *cqe;
+		struct __kernel_timespec ts = {.tv_sec = 2};
+		int rc = io_uring_wait_cqe_timeout(r, &cqe, &ts);
+		if (rc == -ETIME)
+			return 0;
+		if (rc < 0)
+			return rc;
+		bool mine = cqe->user_data == tag;
+		*res = cqe->res;
+		*flags = cqe->flags;
+		io_uring_cqe_seen(r, cqe);
+		if (mine)
+			return 1;
+	}
+}
+
+static void probe_live(struct io_uring *r)
+{
+	/* A provided buffer ring of two small buffers. */
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	void *mem = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE,
+			 MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (mem == MAP_FAILED)
+		return;
+	struct io_uring_buf_ring *br = mem;
+	io_uring_buf_ring_init(br);
+	struct io_uring_buf_reg reg = {
+		.ring_addr = (unsigned long)br, .ring_entries = 2, .bgid = 0};
+	if (io_uring_register_buf_ring(r, &reg, 0) == 0) {
+		probe_have |= COIL__FEAT_PBUF_RING;
+		for (int i = 0; i < 2; i++)
+			io_uring_buf_ring_add(br, (char *)mem + pg + i * 64, 64,
+					      (unsigned short)i,
+					      io_uring_buf_ring_mask(2), i);
+		io_uring_buf_ring_advance(br, 2);
+		/* Multishot recv (6.0): a byte waits, so the CQE is at once. */
+		int sv[2];
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0) {
+			int res = 0;
+			unsigned fl = 0;
+			struct io_uring_sqe *sqe = io_uring_get_sqe(r);
+			if (write(sv[1], "x", 1) == 1 && sqe) {
+				io_uring_prep_recv_multishot(sqe, sv[0], NULL, 0, 0);
+				sqe->flags |= IOSQE_BUFFER_SELECT;
+				sqe->buf_group = 0;
+				sqe->user_data = 1;
+				io_uring_submit(r);
+				int w = probe_wait(r, 1, &res, &fl);
+				if (w == 0 || (w > 0 && res == 1 &&
+					       (fl & IORING_CQE_F_MORE)))
+					probe_have |= COIL__FEAT_RECV_MSHOT;
+			}
+			close(sv[0]);
+			close(sv[1]);
+			/* The op may stay armed; ring exit cancels it. */
+		}
+	}
+	/* Multishot accept (5.19), on an autobound abstract Unix listener. */
+	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sun = {.sun_family = AF_UNIX};
+	socklen_t slen = sizeof(sa_family_t);
+	if (ls >= 0 && bind(ls, (struct sockaddr *)&sun, slen) == 0 &&
+	    listen(ls, 4) == 0 &&
+	    (slen = sizeof(sun), getsockname(ls, (struct sockaddr *)&sun,
+					    &slen)) == 0) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(r);
+		if (sqe) {
+			io_uring_prep_multishot_accept(sqe, ls, NULL, NULL,
+						       SOCK_CLOEXEC);
+			sqe->user_data = 2;
+			io_uring_submit(r);
+			int c = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+			int res = 0;
+			unsigned fl = 0;
+			if (c >= 0 &&
+			    connect(c, (struct sockaddr *)&sun, slen) == 0) {
+				int w = probe_wait(r, 2, &res, &fl);
+				if (w == 0 || (w > 0 && res >= 0 &&
+					       (fl & IORING_CQE_F_MORE)))
+					probe_have |= COIL__FEAT_ACCEPT_MSHOT;
+				if (w > 0 && res >= 0)
+					close(res);
+			}
+			if (c >= 0)
+				close(c);
+		}
+	}
+	if (ls >= 0)
+		close(ls);
+	io_uring_queue_exit(r); /* unregisters the buffer ring */
+	munmap(mem, 2 * pg);
+}
 
 static void probe_kernel(void)
 {
-	struct io_uring_probe *p = io_uring_get_probe();
-	if (!p)
+	struct io_uring r;
+	int rc = io_uring_queue_init(8, &r, 0);
+	if (rc) {
+		probe_rc = rc == -EINVAL ? -ENOSYS : rc;
 		return;
-	for (int op = 0; op < 256 && op <= p->last_op; op++)
-		probe_ops[op] = io_uring_opcode_supported(p, op) ? 1 : 0;
-	io_uring_free_probe(p);
+	}
+	struct io_uring_probe *p = io_uring_get_probe_ring(&r);
+	if (p) {
+		for (int op = 0; op < 256 && op <= p->last_op; op++)
+			probe_ops[op] = io_uring_opcode_supported(p, op) ? 1 : 0;
+		io_uring_free_probe(p);
+	}
+	bool ops = true;
+	for (size_t i = 0; i < sizeof(required_ops) / sizeof(required_ops[0]); i++)
+		ops = ops && probe_ops[required_ops[i].op];
+	if (ops)
+		probe_have |= COIL__FEAT_OPS;
+	if (probe_ops[IORING_OP_READ_MULTISHOT])
+		probe_have |= COIL__FEAT_READ_MSHOT;
+	probe_live(&r); /* exits the ring */
 }
 
-bool coil__op_supported(int opcode)
+unsigned coil__features(void)
 {
 	pthread_once(&probe_once, probe_kernel);
-	return opcode >= 0 && opcode < 256 && probe_ops[opcode];
+	return probe_have & ~coil__probe_hide;
+}
+
+bool coil__op_supported(const coil__worker *w, int opcode)
+{
+	pthread_once(&probe_once, probe_kernel);
+	if (opcode < 0 || opcode >= 256 || !probe_ops[opcode])
+		return false;
+	/* Optional opcodes a loop may be told (or a test may pretend) not
+	 * to use. */
+	if (opcode == IORING_OP_READ_MULTISHOT) {
+		if (coil__probe_hide & COIL__FEAT_READ_MSHOT)
+			return false;
+		if (w && (w->loop->opts.flags & COIL_LOOP_NO_READ_MULTISHOT))
+			return false;
+	}
+	return true;
+}
+
+/* ---- coil_loop_new's error text ---- */
+
+static __thread char last_error[256];
+
+#define set_error(...) \
+	snprintf(last_error, sizeof(last_error), __VA_ARGS__)
+
+const char *coil_loop_last_error(void)
+{
+	return last_error;
+}
+
+/* -ENOSYS with the names of what the kernel lacks, or 0. */
+static int check_features(void)
+{
+	unsigned have = coil__features();
+	if (probe_rc) {
+		set_error("io_uring unavailable: io_uring_setup: %s%s",
+			  strerror(-probe_rc),
+			  probe_rc == -EPERM ? " (seccomp or kernel.io_uring_disabled?)"
+					     : "");
+		return probe_rc;
+	}
+	char miss[200] = "";
+	size_t n = 0;
+#define MISSING(...) \
+	n += (size_t)snprintf(miss + n, n < sizeof(miss) ? sizeof(miss) - n : 0, \
+			      __VA_ARGS__)
+	if (!(have & COIL__FEAT_OPS)) {
+		MISSING("%sopcodes", n ? ", " : "");
+		for (size_t i = 0;
+		     i < sizeof(required_ops) / sizeof(required_ops[0]); i++)
+			if (!probe_ops[required_ops[i].op])
+				MISSING(" %s", required_ops[i].name);
+	}
+	if (!(have & COIL__FEAT_PBUF_RING))
+		MISSING("%sprovided buffer rings (IORING_REGISTER_PBUF_RING, Linux 5.19)",
+			n ? ", " : "");
+	if (!(have & COIL__FEAT_RECV_MSHOT))
+		MISSING("%smultishot recv (IORING_RECV_MULTISHOT, Linux 6.0)",
+			n ? ", " : "");
+	if (!(have & COIL__FEAT_ACCEPT_MSHOT))
+		MISSING("%smultishot accept (IORING_ACCEPT_MULTISHOT, Linux 5.19)",
+			n ? ", " : "");
+#undef MISSING
+	if (!n)
+		return 0;
+	set_error("the kernel lacks io_uring features coil needs: %s", miss);
+	return -ENOSYS;
 }
 
 uint64_t coil__now_ms(void)
@@ -239,26 +452,64 @@ void coil__post(coil__worker *w, coil__task *t)
 	}
 }
 
-/* Runs every task in the inbox in the order they were posted. */
-static bool drain_inbox(coil__worker *w)
+/* Moves what was posted so far behind the tasks taken earlier and not yet
+ * run (w->backlog, in post order). */
+static void take_inbox(coil__worker *w)
 {
 	coil__task *t = atomic_exchange_explicit(&w->inbox, NULL,
 						 memory_order_acquire);
 	if (!t)
-		return false;
-	coil__task *rev = NULL;
+		return;
+	coil__task *rev = NULL, *last = t;
 	while (t) {
 		coil__task *next = t->next;
 		t->next = rev;
 		rev = t;
 		t = next;
 	}
-	while (rev) {
-		coil__task *next = rev->next;
-		rev->run(rev);
-		rev = next;
+	if (w->backlog_tail)
+		w->backlog_tail->next = rev;
+	else
+		w->backlog = rev;
+	w->backlog_tail = last;
+}
+
+/* Runs up to budget tasks (0: all of them) in the order they were posted:
+ * first the backlog, then what the inbox holds now. A task posted by a task
+ * run here waits for the next call. Returns whether it ran any. */
+static bool drain_inbox(coil__worker *w, unsigned budget)
+{
+	take_inbox(w);
+	coil__task *t = w->backlog;
+	if (!t)
+		return false;
+	/* Detach the whole backlog first: a task may post (to the inbox,
+	 * never to the backlog), and the remainder is put back. */
+	coil__task *stop = NULL;
+	if (budget) {
+		coil__task *p = t;
+		for (unsigned i = 1; i < budget && p->next; i++)
+			p = p->next;
+		stop = p->next;
+		p->next = NULL;
+	}
+	if (stop) {
+		w->backlog = stop;
+	} else {
+		w->backlog = NULL;
+		w->backlog_tail = NULL;
+	}
+	while (t) {
+		coil__task *next = t->next;
+		t->run(t);
+		t = next;
 	}
 	return true;
+}
+
+static bool inbox_pending(coil__worker *w)
+{
+	return w->backlog || atomic_load(&w->inbox);
 }
 
 void coil__defer_add(coil__worker *w, coil__defer *d)
@@ -300,6 +551,45 @@ static void run_defers(coil__worker *w)
 	}
 }
 
+/* Runs the callbacks due (bounded), through the hook the layer that queued
+ * them installed. */
+static void run_ready(coil__worker *w)
+{
+	if (w->ready_head && w->run_ready)
+		w->run_ready(w, READY_BUDGET);
+}
+
+/* ---- per-loop extensions ---- */
+
+static coil__loop_ext *exts; /* registered before main, read-only after */
+
+void coil__loop_ext_register(coil__loop_ext *e)
+{
+	e->next = exts;
+	exts = e;
+}
+
+static void ext_init(coil_loop_t *loop)
+{
+	for (coil__loop_ext *e = exts; e; e = e->next)
+		e->init(loop);
+}
+
+/* Stops mirror inits: the list is newest first, so inits ran newest first
+ * and stops run oldest first (the last initialised stops first). */
+static void ext_stop_from(coil_loop_t *loop, coil__loop_ext *e)
+{
+	if (!e)
+		return;
+	ext_stop_from(loop, e->next);
+	e->stop(loop);
+}
+
+static void ext_stop(coil_loop_t *loop)
+{
+	ext_stop_from(loop, exts);
+}
+
 void coil__closer_add(coil__worker *w, coil__closer *c)
 {
 	coil__list_add_tail(&w->closers, &c->link);
@@ -314,12 +604,23 @@ void coil__closer_del(coil__closer *c)
 
 static void efd_complete(coil__op *op, int res, unsigned flags);
 
+/* Arms the eventfd read. Without an SQE (SQ full and the kernel refused the
+ * submit), it retries from deferred work: until it is armed, the worker
+ * counts as busy and never sleeps, since it would not hear plain-thread
+ * posts. */
 static void arm_efd(coil__worker *w)
 {
 	w->efd_op.complete = efd_complete;
 	if (coil__prep_read(w, &w->efd_op, w->efd, &w->efd_val,
 			    sizeof(w->efd_val)) == 0)
 		w->efd_armed = true;
+	else if (!w->dead)
+		coil__defer_add(w, &w->efd_retry);
+}
+
+static void efd_retry_run(coil__defer *d)
+{
+	arm_efd(coil__container_of(d, coil__worker, efd_retry));
 }
 
 /* The eventfd read stays armed even while stopping: objects still closing
@@ -337,13 +638,18 @@ static void efd_complete(coil__op *op, int res, unsigned flags)
  * the ring to the task that creates it. Tries the best flags first and falls
  * back when the kernel says -EINVAL: DEFER_TASKRUN (6.1), COOP_TASKRUN (5.19),
  * then plain. CQSIZE keeps multishot bursts from overflowing the CQ.
+ * TASKRUN_FLAG (5.19, with either) makes the kernel raise IORING_SQ_TASKRUN
+ * when completions wait for the worker to enter it: a busy worker that
+ * does not sleep looks at that flag each turn (see worker_run).
  */
 static int ring_setup(coil__worker *w)
 {
 	const coil_loop_opts_t *o = &w->loop->opts;
 	unsigned tries[3] = {
-		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+			IORING_SETUP_TASKRUN_FLAG,
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN |
+			IORING_SETUP_TASKRUN_FLAG,
 		0,
 	};
 	int rc = -EINVAL;
@@ -401,7 +707,7 @@ static bool drained(coil__worker *w)
 	return w->ops_inflight == (w->efd_armed ? 1u : 0u) &&
 	       coil__list_empty(&w->closers) &&
 	       !w->ready_head && coil__list_empty(&w->defers) &&
-	       !atomic_load(&w->inbox);
+	       !inbox_pending(w);
 }
 
 /*
@@ -433,8 +739,10 @@ static unsigned reap(coil__worker *w)
 		 * a call a foreign thread made before causing I/O (setting a
 		 * signal, then writing to the peer) takes effect before the
 		 * completion that I/O brings. The push happened before the
-		 * cause, the cause before the CQE, the CQE before this peek. */
-		drain_inbox(w);
+		 * cause, the cause before the CQE, the CQE before this peek.
+		 * So all of them, not a budget's worth: the budget bounds a
+		 * turn, this drain a batch of completions. */
+		drain_inbox(w, 0);
 		for (unsigned i = 0; i < n; i++) {
 			if (!(batch[i].flags & IORING_CQE_F_MORE))
 				w->ops_inflight--;
@@ -460,8 +768,36 @@ static bool all_idle(const coil_loop_t *loop)
 }
 
 /*
- * The loop turn: inbox, due callbacks, deferred work, then one submit that
- * also waits for completions unless work is already pending, then reap.
+ * Whether the kernel holds completions that only an io_uring_enter with
+ * GETEVENTS posts: deferred task work (DEFER_TASKRUN, or COOP_TASKRUN's
+ * task work, flagged through TASKRUN_FLAG) or an overflowed CQ.
+ */
+static bool kernel_has_events(const coil__worker *w)
+{
+	unsigned f = IO_URING_READ_ONCE(*w->ring->sq.kflags);
+	return f & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW);
+}
+
+/*
+ * One turn's syscall while the worker is busy (it must not sleep): submit
+ * what is queued and, when the kernel flags events it holds for us, have
+ * them posted (a plain io_uring_submit does not run DEFER_TASKRUN's task
+ * work, so a busy worker would never see a completion). Nothing queued and
+ * nothing flagged: no syscall at all.
+ */
+static int busy_enter(coil__worker *w)
+{
+	if (kernel_has_events(w))
+		return io_uring_submit_and_get_events(w->ring);
+	if (io_uring_sq_ready(w->ring))
+		return io_uring_submit(w->ring);
+	return 0;
+}
+
+/*
+ * The loop turn: inbox, due callbacks, deferred work (each bounded), then
+ * one submit that also waits for completions unless work is already
+ * pending, then reap.
  *
  * Stopping: objects on one worker can hold objects on another (a listener
  * and its shards), so a worker leaves only once every worker is drained at
@@ -473,8 +809,8 @@ static void worker_run(coil__worker *w)
 {
 	struct __kernel_timespec stop_poll = {.tv_nsec = 5 * 1000 * 1000};
 	for (;;) {
-		drain_inbox(w);
-		coil__ip_run_ready(w, READY_BUDGET);
+		drain_inbox(w, INBOX_BUDGET);
+		run_ready(w);
 		run_defers(w);
 		if (w->stopping) {
 			bool d = drained(w);
@@ -482,10 +818,10 @@ static void worker_run(coil__worker *w)
 			if (d && all_idle(w->loop))
 				break;
 		}
-		bool busy = w->ready_head || atomic_load(&w->inbox) ||
+		bool busy = w->ready_head || inbox_pending(w) ||
 			    !coil__list_empty(&w->defers);
 		struct io_uring_cqe *cqe;
-		int rc = busy || w->poll_wait ? io_uring_submit(w->ring)
+		int rc = busy || w->poll_wait ? busy_enter(w)
 		       : w->stopping
 			       ? io_uring_submit_and_wait_timeout(w->ring, &cqe, 1,
 								  &stop_poll, NULL)
@@ -519,7 +855,9 @@ static void *worker_main(void *arg)
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 
 	int rc = ring_setup(w);
+	w->start_what = "io_uring_queue_init";
 	if (!rc) {
+		w->start_what = "provided buffer ring";
 		rc = coil__bufring_init(w, w->loop->opts.buf_count,
 					w->loop->opts.buf_size);
 		if (rc) {
@@ -528,6 +866,11 @@ static void *worker_main(void *arg)
 			w->ring = NULL;
 		}
 	}
+	/* A registered ring fd (5.18) saves io_uring_enter the fd lookup;
+	 * liburing uses it once registered. Failure is fine: the plain fd. */
+	if (!rc && !(w->loop->opts.flags & COIL_LOOP_NO_REGISTERED_RING) &&
+	    io_uring_register_ring_fd(w->ring) == 1)
+		w->ring_registered = true;
 	report_start(w, rc);
 	if (rc) {
 		w->dead = true;
@@ -576,8 +919,45 @@ static void stop_task_run(coil__task *t)
 
 void coil_loop_opts_init(coil_loop_opts_t *opts)
 {
+	if (!opts)
+		return;
 	memset(opts, 0, sizeof(*opts));
+	opts->size = sizeof(*opts);
 }
+
+/* The size of the first published coil_loop_opts_t (through flags): the
+ * smallest a caller may pass. */
+#define OPTS_V1_SIZE (offsetof(coil_loop_opts_t, flags) + sizeof(unsigned))
+
+/* Copies the caller's options (of the caller's size) into *o. */
+static int copy_opts(coil_loop_opts_t *o, const coil_loop_opts_t *in)
+{
+	memset(o, 0, sizeof(*o));
+	o->size = sizeof(*o);
+	if (!in)
+		return 0;
+	if (in->size < OPTS_V1_SIZE) {
+		set_error("coil_loop_opts_t.size is %zu: fill the options with "
+			  "coil_loop_opts_init() first",
+			  in->size);
+		return -EINVAL;
+	}
+	if (in->size > sizeof(*o)) {
+		const unsigned char *extra = (const unsigned char *)in + sizeof(*o);
+		for (size_t i = 0; i < in->size - sizeof(*o); i++)
+			if (extra[i]) {
+				set_error("coil_loop_opts_t of %zu bytes sets options "
+					  "this coil (%zu bytes) does not know",
+					  in->size, sizeof(*o));
+				return -E2BIG;
+			}
+	}
+	memcpy(o, in, in->size < sizeof(*o) ? in->size : sizeof(*o));
+	o->size = sizeof(*o);
+	return 0;
+}
+
+#define OPT_BAD(...) (set_error(__VA_ARGS__), -EINVAL)
 
 static int normalise_opts(coil_loop_opts_t *o)
 {
@@ -586,50 +966,77 @@ static int normalise_opts(coil_loop_opts_t *o)
 		o->workers = n > 0 ? (unsigned)n : 1;
 	}
 	if (o->workers > 1024)
-		return -EINVAL;
+		return OPT_BAD("workers %u: at most 1024", o->workers);
 	if (!o->sq_entries)
 		o->sq_entries = 256;
 	if (o->sq_entries > 32768)
-		return -EINVAL;
+		return OPT_BAD("sq_entries %u: at most 32768", o->sq_entries);
 	if (!o->cq_entries)
 		o->cq_entries = o->sq_entries * 16;
 	if (o->cq_entries < o->sq_entries || o->cq_entries > 1u << 20)
-		return -EINVAL;
+		return OPT_BAD("cq_entries %u: from sq_entries (%u) to 1048576",
+			       o->cq_entries, o->sq_entries);
 	if (!o->buf_count)
 		o->buf_count = 256;
 	if (o->buf_count & (o->buf_count - 1) || o->buf_count > 32768)
-		return -EINVAL;
+		return OPT_BAD("buf_count %u: a power of two, at most 32768",
+			       o->buf_count);
 	if (!o->buf_size)
 		o->buf_size = 32768;
 	if (o->buf_size > (1u << 24))
-		return -EINVAL;
+		return OPT_BAD("buf_size %u: at most 16 MiB", o->buf_size);
+	if (o->flags & ~(COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_COOP_TASKRUN |
+			 COIL_LOOP_NO_READ_MULTISHOT |
+			 COIL_LOOP_NO_REGISTERED_RING))
+		return OPT_BAD("flags 0x%x: unknown COIL_LOOP_* bits", o->flags);
 	return 0;
 }
 
 int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 {
-	if (!out)
+	last_error[0] = 0;
+	if (!out) {
+		set_error("out is NULL");
 		return -EINVAL;
-	*out = NULL;
-	coil_loop_t *loop = coil__calloc(1, sizeof(*loop));
-	if (!loop)
-		return -ENOMEM;
-	if (opts)
-		loop->opts = *opts;
-	int rc = normalise_opts(&loop->opts);
-	if (rc) {
-		coil__free(loop);
-		return rc;
 	}
+	*out = NULL;
+	coil_loop_opts_t o;
+	int rc = copy_opts(&o, opts);
+	/* COIL_LOOP_FLAGS (a number, e.g. 0x8) adds COIL_LOOP_NO_* flags to
+	 * every loop of the process: comparisons and fallback tests without
+	 * rebuilding the program. */
+	const char *ev = getenv("COIL_LOOP_FLAGS");
+	if (!rc && ev && *ev) {
+		char *end;
+		unsigned long f = strtoul(ev, &end, 0);
+		if (*end || f > ~0u) {
+			set_error("COIL_LOOP_FLAGS=%s: not a number", ev);
+			rc = -EINVAL;
+		}
+		o.flags |= (unsigned)f;
+	}
+	if (!rc)
+		rc = normalise_opts(&o);
+	if (!rc)
+		rc = check_features();
+	if (rc)
+		return rc;
+	coil_loop_t *loop = coil__calloc(1, sizeof(*loop));
+	if (!loop) {
+		set_error("out of memory");
+		return -ENOMEM;
+	}
+	loop->opts = o;
 	loop->nworkers = loop->opts.workers;
 	loop->workers = coil__calloc(loop->nworkers, sizeof(coil__worker));
 	if (!loop->workers) {
 		coil__free(loop);
+		set_error("out of memory");
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&loop->start_lock, NULL);
 	pthread_cond_init(&loop->start_cond, NULL);
-	coil__resolver_init(loop);
+	ext_init(loop);
 
 	unsigned spawned = 0;
 	for (unsigned i = 0; i < loop->nworkers; i++) {
@@ -638,13 +1045,16 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 		w->index = i;
 		coil__list_init(&w->defers);
 		coil__list_init(&w->closers);
+		coil__defer_init(&w->efd_retry, efd_retry_run);
 		w->efd = eventfd(0, EFD_CLOEXEC);
 		if (w->efd < 0) {
 			rc = -errno;
+			set_error("worker %u: eventfd: %s", i, strerror(-rc));
 			break;
 		}
 		rc = -pthread_create(&w->thread, NULL, worker_main, w);
 		if (rc) {
+			set_error("worker %u: pthread_create: %s", i, strerror(-rc));
 			close(w->efd);
 			w->efd = -1;
 			break;
@@ -656,8 +1066,12 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 	while (loop->started < spawned)
 		pthread_cond_wait(&loop->start_cond, &loop->start_lock);
 	pthread_mutex_unlock(&loop->start_lock);
-	for (unsigned i = 0; i < spawned && !rc; i++)
+	for (unsigned i = 0; i < spawned && !rc; i++) {
 		rc = loop->workers[i].start_rc;
+		if (rc)
+			set_error("worker %u: %s: %s", i,
+				  loop->workers[i].start_what, strerror(-rc));
+	}
 	if (rc) {
 		/* Stop the workers that did start, then unwind. */
 		for (unsigned i = 0; i < spawned; i++) {
@@ -672,7 +1086,7 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 			pthread_join(w->thread, NULL);
 			close(w->efd);
 		}
-		coil__resolver_stop(loop);
+		ext_stop(loop);
 		pthread_mutex_destroy(&loop->start_lock);
 		pthread_cond_destroy(&loop->start_cond);
 		coil__free(loop->workers);
@@ -690,7 +1104,7 @@ int coil_loop_free(coil_loop_t *loop)
 	if (coil__tls_worker && coil__tls_worker->loop == loop)
 		return -EDEADLK;
 	atomic_store(&loop->stopping, 1);
-	coil__resolver_stop(loop);
+	ext_stop(loop);
 	for (unsigned i = 0; i < loop->nworkers; i++) {
 		coil__task *t = coil__malloc(sizeof(*t));
 		if (!t)
@@ -710,8 +1124,8 @@ int coil_loop_free(coil_loop_t *loop)
 		for (unsigned i = 0; i < loop->nworkers; i++) {
 			coil__worker *w = &loop->workers[i];
 			coil__tls_worker = w;
-			while (drain_inbox(w) || w->ready_head) {
-				coil__ip_run_ready(w, READY_BUDGET);
+			while (drain_inbox(w, 0) || w->ready_head) {
+				run_ready(w);
 				run_defers(w);
 				more = true;
 			}

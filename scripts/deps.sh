@@ -8,7 +8,7 @@ for what in "$@"; do
 	case "$what" in
 	build) ;;
 	test) pkgs="$pkgs curl socat netcat-openbsd clang libclang-rt-14-dev g++ binutils" ;;
-	bench) pkgs="$pkgs wrk nginx-light curl" ;;
+	bench) pkgs="$pkgs wrk nginx-light curl libuv1-dev strace" ;;
 	fuzz) pkgs="$pkgs clang libclang-rt-14-dev" ;;
 	valgrind) pkgs="$pkgs valgrind" ;;
 	esac

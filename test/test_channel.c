@@ -433,27 +433,44 @@ static void test_write_owned_and_queue_full(void)
 {
 	int peer;
 	coil_channel_t *ch = pair(&peer);
-	T_ASSERT_OK(coil_channel_set_queue_size(ch, 4096));
-	/* Fill the kernel's buffers so writes stay queued. */
-	int sndbuf = 4096;
-	setsockopt(coil_channel_fileno(ch), SOL_SOCKET, SO_SNDBUF, &sndbuf,
-		   sizeof(sndbuf));
 	size_t big = 1 << 20;
+	T_ASSERT_OK(coil_channel_set_queue_size(ch, big));
 	char *data = malloc(big);
 	memset(data, 'x', big);
 	atomic_store(&owned_freed, 0);
-	/* One write larger than the queue goes alone into an empty queue. */
 	coil_ip_t *w1 = coil_channel_write_owned(ch, data, big, owned_free);
 	CU_ASSERT_PTR_NOT_NULL_FATAL(w1);
-	usleep(20000);
-	CU_ASSERT(coil_channel_write_queue_used(ch) > 0);
-	/* The next one fails at once with nothing queued. */
-	size_t before = coil_channel_write_queue_used(ch);
-	coil_ip_t *w2 = coil_channel_write(ch, "more", 4);
+	/* kaa's bound: a write that would take the queue past queue_size
+	 * fails whole with nothing queued, even into an empty queue. A
+	 * channel without a descriptor keeps its queue, so the sizes are
+	 * exact. */
+	coil_channel_t *q;
+	T_ASSERT_OK(coil_channel_new(L, &q));
+	T_ASSERT_OK(coil_channel_set_queue_size(q, 4096));
+	coil_ip_t *huge = coil_channel_write(q, data, 4097);
+	CU_ASSERT_EQUAL(coil_ip_error(huge), -ENOBUFS);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coil_ip_message(huge), "queue_size"));
+	coil_ip_unref(huge);
+	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 0);
+	coil_ip_t *fits = coil_channel_write(q, data, 4000);
+	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 4000);
+	coil_ip_t *w2 = coil_channel_write(q, "more more more more more more "
+					      "more more more more more more "
+					      "more more more more more more "
+					      "more more more more more more",
+					   100);
 	CU_ASSERT_EQUAL(coil_ip_state(w2), COIL_IP_FAILED);
 	CU_ASSERT_EQUAL(coil_ip_error(w2), -ENOBUFS);
-	CU_ASSERT_EQUAL(coil_channel_write_queue_used(ch), before);
+	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 4000);
 	coil_ip_unref(w2);
+	coil_ip_t *last = coil_channel_write(q, data, 96);
+	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 4096);
+	coil_channel_release(q);
+	T_ASSERT_OK(t_wait(fits));
+	CU_ASSERT_EQUAL(coil_ip_error(fits), -EBADF);
+	coil_ip_unref(fits);
+	T_ASSERT_OK(t_wait(last));
+	coil_ip_unref(last);
 	char *sink = malloc(big);
 	T_ASSERT_OK(t_read_exact(peer, sink, big));
 	T_ASSERT_OK(t_wait(w1));
@@ -654,6 +671,7 @@ static void test_peer_reset_during_write(void)
 	struct sig s = {0};
 	coil_channel_on_closed(ch, on_closed_cb, &s);
 	size_t big = 8u << 20;
+	T_ASSERT_OK(coil_channel_set_queue_size(ch, big));
 	char *data = calloc(1, big);
 	coil_ip_t *w = coil_channel_write_owned(ch, data, big, free);
 	char buf[4096];
@@ -1010,8 +1028,9 @@ static void backed_up_cb(coil_channel_t *ch, const void *d, size_t n,
 			 void *ud)
 {
 	if (atomic_fetch_add(&backed_seen, n) == 0) {
-		/* One answer far larger than the peer will take unread. */
-		size_t big = 4u << 20;
+		/* One answer larger than the peer will take unread (the
+		 * socket buffers hold less than 48 KiB here: see below). */
+		size_t big = 48 * 1024;
 		char *b = calloc(1, big);
 		coil_ip_unref(coil_channel_write_owned(ch, b, big, free));
 	}
@@ -1023,6 +1042,9 @@ static void test_paused_signal_disconnect_keeps_bytes(void)
 	coil_channel_t *ch = pair(&peer);
 	atomic_store(&backed_seen, 0);
 	T_ASSERT_OK(coil_channel_set_queue_size(ch, 64 * 1024));
+	int sndbuf = 4096;
+	setsockopt(coil_channel_fileno(ch), SOL_SOCKET, SO_SNDBUF, &sndbuf,
+		   sizeof(sndbuf));
 	/* The bytes wait in the socket first, so that arming the receive
 	 * brings several completions in one batch: the first one's answer
 	 * pauses the signal and the rest wait for it in coil. */

@@ -9,6 +9,22 @@
 
 static coil_loop_t *L;
 
+/* Allocation counters of the allocator seam (lib/alloc.c, static link). */
+size_t coil__alloc_live(void);
+uint64_t coil__alloc_total(void);
+
+/* Waits (at most 10 s) until coil's live allocations come back to `want`:
+ * workers drop their last references a moment after a wait returns. */
+static size_t live_settles_to(size_t want)
+{
+	size_t live = coil__alloc_live();
+	for (int i = 0; i < 10000 && live != want; i++) {
+		usleep(1000);
+		live = coil__alloc_live();
+	}
+	return live;
+}
+
 /* ---- settle and getters ---- */
 
 static void test_settle_once(void)
@@ -628,7 +644,38 @@ static void test_sleep(void)
 	coil_ip_unref(ip);
 }
 
+/* The counters see allocations made on any thread, and frees on another
+ * thread than the allocation's. */
+static void *unref_thread(void *arg)
+{
+	coil_ip_t **ips = arg;
+	for (int i = 0; i < 100; i++)
+		coil_ip_unref(ips[i]);
+	return NULL;
+}
+
+static void test_alloc_counters(void)
+{
+	size_t base = live_settles_to(coil__alloc_live());
+	uint64_t total = coil__alloc_total();
+	coil_ip_t *ips[100];
+	for (int i = 0; i < 100; i++) {
+		ips[i] = coil_ip_new(L);
+		T_ASSERT_OK(coil_ip_finish_int(ips[i], i));
+	}
+	CU_ASSERT(coil__alloc_live() >= base + 100);
+	CU_ASSERT(coil__alloc_total() >= total + 100);
+	for (int i = 0; i < 100; i++)
+		T_ASSERT_OK(t_wait(ips[i]));
+	pthread_t th;
+	CU_ASSERT_EQUAL_FATAL(pthread_create(&th, NULL, unref_thread, ips), 0);
+	pthread_join(th, NULL);
+	CU_ASSERT_EQUAL(live_settles_to(base), base);
+	CU_ASSERT(coil__alloc_total() >= total + 100);
+}
+
 static const coil_test_t tests[] = {
+	{"alloc_counters", test_alloc_counters},
 	{"settle_once", test_settle_once},
 	{"then_runs_once_on_worker", test_then_runs_once_on_worker},
 	{"late_callback_runs_at_once", test_late_callback_runs_at_once},

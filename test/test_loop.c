@@ -2,10 +2,13 @@
 /* Tests for coil_loop: workers, ring setup fallbacks, cross-thread posts,
  * stop with work in flight. */
 #include "helpers.h"
+#include "internal.h"
 
 #include <liburing.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static void test_new_free(void)
@@ -183,6 +186,248 @@ static void test_stop_with_work_in_flight(void)
 	coil_ip_unref(chained);
 }
 
+/* Fairness: a 10 ms timer fires while its worker is saturated by a task
+ * that re-posts itself forever. Before the fix, the busy worker called a
+ * submit that does not run DEFER_TASKRUN task work, so no completion was
+ * reaped while it stayed busy and the timer waited for the task to stop.
+ * No timing is asserted: the task stops on its own after a generous bound
+ * (10 s of wall time) and the test checks the timer fired before that. */
+struct spin_ctx {
+	coil_loop_t *loop;
+	coil_ip_t *timer;
+	coil_ip_t *done;
+	uint64_t start_ms;
+	unsigned long reposts;
+	unsigned long reposts_at_fire;
+	bool fired;
+};
+
+static uint64_t t_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void spin_task(void *arg)
+{
+	struct spin_ctx *c = arg;
+	c->reposts++;
+	if (!c->fired && coil_ip_state(c->timer) != COIL_IP_PENDING) {
+		c->fired = true;
+		c->reposts_at_fire = c->reposts;
+	}
+	/* Keep spinning a little after the fire (the loop must stay
+	 * usable), but stop for sure after the bound. */
+	if ((c->fired && c->reposts > c->reposts_at_fire + 1000) ||
+	    t_now_ms() - c->start_ms > 10000) {
+		coil_ip_finish_int(c->done, c->fired);
+		return;
+	}
+	if (coil_loop_post(c->loop, 0, spin_task, c))
+		coil_ip_finish_int(c->done, -1);
+}
+
+static void start_spin(void *arg)
+{
+	struct spin_ctx *c = arg;
+	c->start_ms = t_now_ms();
+	c->timer = coil_sleep(c->loop, 10);
+	spin_task(c);
+}
+
+static void check_timer_under_load(unsigned flags)
+{
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = 1;
+	o.flags = flags;
+	coil_loop_t *loop = NULL;
+	T_ASSERT_OK(coil_loop_new(&loop, &o));
+	struct spin_ctx c = {.loop = loop, .done = coil_ip_new(loop)};
+	T_ASSERT_OK(coil_loop_post(loop, 0, start_spin, &c));
+	T_ASSERT_OK(t_wait(c.done));
+	CU_ASSERT_EQUAL(coil_ip_int(c.done), 1);
+	CU_ASSERT(c.fired);
+	CU_ASSERT_EQUAL(coil_ip_state(c.timer), COIL_IP_FINISHED);
+	coil_ip_unref(c.timer);
+	coil_ip_unref(c.done);
+	coil_loop_free(loop);
+}
+
+static void test_timer_fires_while_busy(void)
+{
+	check_timer_under_load(0);
+	check_timer_under_load(COIL_LOOP_NO_DEFER_TASKRUN);
+	check_timer_under_load(COIL_LOOP_NO_DEFER_TASKRUN |
+			       COIL_LOOP_NO_COOP_TASKRUN);
+}
+
+/* ---- options ABI and the kernel feature probe ---- */
+
+static void test_opts_size(void)
+{
+	coil_loop_t *loop = NULL;
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	CU_ASSERT_EQUAL(o.size, sizeof(o));
+	o.workers = 1;
+	T_ASSERT_OK(coil_loop_new(&loop, &o));
+	CU_ASSERT_STRING_EQUAL(coil_loop_last_error(), "");
+	coil_loop_free(loop);
+
+	/* Not filled by coil_loop_opts_init: refused, with the reason. */
+	memset(&o, 0, sizeof(o));
+	o.workers = 1;
+	CU_ASSERT_EQUAL(coil_loop_new(&loop, &o), -EINVAL);
+	CU_ASSERT_PTR_NULL(loop);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coil_loop_last_error(),
+				      "coil_loop_opts_init"));
+	coil_loop_opts_init(&o);
+	o.size = sizeof(o) - 1;
+	CU_ASSERT_EQUAL(coil_loop_new(&loop, &o), -EINVAL);
+
+	/* A caller built against a larger, newer struct: fine while the
+	 * fields this coil does not know are zero, -E2BIG otherwise. */
+	struct {
+		coil_loop_opts_t o;
+		unsigned future[4];
+	} big;
+	memset(&big, 0, sizeof(big));
+	coil_loop_opts_init(&big.o);
+	big.o.size = sizeof(big);
+	big.o.workers = 1;
+	T_ASSERT_OK(coil_loop_new(&loop, &big.o));
+	coil_loop_free(loop);
+	big.future[2] = 7;
+	CU_ASSERT_EQUAL(coil_loop_new(&loop, &big.o), -E2BIG);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coil_loop_last_error(), "does not know"));
+
+	/* Bad values name the option. */
+	coil_loop_opts_init(&o);
+	o.buf_count = 3;
+	CU_ASSERT_EQUAL(coil_loop_new(&loop, &o), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coil_loop_last_error(), "buf_count"));
+	coil_loop_opts_init(&o);
+	o.flags = 0x80000000u;
+	CU_ASSERT_EQUAL(coil_loop_new(&loop, &o), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coil_loop_last_error(), "flags"));
+}
+
+/* A kernel without a feature coil has no other path for: -ENOSYS and a
+ * message naming it (the probe's result is masked, as a test hook). */
+static void test_missing_feature(void)
+{
+	/* This kernel has them all (the suite runs on >= 6.1). */
+	CU_ASSERT_EQUAL(coil__features() &
+				(COIL__FEAT_OPS | COIL__FEAT_PBUF_RING |
+				 COIL__FEAT_RECV_MSHOT | COIL__FEAT_ACCEPT_MSHOT),
+			COIL__FEAT_OPS | COIL__FEAT_PBUF_RING |
+				COIL__FEAT_RECV_MSHOT | COIL__FEAT_ACCEPT_MSHOT);
+	static const struct {
+		unsigned feat;
+		const char *name;
+	} cases[] = {
+		{COIL__FEAT_RECV_MSHOT, "multishot recv"},
+		{COIL__FEAT_ACCEPT_MSHOT, "multishot accept"},
+		{COIL__FEAT_PBUF_RING, "provided buffer rings"},
+	};
+	coil_loop_t *loop = NULL;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		coil__probe_hide = cases[i].feat;
+		CU_ASSERT_EQUAL(coil_loop_new(&loop, NULL), -ENOSYS);
+		CU_ASSERT_PTR_NULL(loop);
+		CU_ASSERT_PTR_NOT_NULL(strstr(coil_loop_last_error(),
+					      cases[i].name));
+	}
+	coil__probe_hide = COIL__FEAT_RECV_MSHOT | COIL__FEAT_ACCEPT_MSHOT;
+	CU_ASSERT_EQUAL(coil_loop_new(&loop, NULL), -ENOSYS);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coil_loop_last_error(), "multishot recv"));
+	CU_ASSERT_PTR_NOT_NULL(strstr(coil_loop_last_error(), "multishot accept"));
+	coil__probe_hide = 0;
+	T_ASSERT_OK(coil_loop_new(&loop, NULL));
+	CU_ASSERT_STRING_EQUAL(coil_loop_last_error(), "");
+	coil_loop_free(loop);
+}
+
+/* Bytes written to a coil pipe come out of its read end. Returns the read
+ * kind the read end used. */
+static int pipe_roundtrip(coil_loop_t *loop)
+{
+	coil_channel_t *rd = NULL, *wr = NULL;
+	if (coil_channel_pipe(loop, &rd, &wr))
+		return -1;
+	coil_ip_t *wip = coil_channel_write(wr, "hello", 5);
+	coil_ip_t *rip = coil_channel_read_exact(rd, 5);
+	int kind = -1;
+	if (t_wait(wip) == 0 && t_wait(rip) == 0) {
+		size_t len = 0;
+		const void *p = coil_ip_bytes(rip, &len);
+		if (len == 5 && memcmp(p, "hello", 5) == 0)
+			kind = rd->rkind;
+	}
+	coil_ip_unref(wip);
+	coil_ip_unref(rip);
+	coil_channel_release(rd);
+	coil_channel_release(wr);
+	return kind;
+}
+
+static coil_loop_t *loop_with_flags(unsigned flags)
+{
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = 1;
+	o.flags = flags;
+	coil_loop_t *loop = NULL;
+	if (coil_loop_new(&loop, &o))
+		return NULL;
+	return loop;
+}
+
+/* Multishot read for pipes, and its fallback to single reads (forced by
+ * the flag, or by the kernel lacking the opcode). */
+static void test_read_multishot_fallback(void)
+{
+	coil_loop_t *loop = loop_with_flags(0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(loop);
+	CU_ASSERT_EQUAL(pipe_roundtrip(loop),
+			(coil__features() & COIL__FEAT_READ_MSHOT)
+				? COIL__RK_READ_MSHOT
+				: COIL__RK_READ_ONCE);
+	coil_loop_free(loop);
+
+	loop = loop_with_flags(COIL_LOOP_NO_READ_MULTISHOT);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(loop);
+	CU_ASSERT_EQUAL(pipe_roundtrip(loop), COIL__RK_READ_ONCE);
+	coil_loop_free(loop);
+
+	coil__probe_hide = COIL__FEAT_READ_MSHOT;
+	loop = loop_with_flags(0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(loop);
+	CU_ASSERT_EQUAL(pipe_roundtrip(loop), COIL__RK_READ_ONCE);
+	coil_loop_free(loop);
+	coil__probe_hide = 0;
+}
+
+/* The registered ring fd, and the plain fd when it is turned off: both
+ * serve timers and I/O. */
+static void test_registered_ring_fallback(void)
+{
+	for (int off = 0; off < 2; off++) {
+		coil_loop_t *loop = loop_with_flags(
+			off ? COIL_LOOP_NO_REGISTERED_RING : 0);
+		CU_ASSERT_PTR_NOT_NULL_FATAL(loop);
+		/* 5.18 and later register it; the suite's kernels do. */
+		CU_ASSERT_EQUAL(loop->workers[0].ring_registered, !off);
+		coil_ip_t *ip = coil_sleep(loop, 1);
+		T_ASSERT_OK(t_wait(ip));
+		coil_ip_unref(ip);
+		CU_ASSERT(pipe_roundtrip(loop) >= 0);
+		coil_loop_free(loop);
+	}
+}
+
 /* Posting after free is refused rather than lost. */
 static void test_idle_worker_sleeps(void)
 {
@@ -210,6 +455,11 @@ static const coil_test_t tests[] = {
 	{"free_from_worker", test_free_from_worker},
 	{"stop_with_work_in_flight", test_stop_with_work_in_flight},
 	{"idle_worker_sleeps", test_idle_worker_sleeps},
+	{"timer_fires_while_busy", test_timer_fires_while_busy},
+	{"opts_size", test_opts_size},
+	{"missing_feature", test_missing_feature},
+	{"read_multishot_fallback", test_read_multishot_fallback},
+	{"registered_ring_fallback", test_registered_ring_fallback},
 	{NULL, NULL},
 };
 

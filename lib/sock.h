@@ -1,0 +1,86 @@
+/* SPDX-License-Identifier: MIT */
+/* Private state shared by the socket files (socket.c, connect.c,
+ * listener.c, udp.c, sockopt.c). Nothing here is part of the API. */
+#ifndef COIL_SOCK_H
+#define COIL_SOCK_H
+
+#include "internal.h"
+
+struct connector;
+struct listener;
+
+struct coil__sock {
+	int family;
+	int type;
+	_Atomic int connecting, connected, listening;
+	int bufsize;       /* pending buffer_size, 0 = kernel default */
+	int nodelay, keepalive, reuseaddr; /* -1: leave as is */
+	_Atomic unsigned timeout_ms;
+	_Atomic bool nonblocking; /* usocket settimeout(0) / setblocking(0) */
+	char reqhost[256];
+	struct connector *conn;
+	struct listener *lst;
+	_Atomic(coil_new_client_cb) cb; /* new-client signal */
+	void *cb_ud;
+	char unix_path[128]; /* listener path to unlink on close */
+	/* shutdown(SHUT_WR) waiting for the write queue */
+	coil_ip_t *shut_ip;
+	int shut_how;
+	/* udp.c, home worker: datagrams received for a recvfrom that was
+	 * aborted (or settled) meanwhile, for the next recvfrom, in order. */
+	struct coil__dg_stash *stash_head, **stash_tail;
+};
+
+struct coil__dg_stash {
+	struct coil__dg_stash *next;
+	coil_datagram_t *dg;
+};
+/* udp.c: frees the stashed datagrams (socket free). */
+COIL__HIDDEN void coil__sock_stash_free(struct coil__sock *s);
+
+static inline struct coil__sock *S(const coil_socket_t *s)
+{
+	return s->sock;
+}
+
+/* ---- forwarding to the home worker (socket.c) */
+struct sock_call {
+	coil__task task;
+	coil_socket_t *s;
+	void (*fn)(struct sock_call *c);
+	coil_ip_t *ip;
+	char *text;
+	int flags;
+	size_t n;
+};
+
+/* Runs fn on s's home worker (now if this is it). c is consumed. */
+COIL__HIDDEN void coil__sock_call(struct sock_call *c);
+COIL__HIDDEN struct sock_call *coil__sock_call_new(coil_socket_t *s,
+		coil_ip_t *ip, void (*fn)(struct sock_call *));
+/* A handle that failed at once (bad arguments), never NULL unless OOM. */
+COIL__HIDDEN coil_ip_t *coil__sock_failed_ip(coil_socket_t *s, int err,
+		const char *fmt, const char *arg);
+/* Gives ch its socket state and hooks: 0 or -ENOMEM. */
+COIL__HIDDEN int coil__sock_alloc(coil_channel_t *ch);
+/* Applies the remembered options to a fresh descriptor. */
+COIL__HIDDEN void coil__sock_apply_opts(struct coil__sock *s, int fd);
+
+/* connect.c: ends a connect in progress with err (socket closing). */
+COIL__HIDDEN void coil__sock_conn_close(struct coil__sock *s, int err,
+					const char *msg);
+/* listener.c: the close part for listeners (stops shards, fails accepts,
+ * unlinks the Unix path). */
+COIL__HIDDEN void coil__sock_listener_close(coil_channel_t *ch);
+/* listener.c: Unix path rules before bind (EADDRINUSE if live). */
+struct sockaddr_un;
+COIL__HIDDEN int coil__sock_unix_prepare(const struct sockaddr_un *sun,
+					 socklen_t len);
+
+#define sock_call_new coil__sock_call_new
+#define failed_ip coil__sock_failed_ip
+#define sock_alloc coil__sock_alloc
+#define apply_opts coil__sock_apply_opts
+#define unix_prepare coil__sock_unix_prepare
+
+#endif /* COIL_SOCK_H */

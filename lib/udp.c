@@ -1,0 +1,343 @@
+/* SPDX-License-Identifier: MIT */
+/* Datagram sockets: creation, sendto/recvfrom through the ring, bind. */
+#include "internal.h"
+#include "sock.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+
+int coil_socket_new_dgram(coil_loop_t *loop, int family, coil_socket_t **out)
+{
+	if (!loop || !out)
+		return -EINVAL;
+	if (family != AF_INET && family != AF_INET6 && family != AF_UNIX)
+		return -EAFNOSUPPORT;
+	int fd = socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	coil_channel_t *ch;
+	int rc = coil__channel_new(coil__pick_worker(loop), &ch);
+	if (!rc)
+		rc = sock_alloc(ch);
+	if (rc) {
+		if (ch)
+			coil__channel_put(ch);
+		close(fd);
+		return rc;
+	}
+	ch->sock->family = family;
+	ch->sock->type = SOCK_DGRAM;
+	ch->fd = fd;
+	/* Datagrams are read with recvfrom, one per call: the channel's
+	 * stream reader must never take them. */
+	ch->mode = COIL_IO_WRITE;
+	ch->rkind = COIL__RK_RECV;
+	ch->is_socket = true;
+	ch->dgram = true;
+	atomic_store(&ch->st, COIL__CH_OPEN);
+	/* Listed for loop stop even if only recvfrom is ever used. */
+	coil__channel_register(ch);
+	*out = ch;
+	return 0;
+}
+
+/*
+ * One sendto/recvfrom: a ring sendmsg/recvmsg on the home worker. Aborting
+ * one cancels its ring operation (contract 1: the hook returns 1 and the
+ * completion settles the handle). A datagram the kernel delivered to an
+ * operation whose handle was settled meanwhile (the abort lost the race)
+ * is stashed on the socket and given to the next recvfrom: none is lost.
+ */
+struct dgram_op {
+	coil__op op;
+	coil__task task;
+	coil_socket_t *s;
+	coil_ip_t *ip;
+	struct msghdr msg;
+	struct iovec iov;
+	struct sockaddr_storage to;
+	coil_datagram_t *dg; /* recvfrom */
+	bool send;
+	bool inflight;       /* the ring op is submitted */
+	bool aborted;        /* aborted before it was submitted */
+	bool cancelling;
+	int flags;           /* MSG_DONTWAIT in non-blocking mode */
+};
+
+void coil__sock_stash_free(struct coil__sock *s)
+{
+	while (s->stash_head) {
+		struct coil__dg_stash *st = s->stash_head;
+		s->stash_head = st->next;
+		coil__free(st->dg);
+		coil__free(st);
+	}
+	s->stash_tail = &s->stash_head;
+}
+
+static void stash_push(struct coil__sock *s, coil_datagram_t *dg)
+{
+	struct coil__dg_stash *st = coil__malloc(sizeof(*st));
+	if (!st) {
+		coil__free(dg); /* out of memory: dropped, as the kernel would */
+		return;
+	}
+	st->next = NULL;
+	st->dg = dg;
+	*s->stash_tail = st;
+	s->stash_tail = &st->next;
+}
+
+static coil_datagram_t *stash_pop(struct coil__sock *s)
+{
+	struct coil__dg_stash *st = s->stash_head;
+	if (!st)
+		return NULL;
+	s->stash_head = st->next;
+	if (!s->stash_head)
+		s->stash_tail = &s->stash_head;
+	coil_datagram_t *dg = st->dg;
+	coil__free(st);
+	return dg;
+}
+
+static void dgram_free(struct dgram_op *d)
+{
+	coil_ip_unref(d->ip);
+	coil__channel_put(d->s);
+	if (d->send)
+		coil__free(d->iov.iov_base);
+	coil__free(d);
+}
+
+static const char *dgram_what(const struct dgram_op *d, int res)
+{
+	if (res == -ECANCELED)
+		return d->send ? "sendto aborted" : "recvfrom aborted";
+	if (res == -EAGAIN)
+		return d->send ? "sendto would block (non-blocking socket)"
+			       : "recvfrom: no datagram (non-blocking socket)";
+	return d->send ? "sendto" : "recvfrom";
+}
+
+static void dgram_complete(coil__op *op, int res, unsigned flags)
+{
+	struct dgram_op *d = coil__container_of(op, struct dgram_op, op);
+	d->inflight = false;
+	if (res < 0) {
+		coil__ip_fail_msg(d->ip, res, dgram_what(d, res));
+		coil__free(d->dg);
+	} else if (d->send) {
+		coil_ip_finish_int(d->ip, res);
+	} else {
+		d->dg->len = (size_t)res;
+		d->dg->fromlen = d->msg.msg_namelen;
+		coil__mem_defined(d->dg->data, (size_t)res);
+		coil__mem_defined(d->msg.msg_name, d->msg.msg_namelen);
+		if (coil_ip_state(d->ip) != COIL_IP_PENDING ||
+		    coil_ip_finish_ptr(d->ip, d->dg, coil_free))
+			stash_push(S(d->s), d->dg);
+	}
+	dgram_free(d);
+}
+
+static int dgram_abort(coil_ip_t *ip, void *arg)
+{
+	struct dgram_op *d = arg;
+	if (!d->inflight) {
+		d->aborted = true; /* not submitted yet: it never will be */
+		return 0;
+	}
+	if (!d->cancelling &&
+	    coil__prep_cancel(d->s->w, NULL, &d->op) == 0)
+		d->cancelling = true;
+	return d->cancelling ? 1 : -EBUSY;
+}
+
+static void dgram_start(coil__task *t)
+{
+	struct dgram_op *d = coil__container_of(t, struct dgram_op, task);
+	coil_socket_t *s = d->s;
+	int rc;
+	if (d->aborted || coil_ip_state(d->ip) != COIL_IP_PENDING) {
+		coil__free(d->dg);
+		dgram_free(d);
+		return;
+	}
+	if (!d->send) {
+		coil_datagram_t *dg = stash_pop(S(s));
+		if (dg) {
+			size_t max = d->iov.iov_len;
+			if (dg->len > max)
+				dg->len = max; /* truncated, as recvfrom does */
+			coil__free(d->dg);
+			d->dg = NULL;
+			coil_ip_finish_ptr(d->ip, dg, coil_free);
+			dgram_free(d);
+			return;
+		}
+	}
+	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED) {
+		rc = -EBADF;
+	} else {
+		d->op.complete = dgram_complete;
+		rc = d->send ? coil__prep_sendmsg(s->w, &d->op, s->fd, &d->msg,
+						  MSG_NOSIGNAL | d->flags)
+			     : coil__prep_recvmsg(s->w, &d->op, s->fd, &d->msg,
+						  d->flags);
+	}
+	if (rc)
+		dgram_complete(&d->op, rc, 0);
+	else
+		d->inflight = true;
+}
+
+static coil_ip_t *dgram_submit(coil_socket_t *s, struct dgram_op *d)
+{
+	coil_ip_t *ip = coil__ip_new_on(s->w);
+	if (!ip) {
+		if (d->send)
+			coil__free(d->iov.iov_base);
+		coil__free(d->dg);
+		coil__free(d);
+		return NULL;
+	}
+	d->ip = coil_ip_ref(ip);
+	d->s = s;
+	coil__channel_get(s);
+	d->msg.msg_iov = &d->iov;
+	d->msg.msg_iovlen = 1;
+	d->task.run = dgram_start;
+	if (atomic_load(&S(s)->nonblocking))
+		d->flags = MSG_DONTWAIT;
+	coil_ip_set_abort(ip, dgram_abort, d);
+	if (coil__on_worker(s->w))
+		dgram_start(&d->task);
+	else
+		coil__post(s->w, &d->task);
+	return ip;
+}
+
+coil_ip_t *coil_socket_sendto_sa(coil_socket_t *s, const void *data,
+				 size_t len, const struct sockaddr *sa,
+				 socklen_t salen)
+{
+	if (!s || (!data && len))
+		return NULL;
+	if (!S(s))
+		return failed_ip(s, -ENOTSOCK, "not a socket%s", "");
+	if (salen > sizeof(struct sockaddr_storage))
+		return failed_ip(s, -EINVAL, "address too long%s", "");
+	struct dgram_op *d = coil__calloc(1, sizeof(*d));
+	if (!d)
+		return NULL;
+	d->send = true;
+	d->iov.iov_base = coil__malloc(len);
+	if (!d->iov.iov_base) {
+		coil__free(d);
+		return NULL;
+	}
+	memcpy(d->iov.iov_base, data, len);
+	d->iov.iov_len = len;
+	if (sa) {
+		memcpy(&d->to, sa, salen);
+		d->msg.msg_name = &d->to;
+		d->msg.msg_namelen = salen;
+	}
+	return dgram_submit(s, d);
+}
+
+coil_ip_t *coil_socket_sendto(coil_socket_t *s, const void *data, size_t len,
+			      const char *addr)
+{
+	if (!s)
+		return NULL;
+	if (!addr)
+		return coil_socket_sendto_sa(s, data, len, NULL, 0);
+	coil_addr_t a;
+	int rc = coil_addr_parse(addr, COIL_ADDR_DGRAM, &a);
+	if (rc)
+		return failed_ip(s, rc, "%s", a.error);
+	if (!a.numeric && a.kind != COIL_ADDR_UNIX)
+		return failed_ip(s, -EINVAL,
+				 "sendto %s: needs a numeric address (resolve "
+				 "names with coil_resolve)", addr);
+	return coil_socket_sendto_sa(s, data, len, (struct sockaddr *)&a.ss,
+				     a.sslen);
+}
+
+coil_ip_t *coil_socket_recvfrom(coil_socket_t *s, size_t max)
+{
+	if (!s)
+		return NULL;
+	if (!S(s))
+		return failed_ip(s, -ENOTSOCK, "not a socket%s", "");
+	if (!max || max > (1u << 24))
+		return failed_ip(s, -EINVAL, "recvfrom size out of range%s", "");
+	struct dgram_op *d = coil__calloc(1, sizeof(*d));
+	if (!d)
+		return NULL;
+	d->dg = coil__malloc(sizeof(*d->dg) + max);
+	if (!d->dg) {
+		coil__free(d);
+		return NULL;
+	}
+	memset(d->dg, 0, sizeof(*d->dg));
+	d->iov.iov_base = d->dg->data;
+	d->iov.iov_len = max;
+	d->msg.msg_name = &d->dg->from;
+	d->msg.msg_namelen = sizeof(d->dg->from);
+	return dgram_submit(s, d);
+}
+
+int coil_socket_bind(coil_socket_t *s, const char *addr, int flags)
+{
+	if (!s || !addr)
+		return -EINVAL;
+	if (!S(s))
+		return -ENOTSOCK;
+	coil_addr_t a;
+	int rc = coil_addr_parse(addr, COIL_ADDR_LISTEN | COIL_ADDR_DGRAM |
+					       (flags & COIL_ADDR_IPV4),
+				 &a);
+	if (rc)
+		return rc;
+	if (!a.numeric && a.kind != COIL_ADDR_UNIX)
+		return -EINVAL;
+	if (s->fd < 0)
+		return -EBADF;
+	if (a.kind == COIL_ADDR_UNIX) {
+		rc = unix_prepare((struct sockaddr_un *)&a.ss, a.sslen);
+		if (rc)
+			return rc;
+	} else if (a.ss.ss_family == AF_INET6 && S(s)->family == AF_INET) {
+		return -EAFNOSUPPORT;
+	} else if (a.ss.ss_family == AF_INET && S(s)->family == AF_INET6) {
+		/* Bind a v4 address on a v6 socket as v4-mapped. */
+		struct sockaddr_in *v4 = (struct sockaddr_in *)&a.ss;
+		struct sockaddr_in6 v6 = {.sin6_family = AF_INET6,
+					  .sin6_port = v4->sin_port};
+		v6.sin6_addr.s6_addr[10] = 0xff;
+		v6.sin6_addr.s6_addr[11] = 0xff;
+		memcpy(&v6.sin6_addr.s6_addr[12], &v4->sin_addr, 4);
+		memcpy(&a.ss, &v6, sizeof(v6));
+		a.sslen = sizeof(v6);
+	}
+	int one = 1;
+	setsockopt(s->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (bind(s->fd, (struct sockaddr *)&a.ss, a.sslen))
+		return -errno;
+	if (a.kind == COIL_ADDR_UNIX)
+		snprintf(S(s)->unix_path, sizeof(S(s)->unix_path), "%s",
+			 ((struct sockaddr_un *)&a.ss)->sun_path);
+	return 0;
+}
