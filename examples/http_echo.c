@@ -4,7 +4,11 @@
  *   http_echo [--host 127.0.0.1] [--port 8080] [--threads N]
  *             [--max-head BYTES] [--max-body BYTES]
  *             [--idle-timeout MS] [--header-timeout MS]
+ *             [--cert CHAIN.pem --key KEY.pem]
  *
+ * With --cert and --key it serves HTTPS (TLS 1.2/1.3, ALPN http/1.1) with
+ * the same behaviour: clients arrive handshaken (coil_socket_on_new_tls_
+ * client); a handshake must finish within the header timeout.
  * Every request is answered with 200 and a text/plain body that echoes it:
  * the request line, the headers as received, an empty line, then the body
  * (Content-Length or chunked). GET /hello answers "hello\n", the same work
@@ -481,7 +485,8 @@ static void usage(const char *argv0)
 {
 	fprintf(stderr,
 		"usage: %s [--host H] [--port P] [--threads N] [--max-head B]\n"
-		"          [--max-body B] [--idle-timeout MS] [--header-timeout MS]\n",
+		"          [--max-body B] [--idle-timeout MS] [--header-timeout MS]\n"
+		"          [--cert CHAIN.pem --key KEY.pem]\n",
 		argv0);
 	exit(2);
 }
@@ -491,6 +496,7 @@ int main(int argc, char **argv)
 	const char *host = "127.0.0.1";
 	int port = 8080;
 	unsigned threads = 0;
+	const char *cert = NULL, *key = NULL; /* --cert/--key: HTTPS */
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (i + 1 >= argc)
@@ -500,6 +506,10 @@ int main(int argc, char **argv)
 		unsigned long n = strtoul(v, &end, 10);
 		if (!strcmp(a, "--host")) {
 			host = v;
+			continue;
+		}
+		if (!strcmp(a, "--cert") || !strcmp(a, "--key")) {
+			*(a[2] == 'c' ? &cert : &key) = v;
 			continue;
 		}
 		if (*end || !*v)
@@ -542,9 +552,31 @@ int main(int argc, char **argv)
 	char addr[300];
 	snprintf(addr, sizeof(addr), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
 		 port);
+	coil_tls_ctx_t *tls = NULL;
+	if ((cert != NULL) != (key != NULL))
+		usage(argv[0]);
+	if (cert) {
+		static const char *const alpn[] = {"http/1.1"};
+		rc = coil_tls_ctx_new(COIL_TLS_SERVER, &tls);
+		if (!rc)
+			rc = coil_tls_ctx_use_cert_file(tls, cert, key);
+		if (!rc)
+			rc = coil_tls_ctx_set_alpn(tls, alpn, 1);
+		if (!rc)
+			rc = coil_tls_ctx_set_handshake_timeout(tls,
+								header_timeout_ms);
+		if (rc) {
+			fprintf(stderr, "http_echo: TLS: %s %s\n",
+				coil_strerror(rc), coil_tls_ctx_error(tls));
+			coil_loop_free(loop);
+			return 1;
+		}
+	}
 	coil_socket_t *l;
 	rc = coil_socket_new(loop, &l);
-	if (!rc)
+	if (!rc && tls)
+		rc = coil_socket_on_new_tls_client(l, tls, on_client, NULL);
+	else if (!rc)
 		rc = coil_socket_on_new_client(l, on_client, NULL);
 	if (!rc)
 		rc = coil_socket_listen(l, addr, 0, 0);
@@ -555,8 +587,8 @@ int main(int argc, char **argv)
 	}
 	for (unsigned i = 0; i < nw; i++)
 		coil_loop_post(loop, (int)i, start_tick, &workers[i]);
-	fprintf(stderr, "http_echo: serving http://%s/ with %u workers\n", addr,
-		nw);
+	fprintf(stderr, "http_echo: serving http%s://%s/ with %u workers\n",
+		tls ? "s" : "", addr, nw);
 
 	int sig;
 	sigwait(&stop, &sig);
@@ -570,6 +602,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < 200 && atomic_load(&open_conns) > 0; i++)
 		usleep(10000);
 	coil_loop_free(loop);
+	coil_tls_ctx_free(tls);
 	free(workers);
 	return 0;
 }

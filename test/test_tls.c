@@ -8,6 +8,7 @@
 #include "helpers.h"
 
 #include <fcntl.h>
+#include <libgen.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1002,6 +1003,83 @@ static void test_bulk_echo(void)
 	coil_tls_ctx_free(cc);
 }
 
+/* ---- http_echo --cert/--key against curl --cacert ---- */
+
+static char exdir[512];
+
+static char *run_out(const char *cmd, int *status)
+{
+	FILE *p = popen(cmd, "r");
+	size_t cap = 1 << 16, len = 0, n;
+	char *out = calloc(1, cap + 1);
+	while (p && (n = fread(out + len, 1, cap - len, p)) > 0)
+		len += n;
+	int st = p ? pclose(p) : -1;
+	*status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	return out;
+}
+
+static void test_https_echo_with_curl(void)
+{
+	if (system("command -v curl >/dev/null 2>&1") != 0) {
+		fprintf(stderr, "(curl missing: skipped)\n");
+		return;
+	}
+	unsigned short port;
+	int keep = t_listen_tcp4(&port);
+	close(keep);
+	char exe[600], ps[16];
+	snprintf(exe, sizeof(exe), "%s/http_echo", exdir);
+	snprintf(ps, sizeof(ps), "%u", port);
+	char *argv[] = {exe, "--host", "127.0.0.1", "--port", ps,
+			"--threads", "2", "--cert", path("srv.pem"), "--key",
+			path("srv.key"), NULL};
+	proc_t p;
+	spawn(&p, argv, 1);
+	char *out = proc_read_until(&p, "serving", NULL);
+	CU_ASSERT(strstr(out, "serving https://") != NULL);
+	free(out);
+	char cmd[1500];
+	const char *base = "curl -sS --max-time 10 --cacert '%s' --resolve "
+			   "localhost:%u:127.0.0.1 ";
+	int st;
+	/* Two requests on one kept-alive connection, then a POST. */
+	int k = snprintf(cmd, sizeof(cmd), base, path("ca.pem"), port);
+	snprintf(cmd + k, sizeof(cmd) - k,
+		 "https://localhost:%u/hello https://localhost:%u/hello", port,
+		 port);
+	out = run_out(cmd, &st);
+	CU_ASSERT_EQUAL(st, 0);
+	CU_ASSERT_STRING_EQUAL(out, "hello\nhello\n");
+	free(out);
+	snprintf(cmd + k, sizeof(cmd) - k,
+		 "-d 'tls body' https://localhost:%u/echo", port);
+	out = run_out(cmd, &st);
+	CU_ASSERT_EQUAL(st, 0);
+	CU_ASSERT(strstr(out, "POST /echo HTTP/1.1") != NULL);
+	CU_ASSERT(strstr(out, "tls body") != NULL);
+	free(out);
+	/* Without the CA, curl refuses the certificate (exit 60). */
+	snprintf(cmd, sizeof(cmd),
+		 "curl -s --max-time 10 --resolve localhost:%u:127.0.0.1 "
+		 "https://localhost:%u/hello", port, port);
+	out = run_out(cmd, &st);
+	CU_ASSERT_EQUAL(st, 60);
+	free(out);
+	/* Plain HTTP to the HTTPS port gets no answer, only a close. */
+	snprintf(cmd, sizeof(cmd),
+		 "curl -s --max-time 10 http://127.0.0.1:%u/hello", port);
+	out = run_out(cmd, &st);
+	CU_ASSERT(st != 0);
+	free(out);
+	kill(p.pid, SIGTERM);
+	int ws;
+	waitpid(p.pid, &ws, 0);
+	CU_ASSERT(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	close(p.in);
+	close(p.out);
+}
+
 static const coil_test_t tests[] = {
 	{"coil_coil", test_coil_coil},
 	{"tls12_alpn_early_writes", test_tls12_alpn_early_writes},
@@ -1020,6 +1098,7 @@ static const coil_test_t tests[] = {
 	{"truncation_is_error", test_truncation_is_error},
 	{"session_resumption", test_session_resumption},
 	{"bulk_echo", test_bulk_echo},
+	{"https_echo_with_curl", test_https_echo_with_curl},
 	{NULL, NULL},
 };
 
@@ -1046,6 +1125,10 @@ static const coil_test_t notls_tests[] = {
 int main(int argc, char **argv)
 {
 	signal(SIGPIPE, SIG_IGN);
+	/* build/<variant>/test/test_tls -> build/<variant>/examples */
+	char self[512];
+	snprintf(self, sizeof(self), "%s", argv[0]);
+	snprintf(exdir, sizeof(exdir), "%s/../examples", dirname(self));
 	L = t_loop(2);
 	int rc;
 	if (!coil_tls_available()) {
