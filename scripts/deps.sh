@@ -3,11 +3,11 @@
 # Installs the Debian packages coil needs, or says exactly how to.
 # Usage: scripts/deps.sh [build|test|bench|fuzz]...
 set -e
-pkgs="liburing-dev libjemalloc-dev libcunit1-dev pkg-config make gcc"
+pkgs="liburing-dev libjemalloc-dev libcunit1-dev pkg-config make gcc libssl-dev"
 for what in "$@"; do
 	case "$what" in
 	build) ;;
-	test) pkgs="$pkgs curl socat netcat-openbsd clang libclang-rt-14-dev g++ binutils" ;;
+	test) pkgs="$pkgs openssl curl socat netcat-openbsd clang libclang-rt-14-dev g++ binutils" ;;
 	bench) pkgs="$pkgs wrk nginx-light curl libuv1-dev strace" ;;
 	fuzz) pkgs="$pkgs clang libclang-rt-14-dev" ;;
 	valgrind) pkgs="$pkgs valgrind" ;;
