@@ -60,6 +60,7 @@ ifeq ($(TLS),1)
 else
   B := $(B)-notls
 endif
+comma := ,
 
 LIB_SRCS := $(sort $(wildcard lib/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(B)/%.o)
@@ -158,7 +159,9 @@ check-exports: $(B)/libcoil.so
 .PHONY: coil.pc
 coil.pc: coil.pc.in include/coil/version.h
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
-	    -e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+	    -e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' \
+	    -e 's|@TLS_REQUIRES@|$(if $(filter 1,$(TLS)),$(comma) openssl)|' \
+	    -e 's|@TLS_LIBS@|$(if $(filter 1,$(TLS)), -lssl -lcrypto)|' $< > $@
 
 install: lib coil.pc
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/coil
