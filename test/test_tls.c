@@ -708,15 +708,16 @@ static void test_garbage_closed(void)
 	coil_tls_ctx_free(sc);
 }
 
-/* Aborting the handshake closes the channel. */
-static void test_handshake_abort(void)
+/* Aborting the handshake closes the channel: the handle itself (no
+ * timeout) or the timeout's handle wrapped around it (the default). */
+static void handshake_abort(unsigned timeout_ms)
 {
 	int sv[2];
 	CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
 	coil_socket_t *s;
 	T_ASSERT_OK(coil_socket_wrap(L, sv[0], &s));
 	coil_tls_ctx_t *cc = client_ctx();
-	T_ASSERT_OK(coil_tls_ctx_set_handshake_timeout(cc, 0));
+	T_ASSERT_OK(coil_tls_ctx_set_handshake_timeout(cc, timeout_ms));
 	coil_ip_t *hc = coil_socket_starttls_client(s, cc, "localhost");
 	/* The ClientHello arrives, then the abort. */
 	char buf[4096];
@@ -729,6 +730,36 @@ static void test_handshake_abort(void)
 	coil_channel_release(s);
 	close(sv[1]);
 	coil_tls_ctx_free(cc);
+}
+
+static void test_handshake_abort(void)
+{
+	handshake_abort(0);
+	handshake_abort(10000);
+}
+
+/* Stopping a loop with TLS channels open, handshaken and mid-handshake:
+ * everything is closed and freed (ASan's leak check), the pending
+ * handshake fails. */
+static void test_loop_free_with_tls_open(void)
+{
+	coil_loop_t *l2 = t_loop(2);
+	coil_tls_ctx_t *cc = client_ctx(), *sc = server_ctx("srv");
+	coil_socket_t *a, *b, *c;
+	T_ASSERT_OK(coil_socketpair(l2, AF_UNIX, SOCK_STREAM, &a, &b));
+	handshake_pair(a, cc, "localhost", b, sc);
+	ip_done_ok(coil_channel_write(a, "unread", 6));
+	int sv[2];
+	CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+	T_ASSERT_OK(coil_socket_wrap(l2, sv[0], &c));
+	coil_ip_t *hs = coil_socket_starttls_server(c, sc);
+	T_ASSERT_OK(coil_loop_free(l2));
+	CU_ASSERT_NOT_EQUAL(coil_ip_state(hs), COIL_IP_PENDING);
+	CU_ASSERT(coil_ip_error(hs) < 0);
+	coil_ip_unref(hs);
+	close(sv[1]);
+	coil_tls_ctx_free(cc);
+	coil_tls_ctx_free(sc);
 }
 
 /* Bad arguments and states. */
@@ -1126,6 +1157,7 @@ static const coil_test_t tests[] = {
 	{"handshake_timeout", test_handshake_timeout},
 	{"garbage_closed", test_garbage_closed},
 	{"handshake_abort", test_handshake_abort},
+	{"loop_free_with_tls_open", test_loop_free_with_tls_open},
 	{"starttls_errors", test_starttls_errors},
 	{"readline_across_records", test_readline_across_records},
 	{"truncation_is_error", test_truncation_is_error},
