@@ -6,7 +6,9 @@
 #   make test       the whole CUnit suite (installs deps)
 #   make asan|tsan  the suite under ASan+UBSan / ThreadSanitizer
 #   make bench      benchmarks against baselines, as ratios
+#   make run PORT=9000 HOST=0.0.0.0   another address for it
 #   make install    PREFIX=/usr/local DESTDIR=
+#   make man        man pages from include/coil.h into build/man/man3
 
 VERSION_MAJOR := $(shell sed -n 's/^\#define COIL_VERSION_MAJOR \([0-9]*\)/\1/p' include/coil/version.h)
 VERSION_MINOR := $(shell sed -n 's/^\#define COIL_VERSION_MINOR \([0-9]*\)/\1/p' include/coil/version.h)
@@ -16,6 +18,7 @@ VERSION := $(VERSION_MAJOR).$(VERSION_MINOR).$(VERSION_PATCH)
 PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
 INCDIR ?= $(PREFIX)/include
+MANDIR ?= $(PREFIX)/share/man
 DESTDIR ?=
 
 # VARIANT selects the build directory and flags: rel, asan, tsan, valgrind.
@@ -60,7 +63,6 @@ ifeq ($(TLS),1)
 else
   B := $(B)-notls
 endif
-comma := ,
 
 LIB_SRCS := $(sort $(wildcard lib/*.c))
 LIB_OBJS := $(LIB_SRCS:%.c=$(B)/%.o)
@@ -78,11 +80,11 @@ TEST_BINS := $(TEST_SRCS:%.c=$(B)/%)
 TEST_HELPERS := $(B)/test/helpers.o
 
 .PHONY: all lib examples tests test run asan tsan valgrind bench micro-bench deps deps-test \
-	install uninstall clean check-exports fuzz stress
+	install uninstall clean check-exports fuzz stress man check-man
 .DEFAULT_GOAL := all
 .SECONDARY:
 
-all: lib examples tests
+all: lib examples tests man
 
 lib: $(STATIC) $(B)/libcoil.so
 
@@ -97,8 +99,11 @@ $(STATIC): $(LIB_OBJS)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(SHARED): $(LIB_OBJS)
-	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--no-undefined $(ALL_LDFLAGS) -o $@ $^ $(LDLIBS_ALL)
+# lib/coil.map gives every export the version node COIL_0 (docs/api.md).
+$(SHARED): $(LIB_OBJS) lib/coil.map
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--no-undefined \
+	    -Wl,--version-script=lib/coil.map $(ALL_LDFLAGS) -o $@ $(LIB_OBJS) \
+	    $(LDLIBS_ALL)
 
 $(B)/libcoil.so: $(SHARED)
 	ln -sf libcoil.so.$(VERSION) $(B)/$(SONAME)
@@ -145,26 +150,46 @@ stress: deps-test
 	@$(MAKE) --no-print-directory $(B)/test/stress
 	@timeout -k 5 $(STRESS_TIMEOUT) $(B)/test/stress
 
-RUN_ARGS ?= --host 127.0.0.1 --port 8080
+# make run HOST=0.0.0.0 PORT=9000; RUN_ARGS adds any http_echo option
+# (`build/rel/examples/http_echo --help` lists them). The program prints
+# its own banner once it listens, with the address it got.
+HOST ?= 127.0.0.1
+PORT ?= 8080
+RUN_ARGS ?=
 run: deps
 	@$(MAKE) --no-print-directory $(B)/examples/http_echo
-	@echo "coil: serving HTTP echo on http://127.0.0.1:8080/ (Ctrl-C stops it)"
-	@echo "coil: try: curl -s http://127.0.0.1:8080/hello ; curl -s -d 'hi' http://127.0.0.1:8080/echo"
-	@$(B)/examples/http_echo $(RUN_ARGS)
+	@exec $(B)/examples/http_echo --host '$(HOST)' --port '$(PORT)' $(RUN_ARGS)
 
 check-exports: $(B)/libcoil.so
 	@sh scripts/check-exports.sh $(B)/libcoil.so
 
-# Regenerated every time: it depends on PREFIX, LIBDIR and INCDIR.
+# Man pages, generated from include/coil.h at build time (scripts/gen-man.sh):
+# one per contract comment, a .so link for every other name it documents.
+MAN_STAMP := build/man/.stamp
+$(MAN_STAMP): include/coil.h include/coil/version.h scripts/gen-man.sh
+	@sh scripts/gen-man.sh include/coil.h build/man/man3
+	@touch $@
+man: $(MAN_STAMP)
+
+check-man: $(MAN_STAMP) $(B)/libcoil.so
+	@sh scripts/check-man.sh $(B)/libcoil.so build/man
+
+# Regenerated every time: it depends on PREFIX, LIBDIR, INCDIR and TLS. A
+# TLS build needs OpenSSL's libraries in static links (after coil's own).
+ifeq ($(TLS),1)
+  PC_REQUIRES_PRIVATE := Requires.private: openssl >= 3
+else
+  PC_REQUIRES_PRIVATE := \# built without TLS: no Requires.private
+endif
 .PHONY: coil.pc
 coil.pc: coil.pc.in include/coil/version.h
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+	@sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCDIR@|$(INCDIR)|' -e 's|@VERSION@|$(VERSION)|' \
-	    -e 's|@TLS_REQUIRES@|$(if $(filter 1,$(TLS)),$(comma) openssl)|' \
-	    -e 's|@TLS_LIBS@|$(if $(filter 1,$(TLS)), -lssl -lcrypto)|' $< > $@
+	    -e 's|@REQUIRES_PRIVATE@|$(PC_REQUIRES_PRIVATE)|' $< > $@
 
-install: lib coil.pc
-	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/coil
+install: lib coil.pc man
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/coil \
+	    $(DESTDIR)$(MANDIR)/man3
 	install -m 644 include/coil.h $(DESTDIR)$(INCDIR)/coil.h
 	install -m 644 include/coil/version.h $(DESTDIR)$(INCDIR)/coil/version.h
 	install -m 644 $(STATIC) $(DESTDIR)$(LIBDIR)/libcoil.a
@@ -172,6 +197,7 @@ install: lib coil.pc
 	ln -sf libcoil.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libcoil.so
 	install -m 644 coil.pc $(DESTDIR)$(LIBDIR)/pkgconfig/coil.pc
+	install -m 644 build/man/man3/*.3 $(DESTDIR)$(MANDIR)/man3/
 
 uninstall:
 	rm -f $(DESTDIR)$(INCDIR)/coil.h $(DESTDIR)$(INCDIR)/coil/version.h
@@ -179,6 +205,7 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libcoil.a $(DESTDIR)$(LIBDIR)/libcoil.so \
 	      $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libcoil.so.$(VERSION) \
 	      $(DESTDIR)$(LIBDIR)/pkgconfig/coil.pc
+	rm -f $(DESTDIR)$(MANDIR)/man3/coil_*.3
 
 clean:
 	rm -rf build coil.pc

@@ -1,25 +1,33 @@
 /* SPDX-License-Identifier: MIT */
 /* HTTP/1.1 echo server on coil: the main example (`make run`).
  *
- *   http_echo [--host 127.0.0.1] [--port 8080] [--threads N]
- *             [--max-head BYTES] [--max-body BYTES]
- *             [--idle-timeout MS] [--header-timeout MS]
- *             [--cert CHAIN.pem --key KEY.pem]
+ *   http_echo [OPTION]...        (http_echo --help lists them all)
  *
- * With --cert and --key it serves HTTPS (TLS 1.2/1.3, ALPN http/1.1) with
- * the same behaviour: clients arrive handshaken (coil_socket_on_new_tls_
- * client); a handshake must finish within the header timeout.
- * Every request is answered with 200 and a text/plain body that echoes it:
- * the request line, the headers as received, an empty line, then the body
- * (Content-Length or chunked). GET /hello answers "hello\n", the same work
- * the nginx baseline does in `make bench`. Keep-alive and pipelining work;
- * "Connection: close" and HTTP/1.0 are honoured. Malformed requests get 400,
- * oversize heads 431, oversize bodies 413, other transfer codings 501,
- * other versions 505, and requests that do not arrive in time 408. A client
- * that pipelines faster than it reads is answered as its answers drain; one
- * that gets more than 4 MiB of requests ahead of them gets 503. SIGINT or
- * SIGTERM stop it gracefully: the listener closes, responses in flight are
- * finished, then the loop stops.
+ * An origin server (RFC 9110/9112) for what it does: every request is
+ * answered with 200 and a text/plain body that echoes it: the request line,
+ * the headers as received, an empty line, then the body (Content-Length or
+ * chunked). GET /hello answers "hello\n", the same work the nginx baseline
+ * does in `make bench`. HEAD gets the same headers and no body. Every answer
+ * carries Date and Content-Length. Keep-alive and pipelining work; HTTP/1.1
+ * keeps the connection unless "Connection: close", HTTP/1.0 only with
+ * "Connection: keep-alive", which the answer then confirms. Expect:
+ * 100-continue is answered before the body is read. Malformed requests get
+ * 400 (HTTP/1.1 without Host too), over-long request lines 414, oversize
+ * heads 431, oversize bodies 413, other transfer codings 501, other
+ * versions 505, and requests that do not arrive in time 408 (the head has
+ * --header-timeout from its first byte; a body may pause at most
+ * --body-timeout between two reads, as nginx's client_body_timeout). A
+ * client that pipelines faster than it reads is answered as its answers
+ * drain; one that gets more than 4 MiB of requests ahead of them gets 503.
+ * Every rejected client gets one line on stderr (--log-level info, the
+ * default, or warn; error turns them off); --access-log FILE logs every
+ * request (off by default, so benchmarks stay clean).
+ * SIGINT or SIGTERM stop it gracefully: the listener closes, responses in
+ * flight are finished, then the loop stops (exit 0).
+ * With --cert FILE --key FILE it serves HTTPS (TLS 1.2/1.3, ALPN http/1.1)
+ * with the same behaviour: clients arrive handshaken through
+ * coil_socket_on_new_tls_client; a handshake must finish within
+ * --header-timeout.
  */
 #include <coil.h>
 
@@ -35,14 +43,34 @@
 
 #include "http_parser.h"
 
+/* Option defaults and limits, printed by --help. */
+#define DEF_HOST "127.0.0.1"
+#define DEF_PORT 8080
+#define DEF_IDLE_MS 15000u
+#define DEF_HEADER_MS 10000u
+#define DEF_BODY_MS 10000u
+#define MAX_TIMEOUT_MS 86400000ul /* one day */
+#define MIN_HEAD 64ul
+#define MAX_HEAD (1ul << 20)
+#define MAX_BODY_LIMIT (1ul << 30)
+#define MAX_THREADS 1024ul
+
+enum { LOG_ERROR, LOG_WARN, LOG_INFO };
+
 static struct http_limits limits = HTTP_LIMITS_DEFAULT;
-static unsigned idle_timeout_ms = 15000;
-static unsigned header_timeout_ms = 10000;
+static unsigned idle_timeout_ms = DEF_IDLE_MS;
+static unsigned header_timeout_ms = DEF_HEADER_MS;
+static unsigned body_timeout_ms = DEF_BODY_MS;
+static int log_level = LOG_INFO;
+static FILE *access_log; /* NULL: off */
 static coil_loop_t *loop;
 static _Atomic int stopping;
 static _Atomic long open_conns;
 
 enum { ST_HEAD, ST_BODY, ST_CLOSING };
+
+/* Room kept for the request line in the logs (it is cut there). */
+#define REQLINE_MAX 120
 
 /* One connection; touched only on its channel's worker. */
 struct conn {
@@ -55,16 +83,18 @@ struct conn {
 				      request: pipelining stays linear) */
 	size_t last_len;           /* bytes already scanned for the head end */
 	int64_t content_length;    /* of the request being read */
-	bool chunked, keep_alive, hello;
+	bool chunked, keep_alive, hello, is_head;
+	int minor;                 /* HTTP/1.<minor> of the request */
 	char *head;                /* the head, echoed back */
 	size_t head_len;
 	char *body;                /* decoded body so far */
 	size_t body_len;
 	struct http_chunked chunked_dec;
-	uint64_t last_active, req_start;
+	uint64_t last_active, req_start, body_start;
 	coil_ip_t *last_write;     /* newest response write, to await drain */
 	bool waiting;              /* a drain callback holds this conn */
 	bool dead;                 /* closed while waiting: freed by it */
+	char reqline[REQLINE_MAX]; /* for the logs ("" when they are off) */
 };
 
 /* Per-worker list of connections, swept once a second for timeouts. */
@@ -81,20 +111,109 @@ static uint64_t now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* The Date header's value (RFC 9110 5.6.7 IMF-fixdate), formatted once a
+ * second per worker thread. strftime's names are the C locale's: this
+ * program never calls setlocale. */
+static const char *http_date(void)
+{
+	static __thread time_t sec = -1;
+	static __thread char buf[40];
+	time_t t = time(NULL);
+	if (t != sec) {
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(buf, sizeof(buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+		sec = t;
+	}
+	return buf;
+}
+
 static const char *reason(int status)
 {
 	switch (status) {
 	case 200: return "OK";
-	case 500: return "Internal Server Error";
 	case 400: return "Bad Request";
 	case 408: return "Request Timeout";
 	case 413: return "Content Too Large";
+	case 414: return "URI Too Long";
 	case 431: return "Request Header Fields Too Large";
+	case 500: return "Internal Server Error";
 	case 501: return "Not Implemented";
 	case 503: return "Service Unavailable";
 	case 505: return "HTTP Version Not Supported";
 	default: return "Error";
 	}
+}
+
+/* Why a parser status was sent, for the rejection log. */
+static const char *why(int status)
+{
+	switch (status) {
+	case 400: return "malformed request";
+	case 413: return "body over --max-body";
+	case 414: return "request line over --max-head";
+	case 431: return "head over --max-head or --max-headers";
+	case 501: return "unsupported transfer coding";
+	case 505: return "unsupported HTTP version";
+	default: return "";
+	}
+}
+
+/* The client's address, for the logs. */
+static void peer_text(struct conn *c, char *buf, size_t n)
+{
+	coil_sockinfo_t si;
+	if (coil_socket_peer(c->ch, &si))
+		snprintf(buf, n, "?");
+	else if (si.family == AF_INET6)
+		snprintf(buf, n, "[%s]:%u", si.host, si.port);
+	else if (si.family == AF_UNIX)
+		snprintf(buf, n, "unix");
+	else
+		snprintf(buf, n, "%s:%u", si.host, si.port);
+}
+
+/* Keeps the request line (up to its end or REQLINE_MAX) for the logs. */
+static void keep_reqline(struct conn *c, const char *p, size_t n)
+{
+	if (!access_log && log_level < LOG_WARN)
+		return;
+	size_t i = 0;
+	while (i < n && i < REQLINE_MAX - 1 && p[i] != '\r' && p[i] != '\n') {
+		unsigned char b = (unsigned char)p[i];
+		c->reqline[i] = b >= 0x20 && b < 0x7f && b != '"' ? (char)b : '?';
+		i++;
+	}
+	c->reqline[i] = 0;
+}
+
+/* One access-log line (Common Log Format: client, time, request line,
+ * status, body bytes). stdio locks the stream per call, so lines from
+ * several workers never interleave. */
+static void log_access(struct conn *c, int status, size_t bytes)
+{
+	if (!access_log)
+		return;
+	char peer[300], when[64];
+	peer_text(c, peer, sizeof(peer));
+	time_t t = time(NULL);
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(when, sizeof(when), "%d/%b/%Y:%H:%M:%S +0000", &tm);
+	fprintf(access_log, "%s - - [%s] \"%s\" %d %zu\n", peer, when,
+		c->reqline, status, bytes);
+}
+
+/* One line per rejected client, at warn level. */
+static void log_reject(struct conn *c, int status, const char *what)
+{
+	if (log_level < LOG_WARN)
+		return;
+	char peer[300];
+	peer_text(c, peer, sizeof(peer));
+	fprintf(stderr, "http_echo: %s: %d %s (%s)%s%s%s\n", peer, status,
+		reason(status), what, c->reqline[0] ? " \"" : "", c->reqline,
+		c->reqline[0] ? "\"" : "");
 }
 
 /* Unanswered pipelined input one connection may hold while its client
@@ -137,54 +256,64 @@ static void conn_close(struct conn *c)
 	coil_channel_close(c->ch, 0); /* queued responses drain first */
 }
 
+/* The status line and headers of an answer with a body of clen bytes.
+ * keep: the connection stays open; HTTP/1.0 clients are told so (their
+ * default is to close), HTTP/1.1 clients are told when it closes. */
+static int head_fmt(char *buf, size_t n, int status, size_t clen, bool keep,
+		    int minor)
+{
+	const char *conn = !keep ? "Connection: close\r\n"
+			   : minor == 0 ? "Connection: keep-alive\r\n"
+					: "";
+	return snprintf(buf, n,
+			"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: text/plain\r\n"
+			"Content-Length: %zu\r\n%s\r\n",
+			status, reason(status), http_date(), clen, conn);
+}
+
 /* An error status, then close: after a framing error the stream cannot be
  * trusted, so no further request is read. */
-static void send_error(struct conn *c, int status)
+static void send_error(struct conn *c, int status, const char *what)
 {
-	char buf[256];
-	int n = snprintf(buf, sizeof(buf),
-			 "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\n"
-			 "Content-Length: %zu\r\nConnection: close\r\n\r\n%s\n",
-			 status, reason(status), strlen(reason(status)) + 1,
-			 reason(status));
+	char buf[512];
+	const char *r = reason(status);
+	int n = head_fmt(buf, sizeof(buf), status, strlen(r) + 1, false, 1);
+	n += snprintf(buf + n, sizeof(buf) - (size_t)n, "%s\n", r);
+	log_reject(c, status, what);
+	log_access(c, status, strlen(r) + 1);
 	queued(c, coil_channel_write(c->ch, buf, (size_t)n));
 	conn_close(c);
 }
 
-static const char hello_keep[] =
-	"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-	"Content-Length: 6\r\n\r\nhello\n";
-static const char hello_close[] =
-	"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-	"Content-Length: 6\r\nConnection: close\r\n\r\nhello\n";
-
 /* The echo response: status and headers, then the request's head and body,
- * in one buffer handed to the channel without a copy. */
+ * in one buffer handed to the channel without a copy. HEAD gets the same
+ * headers, Content-Length included, and no body. */
 static void respond(struct conn *c)
 {
 	bool keep = c->keep_alive && !atomic_load(&stopping);
-	if (c->hello) {
-		/* Static bytes: nothing to allocate or free. */
-		const char *r = keep ? hello_keep : hello_close;
-		size_t n = keep ? sizeof(hello_keep) - 1 : sizeof(hello_close) - 1;
-		queued(c, coil_channel_write_owned(c->ch, (void *)r, n, NULL));
+	size_t blen = c->hello ? 6 : c->head_len + c->body_len;
+	if (c->hello || c->is_head) {
+		char buf[512];
+		int n = head_fmt(buf, sizeof(buf), 200, blen, keep, c->minor);
+		if (!c->is_head) {
+			memcpy(buf + n, "hello\n", 6);
+			n += 6;
+		}
+		queued(c, coil_channel_write(c->ch, buf, (size_t)n));
 	} else {
-		size_t blen = c->head_len + c->body_len;
-		char *out = malloc(blen + 160);
+		char *out = malloc(blen + 256);
 		if (!out) {
-			send_error(c, 500);
+			send_error(c, 500, "out of memory");
 			return;
 		}
-		int n = snprintf(out, 160,
-				 "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
-				 "Content-Length: %zu\r\n%s\r\n", blen,
-				 keep ? "" : "Connection: close\r\n");
+		int n = head_fmt(out, 256, 200, blen, keep, c->minor);
 		memcpy(out + n, c->head, c->head_len);
 		if (c->body_len)
 			memcpy(out + n + c->head_len, c->body, c->body_len);
 		queued(c, coil_channel_write_owned(c->ch, out, (size_t)n + blen,
 						   free));
 	}
+	log_access(c, 200, c->is_head ? 0 : blen);
 	free(c->head);
 	free(c->body);
 	c->head = c->body = NULL;
@@ -236,6 +365,62 @@ static bool backlogged(struct conn *c)
 	return true;
 }
 
+static bool view_eq(const char *p, size_t n, const char *lit)
+{
+	return n == strlen(lit) && !memcmp(p, lit, n);
+}
+
+/* A complete head: decides framing and the answer; false when the
+ * connection was rejected. */
+static bool start_request(struct conn *c, const struct http_request *req,
+			  size_t head_len)
+{
+	keep_reqline(c, in_data(c), head_len);
+	c->minor = req->minor;
+	if (req->minor >= 1 && !req->host) {
+		/* RFC 9112 3.2: a 1.1 request without Host is a 400. */
+		send_error(c, 400, "HTTP/1.1 request without Host");
+		return false;
+	}
+	c->content_length = req->content_length;
+	c->chunked = req->chunked;
+	c->keep_alive = req->keep_alive;
+	c->is_head = view_eq(req->method, req->method_len, "HEAD");
+	c->hello = (c->is_head || view_eq(req->method, req->method_len, "GET")) &&
+		   view_eq(req->target, req->target_len, "/hello");
+	c->head_len = 0;
+	if (!c->hello) {
+		c->head = malloc(head_len);
+		if (!c->head) {
+			send_error(c, 500, "out of memory");
+			return false;
+		}
+		memcpy(c->head, in_data(c), head_len);
+		c->head_len = head_len;
+	}
+	consume(c, head_len);
+	http_chunked_init(&c->chunked_dec, &limits);
+	size_t want = c->chunked ? 0
+		      : c->content_length > 0 ? (size_t)c->content_length
+					      : 0;
+	if (c->chunked || want) {
+		c->body = malloc(c->chunked ? 4096 : want);
+		if (!c->body) {
+			send_error(c, 500, "out of memory");
+			return false;
+		}
+		/* 100-continue means nothing to an HTTP/1.0 client (RFC 9110
+		 * 10.1.1); sent only when the body has not started yet. */
+		if (req->expect_continue && req->minor >= 1 && c->in_len == 0)
+			queued(c, coil_channel_write_owned(
+				c->ch, (void *)"HTTP/1.1 100 Continue\r\n\r\n", 25,
+				NULL));
+	}
+	c->body_start = now_ms();
+	c->state = ST_BODY;
+	return true;
+}
+
 /* Parses and answers every complete request in the buffer, in order
  * (pipelining), until more bytes are needed or the answers back up. */
 static void process(struct conn *c)
@@ -256,47 +441,13 @@ static void process(struct conn *c)
 				return;
 			}
 			if (r < 0) {
-				send_error(c, -r);
+				keep_reqline(c, in_data(c), c->in_len);
+				send_error(c, -r, why(-r));
 				return;
 			}
 			c->last_len = 0;
-			c->content_length = req.content_length;
-			c->chunked = req.chunked;
-			c->keep_alive = req.keep_alive;
-			c->hello = req.method_len == 3 &&
-				   !memcmp(req.method, "GET", 3) &&
-				   req.target_len == 6 &&
-				   !memcmp(req.target, "/hello", 6);
-			bool expect = req.expect_continue;
-			c->head_len = 0;
-			if (!c->hello) {
-				c->head = malloc((size_t)r);
-				if (!c->head) {
-					send_error(c, 500);
-					return;
-				}
-				memcpy(c->head, in_data(c), (size_t)r);
-				c->head_len = (size_t)r;
-			}
-			consume(c, (size_t)r);
-			http_chunked_init(&c->chunked_dec, &limits);
-			size_t want = c->chunked ? 0
-				      : c->content_length > 0
-					      ? (size_t)c->content_length
-					      : 0;
-			if (c->chunked || want) {
-				c->body = malloc(c->chunked ? 4096 : want);
-				if (!c->body) {
-					send_error(c, 500);
-					return;
-				}
-				if (expect && c->in_len == 0)
-					queued(c, coil_channel_write_owned(
-						c->ch,
-						(void *)"HTTP/1.1 100 Continue\r\n\r\n",
-						25, NULL));
-			}
-			c->state = ST_BODY;
+			if (!start_request(c, &req, (size_t)r))
+				return;
 		}
 		if (c->state == ST_BODY) {
 			if (c->chunked) {
@@ -307,7 +458,7 @@ static void process(struct conn *c)
 							    &n);
 				char *b = realloc(c->body, c->body_len + n + 1);
 				if (!b) {
-					send_error(c, 500);
+					send_error(c, 500, "out of memory");
 					return;
 				}
 				c->body = b;
@@ -320,7 +471,7 @@ static void process(struct conn *c)
 					return;
 				}
 				if (r < 0) {
-					send_error(c, -r);
+					send_error(c, -r, why(-r));
 					return;
 				}
 				/* r bytes of the next request follow at
@@ -356,7 +507,7 @@ static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
 	 * by the parser; body bytes are consumed as they come; requests
 	 * waiting behind unread answers are capped. */
 	if (c->in_len + len > MAX_BACKLOG) {
-		send_error(c, 503);
+		send_error(c, 503, "over 4 MiB of requests ahead of its answers");
 		return;
 	}
 	if (c->in_off && c->in_off + c->in_len + len > c->in_cap) {
@@ -369,7 +520,7 @@ static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
 			cap *= 2;
 		char *b = realloc(c->in, cap);
 		if (!b) {
-			send_error(c, 500);
+			send_error(c, 500, "out of memory");
 			return;
 		}
 		c->in = b;
@@ -424,7 +575,8 @@ static void on_client(coil_socket_t *l, coil_socket_t *client, void *ud)
 }
 
 /* Once a second on each worker: close connections that sat idle too long,
- * or that have not finished a request head in time (slowloris). */
+ * that have not finished a request head in time (slowloris), or whose body
+ * stalled. */
 static void tick(coil_ip_t *ip, void *ud);
 
 static void arm_tick(struct worker_state *ws)
@@ -442,15 +594,34 @@ static void tick(coil_ip_t *ip, void *ud)
 	if (coil_ip_error(ip))
 		return; /* the loop is stopping */
 	uint64_t now = now_ms();
+	char what[96];
 	for (struct conn *c = ws->conns, *next; c; c = next) {
 		next = c->next;
 		if (c->state == ST_CLOSING)
 			continue;
-		bool mid_request = c->req_start || c->state == ST_BODY;
-		if (mid_request && now - c->req_start > header_timeout_ms)
-			send_error(c, 408);
-		else if (!mid_request && now - c->last_active > idle_timeout_ms)
+		if (c->state == ST_BODY) {
+			/* Inactivity between reads of the body, counted from the
+			 * head's end (or the 100 Continue) at first. */
+			uint64_t last = c->last_active > c->body_start
+						? c->last_active
+						: c->body_start;
+			if (now - last > body_timeout_ms) {
+				snprintf(what, sizeof(what),
+					 "body stalled for %u ms, %zu bytes in",
+					 body_timeout_ms, c->body_len);
+				send_error(c, 408, what);
+			}
+		} else if (c->req_start) {
+			if (now - c->req_start > header_timeout_ms) {
+				keep_reqline(c, in_data(c), c->in_len);
+				snprintf(what, sizeof(what),
+					 "no complete head in %u ms",
+					 header_timeout_ms);
+				send_error(c, 408, what);
+			}
+		} else if (now - c->last_active > idle_timeout_ms) {
 			conn_close(c);
+		}
 	}
 	arm_tick(ws);
 }
@@ -477,57 +648,165 @@ static void close_idle(void *arg)
  * failures are reported. */
 static void on_unobserved(int err, const char *msg, void *ud)
 {
-	if (err != -EPIPE && err != -ECONNRESET)
+	if (err != -EPIPE && err != -ECONNRESET && log_level >= LOG_ERROR)
 		fprintf(stderr, "http_echo: %s (%d)\n", msg, err);
 }
 
-static void usage(const char *argv0)
+static void help(void)
 {
-	fprintf(stderr,
-		"usage: %s [--host H] [--port P] [--threads N] [--max-head B]\n"
-		"          [--max-body B] [--idle-timeout MS] [--header-timeout MS]\n"
-		"          [--cert CHAIN.pem --key KEY.pem]\n",
-		argv0);
+	printf(
+"usage: http_echo [OPTION]...\n"
+"An HTTP/1.1 echo server on coil: every request is answered with 200 and a\n"
+"text/plain body holding the request as received (request line, headers,\n"
+"blank line, decoded body); GET /hello answers \"hello\\n\"; HEAD gets the\n"
+"headers only. Stops cleanly on SIGINT or SIGTERM.\n"
+"\n"
+"Options (default, limits):\n"
+"  --host HOST          address or name to listen on (" DEF_HOST "; \"::\" or\n"
+"                       0.0.0.0 for all interfaces)\n"
+"  --port PORT          TCP port (%d; 0..65535, 0 picks a free one)\n"
+"  --threads N          worker threads (0 = one per CPU; 0..%lu)\n"
+"  --max-head BYTES     request line + headers (%zu; %lu..%lu); a longer\n"
+"                       request line gets 414, a longer head 431\n"
+"  --max-headers N      header fields per request (%zu; 1..%d), else 431\n"
+"  --max-body BYTES     request body, Content-Length or chunked (%llu;\n"
+"                       0..%lu), else 413\n"
+"  --header-timeout MS  a request head must arrive within MS of its first\n"
+"                       byte (%u; 1..%lu), else 408\n"
+"  --body-timeout MS    a request body may pause at most MS between two\n"
+"                       reads (%u; 1..%lu), else 408\n"
+"  --idle-timeout MS    a kept-alive connection without a request closes\n"
+"                       after MS (%u; 1..%lu)\n"
+"  --access-log FILE    one line per request, Common Log Format, appended to\n"
+"                       FILE (\"-\": stdout; default: off)\n"
+"  --log-level LEVEL    stderr: error (failures only), warn (also one line\n"
+"                       per rejected client: 4xx/5xx, timeouts), info (also\n"
+"                       start and stop) (default: info)\n"
+"  --cert FILE          serve HTTPS: PEM certificate chain (with --key)\n"
+"  --key FILE           its PEM private key (default: plain HTTP)\n"
+"  --help               this text, then exit 0\n"
+"  --version            the program's and coil's version, then exit 0\n",
+	       DEF_PORT, MAX_THREADS, limits.max_head, MIN_HEAD, MAX_HEAD,
+	       limits.max_headers, HTTP_MAX_HEADERS,
+	       (unsigned long long)limits.max_body, MAX_BODY_LIMIT, DEF_HEADER_MS,
+	       MAX_TIMEOUT_MS, DEF_BODY_MS, MAX_TIMEOUT_MS, DEF_IDLE_MS,
+	       MAX_TIMEOUT_MS);
+}
+
+static void usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "http_echo: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nhttp_echo: --help lists the options\n");
 	exit(2);
+}
+
+/* A decimal option value within [lo, hi]. */
+static unsigned long num_arg(const char *opt, const char *v, unsigned long lo,
+			     unsigned long hi)
+{
+	char *end;
+	errno = 0;
+	unsigned long n = strtoul(v, &end, 10);
+	if (!*v || *end || *v == '-' || errno || n < lo || n > hi) {
+		char msg[160];
+		snprintf(msg, sizeof(msg), "%s wants a number from %lu to %lu, not '%%s'",
+			 opt, lo, hi);
+		usage_error(msg, v);
+	}
+	return n;
+}
+
+/* Resolves --host before listening, so that a bad name is reported with the
+ * resolver's words; returns the first address as text, or NULL. */
+static char *resolve_listen(const char *addr, char *out, size_t n)
+{
+	coil_ip_t *ip = coil_resolve(loop, addr, COIL_ADDR_LISTEN);
+	if (!ip || coil_ip_wait(ip, 30000) || coil_ip_error(ip)) {
+		fprintf(stderr, "http_echo: cannot listen on %s: %s\n", addr,
+			!ip ? "out of memory"
+			: coil_ip_state(ip) == COIL_IP_PENDING
+				? "the name did not resolve within 30 s"
+				: coil_ip_message(ip));
+		coil_ip_unref(ip);
+		return NULL;
+	}
+	const coil_addrlist_t *al = coil_ip_ptr(ip);
+	int rc = al && al->count ? coil_addr_format((const struct sockaddr *)&al->addrs[0].ss,
+						    al->addrs[0].len, out, n)
+				 : -ENOENT;
+	coil_ip_unref(ip);
+	if (rc < 0) {
+		fprintf(stderr, "http_echo: cannot listen on %s: %s\n", addr,
+			coil_strerror(rc));
+		return NULL;
+	}
+	return out;
 }
 
 int main(int argc, char **argv)
 {
-	const char *host = "127.0.0.1";
-	int port = 8080;
+	const char *host = DEF_HOST;
+	int port = DEF_PORT;
 	unsigned threads = 0;
 	const char *cert = NULL, *key = NULL; /* --cert/--key: HTTPS */
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
+		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+			help();
+			return 0;
+		}
+		if (!strcmp(a, "--version")) {
+			printf("http_echo (coil %s)\n", coil_version());
+			return 0;
+		}
+		if (strncmp(a, "--", 2))
+			usage_error("unexpected argument '%s'", a);
 		if (i + 1 >= argc)
-			usage(argv[0]);
+			usage_error("%s wants a value", a);
 		const char *v = argv[++i];
-		char *end;
-		unsigned long n = strtoul(v, &end, 10);
-		if (!strcmp(a, "--host")) {
+		if (!strcmp(a, "--host"))
 			host = v;
-			continue;
-		}
-		if (!strcmp(a, "--cert") || !strcmp(a, "--key")) {
-			*(a[2] == 'c' ? &cert : &key) = v;
-			continue;
-		}
-		if (*end || !*v)
-			usage(argv[0]);
-		if (!strcmp(a, "--port") && n <= 65535)
-			port = (int)n;
-		else if (!strcmp(a, "--threads") && n <= 1024)
-			threads = (unsigned)n;
-		else if (!strcmp(a, "--max-head") && n >= 64)
-			limits.max_head = n;
+		else if (!strcmp(a, "--cert"))
+			cert = v;
+		else if (!strcmp(a, "--key"))
+			key = v;
+		else if (!strcmp(a, "--port"))
+			port = (int)num_arg(a, v, 0, 65535);
+		else if (!strcmp(a, "--threads"))
+			threads = (unsigned)num_arg(a, v, 0, MAX_THREADS);
+		else if (!strcmp(a, "--max-head"))
+			limits.max_head = num_arg(a, v, MIN_HEAD, MAX_HEAD);
+		else if (!strcmp(a, "--max-headers"))
+			limits.max_headers = num_arg(a, v, 1, HTTP_MAX_HEADERS);
 		else if (!strcmp(a, "--max-body"))
-			limits.max_body = n;
-		else if (!strcmp(a, "--idle-timeout") && n > 0)
-			idle_timeout_ms = (unsigned)n;
-		else if (!strcmp(a, "--header-timeout") && n > 0)
-			header_timeout_ms = (unsigned)n;
-		else
-			usage(argv[0]);
+			limits.max_body = num_arg(a, v, 0, MAX_BODY_LIMIT);
+		else if (!strcmp(a, "--idle-timeout"))
+			idle_timeout_ms = (unsigned)num_arg(a, v, 1, MAX_TIMEOUT_MS);
+		else if (!strcmp(a, "--header-timeout"))
+			header_timeout_ms = (unsigned)num_arg(a, v, 1, MAX_TIMEOUT_MS);
+		else if (!strcmp(a, "--body-timeout"))
+			body_timeout_ms = (unsigned)num_arg(a, v, 1, MAX_TIMEOUT_MS);
+		else if (!strcmp(a, "--access-log")) {
+			access_log = !strcmp(v, "-") ? stdout : fopen(v, "a");
+			if (!access_log) {
+				fprintf(stderr, "http_echo: --access-log %s: %s\n", v,
+					strerror(errno));
+				return 2;
+			}
+			setvbuf(access_log, NULL, _IOLBF, 0);
+		} else if (!strcmp(a, "--log-level")) {
+			if (!strcmp(v, "error"))
+				log_level = LOG_ERROR;
+			else if (!strcmp(v, "warn"))
+				log_level = LOG_WARN;
+			else if (!strcmp(v, "info"))
+				log_level = LOG_INFO;
+			else
+				usage_error("--log-level is error, warn or info, not '%s'",
+					    v);
+		} else
+			usage_error("unknown option '%s'", a);
 	}
 	sigset_t stop;
 	sigemptyset(&stop);
@@ -549,12 +828,12 @@ int main(int argc, char **argv)
 	}
 	unsigned nw = coil_loop_workers(loop);
 	workers = calloc(nw, sizeof(*workers));
-	char addr[300];
+	char addr[300], numeric[300];
 	snprintf(addr, sizeof(addr), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
 		 port);
 	coil_tls_ctx_t *tls = NULL;
 	if ((cert != NULL) != (key != NULL))
-		usage(argv[0]);
+		usage_error("%s: --cert and --key go together", cert ? cert : key);
 	if (cert) {
 		static const char *const alpn[] = {"http/1.1"};
 		rc = coil_tls_ctx_new(COIL_TLS_SERVER, &tls);
@@ -572,27 +851,60 @@ int main(int argc, char **argv)
 			return 1;
 		}
 	}
-	coil_socket_t *l;
-	rc = coil_socket_new(loop, &l);
+	coil_socket_t *l = NULL;
+	rc = workers ? 0 : -ENOMEM;
+	if (!rc && !resolve_listen(addr, numeric, sizeof(numeric))) {
+		coil_loop_free(loop);
+		return 1;
+	}
+	if (!rc)
+		rc = coil_socket_new(loop, &l);
 	if (!rc && tls)
 		rc = coil_socket_on_new_tls_client(l, tls, on_client, NULL);
 	else if (!rc)
 		rc = coil_socket_on_new_client(l, on_client, NULL);
 	if (!rc)
-		rc = coil_socket_listen(l, addr, 0, 0);
+		rc = coil_socket_listen(l, numeric, 0, 0);
 	if (rc) {
-		fprintf(stderr, "http_echo: listen %s: %s\n", addr, coil_strerror(rc));
+		fprintf(stderr, "http_echo: cannot listen on %s: %s%s\n", addr,
+			coil_strerror(rc),
+			rc == -EADDRINUSE
+				? " (another server has this port: stop it, or choose "
+				  "another with --port, e.g. make run PORT=9000)"
+			: rc == -EACCES && port < 1024
+				? " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+				: "");
+		if (l)
+			coil_channel_release(l);
 		coil_loop_free(loop);
+		free(workers);
 		return 1;
 	}
 	for (unsigned i = 0; i < nw; i++)
 		coil_loop_post(loop, (int)i, start_tick, &workers[i]);
-	fprintf(stderr, "http_echo: serving http%s://%s/ with %u workers\n",
-		tls ? "s" : "", addr, nw);
+	/* The banner comes once listen succeeded, with the bound address
+	 * (the port the kernel picked for --port 0). */
+	coil_sockinfo_t si;
+	char url[400];
+	if (!coil_socket_local(l, &si))
+		snprintf(url, sizeof(url),
+			 si.family == AF_INET6 ? "http%s://[%s]:%u/" : "http%s://%s:%u/",
+			 tls ? "s" : "", si.host, si.port);
+	else
+		snprintf(url, sizeof(url), "http%s://%s/", tls ? "s" : "", numeric);
+	if (log_level >= LOG_INFO) {
+		fprintf(stderr,
+			"http_echo: listening on %s with %u worker%s (coil %s); "
+			"Ctrl-C stops it\n"
+			"http_echo: try: curl -s %shello ; curl -s -d 'hi' %secho\n",
+			url, nw, nw == 1 ? "" : "s", coil_version(), url, url);
+	}
 
 	int sig;
 	sigwait(&stop, &sig);
-	fprintf(stderr, "http_echo: stopping (signal %d)\n", sig);
+	if (log_level >= LOG_INFO)
+		fprintf(stderr, "http_echo: stopping (%s)\n",
+			sig == SIGINT ? "SIGINT" : "SIGTERM");
 	atomic_store(&stopping, 1);
 	coil_channel_close(l, 1);
 	coil_channel_release(l);
@@ -604,5 +916,7 @@ int main(int argc, char **argv)
 	coil_loop_free(loop);
 	coil_tls_ctx_free(tls);
 	free(workers);
+	if (access_log && access_log != stdout)
+		fclose(access_log);
 	return 0;
 }

@@ -792,10 +792,22 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 			ch->cur_len = n;
 			coil_channel_t *prev = showing;
 			showing = ch;
+			ch->sig_back = 0;
 			ch->on_read(ch, p, n, ch->on_read_ud);
 			showing = prev;
 			ch->cur_bid = -1;
 			shown = true;
+			if (ch->sig_back && state(ch) == COIL__CH_OPEN) {
+				/* The relay took only the head of the chunk:
+				 * the rest waits for it, first in line. */
+				size_t back = ch->sig_back;
+				ch->sig_back = 0;
+				if (coil__bufq_append(&ch->sigq, p + n - back,
+						      back))
+					set_eof(ch, -ENOMEM);
+				cancel_recv(ch);
+				n -= back;
+			}
 			bool gone = state(ch) != COIL__CH_OPEN;
 			/* Backpressure takes effect now, not at the end of
 			 * the turn. */
@@ -849,11 +861,20 @@ static void flush_sigq(coil_channel_t *ch)
 	bool fed = false;
 again:
 	ch->flush_again = false;
+	/* Held-back bytes are shown in pieces no larger than a receive
+	 * buffer, as they arrived. */
+	if (ch->w->bufring && coil__bufring_size(ch->w) < chunk)
+		chunk = coil__bufring_size(ch->w);
 	while (ch->sigq.len && ch->on_read && !signal_paused(ch) &&
 	       state(ch) == COIL__CH_OPEN) {
 		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
 		bool others = !coil__list_empty(&ch->reads) || ch->on_line;
+		ch->sig_back = 0;
 		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
+		if (ch->sig_back) {
+			n -= ch->sig_back; /* left at the front */
+			ch->sig_back = 0;
+		}
 		if (state(ch) == COIL__CH_OPEN && others) {
 			/* Readers beside the signal see the same bytes. */
 			if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
@@ -2466,6 +2487,19 @@ static void relay_on_read(coil_channel_t *src, const void *data, size_t len,
 	struct coil__relay *r = ud;
 	if (!r->active)
 		return;
+	/* Only what fits in dst's queue; the rest waits in src (sig_back)
+	 * until dst drains (its queue is full, so src is paused). */
+	size_t qsize = atomic_load(&r->dst->queue_size);
+	size_t used = atomic_load(&r->dst->wq_used);
+	size_t room = used < qsize ? qsize - used : 0;
+	if (room < len && state(r->dst) == COIL__CH_OPEN) {
+		src->sig_back = len - room;
+		len = room;
+		if (!len) {
+			gate_high(src);
+			return;
+		}
+	}
 	coil_ip_t *w = coil_channel_write_view(r->dst, data, len);
 	if (!w) {
 		int zero = 0;

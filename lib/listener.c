@@ -478,6 +478,7 @@ void coil__sock_listener_close(coil_channel_t *ch)
 		return;
 	s->lst = NULL;
 	atomic_store(&s->listening, 0);
+	atomic_store(&ch->listening, false); /* chan: see read_refused */
 	atomic_store(&l->closing, true);
 	while (!coil__list_empty(&l->pending)) {
 		struct accept_req *r = coil__container_of(l->pending.next,
@@ -711,6 +712,8 @@ static int listen_do(coil_socket_t *s, const char *text, int backlog,
 	coil__channel_get(s);
 	ss->lst = l;
 	atomic_store(&ss->listening, 1);
+	/* chan: reads and writes on a listener fail at once (-ENOTCONN). */
+	atomic_store(&s->listening, true);
 	/* The socket's own descriptor (fileno, local) is a dup of the home
 	 * shard's, so the channel's close logic stays the same. */
 	struct shard *home = &l->sh[0];

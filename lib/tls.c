@@ -1061,16 +1061,19 @@ static int hs_abort(coil_ip_t *ip, void *arg)
 	tls_conn *t = arg;
 	if (t->hs_ip != ip)
 		return 0;
-	t->hs_ip = NULL;
-	coil_ip_unref(ip); /* the caller of abort holds its own */
 	if (!t->failed) {
 		t->failed = true;
 		t->err = -ECANCELED;
 		snprintf(t->errmsg, sizeof(t->errmsg),
 			 "TLS handshake aborted");
 	}
+	/* Settled here, before our reference goes: the last one that is not
+	 * an observer's (a timeout's) must not be dropped while pending. */
+	t->hs_ip = NULL;
+	coil__ip_fail_msg(ip, -ECANCELED, "TLS handshake aborted");
+	coil_ip_unref(ip);
 	coil__channel_close_local(t->ch, true, false);
-	return 0;
+	return 1; /* settled */
 }
 
 /* Home worker: installs the filter and starts the handshake. */

@@ -237,7 +237,7 @@ static void test_http_echo_hostile(void)
 	char ps[16];
 	snprintf(ps, sizeof(ps), "%u", port);
 	char *args[] = {"--port", ps, "--threads", "2", "--header-timeout", "500",
-			"--max-body", "100000", NULL};
+			"--max-body", "100000", "--log-level", "error", NULL};
 	pid_t pid = start("http_echo", args);
 	CU_ASSERT_EQUAL_FATAL(wait_port(port), 0);
 	char big[12000];
@@ -268,7 +268,7 @@ static void test_http_echo_hostile(void)
 	}
 	/* An endless chunked body is cut at max-body. */
 	int fd = raw_connect(port);
-	const char *h = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+	const char *h = "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
 	t_write_all(fd, h, strlen(h));
 	char chunk[1100];
 	memset(chunk, 'z', sizeof(chunk));
@@ -287,7 +287,7 @@ static void test_http_echo_hostile(void)
 	int ok = 0;
 	for (int i = 0; i < 20; i++) {
 		int c = raw_connect(port);
-		const char *q = "GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n";
+		const char *q = "GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
 		t_write_all(c, q, strlen(q));
 		read_all(c, buf, sizeof(buf));
 		ok += strstr(buf, "hello\n") != NULL;
@@ -300,13 +300,13 @@ static void test_http_echo_hostile(void)
 	 * answers far exceed the server's write queue, so it must stop
 	 * answering while they drain, and resume). */
 	fd = raw_connect(port);
-	size_t qlen = strlen("GET /hello HTTP/1.1\r\n\r\n");
+	size_t qlen = strlen("GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
 	enum { FLOOD = 30000 };
 	struct flood fl = {fd, malloc(FLOOD * qlen + 64), 0};
 	for (int i = 0; i < FLOOD; i++)
-		memcpy(fl.buf + (size_t)i * qlen, "GET /hello HTTP/1.1\r\n\r\n", qlen);
+		memcpy(fl.buf + (size_t)i * qlen, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n", qlen);
 	strcpy(fl.buf + FLOOD * qlen,
-	       "GET /hello HTTP/1.1\r\nConnection: close\r\n\r\n");
+	       "GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
 	fl.len = strlen(fl.buf);
 	pthread_t wt;
 	pthread_create(&wt, NULL, flood_writer, &fl);
@@ -402,12 +402,12 @@ static int memory_round(pid_t pid, unsigned short port,
 	memset(chunk, 'z', sizeof(chunk));
 	memcpy(chunk, "400\r\n", 5);
 	memcpy(chunk + 5 + 1024, "\r\n", 2);
-	const char *h = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+	const char *h = "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
 	/* 1. A pipelined flood the client never reads: the server stops
 	 * reading once its answers queue up (read-signal backpressure). */
 	peak_reset(pid);
 	int fd = raw_connect(port);
-	const char *q = "GET /hello HTTP/1.1\r\n\r\n";
+	const char *q = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
 	size_t sent = write_until_stalled(fd, q, strlen(q), 256u << 20);
 	CU_ASSERT(sent < (256u << 20)); /* it did push back */
 	cases[nc++] = (struct mem_case){"pipelined flood, never read",
@@ -474,7 +474,7 @@ static void test_http_echo_memory(void)
 	char ps[16];
 	snprintf(ps, sizeof(ps), "%u", port);
 	char *args[] = {"--port", ps, "--threads", "2", "--header-timeout",
-			"500", "--max-body", "100000", NULL};
+			"500", "--max-body", "100000", "--log-level", "error", NULL};
 	pid_t pid = start("http_echo", args);
 	CU_ASSERT_EQUAL_FATAL(wait_port(port), 0);
 	if (peak_reset(pid)) {

@@ -353,9 +353,17 @@ static void test_head_too_large(void)
 	CU_ASSERT_EQUAL(parse_lim("GET /0123456789012345678901234567890 HTTP/1.1"
 				  "\r\nA: bcdefghijkl\r\n\r\n", &r, &l),
 			HTTP_ERR_HEADERS_TOO_LARGE);
-	/* No blank line within max_head bytes: 431 without waiting for it. */
+	/* No line end within max_head bytes: the target is too long, 414,
+	 * without waiting for the rest. */
 	memset(big, 'a', sizeof(big));
 	memcpy(big, "GET /", 5);
+	CU_ASSERT_EQUAL(http_parse_request(big, 63, 0, &r, &l), HTTP_INCOMPLETE);
+	CU_ASSERT_EQUAL(http_parse_request(big, 64, 63, &r, &l),
+			HTTP_ERR_URI_TOO_LONG);
+	CU_ASSERT_EQUAL(http_parse_request(big, sizeof(big), 0, &r, &l),
+			HTTP_ERR_URI_TOO_LONG);
+	/* The request line ended, the headers did not: 431 without waiting. */
+	memcpy(big, "GET / HTTP/1.1\r\nX: ", 19);
 	CU_ASSERT_EQUAL(http_parse_request(big, 63, 0, &r, &l), HTTP_INCOMPLETE);
 	CU_ASSERT_EQUAL(http_parse_request(big, 64, 63, &r, &l),
 			HTTP_ERR_HEADERS_TOO_LARGE);

@@ -359,6 +359,10 @@ int http_parse_request(const char *buf, size_t len, size_t last_len,
 			return finish(buf, m0, p + 3, req, lim);
 		from = p + 1;
 	}
+	/* A full window without a line end holds only the request line: its
+	 * target is what is too long (414), not the header section. */
+	if (full && !memchr(buf + i, '\n', win - i))
+		return HTTP_ERR_URI_TOO_LONG;
 	return need_more(full);
 }
 

@@ -17,6 +17,7 @@
 #define HTTP_INCOMPLETE (-1)
 #define HTTP_ERR_BAD (-400)                /* malformed request */
 #define HTTP_ERR_BODY_TOO_LARGE (-413)     /* body above max_body */
+#define HTTP_ERR_URI_TOO_LONG (-414)       /* request line above max_head */
 #define HTTP_ERR_HEADERS_TOO_LARGE (-431)  /* head / trailers too big */
 #define HTTP_ERR_NOT_IMPLEMENTED (-501)    /* transfer coding, method */
 #define HTTP_ERR_METHOD HTTP_ERR_NOT_IMPLEMENTED
@@ -89,7 +90,8 @@ struct http_request {
  *    not followed by LF is HTTP_ERR_BAD anywhere.
  *  - The method is checked as bytes arrive, so garbage (a TLS hello, say)
  *    fails at once; everything else is checked when the blank line arrives.
- *    A head that has not ended within max_head bytes is 431.
+ *    A head that has not ended within max_head bytes is 431, or 414 when
+ *    not even the request line ended there (the target is too long).
  *  - Request line: exactly one SP between its three parts; the target is
  *    visible ASCII only. "HTTP/1.0" and "HTTP/1.1" are accepted, HTTP/1.x
  *    with x > 1 reads as 1.1, other majors are HTTP_ERR_VERSION (505), and
@@ -98,8 +100,9 @@ struct http_request {
  *    colon, empty names and control bytes in values are HTTP_ERR_BAD.
  *    obs-text (bytes >= 0x80) is allowed in values.
  *  - More than max_headers headers, or a head over max_head bytes, is 431.
- *  - Host: a missing Host is accepted, even in HTTP/1.1 (the example does
- *    not route on it); two Host headers are HTTP_ERR_BAD.
+ *  - Host: a missing Host is accepted here, even in HTTP/1.1 (req->host is
+ *    NULL; http_echo answers 400 to such a 1.1 request, RFC 9112 3.2); two
+ *    Host headers are HTTP_ERR_BAD.
  *  - Content-Length must be plain digits (no sign, no list such as "5, 5",
  *    no whitespace inside) and below 2^63, else HTTP_ERR_BAD. Repeated
  *    Content-Length headers with the same numeric value are accepted;
