@@ -477,6 +477,38 @@ static void test_s_client_vs_server_12(void)
 	s_client_vs_server("-tls1_2");
 }
 
+/* TLS 1.2 renegotiation is refused: s_client's "R" command asks for one and
+ * gets OpenSSL's "no renegotiation" back from the coil server. */
+static void test_renegotiation_refused(void)
+{
+	coil_tls_ctx_t *sc = server_ctx("srv");
+	struct srv s = {0};
+	unsigned port;
+	coil_socket_t *l = tls_listener(sc, &s, &port);
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+	char *argv[] = {"openssl", "s_client", "-connect", addr, "-CAfile",
+			path("ca.pem"), "-verify_return_error", "-servername",
+			"localhost", "-brief", "-tls1_2", NULL};
+	proc_t p;
+	spawn(&p, argv, 1);
+	char *out = proc_read_until(&p, "CONNECTION ESTABLISHED", NULL);
+	free(out);
+	CU_ASSERT_EQUAL(write(p.in, "before\n", 7), 7);
+	out = proc_read_until(&p, "before", NULL);
+	CU_ASSERT(strstr(out, "before") != NULL);
+	free(out);
+	CU_ASSERT_EQUAL(write(p.in, "R\n", 2), 2);
+	out = proc_read_until(&p, "no renegotiation", NULL);
+	if (!strstr(out, "no renegotiation"))
+		fprintf(stderr, "s_client: %s\n", out);
+	CU_ASSERT(strstr(out, "no renegotiation") != NULL);
+	free(out);
+	proc_end(&p);
+	coil_channel_release(l);
+	coil_tls_ctx_free(sc);
+}
+
 /* ---- SNI: the server's callback chooses between two certificates ---- */
 
 static coil_tls_ctx_t *sni_other;
@@ -1154,6 +1186,7 @@ static const coil_test_t tests[] = {
 	{"client_vs_s_server_12", test_client_vs_s_server_12},
 	{"s_client_vs_server_13", test_s_client_vs_server_13},
 	{"s_client_vs_server_12", test_s_client_vs_server_12},
+	{"renegotiation_refused", test_renegotiation_refused},
 	{"sni_two_certs", test_sni_two_certs},
 	{"verify_failures", test_verify_failures},
 	{"client_cert_required", test_client_cert_required},
