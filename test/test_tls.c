@@ -509,6 +509,47 @@ static void test_renegotiation_refused(void)
 	coil_tls_ctx_free(sc);
 }
 
+/* A server's HelloRequest (s_server's "R" command) is refused by a coil
+ * client. */
+static void test_client_refuses_renegotiation(void)
+{
+	char *argv[] = {"openssl", "s_server", "-accept", "127.0.0.1:0",
+			"-cert", path("srv.pem"), "-key", path("srv.key"),
+			"-naccept", "1", "-tls1_2", NULL};
+	proc_t p;
+	spawn(&p, argv, 1);
+	char *out = proc_read_until(&p, "ACCEPT", NULL);
+	char *a = strstr(out, "ACCEPT");
+	unsigned port = 0;
+	if (a && strchr(a, '\n')) {
+		char *c = strrchr(a, ':');
+		port = c ? (unsigned)atoi(c + 1) : 0;
+	}
+	free(out);
+	CU_ASSERT_FATAL(port > 0);
+	coil_socket_t *s;
+	T_ASSERT_OK(coil_socket_new(L, &s));
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+	ip_done_ok(coil_socket_connect(s, addr, 0));
+	coil_tls_ctx_t *cc = client_ctx();
+	ip_done_ok(coil_socket_starttls_client(s, cc, "localhost"));
+	ip_done_ok(coil_channel_write(s, "hi\n", 3));
+	out = proc_read_until(&p, "hi", NULL);
+	free(out);
+	/* s_server sends a HelloRequest; the client answers no_renegotiation
+	 * and s_server gives up with a handshake_failure alert. (With
+	 * renegotiation allowed the read would wait: it was renegotiated.) */
+	coil_ip_t *r = coil_channel_read(s);
+	CU_ASSERT_EQUAL(write(p.in, "R\n", 2), 2);
+	CU_ASSERT_EQUAL(w_err(r), -EPROTO);
+	CU_ASSERT(strstr(coil_ip_message(r), "handshake failure") != NULL);
+	coil_ip_unref(r);
+	proc_end(&p);
+	coil_channel_release(s);
+	coil_tls_ctx_free(cc);
+}
+
 /* ---- SNI: the server's callback chooses between two certificates ---- */
 
 static coil_tls_ctx_t *sni_other;
@@ -1187,6 +1228,7 @@ static const coil_test_t tests[] = {
 	{"s_client_vs_server_13", test_s_client_vs_server_13},
 	{"s_client_vs_server_12", test_s_client_vs_server_12},
 	{"renegotiation_refused", test_renegotiation_refused},
+	{"client_refuses_renegotiation", test_client_refuses_renegotiation},
 	{"sni_two_certs", test_sni_two_certs},
 	{"verify_failures", test_verify_failures},
 	{"client_cert_required", test_client_cert_required},
