@@ -57,6 +57,12 @@ static void sock_close(coil_channel_t *ch)
 		s->shut_ip = NULL;
 	}
 	coil__sock_listener_close(ch);
+	/* A Unix datagram socket's bound path goes with it, as a listener's
+	 * does (it stayed behind). */
+	if (s->unix_path[0]) {
+		unlink(s->unix_path);
+		s->unix_path[0] = 0;
+	}
 }
 
 int coil__sock_alloc(coil_channel_t *ch)

@@ -305,7 +305,87 @@ static void test_accept_abort_next_gets_client(void)
 	T_ASSERT_OK(coil_loop_free(loop));
 }
 
+/* Aborting a connect cancels its attempt (the ring connect): the socket
+ * can connect again at once, elsewhere. */
+static void test_connect_abort_then_connect(void)
+{
+	coil_loop_t *loop = t_loop(1);
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET,
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	CU_ASSERT_FATAL(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	CU_ASSERT_FATAL(listen(lfd, 0) == 0);
+	socklen_t l = sizeof(sa);
+	getsockname(lfd, (struct sockaddr *)&sa, &l);
+	int fill[4];
+	for (int i = 0; i < 4; i++) {
+		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		connect(fill[i], (struct sockaddr *)&sa, sizeof(sa));
+	}
+	coil_socket_t *s = NULL;
+	T_ASSERT_OK(coil_socket_new(loop, &s));
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", ntohs(sa.sin_port));
+	coil_ip_t *ip = coil_socket_connect(s, addr, 0);
+	CU_ASSERT_EQUAL(coil_ip_wait(ip, 100), -ETIMEDOUT);
+	CU_ASSERT_EQUAL(coil_ip_abort(ip), 0);
+	T_ASSERT_OK(t_wait(ip));
+	CU_ASSERT_EQUAL(coil_ip_error(ip), -ECANCELED);
+	coil_ip_unref(ip);
+	CU_ASSERT(!coil_socket_connecting(s));
+	unsigned short port;
+	int ok = t_listen_tcp4(&port);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+	ip = coil_socket_connect(s, addr, 0);
+	T_ASSERT_OK(t_wait(ip));
+	T_ASSERT_OK(coil_ip_error(ip));
+	coil_ip_unref(ip);
+	coil_channel_release(s);
+	for (int i = 0; i < 4; i++)
+		close(fill[i]);
+	close(lfd);
+	close(ok);
+	T_ASSERT_OK(coil_loop_free(loop));
+}
+
+/* Receives still waiting when the loop is freed (recvfrom, a batch,
+ * recv_fds) settle and free what they held; a Unix datagram path is
+ * removed with its socket. */
+static void test_pending_receives_at_stop(void)
+{
+	size_t live0 = coil_live_channels();
+	coil_loop_t *loop = t_loop(2);
+	coil_socket_t *u = NULL, *a = NULL, *b = NULL, *x = NULL;
+	T_ASSERT_OK(coil_socket_new_dgram(loop, AF_INET, &u));
+	T_ASSERT_OK(coil_socket_bind(u, "127.0.0.1:0", 0));
+	T_ASSERT_OK(coil_socketpair(loop, AF_UNIX, SOCK_DGRAM, &a, &b));
+	char path[64];
+	snprintf(path, sizeof(path), "/tmp/coil-td-dg-%d.sock", (int)getpid());
+	unlink(path);
+	T_ASSERT_OK(coil_socket_new_dgram(loop, AF_UNIX, &x));
+	T_ASSERT_OK(coil_socket_bind(x, path, 0));
+	CU_ASSERT(access(path, F_OK) == 0);
+	coil_ip_t *r1 = coil_socket_recvfrom(u, 64);
+	coil_ip_t *r2 = coil_socket_recvfrom_many(u, 8, 64);
+	coil_ip_t *r3 = coil_socket_recv_fds(b, 16);
+	coil_ip_t *r4 = coil_socket_recvfrom(x, 64);
+	CU_ASSERT_EQUAL(coil_ip_wait(r1, 20), -ETIMEDOUT);
+	T_ASSERT_OK(coil_loop_free(loop));
+	CU_ASSERT_EQUAL(coil_ip_state(r1), COIL_IP_FAILED);
+	CU_ASSERT_EQUAL(coil_ip_state(r2), COIL_IP_FAILED);
+	CU_ASSERT_EQUAL(coil_ip_state(r3), COIL_IP_FAILED);
+	CU_ASSERT_EQUAL(coil_ip_state(r4), COIL_IP_FAILED);
+	coil_ip_unref(r1);
+	coil_ip_unref(r2);
+	coil_ip_unref(r3);
+	coil_ip_unref(r4);
+	CU_ASSERT(access(path, F_OK) != 0);
+	CU_ASSERT_EQUAL(coil_live_channels(), live0);
+}
+
 static const coil_test_t tests[] = {
+	{"connect_abort_then_connect", test_connect_abort_then_connect},
+	{"pending_receives_at_stop", test_pending_receives_at_stop},
 	{"tcp_listener_unaccepted_free", test_tcp_listener_unaccepted_free},
 	{"unix_listener_unaccepted_free", test_unix_listener_unaccepted_free},
 	{"accept_handles_outlive_loop", test_accept_handles_outlive_loop},
