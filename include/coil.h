@@ -724,8 +724,9 @@ COIL_EXTERN int coil_socket_new_dgram(coil_loop_t *loop, int family,
 COIL_EXTERN int coil_socket_wrap(coil_loop_t *loop, int fd,
 				 coil_socket_t **out);
 
-/* Connects to addr (kaa grammar). On a datagram socket: connect(2) at once
- * (numeric or Unix addresses; -EINVAL for names) sets the default peer:
+/* Connects to addr (kaa grammar). On a datagram socket: connect(2) (at
+ * once for numeric or Unix addresses, after resolving a name off the
+ * worker: the first address of the socket's family) sets the default peer:
  * coil_channel_write sends one datagram per write, coil_channel_read and
  * recvfrom take what the peer sends, and ICMP errors (-ECONNREFUSED) fail
  * the next receive (a channel read's error ends its stream; recvfrom just

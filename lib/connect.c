@@ -298,12 +298,7 @@ static void connect_local(struct sock_call *call)
 		return;
 	}
 	if (ss->type == SOCK_DGRAM) {
-		int rc = coil__sock_dgram_connect(s, call->text, call->flags);
-		if (rc)
-			coil_ip_fail(call->ip, rc, "connect %s: %s", call->text,
-				     coil_strerror(rc));
-		else
-			coil_ip_finish_int(call->ip, 0);
+		coil__sock_dgram_connect(s, call->text, call->flags, call->ip);
 		return;
 	}
 	if (atomic_load(&ss->connected) && coil_channel_alive(s)) {

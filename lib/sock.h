@@ -44,9 +44,10 @@ struct coil__dg_stash {
 	coil_datagram_t *dg;
 };
 /* udp.c, home worker: connect(2) on a datagram socket (its default peer;
- * reads and writes without an address follow). 0 or -errno. */
-COIL__HIDDEN int coil__sock_dgram_connect(coil_socket_t *s, const char *text,
-					  int flags);
+ * reads and writes without an address follow), after resolving a name;
+ * settles ip. */
+COIL__HIDDEN void coil__sock_dgram_connect(coil_socket_t *s, const char *text,
+					   int flags, coil_ip_t *ip);
 /* listener.c: a handed-out client is being freed (see client_free). */
 COIL__HIDDEN void coil__sock_vreg_forget(coil_channel_t *c);
 /* udp.c, home worker: the stash of datagrams for the next receive. */

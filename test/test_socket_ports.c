@@ -359,6 +359,8 @@ static void test_connected_udp(void)
 {
 	connected_udp(AF_INET, "127.0.0.1:0", "127.0.0.1:%u");
 	connected_udp(AF_INET6, "[::1]:0", "[::1]:%u");
+	/* A name resolves first (off the worker), as CPython's connect does. */
+	connected_udp(AF_INET, "127.0.0.1:0", "localhost:%u");
 }
 
 /* A connected UDP socket sending to a port nobody listens on gets the
