@@ -316,6 +316,25 @@ COIL_EXTERN coil_ip_t *coil_ip_return_error(coil_ip_t *src, int err,
 					    const char *fmt, ...)
 	COIL_PRINTF(3, 4);
 
+/* A loop without writing the chaining: body(prev, ud) runs first with prev
+ * = NULL, then each time the handle it returned settles, with prev = that
+ * handle (borrowed, whatever its outcome: look at coil_ip_error(prev)). It
+ * returns the next iteration's handle (its reference moves to the loop), or
+ * NULL (or prev itself) to end the loop: the returned handle then takes
+ * prev's outcome (finishes with 0 if body ended at once). body runs on the
+ * home worker of the returned handle, never inside coil_ip_repeat(), and
+ * one call at a time; an iteration that has settled already runs the next
+ * at once within the depth rule (COIL_IP_INLINE_DEPTH), later ones from the
+ * ready queue. Constant memory: nothing is allocated per iteration beyond
+ * what body makes. Aborting the returned handle aborts the iteration in
+ * flight and fails the loop with -ECANCELED; body is not called again (a
+ * refusal of the iteration is returned and the loop goes on). NULL on
+ * -ENOMEM or a NULL loop; a NULL body gives a handle failed with -EINVAL.
+ * Any thread. */
+typedef coil_ip_t *(*coil_repeat_cb)(coil_ip_t *prev, void *ud);
+COIL_EXTERN coil_ip_t *coil_ip_repeat(coil_loop_t *loop, coil_repeat_cb body,
+				      void *ud);
+
 /* Returns a handle that mirrors ip, or fails with -ETIMEDOUT after `ms`
  * milliseconds; with abort_on_timeout, ip is aborted at expiry. Consumes ip.
  * Aborting the returned handle aborts ip (a refusal of ip is returned; if ip
