@@ -402,10 +402,15 @@ COIL_EXTERN int coil_socketpair(coil_loop_t *loop, int domain, int type,
 				coil_socket_t **a, coil_socket_t **b);
 /* dup(2) of the descriptor as a new channel on the same home worker. */
 COIL_EXTERN int coil_channel_dup(coil_channel_t *ch, coil_channel_t **out);
-/* kaa steal(): ch takes over other's descriptor (a dup of it) and buffered
- * read bytes; other is left closed (its closed signal fires with expected =
- * true). Synchronous: both must share a home worker and the call must run
- * there (-EXDEV otherwise; -EBUSY while other has writes queued). */
+/* kaa steal(): ch takes over other's descriptor (a dup of it) and every
+ * byte other received and did not deliver, in order: its read queue, bytes
+ * held back for its read signal, and what its receive still takes until
+ * the cancel lands (ch reads nothing of its own before those). other is
+ * left closed (its closed signal fires with expected = true). Synchronous:
+ * both must share a home worker and the call must run there (-EXDEV
+ * otherwise); -EBUSY while other has writes queued, is being stolen, or
+ * inside other's readline callback or its read callback showing held-back
+ * bytes (those bytes are a view into other's queues). */
 COIL_EXTERN int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other);
 
 /* Drops the caller's handle. If the channel is still open it is closed as by

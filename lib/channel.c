@@ -705,7 +705,9 @@ static void emit_lines(coil_channel_t *ch)
 			n = ch->rq.len;
 		if (!n)
 			break;
+		ch->show_rq = n;
 		ch->on_line(ch, coil__bufq_data(&ch->rq), n, ch->on_line_ud);
+		ch->show_rq = 0;
 		rq_consume(ch, n);
 	}
 }
@@ -869,7 +871,9 @@ again:
 	       state(ch) == COIL__CH_OPEN) {
 		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
 		ch->sig_back = 0;
+		ch->show_sigq = n;
 		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
+		ch->show_sigq = 0;
 		if (ch->sig_back) {
 			n -= ch->sig_back; /* left at the front */
 			ch->sig_back = 0;
@@ -2146,6 +2150,13 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 	}
 	if (other->steal_to || ch->steal_to)
 		return -EBUSY; /* already stolen, or a victim itself */
+	/* Inside other's readline callback, or its read callback showing
+	 * held-back bytes, the bytes shown are a view into other's queues,
+	 * consumed when the callback returns: moving them would deliver them
+	 * twice (apiseq F9). (A read callback shown a fresh receive may
+	 * steal: that chunk is in no queue.) */
+	if (other->show_rq || other->show_sigq)
+		return -EBUSY;
 	int fd = fcntl(other->fd, F_DUPFD_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;

@@ -553,6 +553,43 @@ static void test_steal_moves_every_byte(void)
 	}
 }
 
+/* coil_channel_steal() inside the victim's readline callback moved the
+ * line being shown (a view into the victim's read queue) to the thief,
+ * which delivered it again (apiseq F9). Such a steal is refused. */
+struct steal_in_line {
+	_Atomic int rc, calls;
+};
+
+static void steal_line_cb(coil_channel_t *ch, const void *d, size_t n,
+			  void *ud)
+{
+	struct steal_in_line *s = ud;
+	if (atomic_fetch_add(&s->calls, 1))
+		return;
+	coil_channel_t *t = NULL;
+	int rc = coil_channel_new(coil_channel_loop(ch), &t);
+	if (!rc)
+		rc = coil_channel_steal(t, ch);
+	atomic_store(&s->rc, rc);
+	if (t)
+		coil_channel_release(t);
+}
+
+static void test_steal_inside_line_callback(void)
+{
+	int peer;
+	coil_channel_t *ch = pair(&peer);
+	struct steal_in_line s = {1, 0};
+	T_ASSERT_OK(coil_channel_on_readline(ch, steal_line_cb, &s));
+	T_ASSERT_OK(t_write_all(peer, "one\ntwo\n", 8));
+	for (int i = 0; i < 10000 && atomic_load(&s.calls) < 2; i++)
+		usleep(1000);
+	CU_ASSERT_EQUAL(atomic_load(&s.rc), -EBUSY);
+	CU_ASSERT_EQUAL(atomic_load(&s.calls), 2); /* both lines, once each */
+	coil_channel_release(ch);
+	close(peer);
+}
+
 /* A read callback that replaced itself with coil_channel_on_read() while
  * paused by backpressure got already-delivered bytes again. */
 struct sw {
@@ -1044,6 +1081,7 @@ static const coil_test_t tests[] = {
 	{"abort_queued_write", test_abort_queued_write},
 	{"abort_readinto_keeps_bytes", test_abort_readinto_keeps_bytes},
 	{"steal_moves_every_byte", test_steal_moves_every_byte},
+	{"steal_inside_line_callback", test_steal_inside_line_callback},
 	{"signal_switch_while_paused", test_signal_switch_while_paused},
 	{"signal_disconnect_consumes_chunk",
 	 test_signal_disconnect_consumes_chunk},
