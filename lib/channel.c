@@ -772,10 +772,11 @@ static __thread coil_channel_t *showing;
 
 static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 {
-	/* Readers beside the signal (pending when the callback returns) get
-	 * the chunk too; without them the signal alone consumed it, even if
-	 * it disconnected itself meanwhile (the next read() gets the next
-	 * bytes, not these again). */
+	/* Readers beside the signal (waiting as the chunk is shown) get it
+	 * too; without them the signal alone consumed it, even if it
+	 * disconnected itself or issued a read meanwhile (that read gets the
+	 * next bytes, not these again). */
+	bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 	bool shown = false;
 	if (ch->on_read) {
 		if (ch->sigq.len || signal_paused(ch)) {
@@ -820,7 +821,7 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 				return;
 		}
 	}
-	if (shown && coil__list_empty(&ch->reads) && !ch->on_line)
+	if (shown && !others)
 		return; /* the read signal alone took these bytes */
 	/* Fast path: an empty queue and a plain read at the head. */
 	if (!ch->rq.len && !ch->on_line && !coil__list_empty(&ch->reads)) {
@@ -870,6 +871,7 @@ again:
 	while (ch->sigq.len && ch->on_read && !signal_paused(ch) &&
 	       state(ch) == COIL__CH_OPEN) {
 		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
+		bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 		ch->sig_back = 0;
 		ch->show_sigq = n;
 		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
@@ -878,8 +880,7 @@ again:
 			n -= ch->sig_back; /* left at the front */
 			ch->sig_back = 0;
 		}
-		if (state(ch) == COIL__CH_OPEN &&
-		    (!coil__list_empty(&ch->reads) || ch->on_line)) {
+		if (state(ch) == COIL__CH_OPEN && others) {
 			/* Readers beside the signal see the same bytes. */
 			if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
 					      n))
