@@ -2428,12 +2428,16 @@ static void gate_wake(coil_channel_t *ch)
 		call(src, CALL_WAKE, 0, NULL, NULL);
 }
 
+static void relay_on_read(coil_channel_t *src, const void *data, size_t len,
+			  void *ud);
+
 static void relay_end(struct coil__relay *r, int err, const char *msg)
 {
 	coil_channel_t *src = r->src, *dst = r->dst;
 	r->active = false;
 	src->relay = NULL;
-	src->on_read = NULL;
+	if (src->on_read == relay_on_read)
+		src->on_read = NULL; /* not a signal the user connected since */
 	src->gate = NULL;
 	atomic_store(&src->gate_paused, false);
 	/* Held-back bytes now belong to src's readers (end of the turn). */

@@ -7,6 +7,7 @@
  * threads, the relay and its backpressure. Each test is the regression test
  * of an observed bug. */
 #include "helpers.h"
+#include "internal.h" /* zero-copy check: the worker's lent buffers */
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -733,6 +734,50 @@ static void test_fileno_dup_vs_close(void)
 	}
 }
 
+/* coil_channel_write_view() to another channel copied, although the header
+ * promised zero-copy relay: inside a's read callback, a view write to b (same
+ * worker) now lends a's receive buffer (the worker's lent count grows) and
+ * the bytes arrive intact. */
+struct view_relay {
+	coil_channel_t *b;
+	_Atomic int lent, calls;
+	coil_ip_t *w;
+};
+
+static void view_relay_cb(coil_channel_t *a, const void *d, size_t n,
+			  void *ud)
+{
+	struct view_relay *v = ud;
+	if (atomic_fetch_add(&v->calls, 1))
+		return;
+	unsigned before = coil__tls_worker->pinned;
+	v->w = coil_channel_write_view(v->b, d, n);
+	atomic_store(&v->lent, (int)(coil__tls_worker->pinned - before));
+}
+
+static void test_write_view_across_channels(void)
+{
+	coil_loop_t *one = t_loop(1);
+	int pa, pb;
+	coil_channel_t *a = pair_on(one, &pa);
+	coil_channel_t *b = pair_on(one, &pb);
+	struct view_relay v = {b, -1, 0, NULL};
+	T_ASSERT_OK(coil_channel_on_read(a, view_relay_cb, &v));
+	T_ASSERT_OK(t_write_all(pa, "zero-copy", 9));
+	char got[9];
+	T_ASSERT_OK(t_read_exact(pb, got, 9));
+	CU_ASSERT(memcmp(got, "zero-copy", 9) == 0);
+	CU_ASSERT_EQUAL(atomic_load(&v.lent), 1);
+	T_ASSERT_OK(t_wait(v.w));
+	CU_ASSERT_EQUAL(coil_ip_int(v.w), 9);
+	coil_ip_unref(v.w);
+	coil_channel_release(a);
+	coil_channel_release(b);
+	coil_loop_free(one);
+	close(pa);
+	close(pb);
+}
+
 /* Built against the code before these fixes (to check that each test
  * fails there), the tests of new functions are left out. */
 #ifndef COIL_TEST_OLD_API
@@ -1086,6 +1131,7 @@ static const coil_test_t tests[] = {
 	{"signal_disconnect_consumes_chunk",
 	 test_signal_disconnect_consumes_chunk},
 	{"fileno_dup_vs_close", test_fileno_dup_vs_close},
+	{"write_view_across_channels", test_write_view_across_channels},
 #ifndef COIL_TEST_OLD_API
 	{"linger_frees_stuck_channels", test_linger_frees_stuck_channels},
 	{"ref_from_plain_threads", test_ref_from_plain_threads},
