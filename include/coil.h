@@ -432,7 +432,10 @@ COIL_EXTERN coil_channel_t *coil_channel_ref(coil_channel_t *ch);
  * read_exact fails with COIL_EOF. A read error (-ECONNRESET...) fails the
  * reads that find nothing buffered. Bytes results are owned by the
  * InProgress (coil_ip_bytes; coil_ip_steal_bytes hands them over, to be
- * freed with coil_free, 0-byte results included). */
+ * freed with coil_free, 0-byte results included). A read on a channel not
+ * open for reading fails at once with -EBADF, on a listening socket with
+ * -ENOTCONN. Aborting a read (or its timeout) takes no byte from the
+ * stream. */
 /* 1..chunk_size bytes as soon as any are available; 0 bytes = closed. */
 COIL_EXTERN coil_ip_t *coil_channel_read(coil_channel_t *ch);
 /* The next line including its delimiter; a line longer than queue_size is
@@ -446,7 +449,9 @@ COIL_EXTERN coil_ip_t *coil_channel_readline(coil_channel_t *ch);
 COIL_EXTERN coil_ip_t *coil_channel_read_exact(coil_channel_t *ch, size_t n);
 /* usocket readinto: fills buf with exactly n bytes (no short reads) and
  * finishes with n; at end of stream finishes with the count that arrived
- * (< n). buf must stay valid until the handle settles. */
+ * (< n). buf must stay valid until the handle settles. Aborted or timed
+ * out, it gives the bytes it had copied back to the front of the read
+ * queue (the next read starts with them) and fails with no count. */
 COIL_EXTERN coil_ip_t *coil_channel_readinto(coil_channel_t *ch, void *buf,
 					     size_t n);
 /* coro readv: reads sizes[0], sizes[1], ... bytes; finishes with a
@@ -463,9 +468,12 @@ COIL_EXTERN coil_ip_t *coil_channel_readv(coil_channel_t *ch,
  * length once its last byte went to the kernel, or fails with the send error
  * (later writes then fail with -EBADF and the channel closes with
  * expected = 0). A write that would push write_queue_used past queue_size
- * fails at once with -ENOBUFS and queues nothing, except that one write may
- * always go into an empty queue, whatever its size (so the queue holds at
- * most queue_size, or one larger write). len == 0 finishes with 0.
+ * fails at once with -ENOBUFS and queues nothing (kaa: the queue never holds
+ * more than queue_size; the message names queue_size). On a channel not
+ * open for writing: -EBADF; on a listening socket: -ENOTCONN. Abortable
+ * until its first byte went into a send (removed, nothing sent, later
+ * writes keep their order); after that the abort is refused with -EBUSY
+ * and the write completes. len == 0 finishes with 0.
  * Writes before a descriptor exists (or while a socket connects) queue.
  * coil_channel_write/writev copy the bytes. */
 COIL_EXTERN coil_ip_t *coil_channel_write(coil_channel_t *ch, const void *data,
