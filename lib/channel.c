@@ -988,6 +988,11 @@ static int read_refused(coil_channel_t *ch, const char **msg)
 		*msg = "read on a listening socket (use accept)";
 		return -ENOTCONN;
 	}
+	if (state(ch) == COIL__CH_NEW && atomic_load(&ch->sock_unconnected) &&
+	    !atomic_load(&ch->sock_connecting)) {
+		*msg = "read on a socket that is not connected";
+		return -ENOTCONN;
+	}
 	if (state(ch) != COIL__CH_NEW && !(ch->mode & COIL_IO_READ)) {
 		*msg = "read on a channel not open for reading";
 		return -EBADF;
@@ -1764,13 +1769,25 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	coil__channel_put(ch);
 }
 
+/* sock (issue 13): 1 when the descriptor number no longer names an open
+ * file: it was closed behind coil's back. */
+static int fd_gone(int fd, void *arg)
+{
+	return fcntl(fd, F_GETFD) < 0 && errno == EBADF;
+}
+
 int coil_channel_close(coil_channel_t *ch, int immediate)
 {
 	if (!ch)
 		return -EINVAL;
+	/* kaa/CPython: closing a descriptor closed underneath says EBADF
+	 * (the channel still closes). */
+	bool gone = !atomic_load(&ch->close_req) &&
+		    coil__channel_fd_call(ch, fd_gone, NULL) == 1;
 	/* kaa: alive is false as soon as close() returns, from any thread. */
 	atomic_store(&ch->close_req, true);
-	return call(ch, CALL_CLOSE, immediate, NULL, NULL);
+	int rc = call(ch, CALL_CLOSE, immediate, NULL, NULL);
+	return rc ? rc : gone ? -EBADF : 0;
 }
 
 coil_channel_t *coil_channel_ref(coil_channel_t *ch)
@@ -2246,6 +2263,8 @@ int coil_channel_fileno(const coil_channel_t *ch)
 
 int coil_channel_alive(const coil_channel_t *ch)
 {
+	if (ch && state(ch) == COIL__CH_NEW && atomic_load(&ch->sock_connecting))
+		return !atomic_load(&ch->close_req); /* kaa: alive while connecting */
 	return ch && state(ch) == COIL__CH_OPEN && ch->fd >= 0 &&
 	       !atomic_load(&ch->close_req);
 }

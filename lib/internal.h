@@ -391,6 +391,11 @@ struct coil_channel_s {
 	/* socket.c sets it on a listener: reads and writes on it fail at
 	 * once with -ENOTCONN instead of waiting forever. */
 	_Atomic bool listening;
+	/* socket.c (sock, issue 13): a stream socket that never had a
+	 * descriptor fails reads with -ENOTCONN unless it is connecting
+	 * (sock_unconnected), and counts as alive/readable while it connects
+	 * (sock_connecting, kaa). Both stay false for plain channels. */
+	_Atomic bool sock_unconnected, sock_connecting;
 	/* User references (coil_channel_ref); the last release is the
 	 * release. Together they hold one reference in refs. */
 	_Atomic int urefs;
