@@ -10,7 +10,7 @@
 #   IDLE_CONNS=10000 connections held for the memory scenario; MEM_ROUNDS=1
 #   SERVER_CPU=0 LOAD_CPU=1   taskset pinning; THREADS=1 server threads
 #   PORT_BASE=19000  first port; every (round, server) gets its own port
-#   SCENARIOS="echo1 echo50 echo500 echo4k bulk http mem counts allocs"   subset to run
+#   SCENARIOS="echo1 echo50 echo500 echo4k bulk http mem counts allocs fairness enter"
 #   COUNT_MSGS=20000 messages per server for the syscall counts (strace -c -f)
 #
 # Every server is started by this script, pinned, waited for (it must accept
@@ -30,7 +30,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 THREADS=${THREADS:-1}
 PORT_BASE=${PORT_BASE:-19000}
-SCENARIOS=${SCENARIOS:-"echo1 echo50 echo500 echo4k bulk http mem counts allocs"}
+SCENARIOS=${SCENARIOS:-"echo1 echo50 echo500 echo4k bulk http mem counts allocs fairness enter"}
 COUNT_MSGS=${COUNT_MSGS:-20000}
 NGINX=${NGINX:-/usr/sbin/nginx}
 LOADGEN=$B/bench/loadgen
@@ -602,6 +602,28 @@ report_allocs() {
 	echo
 }
 
+report_enter() {
+	has enter || return
+	echo "== io_uring_enter with and without a registered ring fd (bench/enter) =="
+	if [ -x "$B/bench/enter" ]; then
+		taskset -c "$SERVER_CPU" "$B/bench/enter" 500000 || echo "  enter FAILED"
+	else
+		echo "  $B/bench/enter not built"
+	fi
+	echo
+}
+
+report_fairness() {
+	has fairness || return
+	echo "== fairness: a 10 ms timer on a worker saturated by a self-re-posting task (bench/fairness) =="
+	if [ -x "$B/bench/fairness" ]; then
+		taskset -c "$SERVER_CPU" "$B/bench/fairness" 21 || echo "  fairness FAILED"
+	else
+		echo "  $B/bench/fairness not built"
+	fi
+	echo
+}
+
 report_echo echo1 "echo 64 B ping-pong, 1 connection (latency-bound)"
 report_echo echo50 "echo 64 B ping-pong, 50 connections"
 report_echo echo500 "echo 64 B ping-pong, 500 connections"
@@ -611,6 +633,8 @@ report_http
 report_mem
 report_counts
 report_allocs
+report_fairness
+report_enter
 
 echo "How to read: rate ratio = server / reference (above 1 is faster); CPU ratio = server CPU per"
 echo "message, request or MB / reference (below 1 is cheaper). CPU = utime+stime of the server"
