@@ -754,7 +754,8 @@ static unsigned reap(coil__worker *w)
 		 * completion that I/O brings. The push happened before the
 		 * cause, the cause before the CQE, the CQE before this peek.
 		 * So all of them, not a budget's worth: the budget bounds a
-		 * turn, this drain a batch of completions. */
+		 * turn without completions; here the order wins. One
+		 * snapshot: a task re-posting itself runs once more at most. */
 		drain_inbox(w, 0);
 		for (unsigned i = 0; i < n; i++) {
 			if (!(batch[i].flags & IORING_CQE_F_MORE))
