@@ -507,6 +507,12 @@ EREF=${ECHO_SERVERS[1]%%:*}
 HFLOOR=${HTTP_SERVERS[0]%%:*}
 HREF=${HTTP_SERVERS[1]%%:*}
 
+# A server that used well under a core was waiting for the load generator:
+# its rate measures the client (or the neighbours), not the server.
+client_bound() {
+	awk -v p="$1" 'BEGIN { if (p + 0 < 80) printf "  [client-bound]" }'
+}
+
 fails() {
 	local f
 	f=$(count_of "$1" "$2" fail)
@@ -533,9 +539,9 @@ report_echo() { # scenario title
 		cpu=$(median "$sc" "$name" cpu_per); pct=$(median "$sc" "$name" cpu_pct)
 		fr=$(ratio "$rate" "$frate"); fc=$(ratio "$cpu" "$fcpu")
 		er=$(ratio "$rate" "$erate"); ec=$(ratio "$cpu" "$ecpu")
-		printf '%-10s %10.0f %7s %8.1f %9.1f %11.0f %5.0f   %-21s %-21s%s\n' "$name" "$rate" \
+		printf '%-10s %10.0f %7s %8.1f %9.1f %11.0f %5.0f   %-21s %-21s%s%s\n' "$name" "$rate" \
 			"$(spread "$sc" "$name" rate)" "$p50" "$p99" "$cpu" "$pct" "$fr, $fc" "$er, $ec" \
-			"$(fails "$sc" "$name")"
+			"$(fails "$sc" "$name")" "$(client_bound "$pct")"
 	done
 	echo
 }
@@ -556,10 +562,11 @@ report_bulk() {
 			continue
 		fi
 		cpu=$(median bulk "$name" cpu_mb); pct=$(median bulk "$name" cpu_pct)
-		printf '%-10s %8.3f %7s %14.1f %5.0f   %-21s %-21s%s\n' "$name" "$g" \
+		printf '%-10s %8.3f %7s %14.1f %5.0f   %-21s %-21s%s%s\n' "$name" "$g" \
 			"$(spread bulk "$name" gbps)" "$cpu" "$pct" \
 			"$(ratio "$g" "$fg"), $(ratio "$cpu" "$fc")" \
-			"$(ratio "$g" "$eg"), $(ratio "$cpu" "$ec")" "$(fails bulk "$name")"
+			"$(ratio "$g" "$eg"), $(ratio "$cpu" "$ec")" "$(fails bulk "$name")" \
+			"$(client_bound "$pct")"
 	done
 	echo
 }
@@ -585,7 +592,7 @@ report_http() {
 			"$(spread http "$name" rate)" "$p50" "$p99" "$cpu" "$pct" \
 			"$(ratio "$rate" "$fr"), $(ratio "$cpu" "$fc")" \
 			"$(ratio "$rate" "$er"), $(ratio "$cpu" "$ec")" "$(fails http "$name")" \
-			"$([ "$(count_of http "$name" errors)" -gt 0 ] && echo '  (wrk saw errors)')"
+			"$([ "$(count_of http "$name" errors)" -gt 0 ] && echo '  (wrk saw errors)')$(client_bound "$pct")"
 	done
 	echo
 }
@@ -676,6 +683,7 @@ echo "How to read: rate ratio = server / reference (above 1 is faster); CPU rati
 echo "message, request or MB / reference (below 1 is cheaper). CPU = utime+stime of the server"
 echo "process (and its children) from /proc over the measured window; CPU% = share of one core;"
 echo "spread = (max - min) / median of the rate over the rounds (large = noisy machine)."
+echo "[client-bound]: the server used under 80 % of its core, so its rate is the load generator's."
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -n "$(awk '$3 == "fail"' "$RES")" ]; then
 	echo "some runs FAILED (see above): a verification error is a real bug in that server"
