@@ -15,7 +15,9 @@
  *    to a function documented as "consumes ip".
  *  - No user callback ever runs inside the call that started an operation,
  *    except a callback attached with coil_ip_then()/coil_ip_on_done() to an
- *    InProgress that has already settled: that one runs at once (kaa rule).
+ *    InProgress that has already settled: that one runs at once (kaa rule),
+ *    up to COIL_IP_INLINE_DEPTH nested per worker, then from the ready
+ *    queue.
  */
 #ifndef COIL_H
 #define COIL_H
@@ -60,6 +62,12 @@ COIL_EXTERN unsigned coil_version_number(void);
 /* End of stream reached before a read that needs more bytes could finish
  * (read_exact): Python's EOFError. Distinct from every -errno value. */
 #define COIL_EOF (-4095)
+
+/* Broken promise: a pending InProgress handle lost its last reference (its
+ * producer dropped it without settling it), so nothing can ever settle it;
+ * the handles and callbacks waiting on it fail with this instead of
+ * hanging. Distinct from every -errno value and from COIL_EOF. */
+#define COIL_BROKEN (-4094)
 
 /* Text for a coil error code (negative errno or COIL_EOF). Never NULL; the
  * string is static. Any thread. */
@@ -153,7 +161,9 @@ COIL_EXTERN int coil_loop_post(coil_loop_t *loop, int worker, coil_task_cb fn,
  * State machine: PENDING -> FINISHED (a value) | FAILED (-errno + message).
  * Aborting a pending handle fails it with -ECANCELED. A handle is freed when
  * its last reference is dropped; pending I/O holds its own reference, so
- * dropping yours never cancels anything (use coil_ip_abort for that).
+ * dropping yours never cancels anything (use coil_ip_abort for that). A
+ * pending handle whose last reference goes while callbacks or other handles
+ * wait on it fails with COIL_BROKEN, so they do not hang.
  *
  * Every callback of a handle runs on its home worker: the worker that created
  * it, or for handles created outside any worker, the worker given by
@@ -201,20 +211,36 @@ COIL_EXTERN int coil_ip_fail(coil_ip_t *ip, int err, const char *fmt, ...)
 COIL_EXTERN int coil_ip_failv(coil_ip_t *ip, int err, const char *fmt,
 			      va_list ap);
 
-/* Abort hook for handles the caller creates: runs on the home worker when the
- * handle is aborted while pending. Return 0 to let the handle fail with
- * -ECANCELED now; return 1 when the hook started an asynchronous cancel and
- * will settle the handle itself (with -ECANCELED or, if the cancel lost the
- * race, the real result). Home worker only (or before anyone else sees ip). */
+/* Abort hook: runs on the home worker when the handle is aborted while
+ * pending. Return 0 to let the handle fail with -ECANCELED now; 1 when the
+ * hook started an asynchronous cancel and will settle the handle itself (with
+ * -ECANCELED or, if the cancel lost the race, the real result); a negative
+ * errno to refuse (veto) the abort: the handle stays pending and
+ * coil_ip_abort() on the home worker returns that error (e.g. -EBUSY for
+ * work that can no longer be taken back). A handle settled from another
+ * thread may still see its hook run while that settle is under way (the
+ * settle of the loser then returns -EALREADY). Set it on the home worker,
+ * or before anyone else sees ip; NULL removes it. */
 typedef int (*coil_abort_cb)(coil_ip_t *ip, void *arg);
 COIL_EXTERN void coil_ip_set_abort(coil_ip_t *ip, coil_abort_cb hook,
 				   void *arg);
 
-/* Aborts a pending handle (see coil_abort_cb). Returns 0 when the abort was
- * started, -EALREADY when the handle has settled. From a foreign thread the
- * abort is forwarded to the home worker and 0 means "requested": the handle
- * then settles with -ECANCELED or, if completion won the race, its real
- * outcome. Any thread. */
+/* Aborts a pending handle. What it does depends on the handle:
+ *  - with an abort hook (every coil I/O handle, sleeps, timeouts, all/any,
+ *    or your own via coil_ip_set_abort): the hook decides (coil_abort_cb);
+ *  - a chained handle (then/catch/finally): aborts what it currently waits
+ *    on (its source, or the handle its callback returned), then fails with
+ *    -ECANCELED every link of the chain up to it; no callback of those links
+ *    that has not started runs. If what it waits on is not abortable the
+ *    chain still stops waiting; if it refuses, the chain stays pending and
+ *    the refusal is returned;
+ *  - a coil_ip_new() handle without a hook: not abortable, -ENOTSUP, stays
+ *    pending.
+ * Returns 0 when the abort was done or started, -EALREADY when the handle
+ * has settled, -ENOTSUP, or a hook's refusal. From a foreign thread the
+ * abort is forwarded to the home worker and 0 means "requested" (a refusal
+ * is then not reported): the handle then settles with -ECANCELED or, if
+ * completion won the race, its real outcome. Any thread. */
 COIL_EXTERN int coil_ip_abort(coil_ip_t *ip);
 
 /* Getters. coil_ip_state is safe from any thread at any time; the value
@@ -241,12 +267,24 @@ COIL_EXTERN coil_loop_t *coil_ip_loop(const coil_ip_t *ip);
 /*
  * Chaining. A then-callback receives the settled source handle (borrowed:
  * valid during the call) and returns either
- *   - NULL: the chained handle takes the source's outcome unchanged, or
+ *   - NULL, or src itself (no reference needed, none is taken): the chained
+ *     handle takes the source's outcome unchanged, or
+ *   - the result of coil_ip_return_int()/coil_ip_return_error(): the chained
+ *     handle finishes/fails with that plain outcome, or
  *   - a handle (ownership passes to the chain), which is adopted: the chained
- *     handle settles as that one does, when it does.
+ *     handle settles as that one does, when it does. Adoption collapses: a
+ *     loop written as adoption (each callback returns the next iteration's
+ *     chained handle) holds O(1) handles when its handles share a worker.
  * on_ok runs when the source finished, on_err when it failed; a NULL handler
  * passes that outcome through, so an error skips to the first on_err.
+ *
+ * A callback attached to an already settled handle runs at once, inside the
+ * attaching call, on the home worker (kaa's rule), but only while fewer than
+ * COIL_IP_INLINE_DEPTH such callbacks are nested on that worker; beyond, it
+ * runs from the worker's ready queue, in order. So no program can grow the
+ * stack by walking through settled handles.
  */
+#define COIL_IP_INLINE_DEPTH 8
 typedef coil_ip_t *(*coil_then_cb)(coil_ip_t *src, void *ud);
 typedef void (*coil_done_cb)(coil_ip_t *src, void *ud);
 
@@ -266,19 +304,36 @@ COIL_EXTERN coil_ip_t *coil_ip_finally(coil_ip_t *ip, coil_done_cb cb,
  * observed. Returns 0 or -ENOMEM (then cb never runs). Any thread. */
 COIL_EXTERN int coil_ip_on_done(coil_ip_t *ip, coil_done_cb cb, void *ud);
 
+/* For a then-callback's return statement: `return coil_ip_return_int(src,
+ * v);` finishes the chained handle with v, `return coil_ip_return_error(src,
+ * -EPROTO, "bad %s", x);` fails it (err must be < 0, else -EINVAL; fmt may
+ * be NULL). Inside a then-callback running for src on its worker nothing is
+ * allocated (the result is a marker only that callback may return, at
+ * once); called anywhere else they return a new settled handle, as
+ * coil_ip_new_int()/coil_ip_new_error() (NULL on -ENOMEM). */
+COIL_EXTERN coil_ip_t *coil_ip_return_int(coil_ip_t *src, int64_t value);
+COIL_EXTERN coil_ip_t *coil_ip_return_error(coil_ip_t *src, int err,
+					    const char *fmt, ...)
+	COIL_PRINTF(3, 4);
+
 /* Returns a handle that mirrors ip, or fails with -ETIMEDOUT after `ms`
  * milliseconds; with abort_on_timeout, ip is aborted at expiry. Consumes ip.
- * NULL on -ENOMEM. Any thread. */
+ * Aborting the returned handle aborts ip (a refusal of ip is returned; if ip
+ * is not abortable the timeout just fails with -ECANCELED). NULL on -ENOMEM.
+ * Any thread. */
 COIL_EXTERN coil_ip_t *coil_ip_timeout(coil_ip_t *ip, unsigned ms,
 				       int abort_on_timeout);
 
 /* kaa InProgressAll: finishes (never fails) with n once every member has
- * settled, failed members included. kaa InProgressAny: settles when the first
- * member settles, with coil_ip_int() = its index, coil_ip_ptr() = the member
- * (valid while the combinator is referenced), and the member's outcome
- * (finished, or failed with its error and message). Members are borrowed (the
- * combinator takes its own references). n == 0: all finishes at once with 0,
- * any fails with -EINVAL. Any thread. NULL on -ENOMEM. */
+ * settled, failed members included. kaa InProgressAny: finishes (never
+ * fails) when the first member settles, with coil_ip_int() = its index and
+ * coil_ip_ptr() = the member (valid while the combinator is referenced),
+ * which carries its own outcome: look at its error (the combinator does not
+ * mark it observed). Members are borrowed (the combinator observes them
+ * without keeping them alive for their producers). Aborting a combinator
+ * aborts its pending members and fails it with -ECANCELED. n == 0: all
+ * finishes at once with 0, any fails with -EINVAL; a NULL member fails it
+ * with -EINVAL. Any thread. NULL on -ENOMEM. */
 COIL_EXTERN coil_ip_t *coil_ip_all(coil_loop_t *loop, coil_ip_t *const *ips,
 				   size_t n);
 COIL_EXTERN coil_ip_t *coil_ip_any(coil_loop_t *loop, coil_ip_t *const *ips,
@@ -291,15 +346,21 @@ COIL_EXTERN coil_ip_t *coil_ip_any(coil_loop_t *loop, coil_ip_t *const *ips,
 COIL_EXTERN int coil_ip_wait(coil_ip_t *ip, int timeout_ms);
 
 /* A handle that finishes with 0 after ms milliseconds (a ring timeout on the
- * home worker). Abortable. NULL on -ENOMEM. Any thread. */
+ * home worker). Abortable: the ring timeout is removed and the handle fails
+ * with -ECANCELED. NULL on -ENOMEM. Any thread. */
 COIL_EXTERN coil_ip_t *coil_sleep(coil_loop_t *loop, unsigned ms);
 
 /* Called when a failed handle is freed and no one ever looked at its error
  * (then/catch/on_done/coil_ip_error/wait). Not called for -ECANCELED
  * (aborts are deliberate) nor for writes failed with -EBADF because their
  * channel closed (the closed signal tells that). Default: one line on
- * stderr. NULL restores the default. Process-wide; set it before starting
- * loops. */
+ * stderr. NULL restores the default. Process-wide and thread-safe: reports
+ * and the setter are serialised by one lock, so once the setter returns the
+ * old handler is not running and will not run again. The handler runs on
+ * the thread that drops the last reference (often a worker), inside that
+ * coil_ip_unref(); it may drop references itself but must not block or
+ * call coil_set_unobserved_handler() from another thread and wait for it.
+ * Any thread. */
 typedef void (*coil_unobserved_cb)(int err, const char *msg, void *ud);
 COIL_EXTERN void coil_set_unobserved_handler(coil_unobserved_cb cb, void *ud);
 
@@ -566,6 +627,13 @@ COIL_EXTERN void coil_monitor_free(coil_monitor_t *m);
 #define COIL_ADDR_LISTEN 0x1 /* the host may be empty (all interfaces) */
 #define COIL_ADDR_IPV4 0x2   /* kaa ipv6=False: never use IPv6 */
 #define COIL_ADDR_DGRAM 0x4  /* resolve for SOCK_DGRAM */
+/* listen: share the port (SO_REUSEPORT on every shard). Without it a port
+ * is exclusive: a listen or bind on a port any socket binds fails with
+ * -EADDRINUSE. With it, every socket of the same user that also sets
+ * SO_REUSEPORT (another coil process, or any program) may bind the port
+ * too and the kernel splits new connections between all of them: use it
+ * only for your own processes (N processes serving one port). */
+#define COIL_ADDR_REUSEPORT 0x8
 
 /* A parsed address (kaa grammar: an integer port, host:service, :service,
  * [v6]:service, each with %scope, or a Unix path). Plain data: copy freely. */

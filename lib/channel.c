@@ -770,10 +770,10 @@ static __thread coil_channel_t *showing;
 
 static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 {
-	/* Readers beside the signal get the chunk too; without them the
-	 * signal alone consumed it, even if it disconnected itself meanwhile
-	 * (a read() it issued gets the next bytes, not these again). */
-	bool others = !coil__list_empty(&ch->reads) || ch->on_line;
+	/* Readers beside the signal (pending when the callback returns) get
+	 * the chunk too; without them the signal alone consumed it, even if
+	 * it disconnected itself meanwhile (the next read() gets the next
+	 * bytes, not these again). */
 	bool shown = false;
 	if (ch->on_read) {
 		if (ch->sigq.len || signal_paused(ch)) {
@@ -792,10 +792,22 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 			ch->cur_len = n;
 			coil_channel_t *prev = showing;
 			showing = ch;
+			ch->sig_back = 0;
 			ch->on_read(ch, p, n, ch->on_read_ud);
 			showing = prev;
 			ch->cur_bid = -1;
 			shown = true;
+			if (ch->sig_back && state(ch) == COIL__CH_OPEN) {
+				/* The relay took only the head of the chunk:
+				 * the rest waits for it, first in line. */
+				size_t back = ch->sig_back;
+				ch->sig_back = 0;
+				if (coil__bufq_append(&ch->sigq, p + n - back,
+						      back))
+					set_eof(ch, -ENOMEM);
+				cancel_recv(ch);
+				n -= back;
+			}
 			bool gone = state(ch) != COIL__CH_OPEN;
 			/* Backpressure takes effect now, not at the end of
 			 * the turn. */
@@ -806,7 +818,7 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 				return;
 		}
 	}
-	if (shown && !others)
+	if (shown && coil__list_empty(&ch->reads) && !ch->on_line)
 		return; /* the read signal alone took these bytes */
 	/* Fast path: an empty queue and a plain read at the head. */
 	if (!ch->rq.len && !ch->on_line && !coil__list_empty(&ch->reads)) {
@@ -849,12 +861,21 @@ static void flush_sigq(coil_channel_t *ch)
 	bool fed = false;
 again:
 	ch->flush_again = false;
+	/* Held-back bytes are shown in pieces no larger than a receive
+	 * buffer, as they arrived. */
+	if (ch->w->bufring && coil__bufring_size(ch->w) < chunk)
+		chunk = coil__bufring_size(ch->w);
 	while (ch->sigq.len && ch->on_read && !signal_paused(ch) &&
 	       state(ch) == COIL__CH_OPEN) {
 		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
-		bool others = !coil__list_empty(&ch->reads) || ch->on_line;
+		ch->sig_back = 0;
 		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
-		if (state(ch) == COIL__CH_OPEN && others) {
+		if (ch->sig_back) {
+			n -= ch->sig_back; /* left at the front */
+			ch->sig_back = 0;
+		}
+		if (state(ch) == COIL__CH_OPEN &&
+		    (!coil__list_empty(&ch->reads) || ch->on_line)) {
 			/* Readers beside the signal see the same bytes. */
 			if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
 					      n))
@@ -1704,6 +1725,17 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	if (st != COIL__CH_CLOSING)
 		ch->close_expected = expected;
 	coil__channel_get(ch);
+	/* Bytes a paused read signal had not been shown yet are buffered
+	 * bytes like the read queue's: readers get them (after what is
+	 * queued) and then the end of stream. */
+	if (ch->sigq.len) {
+		if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
+				      ch->sigq.len))
+			ch->rerr = -ENOMEM;
+		coil__bufq_free(&ch->sigq);
+		ch->close_after_sigq = false;
+		rq_changed(ch);
+	}
 	if (ch->flt) /* tls.c: close_notify is owed, or cannot be sent */
 		immediate = ch->flt->closing(ch, immediate);
 	if (!immediate && (ch->wq_head || flt_pending(ch)) && ch->fd >= 0) {
@@ -2466,6 +2498,19 @@ static void relay_on_read(coil_channel_t *src, const void *data, size_t len,
 	struct coil__relay *r = ud;
 	if (!r->active)
 		return;
+	/* Only what fits in dst's queue; the rest waits in src (sig_back)
+	 * until dst drains (its queue is full, so src is paused). */
+	size_t qsize = atomic_load(&r->dst->queue_size);
+	size_t used = atomic_load(&r->dst->wq_used);
+	size_t room = used < qsize ? qsize - used : 0;
+	if (room < len && state(r->dst) == COIL__CH_OPEN) {
+		src->sig_back = len - room;
+		len = room;
+		if (!len) {
+			gate_high(src);
+			return;
+		}
+	}
 	coil_ip_t *w = coil_channel_write_view(r->dst, data, len);
 	if (!w) {
 		int zero = 0;

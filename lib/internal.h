@@ -51,6 +51,9 @@ char *coil__strdup(const char *s);
  * call them directly (static link). */
 size_t coil__alloc_live(void);
 uint64_t coil__alloc_total(void);
+/* Counts an allocation (alloc) or a free that a cache above the seam made
+ * without calling it, so the counters stay true. Calling thread. */
+void coil__alloc_counted(bool alloc);
 
 /* ---- doubly linked intrusive list */
 typedef struct coil__list {
@@ -138,6 +141,10 @@ struct coil__worker {
 	 * queues one; the loop core calls it each turn while ready_head). */
 	struct coil_ip_s *ready_head, *ready_tail;
 	unsigned (*run_ready)(coil__worker *w, unsigned budget);
+	unsigned ip_depth;     /* late-attach callbacks nested now (inprogress.c) */
+	void *ip_frame;        /* innermost then-callback running (inprogress.c) */
+	void *ip_cache[3];     /* freed handles/nodes for reuse (inprogress.c) */
+	unsigned ip_cache_n[3];
 	coil__list defers;     /* coil__defer, run before sleeping */
 	coil__list closers;    /* coil__closer: objects to close on stop */
 	unsigned long ops_inflight;
@@ -235,6 +242,8 @@ bool coil__op_supported(const coil__worker *w, int opcode);
 unsigned coil__features(void);
 /* Tests set bits here to make coil behave as if the kernel lacked them. */
 extern unsigned coil__probe_hide;
+/* Tests: the next N eventfd-read arms fail as if no SQE could be had. */
+extern _Atomic unsigned coil__efd_arm_fail;
 
 /* ---- provided buffers (bufring.c), one group per worker */
 #define COIL__BGID 0
@@ -254,6 +263,9 @@ coil_ip_t *coil__ip_new_on(coil__worker *w);
 /* Settle from the home worker with a value/failure; never fails on the home
  * worker for a pending handle that this caller owns the settling of. */
 int coil__ip_fail_msg(coil_ip_t *ip, int err, const char *msg);
+/* loop.c: a loop was created (live) / is about to be freed (!live); a
+ * handle dropped after its loop is gone then never posts to it. */
+void coil__ip_loop_live(coil_loop_t *loop, bool live);
 /* Runs due callbacks; returns how many handles it processed (bounded). */
 unsigned coil__ip_run_ready(coil__worker *w, unsigned budget);
 coil__worker *coil__ip_home(const coil_ip_t *ip);
@@ -388,6 +400,7 @@ struct coil_channel_s {
 	pthread_mutex_t fd_lock;
 	bool lines_due;       /* readline signal to be served (deferred) */
 	bool in_flush, flush_again; /* flush_sigq running / to rerun */
+	size_t sig_back;      /* tail of the shown chunk the signal left */
 	/* steal: the victim's receive still drains into steal_to (which
 	 * holds steal_wait > 0 and reads nothing of its own until then). */
 	coil_channel_t *steal_to;

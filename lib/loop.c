@@ -608,11 +608,24 @@ static void efd_complete(coil__op *op, int res, unsigned flags);
  * submit), it retries from deferred work: until it is armed, the worker
  * counts as busy and never sleeps, since it would not hear plain-thread
  * posts. */
+_Atomic unsigned coil__efd_arm_fail; /* tests: arms to fail as if no SQE */
+
+static bool efd_arm_should_fail(void)
+{
+	unsigned v = atomic_load_explicit(&coil__efd_arm_fail,
+					  memory_order_relaxed);
+	while (v && !atomic_compare_exchange_weak(&coil__efd_arm_fail, &v, v - 1))
+		;
+	return v != 0;
+}
+
 static void arm_efd(coil__worker *w)
 {
 	w->efd_op.complete = efd_complete;
-	if (coil__prep_read(w, &w->efd_op, w->efd, &w->efd_val,
-			    sizeof(w->efd_val)) == 0)
+	if (coil__unlikely(efd_arm_should_fail()))
+		coil__defer_add(w, &w->efd_retry);
+	else if (coil__prep_read(w, &w->efd_op, w->efd, &w->efd_val,
+				 sizeof(w->efd_val)) == 0)
 		w->efd_armed = true;
 	else if (!w->dead)
 		coil__defer_add(w, &w->efd_retry);
@@ -1093,6 +1106,7 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 		coil__free(loop);
 		return rc;
 	}
+	coil__ip_loop_live(loop, true);
 	*out = loop;
 	return 0;
 }
@@ -1132,6 +1146,7 @@ int coil_loop_free(coil_loop_t *loop)
 			coil__tls_worker = NULL;
 		}
 	}
+	coil__ip_loop_live(loop, false);
 	for (unsigned i = 0; i < loop->nworkers; i++)
 		close(loop->workers[i].efd);
 	pthread_mutex_destroy(&loop->start_lock);

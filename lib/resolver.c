@@ -292,7 +292,8 @@ coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text, int flags)
 {
 	if (!loop)
 		return NULL;
-	coil_ip_t *ip = coil_ip_new(loop);
+	/* coil's own handle: abortable without a hook (inprogress.c). */
+	coil_ip_t *ip = coil__ip_new_on(coil__pick_worker(loop));
 	if (!ip)
 		return NULL;
 	coil_addr_t a;

@@ -264,20 +264,31 @@ int coil_socket_listening(const coil_socket_t *s)
 	       coil_channel_alive(s);
 }
 
-/* getsockname / getpeername of the socket as a coil_sockinfo_t. */
+/* getsockname / getpeername of the socket as a coil_sockinfo_t, under the
+ * channel's fd lock (never on a reused descriptor number). */
+struct name_call {
+	int (*get)(int, struct sockaddr *, socklen_t *);
+	struct sockaddr_storage ss;
+	socklen_t len;
+};
+
+static int name_on_fd(int fd, void *arg)
+{
+	struct name_call *c = arg;
+	c->len = sizeof(c->ss);
+	return c->get(fd, (struct sockaddr *)&c->ss, &c->len) ? -errno : 0;
+}
+
 static int sockinfo_of(const coil_socket_t *s, coil_sockinfo_t *out,
 		       int (*get)(int, struct sockaddr *, socklen_t *))
 {
 	if (!s || !out)
 		return -EINVAL;
-	int fd = coil_channel_fileno(s);
-	if (fd < 0)
-		return -EBADF;
-	struct sockaddr_storage ss;
-	socklen_t l = sizeof(ss);
-	if (get(fd, (struct sockaddr *)&ss, &l))
-		return -errno;
-	return coil_sockinfo_from((struct sockaddr *)&ss, l, out);
+	struct name_call c = {.get = get};
+	int rc = coil__channel_fd_call((coil_socket_t *)s, name_on_fd, &c);
+	if (rc)
+		return rc;
+	return coil_sockinfo_from((struct sockaddr *)&c.ss, c.len, out);
 }
 
 int coil_socket_local(const coil_socket_t *s, coil_sockinfo_t *out)

@@ -15,6 +15,29 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+/* The descriptor is used under the channel's fd lock (chan, issue 12): a
+ * close on the home worker cannot hand the number to a new file meanwhile.
+ * -EBADF means no descriptor (yet, or any more). */
+struct opt_call {
+	int get, level, opt;
+	void *val;
+	socklen_t len;
+};
+
+static int opt_on_fd(int fd, void *arg)
+{
+	struct opt_call *o = arg;
+	int rc = o->get ? getsockopt(fd, o->level, o->opt, o->val, &o->len)
+			: setsockopt(fd, o->level, o->opt, o->val, o->len);
+	return rc ? -errno : 0;
+}
+
+static int fd_opt(coil_socket_t *s, int get, int level, int opt, void *val,
+		  socklen_t len)
+{
+	struct opt_call o = {get, level, opt, val, len};
+	return coil__channel_fd_call(s, opt_on_fd, &o);
+}
 
 int coil_socket_set_buffer_size(coil_socket_t *s, int bytes)
 {
@@ -23,12 +46,10 @@ int coil_socket_set_buffer_size(coil_socket_t *s, int bytes)
 	if (!S(s))
 		return -ENOTSOCK;
 	S(s)->bufsize = bytes;
-	int fd = coil_channel_fileno(s);
-	if (fd >= 0 &&
-	    (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes)) ||
-	     setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes))))
-		return -errno;
-	return 0;
+	int rc = fd_opt(s, 0, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
+	if (!rc)
+		rc = fd_opt(s, 0, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+	return rc == -EBADF ? 0 : rc;
 }
 
 int coil_socket_buffer_size(const coil_socket_t *s)
@@ -37,14 +58,12 @@ int coil_socket_buffer_size(const coil_socket_t *s)
 		return -EINVAL;
 	if (!S(s))
 		return -ENOTSOCK;
-	int fd = coil_channel_fileno(s);
-	if (fd < 0)
-		return S(s)->bufsize ? S(s)->bufsize : -EBADF;
 	int v = 0;
-	socklen_t l = sizeof(v);
-	if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &v, &l))
-		return -errno;
-	return v;
+	int rc = fd_opt((coil_socket_t *)s, 1, SOL_SOCKET, SO_RCVBUF, &v,
+			sizeof(v));
+	if (rc == -EBADF)
+		return S(s)->bufsize ? S(s)->bufsize : -EBADF;
+	return rc ? rc : v;
 }
 
 static int set_flag(coil_socket_t *s, int *field, int level, int opt, int on)
@@ -54,10 +73,8 @@ static int set_flag(coil_socket_t *s, int *field, int level, int opt, int on)
 	if (!S(s))
 		return -ENOTSOCK;
 	*field = on != 0;
-	int fd = coil_channel_fileno(s);
-	if (fd >= 0 && setsockopt(fd, level, opt, field, sizeof(int)))
-		return -errno;
-	return 0;
+	int rc = fd_opt(s, 0, level, opt, field, sizeof(int));
+	return rc == -EBADF ? 0 : rc;
 }
 
 int coil_socket_set_nodelay(coil_socket_t *s, int on)

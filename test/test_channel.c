@@ -444,15 +444,16 @@ static void test_write_owned_and_queue_full(void)
 	 * fails whole with nothing queued, even into an empty queue. A
 	 * channel without a descriptor keeps its queue, so the sizes are
 	 * exact. */
+	static char small[4097];
 	coil_channel_t *q;
 	T_ASSERT_OK(coil_channel_new(L, &q));
 	T_ASSERT_OK(coil_channel_set_queue_size(q, 4096));
-	coil_ip_t *huge = coil_channel_write(q, data, 4097);
+	coil_ip_t *huge = coil_channel_write(q, small, 4097);
 	CU_ASSERT_EQUAL(coil_ip_error(huge), -ENOBUFS);
 	CU_ASSERT_PTR_NOT_NULL(strstr(coil_ip_message(huge), "queue_size"));
 	coil_ip_unref(huge);
 	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 0);
-	coil_ip_t *fits = coil_channel_write(q, data, 4000);
+	coil_ip_t *fits = coil_channel_write(q, small, 4000);
 	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 4000);
 	coil_ip_t *w2 = coil_channel_write(q, "more more more more more more "
 					      "more more more more more more "
@@ -463,7 +464,7 @@ static void test_write_owned_and_queue_full(void)
 	CU_ASSERT_EQUAL(coil_ip_error(w2), -ENOBUFS);
 	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 4000);
 	coil_ip_unref(w2);
-	coil_ip_t *last = coil_channel_write(q, data, 96);
+	coil_ip_t *last = coil_channel_write(q, small, 96);
 	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 4096);
 	coil_channel_release(q);
 	T_ASSERT_OK(t_wait(fits));

@@ -428,6 +428,38 @@ static void test_registered_ring_fallback(void)
 	}
 }
 
+/* The eventfd read that wakes a worker for plain-thread posts could not be
+ * armed (no SQE: simulated through a test hook). The worker retries it
+ * instead of going to sleep deaf: a post from this thread still runs.
+ * Before the fix the arm was never retried, the worker slept for good and
+ * the post never ran (and coil_loop_free could not stop it). */
+static void test_efd_rearm_retried(void)
+{
+	coil_loop_t *loop = loop_with_flags(0);
+	CU_ASSERT_PTR_NOT_NULL_FATAL(loop);
+	/* Let the worker arm its eventfd and go to sleep. */
+	coil_ip_t *ip = coil_sleep(loop, 1);
+	T_ASSERT_OK(t_wait(ip));
+	coil_ip_unref(ip);
+	/* Wake it; its next re-arm (after this wake-up) fails twice. */
+	atomic_store(&coil__efd_arm_fail, 2);
+	struct post_ctx c = {.loop = loop, .want = 0};
+	T_ASSERT_OK(coil_loop_post(loop, 0, count_task, &c));
+	for (int i = 0; i < 10000 && atomic_load(&c.count) < 1; i++)
+		usleep(1000);
+	CU_ASSERT_EQUAL(atomic_load(&c.count), 1);
+	/* The worker is asleep again; only a working eventfd wakes it. A
+	 * generous bound (10 s), not a timing assertion. */
+	usleep(20000);
+	T_ASSERT_OK(coil_loop_post(loop, 0, count_task, &c));
+	for (int i = 0; i < 10000 && atomic_load(&c.count) < 2; i++)
+		usleep(1000);
+	CU_ASSERT_EQUAL(atomic_load(&c.count), 2);
+	CU_ASSERT_EQUAL(atomic_load(&coil__efd_arm_fail), 0);
+	if (atomic_load(&c.count) == 2)
+		coil_loop_free(loop); /* would hang on a deaf worker */
+}
+
 /* Posting after free is refused rather than lost. */
 static void test_idle_worker_sleeps(void)
 {
@@ -460,6 +492,7 @@ static const coil_test_t tests[] = {
 	{"missing_feature", test_missing_feature},
 	{"read_multishot_fallback", test_read_multishot_fallback},
 	{"registered_ring_fallback", test_registered_ring_fallback},
+	{"efd_rearm_retried", test_efd_rearm_retried},
 	{NULL, NULL},
 };
 
