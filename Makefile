@@ -157,7 +157,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 RUN_ARGS ?=
 run: deps
-	@$(MAKE) --no-print-directory $(B)/examples/http_echo
+	@$(MAKE) --no-print-directory -q $(B)/examples/http_echo || \
+	    $(MAKE) --no-print-directory $(B)/examples/http_echo
 	@exec $(B)/examples/http_echo --host '$(HOST)' --port '$(PORT)' $(RUN_ARGS)
 
 check-exports: $(B)/libcoil.so
