@@ -206,7 +206,7 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libcoil.a $(DESTDIR)$(LIBDIR)/libcoil.so \
 	      $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libcoil.so.$(VERSION) \
 	      $(DESTDIR)$(LIBDIR)/pkgconfig/coil.pc
-	rm -f $(DESTDIR)$(MANDIR)/man3/coil_*.3
+	rm -f $(DESTDIR)$(MANDIR)/man3/coil_*.3 $(DESTDIR)$(MANDIR)/man3/coil.3
 
 clean:
 	rm -rf build coil.pc
