@@ -540,6 +540,49 @@ static void test_doc_programs_installed(void)
 	rm_tmp(work);
 }
 
+
+/* (g) What `make test` installs on a fresh machine: the peers the suite
+ * drives the examples with, man/groff, and the clang runtime package of
+ * the clang that is installed (not a pinned version). */
+static void test_deps_lists(void)
+{
+	char line[512];
+	static const char *const peers[] = {
+		"curl", "apache2-utils", "nghttp2-client", "wrk", "python3",
+		"man-db", "groff-base", "liburing-dev", "libcunit1-dev", NULL};
+	for (int i = 0; peers[i]; i++) {
+		int rc = capture(line, sizeof(line),
+				 "sh scripts/deps.sh --list test | grep -x '%s'",
+				 peers[i]);
+		if (rc)
+			printf("\n  deps.sh test lacks %s\n", peers[i]);
+		CU_ASSERT_EQUAL(rc, 0);
+	}
+	g_quiet = true;
+	CU_ASSERT_NOT_EQUAL(sh("sh scripts/deps.sh --list build | grep -q "
+			       "'^curl$'"), 0);
+	CU_ASSERT_EQUAL(sh("sh scripts/deps.sh bogus >/dev/null 2>&1"), 2);
+	g_quiet = false;
+	if (!have("clang"))
+		SKIP("clang not installed: its runtime package not checked");
+	char major[32];
+	CU_ASSERT_EQUAL_FATAL(
+		capture(major, sizeof(major),
+			"clang --version | sed -n 's/.*clang version "
+			"\\([0-9][0-9]*\\).*/\\1/p' | head -n 1"), 0);
+	CU_ASSERT_FATAL(major[0] != 0);
+	CU_ASSERT_EQUAL(capture(line, sizeof(line),
+				"sh scripts/deps.sh --list test | grep "
+				"'^libclang-\\(rt\\|common\\)-'"), 0);
+	char want_rt[96], want_common[96];
+	snprintf(want_rt, sizeof(want_rt), "libclang-rt-%s-dev", major);
+	snprintf(want_common, sizeof(want_common), "libclang-common-%s-dev",
+		 major);
+	if (strcmp(line, want_rt) && strcmp(line, want_common))
+		printf("\n  clang %s, runtime package listed: '%s'\n", major, line);
+	CU_ASSERT(!strcmp(line, want_rt) || !strcmp(line, want_common));
+}
+
 /* Finds the repository root (walking up from the working directory) and
  * the build directory: $COIL_BUILD_DIR, else the directory this program was
  * built in (build/<variant>/test/test_packaging), else build/rel. */
@@ -607,6 +650,7 @@ static const coil_test_t tests[] = {
 	{"install_pkgconfig", test_install_pkgconfig},
 	{"doc_examples", test_doc_examples},
 	{"doc_programs_installed", test_doc_programs_installed},
+	{"deps_lists", test_deps_lists},
 	{NULL, NULL},
 };
 
