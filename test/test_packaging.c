@@ -338,6 +338,9 @@ static void test_install_pkgconfig(void)
 		CU_ASSERT_EQUAL(sh("readelf -d '%s/prog' | grep -q "
 				   "'NEEDED.*libcoil.so.%d'", work,
 				   COIL_VERSION_MAJOR), 0);
+		/* It records the symbol version it needs (lib/coil.map). */
+		CU_ASSERT_EQUAL(sh("readelf -V '%s/prog' | grep -q 'Name: COIL_0'",
+				   work), 0);
 		rc = sh("LD_LIBRARY_PATH='%s/usr/lib' '%s/prog'", dest, work);
 		if (rc == 77) {
 			rm_tmp(dest);
