@@ -26,6 +26,13 @@ static const char *g_variant = "rel";
  * NULL when the variant is unknown: link steps are then skipped. */
 static const char *g_san;
 static const char *g_libs;
+/* A TLS build's archive may need OpenSSL (the Makefile's pkg-config
+ * --libs openssl). */
+#ifdef COIL_HAVE_OPENSSL
+#define TLS_LIBS " -lssl -lcrypto"
+#else
+#define TLS_LIBS ""
+#endif
 /* Set around commands that are expected to fail. */
 static bool g_quiet;
 
@@ -628,20 +635,27 @@ static int locate(const char *argv0)
 	snprintf(g_build, sizeof(g_build), "%s", build);
 	const char *v = strrchr(g_build, '/');
 	g_variant = v ? v + 1 : g_build;
-	/* Keep in step with the Makefile's SAN and JEMALLOC per variant. */
+	/* Keep in step with the Makefile's SAN and JEMALLOC per variant
+	 * (build/<variant>-notls when built without OpenSSL). */
+	static char base[PATH_MAX + 16];
+	snprintf(base, sizeof(base), "%s", g_variant);
+	char *dash = strstr(base, "-notls");
+	if (dash && !dash[6])
+		*dash = 0;
+	g_variant = base;
 	if (!strcmp(g_variant, "rel")) {
 		g_san = "";
-		g_libs = "-luring -ljemalloc -lpthread -lm";
+		g_libs = "-luring -ljemalloc -lpthread -lm" TLS_LIBS;
 	} else if (!strcmp(g_variant, "asan")) {
 		g_san = "-fsanitize=address,undefined -fno-omit-frame-pointer "
 			"-fno-sanitize-recover=undefined";
-		g_libs = "-luring -lpthread -lm";
+		g_libs = "-luring -lpthread -lm" TLS_LIBS;
 	} else if (!strcmp(g_variant, "tsan")) {
 		g_san = "-fsanitize=thread -fno-omit-frame-pointer";
-		g_libs = "-luring -lpthread -lm";
+		g_libs = "-luring -lpthread -lm" TLS_LIBS;
 	} else if (!strcmp(g_variant, "valgrind")) {
 		g_san = "";
-		g_libs = "-luring -lpthread -lm";
+		g_libs = "-luring -lpthread -lm" TLS_LIBS;
 	}
 	return chdir(g_root);
 }
