@@ -941,6 +941,10 @@ static void test_http_echo_h2load_wrk(void)
 		snprintf(want, sizeof(want), "status codes: %d 2xx, 0 3xx, 0 4xx, 0 5xx",
 			 n);
 		CU_ASSERT_PTR_NOT_NULL(strstr(out, want));
+		/* Bodies: "hello\n" each, nothing more (HEAD-style bodyless
+		 * or doubled answers would show here). */
+		snprintf(want, sizeof(want), "(%d) data", 6 * n);
+		CU_ASSERT_PTR_NOT_NULL(strstr(out, want));
 		if (!strstr(out, want))
 			fprintf(stderr, "%s\n", out);
 		free(out);
