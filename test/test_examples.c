@@ -788,6 +788,24 @@ static void test_http_echo_curl_protocol(void)
 	if (!end || strcmp(end + 4, "[1]hello\n[0]"))
 		fprintf(stderr, "HEAD then GET: '%s'\n", out);
 	free(out);
+	/* HEAD, raw and pipelined with a GET: the second answer starts
+	 * right after the first head (a body there would be read as the
+	 * next answer, curl's "Excess found"). */
+	char *raw = raw_exchange(port, "HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n"
+				       "GET /hello HTTP/1.1\r\nHost: t\r\n"
+				       "Connection: close\r\n\r\n");
+	char *h1 = strstr(raw, "\r\n\r\n");
+	CU_ASSERT_EQUAL(strncmp(raw, "HTTP/1.1 200 OK\r\n", 17), 0);
+	CU_ASSERT(h1 && !strncmp(h1 + 4, "HTTP/1.1 200 OK\r\n", 17));
+	CU_ASSERT(h1 && strstr(h1 + 4, "\r\n\r\nhello\n") &&
+		  !strcmp(strstr(h1 + 4, "\r\n\r\n"), "\r\n\r\nhello\n"));
+	/* Its Content-Length is what the GET's echo would be: the echoed
+	 * head "HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n" is 29 bytes. */
+	CU_ASSERT(header_value(raw, "Content-Length", v, sizeof(v)) &&
+		  !strcmp(v, "29"));
+	if (!h1 || strncmp(h1 + 4, "HTTP/1.1 200 OK\r\n", 17))
+		fprintf(stderr, "HEAD + GET: '%s'\n", raw);
+	free(raw);
 	/* HEAD of an echo: the length the GET body would have. */
 	snprintf(cmd, sizeof(cmd),
 		 "curl -s -o /dev/null -w '%%{size_download} %%{http_code}' --head "
