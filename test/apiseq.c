@@ -104,7 +104,7 @@ static const struct {
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
-#define AQ_DEFAULT_GATES "small-buffers,steal-in-signal"
+#define AQ_DEFAULT_GATES "small-buffers,steal-in-signal,close-paused-signal"
 
 static unsigned gates_parse(const char *s)
 {
