@@ -262,6 +262,7 @@ struct aq_conn {
 	int changes; /* close / release / steal made (for "gone" checks) */
 	int in_sig;  /* inside a read-signal callback (any depth) */
 	int in_line; /* inside a readline-signal callback (any depth) */
+	int refs;    /* references the plain threads hold (coil_channel_ref) */
 	int foreign_inflight;
 	int line_on;
 	aq_sub *read_sub, *line_sub, *closed_sub, *subs;
@@ -927,6 +928,13 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 	case OP_RELEASE:
 		c->released = 1;
 		c->changes++;
+		/* While plain threads hold references this is not the last
+		 * release: the channel and its signals live on. */
+		if (c->refs && c->ch == c->chs[0]) {
+			op = -1;
+			coil_channel_release(c->ch);
+			break;
+		}
 		if (!issuer)
 			model_apply(c, OP_RELEASE, 0, NULL);
 		coil_channel_release(c->ch);
@@ -1045,6 +1053,33 @@ static void *user_thread(void *arg)
 		op_do(&run->conns[o[0]], o[1], o[2], th->k + 1, NULL, NULL, 0);
 		if (o[2] & 8)
 			sched_yield();
+	}
+	/* Drop the references taken for this thread (contract 4). */
+	for (int i = 0; i < AQ_CONNS; i++) {
+		aq_conn *c = &run->conns[i];
+		pthread_mutex_lock(&c->mu);
+		if (c->refs) {
+			c->refs--;
+			bool last = !c->refs && c->released && c->ch == c->chs[0];
+			if (last)
+				c->foreign_inflight++;
+			coil_channel_release(c->chs[0]);
+			if (last) {
+				/* The last release: the signals end once it
+				 * took effect (the fence). */
+				aq_fence *f = calloc(1, sizeof(*f));
+				if (!f)
+					abort();
+				f->c = c;
+				f->op = OP_RELEASE;
+				if (coil_loop_post(run->loop, c->home, fence_run,
+						   f)) {
+					violation(run, "coil_loop_post failed");
+					free(f);
+				}
+			}
+		}
+		pthread_mutex_unlock(&c->mu);
 	}
 	return NULL;
 }
@@ -1757,8 +1792,8 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 	/* Few, small provided buffers: the ENOBUFS and pause paths. */
 	o.buf_count = (cfg[5] & 1) && !(run->gates & G_SMALL_BUFFERS) ? 16 : 0;
 	o.buf_size = (cfg[5] & 2) && !(run->gates & G_SMALL_BUFFERS) ? 512 : 0;
-	vlog(run, "apiseq: buf_count %u buf_size %u sndbuf %d\n", o.buf_count,
-	     o.buf_size, (cfg[5] & 4) ? 4096 : 0);
+	vlog(run, "apiseq: buf_count %u buf_size %u sndbuf %d thread refs %d\n",
+	     o.buf_count, o.buf_size, (cfg[5] & 4) ? 4096 : 0, !!(cfg[5] & 16));
 	int rc = coil_loop_new(&run->loop, &o);
 	if (rc) {
 		snprintf(err, errlen, "coil_loop_new: %s", coil_strerror(rc));
@@ -1869,6 +1904,19 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 			continue;
 		if (pthread_create(&c->peer, NULL, peer_main, c) == 0)
 			c->peer_started = 1;
+	}
+	/* Plain threads that hold their own references (coil_channel_ref,
+	 * contract 4): a release by the sequence is then not the last one. */
+	for (int i = 0; i < AQ_CONNS && (cfg[5] & 16); i++) {
+		aq_conn *c = &run->conns[i];
+		if (!c->ch)
+			continue;
+		for (int k = 0; k < AQ_THREADS; k++) {
+			if (coil_channel_ref(c->ch) != c->ch)
+				violation(run, "coil_channel_ref returned another "
+					       "channel");
+			c->refs++;
+		}
 	}
 	pthread_t th[AQ_THREADS];
 	aq_thread ta[AQ_THREADS];
