@@ -82,6 +82,8 @@ enum {
 				      bytes) */
 	G_STEAL_IN_SIGNAL = 1u << 11, /* steal inside a signal callback of the
 					 victim */
+	G_RELEASE_IN_SIGNAL = 1u << 12, /* release inside a read or readline
+					   callback */
 };
 
 static const struct {
@@ -100,11 +102,13 @@ static const struct {
 	{G_SMALL_BUFFERS, "small-buffers"},
 	{G_CLOSE_PAUSED, "close-paused-signal"},
 	{G_STEAL_IN_SIGNAL, "steal-in-signal"},
+	{G_RELEASE_IN_SIGNAL, "release-in-signal"},
 };
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
-#define AQ_DEFAULT_GATES "small-buffers,steal-in-signal,close-paused-signal"
+#define AQ_DEFAULT_GATES                                                   \
+	"small-buffers,steal-in-signal,close-paused-signal,release-in-signal"
 
 static unsigned gates_parse(const char *s)
 {
@@ -297,6 +301,7 @@ struct aq_conn {
 struct aq_run {
 	coil_loop_t *loop;
 	FILE *logf; /* verbose output: stderr, or memory kept for failures */
+	pthread_mutex_t logmu;
 	unsigned gates;
 	int verbose;
 	aq_conn conns[AQ_CONNS];
@@ -336,7 +341,9 @@ static void vlog(aq_run *run, const char *fmt, ...)
 		return;
 	va_list ap;
 	va_start(ap, fmt);
+	pthread_mutex_lock(&run->logmu);
 	vfprintf(run->logf, fmt, ap);
+	pthread_mutex_unlock(&run->logmu);
 	va_end(ap);
 }
 
@@ -861,6 +868,11 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 	}
 	if (op == OP_INTO && c->line_on && (run->gates & G_INTO_BESIDE_LINE))
 		op = OP_EXACT;
+	if (op == OP_RELEASE && (run->gates & G_RELEASE_IN_SIGNAL) &&
+	    (c->in_sig || c->in_line)) {
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
 	if ((op == OP_CLOSE || op == OP_RELEASE) &&
 	    (run->gates & G_CLOSE_PAUSED) &&
 	    (c->read_sub || c->foreign_inflight)) {
@@ -1773,6 +1785,7 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 	run->gates = gates_get();
 	aq_current = run;
 	pthread_mutex_init(&run->mu, NULL);
+	pthread_mutex_init(&run->logmu, NULL);
 	coil_set_unobserved_handler(unobserved_quiet, NULL);
 
 	uint8_t cfg[8] = {0};
@@ -1967,6 +1980,7 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 					  ? coil_ip_wait(c->drain_done, 20000)
 					  : 0;
 			if (wrc) {
+				pthread_mutex_lock(&c->mu);
 				violation(run,
 					  "conn %d: the final drain did not end "
 					  "(%d) in 20 s (a read never settled or "
@@ -1985,6 +1999,7 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 					  coil_channel_write_queue_used(c->ch),
 					  c->drain_reads);
 				c->drain_full = 0;
+				pthread_mutex_unlock(&c->mu);
 			}
 		}
 		/* Release the channels still held, on their home worker
@@ -2102,6 +2117,7 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 		free(logbuf);
 	}
 	pthread_mutex_destroy(&run->mu);
+	pthread_mutex_destroy(&run->logmu);
 	free(run);
 	return failed ? 1 : 0;
 }
