@@ -24,6 +24,10 @@
  * request (off by default, so benchmarks stay clean).
  * SIGINT or SIGTERM stop it gracefully: the listener closes, responses in
  * flight are finished, then the loop stops (exit 0).
+ * With --cert FILE --key FILE it serves HTTPS (TLS 1.2/1.3, ALPN http/1.1)
+ * with the same behaviour: clients arrive handshaken through
+ * coil_socket_on_new_tls_client; a handshake must finish within
+ * --header-timeout.
  */
 #include <coil.h>
 
@@ -678,6 +682,8 @@ static void help(void)
 "  --log-level LEVEL    stderr: error (failures only), warn (also one line\n"
 "                       per rejected client: 4xx/5xx, timeouts), info (also\n"
 "                       start and stop) (default: info)\n"
+"  --cert FILE          serve HTTPS: PEM certificate chain (with --key)\n"
+"  --key FILE           its PEM private key (default: plain HTTP)\n"
 "  --help               this text, then exit 0\n"
 "  --version            the program's and coil's version, then exit 0\n",
 	       DEF_PORT, MAX_THREADS, limits.max_head, MIN_HEAD, MAX_HEAD,
@@ -743,6 +749,7 @@ int main(int argc, char **argv)
 	const char *host = DEF_HOST;
 	int port = DEF_PORT;
 	unsigned threads = 0;
+	const char *cert = NULL, *key = NULL; /* --cert/--key: HTTPS */
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -760,6 +767,10 @@ int main(int argc, char **argv)
 		const char *v = argv[++i];
 		if (!strcmp(a, "--host"))
 			host = v;
+		else if (!strcmp(a, "--cert"))
+			cert = v;
+		else if (!strcmp(a, "--key"))
+			key = v;
 		else if (!strcmp(a, "--port"))
 			port = (int)num_arg(a, v, 0, 65535);
 		else if (!strcmp(a, "--threads"))
@@ -820,6 +831,26 @@ int main(int argc, char **argv)
 	char addr[300], numeric[300];
 	snprintf(addr, sizeof(addr), strchr(host, ':') ? "[%s]:%d" : "%s:%d", host,
 		 port);
+	coil_tls_ctx_t *tls = NULL;
+	if ((cert != NULL) != (key != NULL))
+		usage_error("%s: --cert and --key go together", cert ? cert : key);
+	if (cert) {
+		static const char *const alpn[] = {"http/1.1"};
+		rc = coil_tls_ctx_new(COIL_TLS_SERVER, &tls);
+		if (!rc)
+			rc = coil_tls_ctx_use_cert_file(tls, cert, key);
+		if (!rc)
+			rc = coil_tls_ctx_set_alpn(tls, alpn, 1);
+		if (!rc)
+			rc = coil_tls_ctx_set_handshake_timeout(tls,
+								header_timeout_ms);
+		if (rc) {
+			fprintf(stderr, "http_echo: TLS: %s %s\n",
+				coil_strerror(rc), coil_tls_ctx_error(tls));
+			coil_loop_free(loop);
+			return 1;
+		}
+	}
 	coil_socket_t *l = NULL;
 	rc = workers ? 0 : -ENOMEM;
 	if (!rc && !resolve_listen(addr, numeric, sizeof(numeric))) {
@@ -828,7 +859,9 @@ int main(int argc, char **argv)
 	}
 	if (!rc)
 		rc = coil_socket_new(loop, &l);
-	if (!rc)
+	if (!rc && tls)
+		rc = coil_socket_on_new_tls_client(l, tls, on_client, NULL);
+	else if (!rc)
 		rc = coil_socket_on_new_client(l, on_client, NULL);
 	if (!rc)
 		rc = coil_socket_listen(l, numeric, 0, 0);
@@ -855,10 +888,10 @@ int main(int argc, char **argv)
 	char url[400];
 	if (!coil_socket_local(l, &si))
 		snprintf(url, sizeof(url),
-			 si.family == AF_INET6 ? "http://[%s]:%u/" : "http://%s:%u/",
-			 si.host, si.port);
+			 si.family == AF_INET6 ? "http%s://[%s]:%u/" : "http%s://%s:%u/",
+			 tls ? "s" : "", si.host, si.port);
 	else
-		snprintf(url, sizeof(url), "http://%s/", numeric);
+		snprintf(url, sizeof(url), "http%s://%s/", tls ? "s" : "", numeric);
 	if (log_level >= LOG_INFO) {
 		fprintf(stderr,
 			"http_echo: listening on %s with %u worker%s (coil %s); "
@@ -881,6 +914,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < 200 && atomic_load(&open_conns) > 0; i++)
 		usleep(10000);
 	coil_loop_free(loop);
+	coil_tls_ctx_free(tls);
 	free(workers);
 	if (access_log && access_log != stdout)
 		fclose(access_log);

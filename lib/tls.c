@@ -33,6 +33,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #ifdef COIL_HAVE_OPENSSL
 
@@ -674,9 +676,19 @@ static int alpn_select_cb(SSL *ssl, const unsigned char **out,
 
 static const struct coil__filter_ops tls_ops;
 
+/* Any thread: flt is published with a release store after flt_state. */
 static inline tls_conn *conn_of(const coil_channel_t *ch)
 {
-	return ch->flt == &tls_ops ? ch->flt_state : NULL;
+	if (__atomic_load_n(&ch->flt, __ATOMIC_ACQUIRE) != &tls_ops)
+		return NULL;
+	return ch->flt_state;
+}
+
+static void publish(coil_channel_t *ch, const struct coil__filter_ops *ops,
+		    void *state)
+{
+	ch->flt_state = state;
+	__atomic_store_n(&ch->flt, ops, __ATOMIC_RELEASE);
 }
 
 static void obuf_free(obuf *b)
@@ -697,7 +709,8 @@ static void fill_info(tls_conn *t)
 	SSL_get0_alpn_selected(t->ssl, &a, &alen);
 	if (alen >= sizeof(i->alpn))
 		alen = sizeof(i->alpn) - 1;
-	memcpy(i->alpn, a, alen);
+	if (a && alen)
+		memcpy(i->alpn, a, alen);
 	i->alpn[alen] = 0;
 	const char *sn = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
 	snprintf(i->server_name, sizeof(i->server_name), "%s", sn ? sn : "");
@@ -710,6 +723,22 @@ static void fill_info(tls_conn *t)
 	i->session_reused = SSL_session_reused(t->ssl);
 	i->server = t->server;
 	atomic_store_explicit(&t->info_ready, true, memory_order_release);
+}
+
+/* Before a fatal close: the alert OpenSSL queued goes out at once with one
+ * non-blocking send(2), so that the peer learns why (best effort; skipped
+ * while a send of ours is in flight, which must stay first). */
+static void flush_alert(tls_conn *t)
+{
+	coil_channel_t *ch = t->ch;
+	if (!t->fill.len || t->busy.len || ch->send_inflight || ch->fd < 0 ||
+	    !(ch->mode & COIL_IO_WRITE))
+		return;
+	ssize_t r = ch->is_socket ? send(ch->fd, t->fill.p, t->fill.len,
+					 MSG_DONTWAIT | MSG_NOSIGNAL)
+				  : write(ch->fd, t->fill.p, t->fill.len);
+	(void)r;
+	t->fill.len = 0;
 }
 
 /* A fatal TLS error: the reason goes to the handshake's handle (if any)
@@ -732,6 +761,7 @@ static void conn_fatal(tls_conn *t, int err, const char *fmt, ...)
 		coil__ip_fail_msg(ip, err, t->errmsg);
 		coil_ip_unref(ip);
 	}
+	flush_alert(t);
 	coil__channel_end(t->ch, err);
 }
 
@@ -1031,16 +1061,19 @@ static int hs_abort(coil_ip_t *ip, void *arg)
 	tls_conn *t = arg;
 	if (t->hs_ip != ip)
 		return 0;
-	t->hs_ip = NULL;
-	coil_ip_unref(ip); /* the caller of abort holds its own */
 	if (!t->failed) {
 		t->failed = true;
 		t->err = -ECANCELED;
 		snprintf(t->errmsg, sizeof(t->errmsg),
 			 "TLS handshake aborted");
 	}
+	/* Settled here, before our reference goes: the last one that is not
+	 * an observer's (a timeout's) must not be dropped while pending. */
+	t->hs_ip = NULL;
+	coil__ip_fail_msg(ip, -ECANCELED, "TLS handshake aborted");
+	coil_ip_unref(ip);
 	coil__channel_close_local(t->ch, true, false);
-	return 0;
+	return 1; /* settled */
 }
 
 /* Home worker: installs the filter and starts the handshake. */
@@ -1077,8 +1110,7 @@ static void start_local(tls_conn *t)
 		return;
 	}
 	coil_ip_set_abort(t->hs_ip, hs_abort, t);
-	ch->flt_state = t;
-	ch->flt = &tls_ops;
+	publish(ch, &tls_ops, t);
 	/* Bytes already read past the plaintext part of the protocol (a
 	 * ClientHello pipelined behind STARTTLS) are the first records. */
 	size_t have = ch->rq.len;
@@ -1248,6 +1280,30 @@ static void listen_put(tls_listen *l)
 	coil__free(l);
 }
 
+/*
+ * Plaintext that came in the same segment as the client's Finished was
+ * decrypted before the new-client callback could connect a read signal, so
+ * it waits in the read queue, where a read signal connected later would
+ * never see it (a plain client's bytes wait in the kernel until someone
+ * wants them). Once the callback returned, it is delivered again, as if it
+ * were arriving now: the signal sees it, and what no one takes stays
+ * queued, in order.
+ */
+static void replay(coil_channel_t *ch)
+{
+	size_t n = ch->rq.len;
+	if (!n || atomic_load(&ch->st) != COIL__CH_OPEN || !ch->on_read)
+		return;
+	char *copy = coil__malloc(n);
+	if (!copy)
+		return; /* left for read() and readline() */
+	memcpy(copy, coil__bufq_data(&ch->rq), n);
+	coil__bufq_consume(&ch->rq, n);
+	atomic_store(&ch->rq_used, 0);
+	coil__channel_deliver(ch, copy, n);
+	coil__free(copy);
+}
+
 static void pending_done(coil_ip_t *ip, void *ud)
 {
 	tls_waiter *p = ud;
@@ -1255,9 +1311,13 @@ static void pending_done(coil_ip_t *ip, void *ud)
 	coil_socket_t *lst = l->listener;
 	bool open = atomic_load(&lst->st) == COIL__CH_OPEN &&
 		    !atomic_load(&lst->close_req);
-	if (coil_ip_error(ip) == 0 && open && l->cb)
-		l->cb(lst, p->client, l->ud);
-	else
+	if (coil_ip_error(ip) == 0 && open && l->cb) {
+		coil_socket_t *c = p->client;
+		coil__channel_get(c);
+		l->cb(lst, c, l->ud);
+		replay(c);
+		coil__channel_put(c);
+	} else
 		coil_channel_release(p->client);
 	coil__channel_put(lst);
 	listen_put(l);
@@ -1341,8 +1401,7 @@ static void bind_local(struct listen_req *r)
 	}
 	if (s->flt)
 		listen_put(s->flt_state);
-	s->flt_state = r->l;
-	s->flt = &listen_ops;
+	publish(s, &listen_ops, r->l);
 	r->rc = 0;
 }
 

@@ -20,6 +20,9 @@ FUZZ_LIBS_addr := -luring -lpthread
 # apiseq: random API sequences against the whole library (test/apiseq.c).
 FUZZ_SRCS_apiseq := $(sort $(wildcard lib/*.c))
 FUZZ_LIBS_apiseq := -luring -lpthread
+# tls: the library with OpenSSL (the -D reaches every source of the line).
+FUZZ_SRCS_tls := $(sort $(wildcard lib/*.c))
+FUZZ_LIBS_tls := -DCOIL_HAVE_OPENSSL -luring -lpthread -lssl -lcrypto
 
 FUZZ_CC ?= clang
 FUZZ_TIME ?= 60
