@@ -461,11 +461,17 @@ static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 	ev->flag = F_CONSUMED;
 	int idx = (int)(ev - c->ev);
 	int changes = c->changes;
-	/* The read signal alone takes a chunk when, as it is shown, no
-	 * request is queued and no readline signal is connected (decided
-	 * before the callback: what the callback does to the signal or the
-	 * requests does not change it; docs/channel.md). */
+	/* The read signal alone takes a chunk when, as its callback returns,
+	 * no request is queued and no readline signal is connected
+	 * (docs/channel.md "Signals": a read the callback itself issues
+	 * shares the chunk). */
 	int flag = F_CONSUMED;
+	int inflight = c->foreign_inflight;
+	int *in_ctr = type == EV_SIG ? &c->in_sig : &c->in_line;
+	(*in_ctr)++;
+	cb_next(c, s, data, len);
+	(*in_ctr)--;
+	ev = &c->ev[idx];
 	if (type == EV_SIG) {
 		int ci = chan_index(c, ch);
 		bool consumers = c->line_on && c->line_sub && c->line_sub->ch == ch;
@@ -476,19 +482,12 @@ static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 				consumers = true;
 		}
 		flag = consumers ? F_SHARED : F_CONSUMED;
-		if (c->foreign_inflight || c->closed_by_us ||
-		    (ci >= 0 && c->closed_count[ci]))
+		/* A plain thread's call in flight, or a callback that closed,
+		 * released or stole: either may be right. */
+		if (inflight || c->foreign_inflight || c->closed_by_us ||
+		    changes != c->changes || (ci >= 0 && c->closed_count[ci]))
 			flag = F_EITHER;
 	}
-	int *in_ctr = type == EV_SIG ? &c->in_sig : &c->in_line;
-	(*in_ctr)++;
-	cb_next(c, s, data, len);
-	(*in_ctr)--;
-	ev = &c->ev[idx];
-	/* A callback that closed, released or stole: the chunk may not
-	 * reach the readers. */
-	if (type == EV_SIG && changes != c->changes)
-		flag = F_EITHER;
 	ev->flag = flag;
 	pthread_mutex_unlock(&c->mu);
 }
