@@ -107,8 +107,7 @@ static const struct {
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
-#define AQ_DEFAULT_GATES                                                   \
-	"small-buffers,steal-in-signal,close-paused-signal,release-in-signal"
+#define AQ_DEFAULT_GATES "small-buffers,steal-in-signal,release-in-signal"
 
 static unsigned gates_parse(const char *s)
 {
