@@ -84,6 +84,8 @@ enum {
 					 victim */
 	G_RELEASE_IN_SIGNAL = 1u << 12, /* release inside a read or readline
 					   callback */
+	G_STEAL_CHAIN = 1u << 13, /* a second steal on one connection (the
+				     thief stolen in turn) */
 };
 
 static const struct {
@@ -103,11 +105,13 @@ static const struct {
 	{G_CLOSE_PAUSED, "close-paused-signal"},
 	{G_STEAL_IN_SIGNAL, "steal-in-signal"},
 	{G_RELEASE_IN_SIGNAL, "release-in-signal"},
+	{G_STEAL_CHAIN, "steal-chain"},
 };
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
-#define AQ_DEFAULT_GATES "small-buffers,steal-in-signal,release-in-signal"
+#define AQ_DEFAULT_GATES                                                   \
+	"small-buffers,steal-in-signal,release-in-signal,steal-chain"
 
 static unsigned gates_parse(const char *s)
 {
@@ -951,6 +955,7 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 		break;
 	case OP_STEAL:
 		if ((run->gates & G_STEAL) || c->foreign_inflight ||
+		    (c->stole && (run->gates & G_STEAL_CHAIN)) ||
 		    ((run->gates & G_STEAL_IN_SIGNAL) && (c->in_sig || c->in_line)))
 			break;
 		do_steal(c, issuer);
