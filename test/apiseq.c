@@ -1702,8 +1702,15 @@ static void check_writes(aq_conn *c)
 						  c->idx,
 						  (long long)coil_ip_int(r->ip),
 						  r->wlen);
+				/* TCP: closing with unread input resets the
+				 * connection and the kernel drops its send
+				 * queue (RFC 2525 2.17), so a finished write
+				 * may never arrive once the sequence closed
+				 * or released the channel. */
+				bool tcp_cut = c->tcp && (c->closed_by_us ||
+							  c->released);
 				if (!r->appeared && !c->peer_reset &&
-				    !c->rx_over && !c->peer_timeout)
+				    !c->rx_over && !c->peer_timeout && !tcp_cut)
 					violation(c->run,
 						  "conn %d: write seq %u (op %d, "
 						  "%s) finished but never "
@@ -2052,8 +2059,10 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 			continue;
 		if (c->drain_done && coil_ip_state(c->drain_done) != COIL_IP_FINISHED)
 			c->drain_full = 0;
-		if (freed_early)
+		if (freed_early) {
 			c->drain_full = 0;
+			c->closed_by_us = 1; /* the stop closed it at once */
+		}
 		check_reads(c);
 		check_writes(c);
 		for (int j = 0; j < c->nchs; j++) {
