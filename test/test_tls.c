@@ -946,6 +946,84 @@ static void test_readline_across_records(void)
 	coil_tls_ctx_free(sc);
 }
 
+/* Channel behaviours that must not change over TLS: the write queue bound
+ * (-ENOBUFS, counted in plaintext), the socket read timeout (the read fails,
+ * the stream stays usable), close(1) with a write still queued, and
+ * write_view inside a read signal (copied). */
+static void on_read_view(coil_channel_t *ch, const void *d, size_t n, void *ud)
+{
+	coil_ip_unref(coil_channel_write_view(ch, d, n));
+}
+
+static void test_channel_behaviours_over_tls(void)
+{
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	coil_tls_ctx_t *cc = client_ctx(), *sc = server_ctx("srv");
+	handshake_pair(a, cc, "localhost", b, sc);
+	/* Read timeout: fails with -ETIMEDOUT, takes nothing. */
+	T_ASSERT_OK(coil_socket_set_timeout(b, 50));
+	coil_ip_t *r = coil_channel_read(b);
+	CU_ASSERT_EQUAL(w_err(r), -ETIMEDOUT);
+	coil_ip_unref(r);
+	ip_done_ok(coil_channel_write(a, "after timeout\n", 14));
+	expect_read(coil_channel_readline(b), "after timeout\n");
+	T_ASSERT_OK(coil_socket_set_timeout(b, 0));
+	/* write_view in a read signal: an echo through b. */
+	T_ASSERT_OK(coil_channel_on_read(b, on_read_view, NULL));
+	ip_done_ok(coil_channel_write(a, "viewed", 6));
+	expect_read(coil_channel_read_exact(a, 6), "viewed");
+	T_ASSERT_OK(coil_channel_on_read(b, NULL, NULL));
+	/* The write queue bound, in plaintext bytes: b does not read, so
+	 * two 2 MiB writes fill a 4 MiB queue (the kernel and b's side absorb
+	 * well under 2 MiB of it) and a third does not fit. */
+	T_ASSERT_OK(coil_channel_set_queue_size(a, 4u << 20));
+	size_t big = 2u << 20;
+	char *p = calloc(1, big);
+	coil_ip_t *w1 = coil_channel_write(a, p, big);
+	coil_ip_t *w0 = coil_channel_write(a, p, big);
+	coil_ip_t *w2 = coil_channel_write(a, p, big);
+	int e2 = w_err(w2);
+	if (e2 != -ENOBUFS)
+		fprintf(stderr, "w2: %d %s\n", e2, coil_ip_message(w2));
+	CU_ASSERT_EQUAL(e2, -ENOBUFS);
+	coil_ip_unref(w2);
+	CU_ASSERT(coil_channel_write_queue_used(a) > big);
+	CU_ASSERT(coil_channel_write_queue_used(a) <= 2 * big);
+	CU_ASSERT_EQUAL(coil_ip_state(w0), COIL_IP_PENDING);
+	/* close(1): the write that could not finish fails, no hang. */
+	T_ASSERT_OK(coil_channel_close(a, 1));
+	CU_ASSERT(w_err(w0) < 0);
+	coil_ip_unref(w0);
+	T_ASSERT_OK(t_wait(w1));
+	coil_ip_unref(w1);
+	free(p);
+	/* b sees bytes, then the truncation (no close_notify after close(1)),
+	 * or a reset: either way an error, never a clean end. */
+	coil_ip_t *rest = NULL;
+	for (int i = 0; i < 100000; i++) {
+		rest = coil_channel_read(b);
+		T_ASSERT_OK(t_wait(rest));
+		if (coil_ip_error(rest))
+			break;
+		size_t n = 0;
+		coil_ip_bytes(rest, &n);
+		CU_ASSERT(n > 0);
+		coil_ip_unref(rest);
+		rest = NULL;
+	}
+	CU_ASSERT_PTR_NOT_NULL(rest);
+	if (rest) {
+		int e = coil_ip_error(rest);
+		CU_ASSERT(e == -EPROTO || e == -ECONNRESET);
+		coil_ip_unref(rest);
+	}
+	coil_channel_release(a);
+	coil_channel_release(b);
+	coil_tls_ctx_free(cc);
+	coil_tls_ctx_free(sc);
+}
+
 /* ---- close_notify and truncation ---- */
 
 static void test_truncation_is_error(void)
@@ -1239,6 +1317,7 @@ static const coil_test_t tests[] = {
 	{"starttls_errors", test_starttls_errors},
 	{"readline_across_records", test_readline_across_records},
 	{"truncation_is_error", test_truncation_is_error},
+	{"channel_behaviours_over_tls", test_channel_behaviours_over_tls},
 	{"session_resumption", test_session_resumption},
 	{"listener_first_bytes_with_finished",
 	 test_listener_first_bytes_with_finished},
