@@ -871,6 +871,13 @@ static void test_starttls_errors(void)
 	CU_ASSERT_EQUAL(coil_tls_info(a, &i), -ENOTCONN);
 	/* starttls twice. */
 	handshake_pair(a, cc, "localhost", b, sc);
+	/* The TLS state cannot be copied or moved with the descriptor. */
+	coil_channel_t *d = NULL;
+	CU_ASSERT_EQUAL(coil_channel_dup(a, &d), -EOPNOTSUPP);
+	CU_ASSERT_EQUAL(coil_channel_steal(a, b), -EOPNOTSUPP);
+	int fd2 = dup(0);
+	CU_ASSERT_EQUAL(coil_channel_rewrap(a, fd2, COIL_IO_READ), -EOPNOTSUPP);
+	close(fd2);
 	ip = coil_socket_starttls_client(a, cc, "localhost");
 	CU_ASSERT_EQUAL(w_err(ip), -EALREADY);
 	coil_ip_unref(ip);
