@@ -632,6 +632,12 @@ static void test_verify_failures(void)
 	verify_fails("srv", "127.0.0.2", cc, "IP address mismatch");
 	verify_fails("expired", "localhost", cc, "certificate has expired");
 	verify_fails("self", "localhost", cc, "self-signed certificate");
+	/* A client context without a CA of its own uses the system store,
+	 * which does not know the test CA. */
+	coil_tls_ctx_t *sys = NULL;
+	T_ASSERT_OK(coil_tls_ctx_new(COIL_TLS_CLIENT, &sys));
+	verify_fails("srv", "localhost", sys, "unable to get local issuer");
+	coil_tls_ctx_free(sys);
 	/* The right name and an IP literal the certificate lists. */
 	coil_tls_ctx_t *sc = server_ctx("srv");
 	coil_socket_t *a, *b;
