@@ -462,6 +462,18 @@ static void s_client_vs_server(const char *ver, const char *want)
 	out = proc_read_until(&p, "ping over tls", NULL);
 	CU_ASSERT(strstr(out, "ping over tls") != NULL);
 	free(out);
+	if (!strcmp(want, "TLSv1.3")) {
+		/* A TLS 1.3 KeyUpdate asking for ours ("K"): answered, and the
+		 * stream goes on under the new keys. */
+		CU_ASSERT_EQUAL(write(p.in, "K\n", 2), 2);
+		out = proc_read_until(&p, "KEYUPDATE", NULL);
+		CU_ASSERT(strstr(out, "KEYUPDATE") != NULL);
+		free(out);
+		CU_ASSERT_EQUAL(write(p.in, "after key update\n", 17), 17);
+		out = proc_read_until(&p, "after key update", NULL);
+		CU_ASSERT(strstr(out, "after key update") != NULL);
+		free(out);
+	}
 	CU_ASSERT_EQUAL(atomic_load(&s.clients), 1);
 	CU_ASSERT_STRING_EQUAL(s.alpn, "coil/1");
 	CU_ASSERT_STRING_EQUAL(s.version, want);
