@@ -627,6 +627,13 @@ COIL_EXTERN void coil_monitor_free(coil_monitor_t *m);
 #define COIL_ADDR_LISTEN 0x1 /* the host may be empty (all interfaces) */
 #define COIL_ADDR_IPV4 0x2   /* kaa ipv6=False: never use IPv6 */
 #define COIL_ADDR_DGRAM 0x4  /* resolve for SOCK_DGRAM */
+/* listen: share the port (SO_REUSEPORT on every shard). Without it a port
+ * is exclusive: a listen or bind on a port any socket binds fails with
+ * -EADDRINUSE. With it, every socket of the same user that also sets
+ * SO_REUSEPORT (another coil process, or any program) may bind the port
+ * too and the kernel splits new connections between all of them: use it
+ * only for your own processes (N processes serving one port). */
+#define COIL_ADDR_REUSEPORT 0x8
 
 /* A parsed address (kaa grammar: an integer port, host:service, :service,
  * [v6]:service, each with %scope, or a Unix path). Plain data: copy freely. */

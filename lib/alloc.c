@@ -20,16 +20,15 @@
  */
 /*
  * Allocation counters (always on, read by tests and benchmarks through
- * coil__alloc_live / coil__alloc_total). Each thread counts into its own
- * record, written only by that thread with plain relaxed loads and stores (no
- * locked instruction on the allocation path); a reader sums the records of
- * the live threads plus what exited threads left behind. A block freed on
- * another thread than the one that allocated it makes one record go up and
- * another down: only the sum means anything.
+ * coil__alloc_live / coil__alloc_total). Each thread counts its allocations
+ * and its frees in its own record, written only by that thread with a plain
+ * relaxed load and store (no locked instruction on the allocation path); a
+ * reader sums the records of the live threads plus what exited threads left
+ * behind. Live = allocations - frees over all threads, so a block freed on
+ * another thread than the one that allocated it is counted right.
  */
 struct acount {
-	_Atomic int64_t live;
-	_Atomic uint64_t total;
+	_Atomic uint64_t allocs, frees;
 	struct acount *next, **pprev;
 	int state; /* 0 unregistered, 1 listed, 2 thread exiting */
 };
@@ -37,8 +36,7 @@ struct acount {
 static pthread_mutex_t acount_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct acount *acount_list;
 /* Counts of exited threads, and of allocations made while a thread exits. */
-static _Atomic int64_t acount_gone_live;
-static _Atomic uint64_t acount_gone_total;
+static _Atomic uint64_t acount_gone_allocs, acount_gone_frees;
 static pthread_key_t acount_key;
 static pthread_once_t acount_once = PTHREAD_ONCE_INIT;
 static __thread struct acount tls_acount;
@@ -51,8 +49,8 @@ static void acount_exit(void *arg)
 	*a->pprev = a->next;
 	if (a->next)
 		a->next->pprev = a->pprev;
-	atomic_fetch_add(&acount_gone_live, atomic_load(&a->live));
-	atomic_fetch_add(&acount_gone_total, atomic_load(&a->total));
+	atomic_fetch_add(&acount_gone_allocs, atomic_load(&a->allocs));
+	atomic_fetch_add(&acount_gone_frees, atomic_load(&a->frees));
 	a->state = 2;
 	pthread_mutex_unlock(&acount_lock);
 }
@@ -76,53 +74,75 @@ static void acount_register(struct acount *a)
 	pthread_setspecific(acount_key, a);
 }
 
-static inline void acount_add(int64_t live, uint64_t total)
+static void acount_slow(bool is_free)
 {
 	struct acount *a = &tls_acount;
-	if (coil__likely(a->state == 1)) {
-		/* Single writer: a relaxed load-add-store is enough. */
-		atomic_store_explicit(&a->live,
-				      atomic_load_explicit(&a->live,
-							   memory_order_relaxed) +
-					      live,
-				      memory_order_relaxed);
-		atomic_store_explicit(&a->total,
-				      atomic_load_explicit(&a->total,
-							   memory_order_relaxed) +
-					      total,
-				      memory_order_relaxed);
-		return;
-	}
 	if (a->state == 0) {
 		acount_register(a);
-		acount_add(live, total);
+		atomic_fetch_add(is_free ? &a->frees : &a->allocs, 1);
 		return;
 	}
 	/* The thread is exiting (its record is folded already). */
-	atomic_fetch_add_explicit(&acount_gone_live, live,
-				  memory_order_relaxed);
-	atomic_fetch_add_explicit(&acount_gone_total, total,
-				  memory_order_relaxed);
+	atomic_fetch_add(is_free ? &acount_gone_frees : &acount_gone_allocs, 1);
+}
+
+/* Single writer: a relaxed load and store are enough. */
+static inline void acount_bump(_Atomic uint64_t *c)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+			      memory_order_relaxed);
+}
+
+static inline void acount_alloc(void)
+{
+	if (coil__likely(tls_acount.state == 1))
+		acount_bump(&tls_acount.allocs);
+	else
+		acount_slow(false);
+}
+
+static inline void acount_free(void)
+{
+	if (coil__likely(tls_acount.state == 1))
+		acount_bump(&tls_acount.frees);
+	else
+		acount_slow(true);
+}
+
+static void acount_sum(uint64_t *allocs, uint64_t *frees)
+{
+	pthread_mutex_lock(&acount_lock);
+	uint64_t al = atomic_load(&acount_gone_allocs);
+	uint64_t fr = atomic_load(&acount_gone_frees);
+	for (struct acount *a = acount_list; a; a = a->next) {
+		al += atomic_load_explicit(&a->allocs, memory_order_relaxed);
+		fr += atomic_load_explicit(&a->frees, memory_order_relaxed);
+	}
+	pthread_mutex_unlock(&acount_lock);
+	*allocs = al;
+	*frees = fr;
+}
+
+void coil__alloc_counted(bool alloc)
+{
+	if (alloc)
+		acount_alloc();
+	else
+		acount_free();
 }
 
 size_t coil__alloc_live(void)
 {
-	pthread_mutex_lock(&acount_lock);
-	int64_t live = atomic_load(&acount_gone_live);
-	for (struct acount *a = acount_list; a; a = a->next)
-		live += atomic_load_explicit(&a->live, memory_order_relaxed);
-	pthread_mutex_unlock(&acount_lock);
-	return live > 0 ? (size_t)live : 0;
+	uint64_t al, fr;
+	acount_sum(&al, &fr);
+	return al > fr ? (size_t)(al - fr) : 0;
 }
 
 uint64_t coil__alloc_total(void)
 {
-	pthread_mutex_lock(&acount_lock);
-	uint64_t total = atomic_load(&acount_gone_total);
-	for (struct acount *a = acount_list; a; a = a->next)
-		total += atomic_load_explicit(&a->total, memory_order_relaxed);
-	pthread_mutex_unlock(&acount_lock);
-	return total;
+	uint64_t al, fr;
+	acount_sum(&al, &fr);
+	return al;
 }
 
 void *coil__malloc(size_t n)
@@ -133,7 +153,7 @@ void *coil__malloc(size_t n)
 	void *p = malloc(n ? n : 1);
 #endif
 	if (p)
-		acount_add(1, 1);
+		acount_alloc();
 	return p;
 }
 
@@ -148,7 +168,7 @@ void *coil__calloc(size_t n, size_t size)
 	void *p = calloc(n ? n : 1, size ? size : 1);
 #endif
 	if (p)
-		acount_add(1, 1);
+		acount_alloc();
 	return p;
 }
 
@@ -168,7 +188,7 @@ void coil__free(void *p)
 {
 	if (!p)
 		return;
-	acount_add(-1, 0);
+	acount_free();
 #ifndef COIL_NO_JEMALLOC
 	dallocx(p, 0);
 #else

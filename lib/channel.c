@@ -770,10 +770,10 @@ static __thread coil_channel_t *showing;
 
 static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 {
-	/* Readers beside the signal get the chunk too; without them the
-	 * signal alone consumed it, even if it disconnected itself meanwhile
-	 * (a read() it issued gets the next bytes, not these again). */
-	bool others = !coil__list_empty(&ch->reads) || ch->on_line;
+	/* Readers beside the signal (pending when the callback returns) get
+	 * the chunk too; without them the signal alone consumed it, even if
+	 * it disconnected itself meanwhile (the next read() gets the next
+	 * bytes, not these again). */
 	bool shown = false;
 	if (ch->on_read) {
 		if (ch->sigq.len || signal_paused(ch)) {
@@ -818,7 +818,7 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 				return;
 		}
 	}
-	if (shown && !others)
+	if (shown && coil__list_empty(&ch->reads) && !ch->on_line)
 		return; /* the read signal alone took these bytes */
 	/* Fast path: an empty queue and a plain read at the head. */
 	if (!ch->rq.len && !ch->on_line && !coil__list_empty(&ch->reads)) {
@@ -868,14 +868,14 @@ again:
 	while (ch->sigq.len && ch->on_read && !signal_paused(ch) &&
 	       state(ch) == COIL__CH_OPEN) {
 		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
-		bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 		ch->sig_back = 0;
 		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
 		if (ch->sig_back) {
 			n -= ch->sig_back; /* left at the front */
 			ch->sig_back = 0;
 		}
-		if (state(ch) == COIL__CH_OPEN && others) {
+		if (state(ch) == COIL__CH_OPEN &&
+		    (!coil__list_empty(&ch->reads) || ch->on_line)) {
 			/* Readers beside the signal see the same bytes. */
 			if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
 					      n))
@@ -1725,6 +1725,17 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	if (st != COIL__CH_CLOSING)
 		ch->close_expected = expected;
 	coil__channel_get(ch);
+	/* Bytes a paused read signal had not been shown yet are buffered
+	 * bytes like the read queue's: readers get them (after what is
+	 * queued) and then the end of stream. */
+	if (ch->sigq.len) {
+		if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
+				      ch->sigq.len))
+			ch->rerr = -ENOMEM;
+		coil__bufq_free(&ch->sigq);
+		ch->close_after_sigq = false;
+		rq_changed(ch);
+	}
 	if (ch->flt) /* tls.c: close_notify is owed, or cannot be sent */
 		immediate = ch->flt->closing(ch, immediate);
 	if (!immediate && (ch->wq_head || flt_pending(ch)) && ch->fd >= 0) {

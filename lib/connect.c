@@ -121,6 +121,38 @@ static void conn_note_error(struct connector *c, int err,
 
 static void attempt_next(struct connector *c);
 
+/* A client socket bound before connect (coil_socket_bind): binds the
+ * attempt's descriptor there. On failure records why and returns it. */
+static int bind_first(struct connector *c, struct attempt *a)
+{
+	struct coil__sock *s = S(c->s);
+	if (!s->bind_len)
+		return 0;
+	int err = 0;
+	if (s->bind_ss.ss_family != a->sa.ss_family) {
+		err = -EAFNOSUPPORT;
+	} else {
+		if (s->bind_flags & COIL_ADDR_REUSEPORT) {
+			int one = 1;
+			setsockopt(a->fd, SOL_SOCKET, SO_REUSEPORT, &one,
+				   sizeof(one));
+		}
+		if (bind(a->fd, (struct sockaddr *)&s->bind_ss, s->bind_len))
+			err = -errno;
+	}
+	if (err && !c->best_err) {
+		char where[128];
+		if (coil_addr_format((struct sockaddr *)&s->bind_ss, s->bind_len,
+				     where, sizeof(where)) < 0)
+			snprintf(where, sizeof(where), "?");
+		c->best_err = err;
+		snprintf(c->best_msg, sizeof(c->best_msg),
+			 "bind to %s before connect: %s", where,
+			 coil_strerror(err));
+	}
+	return err;
+}
+
 static bool attempts_inflight(const struct connector *c)
 {
 	for (int i = 0; i < c->natt; i++)
@@ -196,6 +228,11 @@ static void attempt_next(struct connector *c)
 			continue;
 		}
 		apply_opts(s, a->fd);
+		int brc = bind_first(c, a);
+		if (brc) {
+			close(a->fd);
+			continue;
+		}
 		a->op.complete = attempt_complete;
 		if (coil__prep_connect(c->s->w, &a->op, a->fd,
 				       (struct sockaddr *)&a->sa, a->len)) {
@@ -254,6 +291,15 @@ static void connect_local(struct sock_call *call)
 	struct coil__sock *ss = S(s);
 	if (atomic_load(&ss->connecting)) {
 		coil__ip_fail_msg(call->ip, -EALREADY, "already connecting");
+		return;
+	}
+	if (ss->type == SOCK_DGRAM) {
+		int rc = coil__sock_dgram_connect(s, call->text, call->flags);
+		if (rc)
+			coil_ip_fail(call->ip, rc, "connect %s: %s", call->text,
+				     coil_strerror(rc));
+		else
+			coil_ip_finish_int(call->ip, 0);
 		return;
 	}
 	if (atomic_load(&ss->connected) && coil_channel_alive(s)) {

@@ -5,6 +5,7 @@
 
 #include <limits.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,7 +51,7 @@
  */
 
 /* Owner of an embedded then/adopt node. */
-#define LINK_OWNER(n) coil__container_of((n), coil_ip_t, link)
+#define LINK_OWNER(n) (&coil__container_of((n), struct chain_ip, link)->ip)
 
 enum cb_kind { CB_THEN, CB_ADOPT, CB_DONE, CB_INTERNAL };
 /* Who made a handle: decides what abort does without a hook. */
@@ -77,6 +78,8 @@ typedef struct cbnode {
 		struct {
 			void (*fn)(coil_ip_t *src, void *arg);
 			void *arg;
+			/* Runs instead when fn never will (its loop is gone). */
+			void (*drop)(void *arg);
 		} internal;
 	} u;
 } cbnode;
@@ -105,13 +108,28 @@ struct coil_ip_s {
 	coil_ip_t *ready_next; /* ready queue; also the free worklist */
 	_Atomic(coil_abort_cb) abort_hook;
 	void *abort_arg;
-	/* Chained handles: what this one waits on now (an observer reference,
-	 * set and cleared on the home worker only), and the node that sits on
-	 * that handle's callback list. */
-	coil_ip_t *upstream;
-	cbnode link;
 	coil__task publish_task;
 };
+
+/* A chained handle (kind IP_CHAIN): what it waits on now (an observer
+ * reference, set and cleared on the home worker only), and the node that
+ * sits on that handle's callback list. Other handles do without. */
+struct chain_ip {
+	coil_ip_t ip;
+	coil_ip_t *upstream;
+	cbnode link;
+};
+
+static inline struct chain_ip *CH(coil_ip_t *ip)
+{
+	return coil__container_of(ip, struct chain_ip, ip);
+}
+
+/* What ip waits on (a chain link), or NULL. */
+static inline coil_ip_t *upstream_of(coil_ip_t *ip)
+{
+	return ip->kind == IP_CHAIN ? CH(ip)->upstream : NULL;
+}
 
 /* ---- the unobserved-failure handler: one lock, held while it runs, so
  * that once coil_set_unobserved_handler() returns the old handler neither
@@ -149,8 +167,12 @@ static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static coil_loop_t **live_loops;
 static size_t live_n, live_cap;
 
+static void pc_drain(coil_loop_t *loop);
+
 void coil__ip_loop_live(coil_loop_t *loop, bool live)
 {
+	if (!live)
+		pc_drain(loop);
 	pthread_mutex_lock(&live_lock);
 	if (live) {
 		if (live_n == live_cap) {
@@ -199,9 +221,74 @@ static inline const coil_ip_t *vsrc(const coil_ip_t *ip)
 	return ip->alias ? ip->alias : ip;
 }
 
+/*
+ * Per-worker caches of freed handles and nodes (bounded), reused by the next
+ * allocation on that worker: a settle or a chain step then costs no trip
+ * through the allocator. Only on workers (their lists are theirs alone),
+ * and not in sanitizer or valgrind builds, where every allocation must be
+ * seen. The allocation counters still count each reuse and each caching.
+ */
+enum { PC_PLAIN, PC_CHAIN, PC_NODE };
+#define PC_MAX 256
+
+static size_t pc_size(int k)
+{
+	return k == PC_PLAIN ? sizeof(coil_ip_t)
+	     : k == PC_CHAIN ? sizeof(struct chain_ip)
+			     : sizeof(cbnode);
+}
+
+static void *pc_get(int k)
+{
+#ifndef COIL_NO_JEMALLOC
+	coil__worker *w = coil__tls_worker;
+	if (w && w->ip_cache[k]) {
+		void *p = w->ip_cache[k];
+		w->ip_cache[k] = *(void **)p;
+		w->ip_cache_n[k]--;
+		memset(p, 0, pc_size(k));
+		coil__alloc_counted(true);
+		return p;
+	}
+#endif
+	return coil__calloc(1, pc_size(k));
+}
+
+static void pc_put(int k, void *p)
+{
+#ifndef COIL_NO_JEMALLOC
+	coil__worker *w = coil__tls_worker;
+	if (w && w->ip_cache_n[k] < PC_MAX) {
+		*(void **)p = w->ip_cache[k];
+		w->ip_cache[k] = p;
+		w->ip_cache_n[k]++;
+		coil__alloc_counted(false);
+		return;
+	}
+#endif
+	coil__free(p);
+}
+
+/* The loop is being freed: give its workers' caches back. */
+static void pc_drain(coil_loop_t *loop)
+{
+	for (unsigned i = 0; i < loop->nworkers; i++) {
+		coil__worker *w = &loop->workers[i];
+		for (int k = 0; k < 3; k++) {
+			while (w->ip_cache[k]) {
+				void *p = w->ip_cache[k];
+				w->ip_cache[k] = *(void **)p;
+				coil__alloc_counted(true);
+				coil__free(p);
+			}
+			w->ip_cache_n[k] = 0;
+		}
+	}
+}
+
 static coil_ip_t *ip_alloc(coil__worker *w, int kind, uint64_t refs)
 {
-	coil_ip_t *ip = coil__calloc(1, sizeof(*ip));
+	coil_ip_t *ip = pc_get(kind == IP_CHAIN ? PC_CHAIN : PC_PLAIN);
 	if (!ip)
 		return NULL;
 	atomic_init(&ip->refs, refs);
@@ -247,7 +334,9 @@ static inline void obs_ref(coil_ip_t *ip)
 }
 
 static void ip_free(coil_ip_t *ip);
+static void obs_unref(coil_ip_t *ip);
 static void broken(coil_ip_t *ip);
+static void cbnode_release(cbnode *n);
 static int fail_owned(coil_ip_t *ip, int err, char *msg);
 
 static inline bool is_claimed(const coil_ip_t *ip)
@@ -259,23 +348,38 @@ void coil_ip_unref(coil_ip_t *ip)
 {
 	if (!ip)
 		return;
-	uint64_t old = atomic_fetch_sub_explicit(&ip->refs, STRONG1,
-						 memory_order_acq_rel);
-	if (old == STRONG1) {
-		/* Nothing refers to it any more. A pending handle that still
-		 * has callbacks is failed (they run) before it goes. */
-		if (!is_claimed(ip) && ip->cbs && home_alive(ip->home)) {
-			atomic_store_explicit(&ip->refs, STRONG1,
-					      memory_order_relaxed);
-			broken(ip);
-			coil_ip_unref(ip);
-			return;
+	uint64_t old = atomic_load_explicit(&ip->refs, memory_order_relaxed);
+	for (;;) {
+		if ((uint32_t)old == 1 && (old >> 32) && !is_claimed(ip)) {
+			/* The last strong reference of a pending handle that
+			 * observers wait on: trade it for an observer one (so
+			 * an observer letting go meanwhile cannot free it under
+			 * us), break the handle, then let go. */
+			if (atomic_compare_exchange_weak_explicit(
+				    &ip->refs, &old, old - STRONG1 + OBS1,
+				    memory_order_acq_rel, memory_order_relaxed)) {
+				broken(ip);
+				obs_unref(ip);
+				return;
+			}
+			continue;
 		}
-		ip_free(ip);
-	} else if ((uint32_t)old == 1 && !is_claimed(ip)) {
-		/* The last strong reference went; observers still wait. */
-		broken(ip);
+		if (atomic_compare_exchange_weak_explicit(
+			    &ip->refs, &old, old - STRONG1, memory_order_acq_rel,
+			    memory_order_relaxed))
+			break;
 	}
+	if (old != STRONG1)
+		return;
+	/* Nothing refers to it any more. A pending handle that still has
+	 * callbacks is failed (they run) before it goes. */
+	if (!is_claimed(ip) && ip->cbs && home_alive(ip->home)) {
+		atomic_store_explicit(&ip->refs, STRONG1, memory_order_relaxed);
+		broken(ip);
+		coil_ip_unref(ip);
+		return;
+	}
+	ip_free(ip);
 }
 
 static void obs_unref(coil_ip_t *ip)
@@ -290,14 +394,24 @@ static void obs_unref(coil_ip_t *ip)
  * observers see COIL_BROKEN. The caller keeps the handle alive. */
 static void broken(coil_ip_t *ip)
 {
-	if (!home_alive(ip->home))
+	if (!home_alive(ip->home)) {
+		/* Its loop is gone: the callbacks can never run. Release what
+		 * they hold (their chained handles hold observer references
+		 * to ip: ip is freed once those go). */
+		cbnode *n = ip->cbs;
+		ip->cbs = NULL;
+		ip->cbs_tail = &ip->cbs;
+		while (n) {
+			cbnode *next = n->next;
+			cbnode_release(n);
+			n = next;
+		}
 		return;
+	}
 	fail_owned(ip, COIL_BROKEN,
 		   coil__strdup("broken promise: the last reference to a "
 				"pending handle was dropped"));
 }
-
-static void cbnode_release(cbnode *n);
 
 /*
  * Frees a handle whose references are all gone. Freeing can release other
@@ -325,10 +439,11 @@ static void ip_free_one(coil_ip_t *ip)
 	if (ip->free_fn && ip->ptr)
 		ip->free_fn(ip->ptr);
 	coil_ip_unref(ip->alias);
-	if (ip->upstream)
-		obs_unref(ip->upstream);
+	coil_ip_t *up = upstream_of(ip);
+	if (up)
+		obs_unref(up);
 	coil__free(ip->msg);
-	coil__free(ip);
+	pc_put(ip->kind == IP_CHAIN ? PC_CHAIN : PC_PLAIN, ip);
 }
 
 static void ip_free(coil_ip_t *ip)
@@ -355,17 +470,56 @@ static void futex_wake_all(_Atomic int *addr)
 }
 
 /*
- * Stores the final state and wakes blocked waiters. The store and the load
- * of the waiter count are both sequentially consistent, as are the waiter's
- * increment and its load of the state in coil_ip_wait (the store-buffering
- * pattern): either the waiter sees the state, or this sees the waiter and
- * wakes it; never neither.
+ * Publishing the state against coil_ip_wait is the store-buffering pattern:
+ * the settler stores the state then loads the waiter count; a waiter
+ * increments the count then loads the state. Without a full fence on both
+ * sides each may miss the other's store (the settler sees no waiter, the
+ * waiter sees PENDING and sleeps: a lost wake-up). The fence is asymmetric:
+ * the settle path, hot on every worker, only has a compiler barrier, and the
+ * waiter, which is about to block anyway, issues membarrier(2), which makes
+ * every running thread of the process execute a full barrier. So either the
+ * settler's load comes after that barrier and sees the new waiter, or its
+ * store came before it and the waiter sees the state. Where membarrier is
+ * not available (old kernel, seccomp, valgrind) settlers use a sequentially
+ * consistent store instead, and waiters that started before that switch
+ * re-check the state every millisecond.
  */
+enum { SB_UNKNOWN, SB_MEMBARRIER, SB_FENCE };
+static _Atomic int sb_mode = SB_UNKNOWN;
+static pthread_once_t sb_once = PTHREAD_ONCE_INIT;
+
+static void sb_init(void)
+{
+	int ok = syscall(SYS_membarrier,
+			 MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+	atomic_store(&sb_mode, ok ? SB_MEMBARRIER : SB_FENCE);
+}
+
 static void store_state(coil_ip_t *ip, int state)
 {
-	atomic_store_explicit(&ip->state, state, memory_order_seq_cst);
+	if (coil__likely(atomic_load_explicit(&sb_mode, memory_order_relaxed) !=
+			 SB_FENCE)) {
+		atomic_store_explicit(&ip->state, state, memory_order_release);
+		atomic_signal_fence(memory_order_seq_cst);
+	} else {
+		atomic_store_explicit(&ip->state, state, memory_order_seq_cst);
+	}
 	if (atomic_load_explicit(&ip->waiters, memory_order_seq_cst))
 		futex_wake_all(&ip->state);
+}
+
+/* The waiter's half (after the waiter count went up): false when the
+ * waiter must poll because the barrier could not be had. */
+static bool sb_waiter_fence(void)
+{
+	pthread_once(&sb_once, sb_init);
+	if (atomic_load(&sb_mode) == SB_MEMBARRIER &&
+	    syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+		return true;
+	/* From now on settlers use seq_cst stores; this waiter polls, in
+	 * case a settle already went the cheap way. */
+	atomic_store(&sb_mode, SB_FENCE);
+	return false;
 }
 
 static void ready_push(coil__worker *w, coil_ip_t *ip)
@@ -385,9 +539,9 @@ static void ready_push(coil__worker *w, coil_ip_t *ip)
  * waited on and queue the callbacks. */
 static void publish_local(coil_ip_t *ip)
 {
-	coil_ip_t *up = ip->upstream;
+	coil_ip_t *up = upstream_of(ip);
 	if (up) {
-		ip->upstream = NULL;
+		CH(ip)->upstream = NULL;
 		obs_unref(up);
 	}
 	if (ip->cbs && !ip->in_ready)
@@ -638,10 +792,13 @@ const char *coil_ip_message(const coil_ip_t *ip)
  * back its reference to its owner, others are freed. */
 static void cbnode_release(cbnode *n)
 {
-	if (n->kind == CB_THEN || n->kind == CB_ADOPT)
+	if (n->kind == CB_THEN || n->kind == CB_ADOPT) {
 		coil_ip_unref(LINK_OWNER(n));
-	else
-		coil__free(n);
+		return;
+	}
+	if (n->kind == CB_INTERNAL && n->u.internal.drop)
+		n->u.internal.drop(n->u.internal.arg);
+	pc_put(PC_NODE, n);
 }
 
 /*
@@ -684,6 +841,15 @@ static void then_result(coil_ip_t *src, coil_ip_t *c, coil_ip_t *r,
 	}
 	coil__free(f->msg);
 	f->msg = NULL;
+	if (r == c) {
+		/* It would wait for itself forever. */
+		fail_owned(c, -EINVAL,
+			   coil__strdup("then-callback returned its own "
+					"chained handle"));
+		coil_ip_unref(r);
+		coil_ip_unref(c);
+		return;
+	}
 	if (r && r != src) {
 		adopt(c, r);
 		return;
@@ -734,7 +900,7 @@ static void run_cb(coil_ip_t *src, cbnode *n)
 		n->u.internal.fn(src, n->u.internal.arg);
 		break;
 	}
-	coil__free(n);
+	pc_put(PC_NODE, n);
 }
 
 unsigned coil__ip_run_ready(coil__worker *w, unsigned budget)
@@ -805,6 +971,18 @@ static void attach_task_run(coil__task *t)
 	coil_ip_unref(src);
 }
 
+/* Attaches n to ip without consuming a reference (the caller holds one). */
+static void attach_borrowed(coil_ip_t *ip, cbnode *n)
+{
+	if (coil__on_worker(ip->home)) {
+		attach_local(ip, n);
+		return;
+	}
+	n->src = coil_ip_ref(ip);
+	n->task.run = attach_task_run;
+	coil__post(ip->home, &n->task);
+}
+
 /* Attaches n to ip; consumes one strong reference to ip. */
 static void attach_consume(coil_ip_t *ip, cbnode *n)
 {
@@ -820,7 +998,7 @@ static void attach_consume(coil_ip_t *ip, cbnode *n)
 
 static cbnode *cbnode_new(int kind)
 {
-	cbnode *n = coil__calloc(1, sizeof(*n));
+	cbnode *n = pc_get(PC_NODE);
 	if (n)
 		n->kind = kind;
 	return n;
@@ -828,14 +1006,15 @@ static cbnode *cbnode_new(int kind)
 
 /* Internal observer used by timeout and the combinators. */
 static int on_internal(coil_ip_t *ip, void (*fn)(coil_ip_t *, void *),
-		       void *arg)
+		       void (*drop)(void *), void *arg)
 {
 	cbnode *n = cbnode_new(CB_INTERNAL);
 	if (!n)
 		return -ENOMEM;
 	n->u.internal.fn = fn;
 	n->u.internal.arg = arg;
-	attach_consume(coil_ip_ref(ip), n);
+	n->u.internal.drop = drop;
+	attach_borrowed(ip, n);
 	return 0;
 }
 
@@ -850,7 +1029,7 @@ static void move_adopters(coil_ip_t *c, coil_ip_t *r)
 	while (*pp) {
 		cbnode *m = *pp;
 		coil_ip_t *d = m->kind == CB_ADOPT ? LINK_OWNER(m) : NULL;
-		if (!d || d->home != c->home || d->upstream != c) {
+		if (!d || d->home != c->home || CH(d)->upstream != c) {
 			pp = &m->next;
 			continue;
 		}
@@ -858,7 +1037,7 @@ static void move_adopters(coil_ip_t *c, coil_ip_t *r)
 		if (!*pp)
 			c->cbs_tail = pp;
 		obs_ref(r);
-		d->upstream = r;
+		CH(d)->upstream = r;
 		obs_unref(c);
 		cbs_append(r, m);
 	}
@@ -871,7 +1050,7 @@ static void move_adopters(coil_ip_t *c, coil_ip_t *r)
  */
 static void adopt(coil_ip_t *c, coil_ip_t *r)
 {
-	cbnode *n = &c->link;
+	cbnode *n = &CH(c)->link;
 	if (is_claimed(c)) {
 		/* The chain was aborted while its callback ran: what the
 		 * callback started is not wanted any more. */
@@ -886,7 +1065,7 @@ static void adopt(coil_ip_t *c, coil_ip_t *r)
 		coil_ip_unref(c);
 		return;
 	}
-	coil_ip_t *old = c->upstream;
+	coil_ip_t *old = CH(c)->upstream;
 	if (r->home == c->home) {
 		move_adopters(c, r);
 		if (!c->cbs &&
@@ -901,7 +1080,7 @@ static void adopt(coil_ip_t *c, coil_ip_t *r)
 		}
 	}
 	obs_ref(r);
-	c->upstream = r;
+	CH(c)->upstream = r;
 	if (old)
 		obs_unref(old);
 	n->kind = CB_ADOPT;
@@ -920,13 +1099,13 @@ coil_ip_t *coil_ip_then(coil_ip_t *ip, coil_then_cb on_ok, coil_then_cb on_err,
 		coil_ip_unref(ip);
 		return NULL;
 	}
-	cbnode *n = &c->link;
+	cbnode *n = &CH(c)->link;
 	n->kind = CB_THEN;
 	n->u.then.ok = on_ok;
 	n->u.then.err = on_err;
 	n->u.then.ud = ud;
 	obs_ref(ip);
-	c->upstream = ip;
+	CH(c)->upstream = ip;
 	attach_consume(ip, n);
 	return c;
 }
@@ -977,7 +1156,7 @@ int coil_ip_on_done(coil_ip_t *ip, coil_done_cb cb, void *ud)
 	atomic_store(&ip->observed, true);
 	n->u.done.cb = cb;
 	n->u.done.ud = ud;
-	attach_consume(coil_ip_ref(ip), n);
+	attach_borrowed(ip, n);
 	return 0;
 }
 
@@ -1080,18 +1259,18 @@ static int abort_local(coil_ip_t *ip)
 {
 	if (is_claimed(ip))
 		return -EALREADY;
-	if (!ip->upstream ||
+	if (!upstream_of(ip) ||
 	    atomic_load_explicit(&ip->abort_hook, memory_order_acquire))
 		return abort_one(ip);
 	coil_ip_t *x = ip;
 	for (;;) {
-		coil_ip_t *up = x->upstream;
-		if (up->home != ip->home || is_claimed(up) || !up->upstream ||
+		coil_ip_t *up = upstream_of(x);
+		if (up->home != ip->home || is_claimed(up) || !upstream_of(up) ||
 		    atomic_load_explicit(&up->abort_hook, memory_order_acquire))
 			break;
 		x = up;
 	}
-	coil_ip_t *target = x->upstream;
+	coil_ip_t *target = upstream_of(x);
 	int rc = 0;
 	if (!is_claimed(target))
 		rc = target->home == ip->home ? abort_one(target)
@@ -1102,7 +1281,7 @@ static int abort_local(coil_ip_t *ip)
 		return rc;
 	coil_ip_t *y = ip;
 	for (;;) {
-		coil_ip_t *next = y == x ? NULL : coil_ip_ref(y->upstream);
+		coil_ip_t *next = y == x ? NULL : coil_ip_ref(upstream_of(y));
 		fail_cancelled(y);
 		if (y != ip)
 			coil_ip_unref(y);
@@ -1275,6 +1454,11 @@ static void watch_src_done(coil_ip_t *src, void *arg)
 	watch_put(wt);
 }
 
+static void watch_drop(void *arg)
+{
+	watch_put(arg);
+}
+
 static void watch_start(void *arg)
 {
 	struct watch *wt = arg;
@@ -1284,7 +1468,7 @@ static void watch_start(void *arg)
 		coil__ip_fail_msg(wt->out, rc, "cannot arm timer");
 		wt->refs--;
 	}
-	if (on_internal(wt->src, watch_src_done, wt)) {
+	if (on_internal(wt->src, watch_src_done, watch_drop, wt)) {
 		coil__ip_fail_msg(wt->out, -ENOMEM, NULL);
 		coil__timer_cancel(&wt->timer);
 		watch_put(wt);
@@ -1408,6 +1592,31 @@ static int group_abort(coil_ip_t *out, void *arg)
 	return 0;
 }
 
+static void group_drop(void *arg)
+{
+	group_put(arg);
+}
+
+/* The member's loop is gone. If the combinator's is too, its own
+ * callbacks (the hook release among them) will never run either: release
+ * them, or the group and the combinator would hold each other. */
+static void member_drop(void *arg)
+{
+	struct group *g = ((struct member *)arg)->g;
+	coil_ip_t *out = g->out;
+	if (!is_claimed(out) && !home_alive(out->home)) {
+		cbnode *n = out->cbs;
+		out->cbs = NULL;
+		out->cbs_tail = &out->cbs;
+		while (n) {
+			cbnode *next = n->next;
+			cbnode_release(n);
+			n = next;
+		}
+	}
+	group_put(g);
+}
+
 /* Keeps the group alive for its abort hook until out has settled: both
  * run on out's home worker. */
 static void group_hook_release(coil_ip_t *out, void *arg)
@@ -1453,7 +1662,7 @@ static coil_ip_t *group_new(coil_loop_t *loop, coil_ip_t *const *ips,
 		obs_ref(ips[i]);
 	}
 	coil_ip_set_abort(out, group_abort, g);
-	if (on_internal(out, group_hook_release, g)) {
+	if (on_internal(out, group_hook_release, group_drop, g)) {
 		coil_ip_set_abort(out, NULL, NULL);
 		group_put(g);
 	}
@@ -1466,7 +1675,7 @@ static coil_ip_t *group_new(coil_loop_t *loop, coil_ip_t *const *ips,
 		}
 	}
 	for (size_t i = 0; i < n; i++) {
-		if (on_internal(ips[i], member_done, &g->m[i])) {
+		if (on_internal(ips[i], member_done, member_drop, &g->m[i])) {
 			/* Out of memory: this member will never report;
 			 * count it as settled so the group can finish. */
 			coil__ip_fail_msg(out, -ENOMEM, NULL);
@@ -1510,9 +1719,9 @@ int coil_ip_wait(coil_ip_t *ip, int timeout_ms)
 			deadline.tv_nsec -= 1000000000;
 		}
 	}
-	/* Sequentially consistent increment and state loads: pairs with
-	 * store_state (see there). */
+	/* The waiter's half of the store-buffering fence (see store_state). */
 	atomic_fetch_add_explicit(&ip->waiters, 1, memory_order_seq_cst);
+	bool poll = !sb_waiter_fence();
 	int rc = 0;
 	while (atomic_load_explicit(&ip->state, memory_order_seq_cst) ==
 	       COIL_IP_PENDING) {
@@ -1532,6 +1741,11 @@ int coil_ip_wait(coil_ip_t *ip, int timeout_ms)
 			}
 			relp = &rel;
 		}
+		/* Without the barrier a settle may not see this waiter: look
+		 * again every millisecond. */
+		struct timespec ms1 = {.tv_nsec = 1000000};
+		if (poll && (!relp || rel.tv_sec > 0 || rel.tv_nsec > 1000000))
+			relp = &ms1;
 		/* Sleeps only while the state word still says PENDING. */
 		syscall(SYS_futex, (int *)&ip->state, FUTEX_WAIT_PRIVATE,
 			COIL_IP_PENDING, relp, NULL, 0);

@@ -51,6 +51,9 @@ char *coil__strdup(const char *s);
  * call them directly (static link). */
 size_t coil__alloc_live(void);
 uint64_t coil__alloc_total(void);
+/* Counts an allocation (alloc) or a free that a cache above the seam made
+ * without calling it, so the counters stay true. Calling thread. */
+void coil__alloc_counted(bool alloc);
 
 /* ---- doubly linked intrusive list */
 typedef struct coil__list {
@@ -140,6 +143,8 @@ struct coil__worker {
 	unsigned (*run_ready)(coil__worker *w, unsigned budget);
 	unsigned ip_depth;     /* late-attach callbacks nested now (inprogress.c) */
 	void *ip_frame;        /* innermost then-callback running (inprogress.c) */
+	void *ip_cache[3];     /* freed handles/nodes for reuse (inprogress.c) */
+	unsigned ip_cache_n[3];
 	coil__list defers;     /* coil__defer, run before sleeping */
 	coil__list closers;    /* coil__closer: objects to close on stop */
 	unsigned long ops_inflight;

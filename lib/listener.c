@@ -34,6 +34,7 @@ struct shard {
 	coil__worker *w;
 	int fd;
 	bool armed, cancelling, backoff_armed, closing;
+	unsigned errs;         /* errors in a row */
 	unsigned backoff_ms;
 	_Atomic int refs;      /* ops in flight + queued tasks + 1 */
 };
@@ -42,7 +43,7 @@ struct listener {
 	coil_socket_t *s;      /* home: s->w (a channel reference) */
 	_Atomic int refs;
 	size_t nshards;
-	bool is_unix;
+	bool distribute;       /* one shard; clients spread round-robin */
 	_Atomic bool closing;
 	_Atomic unsigned rr;   /* Unix: round-robin over workers */
 	/* home worker only: */
@@ -107,6 +108,7 @@ static void shard_put(struct shard *sh)
 }
 
 static void shard_arm(struct shard *sh);
+static void accept_req_done(struct accept_req *r);
 static void accept_complete(coil__op *op, int res, unsigned flags);
 
 static void shard_cancel_complete(coil__op *op, int res, unsigned flags)
@@ -213,7 +215,9 @@ static void deliver(struct listener *l, coil_socket_t *client);
 static void handoff_worker_run(coil__task *t)
 {
 	struct handoff *h = coil__container_of(t, struct handoff, task);
-	coil_socket_t *c = client_new(coil__tls_worker, h->fd, h->family);
+	coil_socket_t *c = NULL;
+	if (!coil__tls_worker->stopping && !atomic_load(&h->l->closing))
+		c = client_new(coil__tls_worker, h->fd, h->family);
 	if (c)
 		deliver(h->l, c);
 	else
@@ -249,6 +253,78 @@ static void deliver(struct listener *l, coil_socket_t *client)
 	coil__post(l->s->w, &h->task);
 }
 
+/*
+ * What an accept error means (accept(2), "Error handling"): errors of one
+ * connection are skipped (the next is accepted), resource shortages back
+ * off, anything else is about the listening socket and is fatal.
+ */
+enum { ACC_SKIP, ACC_BACKOFF, ACC_FATAL };
+#define ACC_SKIP_MAX 16 /* this many skips in a row back off too */
+
+static int accept_error_class(int err)
+{
+	switch (-err) {
+	case ECONNABORTED: case EPROTO: case EPERM: case ENETDOWN:
+	case ENOPROTOOPT: case EHOSTDOWN: case ENONET: case EHOSTUNREACH:
+	case ENETUNREACH: case EINTR: case EAGAIN: case ETIMEDOUT:
+	case ECONNRESET:
+		return ACC_SKIP;
+	case EMFILE: case ENFILE: case ENOBUFS: case ENOMEM:
+		return ACC_BACKOFF;
+	default:
+		return ACC_FATAL;
+	}
+}
+
+struct listener_fail_task {
+	coil__task task;
+	struct listener *l;
+	int err;
+};
+
+/* On the listener's home worker: fail the waiting accepts with the error,
+ * remember it for later ones, close the listener (closed, expected = 0). */
+static void listener_fail_run(coil__task *t)
+{
+	struct listener_fail_task *f =
+		coil__container_of(t, struct listener_fail_task, task);
+	struct listener *l = f->l;
+	coil_socket_t *s = l->s;
+	if (!atomic_load(&l->closing) && S(s)->lst == l) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), "accept failed: %s",
+			 coil_strerror(f->err));
+		S(s)->accept_err = f->err;
+		while (!coil__list_empty(&l->pending)) {
+			struct accept_req *r = coil__container_of(
+				l->pending.next, struct accept_req, link);
+			coil__list_del(&r->link);
+			if (r->timer_armed)
+				coil__timer_cancel(&r->timer);
+			coil__ip_fail_msg(r->ip, f->err, msg);
+			accept_req_done(r);
+		}
+		coil__channel_close_local(s, true, false);
+	}
+	listener_put(l);
+	coil__free(f);
+}
+
+static void listener_fail(struct listener *l, int err)
+{
+	struct listener_fail_task *f = coil__calloc(1, sizeof(*f));
+	if (!f)
+		return; /* the shard stops; the listener stays as it is */
+	f->l = l;
+	f->err = err;
+	f->task.run = listener_fail_run;
+	atomic_fetch_add(&l->refs, 1);
+	if (coil__on_worker(l->s->w))
+		listener_fail_run(&f->task);
+	else
+		coil__post(l->s->w, &f->task);
+}
+
 static void accept_complete(coil__op *op, int res, unsigned flags)
 {
 	struct shard *sh = coil__container_of(op, struct shard, op);
@@ -258,11 +334,13 @@ static void accept_complete(coil__op *op, int res, unsigned flags)
 		sh->armed = false;
 	if (res >= 0) {
 		sh->backoff_ms = 0;
+		sh->errs = 0;
 		if (sh->closing || atomic_load(&l->closing) ||
 		    sh->w->stopping) {
 			close(res);
-		} else if (l->is_unix && l->s->w->loop->nworkers > 1) {
-			/* Unix clients are spread over the workers. */
+		} else if (l->distribute && l->s->w->loop->nworkers > 1) {
+			/* One accepting shard: clients are spread over the
+			 * workers round-robin. */
 			unsigned i = atomic_fetch_add(&l->rr, 1) %
 				     l->s->w->loop->nworkers;
 			coil__worker *tw = &l->s->w->loop->workers[i];
@@ -272,7 +350,7 @@ static void accept_complete(coil__op *op, int res, unsigned flags)
 			} else {
 				h->l = l;
 				h->fd = res;
-				h->family = AF_UNIX;
+				h->family = S(l->s)->family;
 				h->task.run = handoff_worker_run;
 				atomic_fetch_add(&l->refs, 1);
 				coil__post(tw, &h->task);
@@ -285,10 +363,19 @@ static void accept_complete(coil__op *op, int res, unsigned flags)
 			else
 				close(res);
 		}
-	} else if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS ||
-		   res == -ENOMEM) {
-		/* Out of descriptors: do not spin and do not give up. Back
-		 * off (100 ms doubling to 1.6 s) and try again. */
+	} else if (res == -ECANCELED) {
+		/* Our own cancel (close, stop): nothing to do. */
+	} else if (accept_error_class(res) == ACC_FATAL) {
+		/* The listening socket itself is broken (shut down, closed
+		 * under us...): re-arming would spin. Report it and close. */
+		if (!sh->closing && !atomic_load(&l->closing))
+			listener_fail(l, res);
+		sh->closing = true;
+	} else if (accept_error_class(res) == ACC_BACKOFF ||
+		   ++sh->errs > ACC_SKIP_MAX) {
+		/* Out of descriptors or memory, or skippable errors that do
+		 * not stop: do not spin and do not give up. Back off (100 ms
+		 * doubling to 1.6 s) and try again. */
 		sh->backoff_ms = sh->backoff_ms ? sh->backoff_ms * 2 : 100;
 		if (sh->backoff_ms > 1600)
 			sh->backoff_ms = 1600;
@@ -300,6 +387,8 @@ static void accept_complete(coil__op *op, int res, unsigned flags)
 		}
 	}
 	/* ECONNABORTED and other per-connection errors are skipped. */
+	if (more && sh->closing)
+		shard_disarm(sh);
 	if (!more) {
 		shard_arm(sh);
 		shard_put(sh);
@@ -411,6 +500,12 @@ static int accept_abort(coil_ip_t *ip, void *arg)
 static void accept_local(struct sock_call *c)
 {
 	struct listener *l = S(c->s)->lst;
+	if (!l && S(c->s)->accept_err) {
+		coil_ip_fail(c->ip, S(c->s)->accept_err,
+			     "listener stopped: accept failed: %s",
+			     coil_strerror(S(c->s)->accept_err));
+		return;
+	}
 	if (!l || atomic_load(&l->closing)) {
 		coil__ip_fail_msg(c->ip, l ? -EBADF : -EINVAL,
 				  l ? "listener closed" : "socket is not listening");
@@ -663,14 +758,30 @@ static int listen_do(coil_socket_t *s, const char *text, int backlog,
 		backlog = SOMAXCONN;
 	bool is_unix = ss_addr.ss_family == AF_UNIX;
 	coil_loop_t *loop = s->w->loop;
-	size_t n = is_unix ? 1 : loop->nworkers;
+	/*
+	 * Exclusive by default: one listening socket without SO_REUSEPORT, so
+	 * any other bind to the port fails with -EADDRINUSE. It has one shard,
+	 * on the home worker, and accepted clients are spread over the workers
+	 * round-robin (as Unix listeners always are; node's cluster does the
+	 * same because the kernel's wake-ups favour one waiter: several
+	 * multishot accepts on one socket gave every client to one worker).
+	 * COIL_ADDR_REUSEPORT makes one SO_REUSEPORT socket and multishot
+	 * accept per worker instead: the kernel spreads connections by hash,
+	 * with no hand-off, and any socket of the same user may join.
+	 */
+	bool share = !is_unix && (flags & COIL_ADDR_REUSEPORT);
+	size_t n = share ? loop->nworkers : 1;
 	struct listener *l = coil__calloc(1, sizeof(*l) + n * sizeof(l->sh[0]));
 	if (!l)
 		return -ENOMEM;
 	l->s = s;
 	l->nshards = n;
-	l->is_unix = is_unix;
+	l->distribute = !share;
 	l->backlog = backlog;
+	/* Every shard's fd first, so a failure part-way closes only what was
+	 * made (zeroed ones closed descriptor 0: another worker's eventfd). */
+	for (size_t i = 0; i < n; i++)
+		l->sh[i].fd = -1;
 	coil__list_init(&l->pending);
 	atomic_init(&l->refs, 1);
 	if (is_unix) {
@@ -685,12 +796,12 @@ static int listen_do(coil_socket_t *s, const char *text, int backlog,
 		sh->l = l;
 		sh->fd = -1;
 		atomic_init(&sh->refs, 1);
-		sh->w = is_unix ? s->w : &loop->workers[i];
+		sh->w = share ? &loop->workers[i] : s->w;
 		rc = bind_listen((struct sockaddr *)&ss_addr, sslen, backlog,
-				 n > 1, ss, &sh->fd);
+				 share, ss, &sh->fd);
 		if (rc)
 			break;
-		if (i == 0 && !is_unix) {
+		if (i == 0 && share) {
 			/* Port 0: the rest bind to the port the first got. */
 			socklen_t sl = sizeof(ss_addr);
 			getsockname(sh->fd, (struct sockaddr *)&ss_addr, &sl);

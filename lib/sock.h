@@ -29,12 +29,22 @@ struct coil__sock {
 	/* udp.c, home worker: datagrams received for a recvfrom that was
 	 * aborted (or settled) meanwhile, for the next recvfrom, in order. */
 	struct coil__dg_stash *stash_head, **stash_tail;
+	/* coil_socket_bind on a stream socket before connect (bind_len 0:
+	 * none): each connect attempt binds there first. Home worker. */
+	struct sockaddr_storage bind_ss;
+	socklen_t bind_len;
+	int bind_flags;
+	int accept_err;    /* the fatal accept error that closed the listener */
 };
 
 struct coil__dg_stash {
 	struct coil__dg_stash *next;
 	coil_datagram_t *dg;
 };
+/* udp.c, home worker: connect(2) on a datagram socket (its default peer;
+ * reads and writes without an address follow). 0 or -errno. */
+COIL__HIDDEN int coil__sock_dgram_connect(coil_socket_t *s, const char *text,
+					  int flags);
 /* udp.c: frees the stashed datagrams (socket free). */
 COIL__HIDDEN void coil__sock_stash_free(struct coil__sock *s);
 

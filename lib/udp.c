@@ -299,6 +299,51 @@ coil_ip_t *coil_socket_recvfrom(coil_socket_t *s, size_t max)
 	return dgram_submit(s, d);
 }
 
+/* A v4 address for a v6 socket, as v4-mapped. */
+static void map_v4(coil_addr_t *a)
+{
+	struct sockaddr_in *v4 = (struct sockaddr_in *)&a->ss;
+	struct sockaddr_in6 v6 = {.sin6_family = AF_INET6,
+				  .sin6_port = v4->sin_port};
+	v6.sin6_addr.s6_addr[10] = 0xff;
+	v6.sin6_addr.s6_addr[11] = 0xff;
+	memcpy(&v6.sin6_addr.s6_addr[12], &v4->sin_addr, 4);
+	memcpy(&a->ss, &v6, sizeof(v6));
+	a->sslen = sizeof(v6);
+}
+
+/*
+ * Connected UDP (CPython/usocket connect on SOCK_DGRAM, libuv
+ * uv_udp_connect): connect(2) sets the default peer and filters what is
+ * received to it; coil_channel_write then sends one datagram per write,
+ * coil_channel_read and recvfrom receive from it, and errors the kernel
+ * learns from ICMP (port unreachable: -ECONNREFUSED) fail the next receive
+ * or send. The descriptor stays the datagram socket.
+ */
+int coil__sock_dgram_connect(coil_socket_t *s, const char *text, int flags)
+{
+	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED)
+		return -EBADF;
+	coil_addr_t a;
+	int rc = coil_addr_parse(text, COIL_ADDR_DGRAM | (flags & COIL_ADDR_IPV4),
+				 &a);
+	if (rc)
+		return rc;
+	if (!a.numeric && a.kind != COIL_ADDR_UNIX)
+		return -EINVAL; /* names: coil_resolve, then connect a result */
+	if (a.ss.ss_family == AF_INET && S(s)->family == AF_INET6)
+		map_v4(&a);
+	else if (a.ss.ss_family != S(s)->family)
+		return -EAFNOSUPPORT;
+	if (connect(s->fd, (struct sockaddr *)&a.ss, a.sslen))
+		return -errno;
+	snprintf(S(s)->reqhost, sizeof(S(s)->reqhost), "%s", a.host);
+	atomic_store(&S(s)->connected, 1);
+	/* Now the channel may read: only from the peer. */
+	s->mode |= COIL_IO_READ;
+	return 0;
+}
+
 int coil_socket_bind(coil_socket_t *s, const char *addr, int flags)
 {
 	if (!s || !addr)
@@ -313,6 +358,27 @@ int coil_socket_bind(coil_socket_t *s, const char *addr, int flags)
 		return rc;
 	if (!a.numeric && a.kind != COIL_ADDR_UNIX)
 		return -EINVAL;
+	if (a.kind == COIL_ADDR_INET && !a.host[0] && S(s)->family == AF_INET) {
+		/* ":P" on an IPv4 socket is IPv4's any address (CPython and
+		 * coro bind ('', port) so), not the IPv6 wildcard. */
+		rc = coil_addr_parse(addr, COIL_ADDR_LISTEN | COIL_ADDR_DGRAM |
+						   COIL_ADDR_IPV4, &a);
+		if (rc)
+			return rc;
+	}
+	if (s->fd < 0 && S(s)->type == SOCK_STREAM) {
+		/* A client socket (libuv uv_tcp_bind before uv_tcp_connect):
+		 * every connect attempt binds to this address first. */
+		if (atomic_load(&S(s)->listening) ||
+		    atomic_load(&S(s)->connecting))
+			return -EINVAL;
+		if (a.kind == COIL_ADDR_UNIX)
+			return -EOPNOTSUPP;
+		memcpy(&S(s)->bind_ss, &a.ss, a.sslen);
+		S(s)->bind_len = a.sslen;
+		S(s)->bind_flags = flags;
+		return 0;
+	}
 	if (s->fd < 0)
 		return -EBADF;
 	if (a.kind == COIL_ADDR_UNIX) {
@@ -323,17 +389,15 @@ int coil_socket_bind(coil_socket_t *s, const char *addr, int flags)
 		return -EAFNOSUPPORT;
 	} else if (a.ss.ss_family == AF_INET && S(s)->family == AF_INET6) {
 		/* Bind a v4 address on a v6 socket as v4-mapped. */
-		struct sockaddr_in *v4 = (struct sockaddr_in *)&a.ss;
-		struct sockaddr_in6 v6 = {.sin6_family = AF_INET6,
-					  .sin6_port = v4->sin_port};
-		v6.sin6_addr.s6_addr[10] = 0xff;
-		v6.sin6_addr.s6_addr[11] = 0xff;
-		memcpy(&v6.sin6_addr.s6_addr[12], &v4->sin_addr, 4);
-		memcpy(&a.ss, &v6, sizeof(v6));
-		a.sslen = sizeof(v6);
+		map_v4(&a);
 	}
-	int one = 1;
-	setsockopt(s->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* The caller's SO_REUSEADDR (coil_socket_set_reuseaddr) was applied
+	 * when set: a port in use is -EADDRINUSE unless both asked to share. */
+	if (flags & COIL_ADDR_REUSEPORT) {
+		int one = 1;
+		if (setsockopt(s->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)))
+			return -errno;
+	}
 	if (bind(s->fd, (struct sockaddr *)&a.ss, a.sslen))
 		return -errno;
 	if (a.kind == COIL_ADDR_UNIX)

@@ -77,6 +77,11 @@ enum {
 					   plain thread */
 	G_SMALL_BUFFERS = 1u << 9, /* loops with 16 or 512-byte provided
 				      buffers */
+	G_CLOSE_PAUSED = 1u << 10, /* close / release while the read signal
+				      may be connected (it may hold paused
+				      bytes) */
+	G_STEAL_IN_SIGNAL = 1u << 11, /* steal inside a signal callback of the
+					 victim */
 };
 
 static const struct {
@@ -93,14 +98,13 @@ static const struct {
 	{G_RELEASE_RACE, "release-race"},
 	{G_ABORT_FOREIGN_READ, "abort-foreign-read"},
 	{G_SMALL_BUFFERS, "small-buffers"},
+	{G_CLOSE_PAUSED, "close-paused-signal"},
+	{G_STEAL_IN_SIGNAL, "steal-in-signal"},
 };
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
-#define AQ_DEFAULT_GATES                                                   \
-	"steal,self-disconnect,replace-read-cb,abort-write,"              \
-	"abort-partial-read,closed-order,readinto-beside-readline,"         \
-	"release-race,abort-foreign-read,small-buffers"
+#define AQ_DEFAULT_GATES "small-buffers,steal-in-signal"
 
 static unsigned gates_parse(const char *s)
 {
@@ -256,6 +260,8 @@ struct aq_conn {
 	int close_on_eof;
 	int released, closed_by_us, stole;
 	int changes; /* close / release / steal made (for "gone" checks) */
+	int in_sig;  /* inside a read-signal callback (any depth) */
+	int in_line; /* inside a readline-signal callback (any depth) */
 	int foreign_inflight;
 	int line_on;
 	aq_sub *read_sub, *line_sub, *closed_sub, *subs;
@@ -289,6 +295,7 @@ struct aq_conn {
 
 struct aq_run {
 	coil_loop_t *loop;
+	FILE *logf; /* verbose output: stderr, or memory kept for failures */
 	unsigned gates;
 	int verbose;
 	aq_conn conns[AQ_CONNS];
@@ -328,7 +335,7 @@ static void vlog(aq_run *run, const char *fmt, ...)
 		return;
 	va_list ap;
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vfprintf(run->logf, fmt, ap);
 	va_end(ap);
 }
 
@@ -446,8 +453,11 @@ static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 	ev->flag = F_CONSUMED;
 	int idx = (int)(ev - c->ev);
 	int changes = c->changes;
-	cb_next(c, s, data, len);
-	ev = &c->ev[idx];
+	/* The read signal alone takes a chunk when, as it is shown, no
+	 * request is queued and no readline signal is connected (decided
+	 * before the callback: what the callback does to the signal or the
+	 * requests does not change it; docs/channel.md). */
+	int flag = F_CONSUMED;
 	if (type == EV_SIG) {
 		int ci = chan_index(c, ch);
 		bool consumers = c->line_on && c->line_sub && c->line_sub->ch == ch;
@@ -457,12 +467,21 @@ static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 			    coil_ip_state(r->ip) == COIL_IP_PENDING)
 				consumers = true;
 		}
-		if (c->foreign_inflight || changes != c->changes ||
-		    c->closed_by_us || (ci >= 0 && c->closed_count[ci]))
-			ev->flag = F_EITHER;
-		else
-			ev->flag = consumers ? F_SHARED : F_CONSUMED;
+		flag = consumers ? F_SHARED : F_CONSUMED;
+		if (c->foreign_inflight || c->closed_by_us ||
+		    (ci >= 0 && c->closed_count[ci]))
+			flag = F_EITHER;
 	}
+	int *in_ctr = type == EV_SIG ? &c->in_sig : &c->in_line;
+	(*in_ctr)++;
+	cb_next(c, s, data, len);
+	(*in_ctr)--;
+	ev = &c->ev[idx];
+	/* A callback that closed, released or stole: the chunk may not
+	 * reach the readers. */
+	if (type == EV_SIG && changes != c->changes)
+		flag = F_EITHER;
+	ev->flag = flag;
 	pthread_mutex_unlock(&c->mu);
 }
 
@@ -841,6 +860,12 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 	}
 	if (op == OP_INTO && c->line_on && (run->gates & G_INTO_BESIDE_LINE))
 		op = OP_EXACT;
+	if ((op == OP_CLOSE || op == OP_RELEASE) &&
+	    (run->gates & G_CLOSE_PAUSED) &&
+	    (c->read_sub || c->foreign_inflight)) {
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
 	int saved_op = cur_op;
 	cur_op = atomic_fetch_add(&run->opno, 1) + 1;
 	vlog(run, "#%d conn %d %s: %s(%d)%s\n", cur_op, c->idx,
@@ -893,54 +918,77 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 		break;
 	}
 	case OP_CLOSE:
+		c->closed_by_us = 1;
+		c->changes++;
 		rc = coil_channel_close(c->ch, arg & 1);
 		if (rc)
 			violation(run, "conn %d: close returned %d", c->idx, rc);
-		c->closed_by_us = 1;
-		c->changes++;
 		break;
 	case OP_RELEASE:
-		coil_channel_release(c->ch);
 		c->released = 1;
 		c->changes++;
+		if (!issuer)
+			model_apply(c, OP_RELEASE, 0, NULL);
+		coil_channel_release(c->ch);
 		break;
 	case OP_STEAL:
-		if (!(run->gates & G_STEAL) && !c->foreign_inflight)
-			do_steal(c, issuer);
+		if ((run->gates & G_STEAL) || c->foreign_inflight ||
+		    ((run->gates & G_STEAL_IN_SIGNAL) && (c->in_sig || c->in_line)))
+			break;
+		do_steal(c, issuer);
 		break;
 	case OP_ON_READ:
-		if (in && in->kind == EV_SIG && (run->gates & G_REPLACE)) {
+	case OP_OFF_READ:
+	case OP_ON_LINE:
+	case OP_OFF_LINE:
+	case OP_ON_CLOSED:
+	case OP_OFF_CLOSED: {
+		if (c->in_sig && (run->gates & G_REPLACE) && op == OP_ON_READ) {
 			op = -1; /* gated: nothing done */
 			break;
 		}
-		sub = sub_new(c, EV_SIG, arg & 1);
-		rc = coil_channel_on_read(c->ch, read_cb, sub);
-		break;
-	case OP_OFF_READ:
-		if (in && in->kind == EV_SIG &&
-		    (run->gates & G_SELF_DISCONNECT)) {
+		if (c->in_sig && (run->gates & G_SELF_DISCONNECT) &&
+		    op == OP_OFF_READ) {
 			op = -1;
 			break;
 		}
-		rc = coil_channel_on_read(c->ch, NULL, NULL);
+		int kind = op <= OP_OFF_READ ? EV_SIG : op <= OP_OFF_LINE ? EV_LINE : 2;
+		bool on = op == OP_ON_READ || op == OP_ON_LINE || op == OP_ON_CLOSED;
+		aq_sub **slot = kind == EV_SIG    ? &c->read_sub
+				: kind == EV_LINE ? &c->line_sub
+						  : &c->closed_sub;
+		aq_sub *prev = *slot;
+		int prev_on = c->line_on;
+		if (on)
+			sub = sub_new(c, kind, arg & 1);
+		/* On the home worker the model changes before the call: the
+		 * call may run callbacks (a flush, lines) that change it
+		 * again, and those must win. */
+		if (!issuer)
+			model_apply(c, op, 0, sub);
+		if (kind == EV_SIG)
+			rc = coil_channel_on_read(c->ch, on ? read_cb : NULL,
+						  on ? sub : NULL);
+		else if (kind == EV_LINE)
+			rc = coil_channel_on_readline(c->ch, on ? line_cb : NULL,
+						      on ? sub : NULL);
+		else
+			rc = coil_channel_on_closed(c->ch, on ? closed_cb : NULL,
+						    on ? sub : NULL);
+		if (rc && !issuer) {
+			/* Refused: nothing changed (no callback ran). */
+			if (sub)
+				sub->dead = 1;
+			if (prev)
+				prev->dead = 0;
+			*slot = prev;
+			c->line_on = prev_on;
+		}
+		if (rc && rc != -EBUSY && rc != -EBADF)
+			violation(run, "conn %d: %s returned %d", c->idx,
+				  op_name[op], rc);
 		break;
-	case OP_ON_LINE:
-		sub = sub_new(c, EV_LINE, 0);
-		rc = coil_channel_on_readline(c->ch, line_cb, sub);
-		if (rc && rc != -EBUSY)
-			violation(run, "conn %d: on_readline returned %d",
-				  c->idx, rc);
-		break;
-	case OP_OFF_LINE:
-		rc = coil_channel_on_readline(c->ch, NULL, NULL);
-		break;
-	case OP_ON_CLOSED:
-		sub = sub_new(c, 2, 0);
-		rc = coil_channel_on_closed(c->ch, closed_cb, sub);
-		break;
-	case OP_OFF_CLOSED:
-		rc = coil_channel_on_closed(c->ch, NULL, NULL);
-		break;
+	}
 	case OP_FREE:
 		/* Only the main thread frees; from a worker it is refused. */
 		if (coil_loop_current_worker(run->loop) >= 0) {
@@ -952,10 +1000,6 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 		rc = 0;
 		break;
 	}
-	if (op >= OP_ON_READ && op <= OP_OFF_CLOSED && rc && rc != -EBUSY &&
-	    rc != -EBADF)
-		violation(run, "conn %d: %s returned %d", c->idx, op_name[op],
-			  rc);
 	if (issuer) {
 		aq_fence *f = calloc(1, sizeof(*f));
 		if (!f)
@@ -968,8 +1012,6 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 			violation(run, "coil_loop_post (fence) failed");
 			free(f);
 		}
-	} else {
-		model_apply(c, op, rc, sub);
 	}
 	cur_op = saved_op;
 	pthread_mutex_unlock(&c->mu);
@@ -1157,8 +1199,10 @@ static void *peer_main(void *arg)
 			} else if (k == 0) {
 				rdone = 1;
 			} else if (errno != EAGAIN && errno != EINTR) {
-				if (errno == ECONNRESET)
-					c->peer_reset = 1;
+				/* ECONNRESET, EPIPE: a TCP close with unread
+				 * input sends a reset, and the peer's kernel
+				 * may drop what it had not yet handed over. */
+				c->peer_reset = 1;
 				rdone = 1;
 			}
 		}
@@ -1306,6 +1350,12 @@ static size_t req_bytes(aq_req *r, const unsigned char **d)
 	size_t n = 0;
 	*d = NULL;
 	if (r->kind == K_INTO) {
+		/* A failed readinto reports no count: what it had copied
+		 * went back to the front of the read queue (docs/channel.md
+		 * "Aborting"); the buffer keeps a copy that is not a
+		 * delivery. */
+		if (coil_ip_state(r->ip) != COIL_IP_FINISHED)
+			return 0;
 		while (n < r->n && r->buf[n])
 			n++;
 		*d = r->buf;
@@ -1362,13 +1412,14 @@ static long long find_at(aq_conn *c, const unsigned char *d, size_t n)
 
 static void dump_conn(aq_conn *c)
 {
-	fprintf(stderr, "conn %d: sent %llu, %d reads, %d events\n", c->idx,
+	FILE *lf = c->run->logf;
+	fprintf(lf, "conn %d: sent %llu, %d reads, %d events\n", c->idx,
 		(unsigned long long)c->sent, c->nreads, c->nev);
 	for (int i = 0; i < c->nreads; i++) {
 		aq_req *r = c->reads[i];
 		const unsigned char *d;
 		size_t n = r->ip ? req_bytes(r, &d) : 0;
-		fprintf(stderr,
+		fprintf(lf,
 			"  req %d: %s op %d %s ch %d stamp %d state %d err %d "
 			"len %zu at %lld\n",
 			i, kind_name[r->kind], r->op, r->issuer ? "thr" : "home",
@@ -1381,7 +1432,7 @@ static void dump_conn(aq_conn *c)
 	}
 	for (int e = 0; e < c->nev; e++) {
 		aq_event *ev = &c->ev[e];
-		fprintf(stderr, "  ev %d: %s gen %d flag %s len %zu at %lld\n", e,
+		fprintf(lf, "  ev %d: %s gen %d flag %s len %zu at %lld\n", e,
 			ev->type == EV_LINE ? "line" : "sig", ev->gen,
 			ev->flag == F_SHARED     ? "shared"
 			: ev->flag == F_CONSUMED ? "consumed"
@@ -1671,6 +1722,19 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 	run->err = err;
 	run->errlen = errlen;
 	run->verbose = verbose;
+	run->logf = stderr;
+	/* COIL_APISEQ_LOGFAIL=prefix: log verbosely to memory and write the
+	 * log of a failing run to prefix.<n> (long unattended runs). */
+	const char *logfail = getenv("COIL_APISEQ_LOGFAIL");
+	char *logbuf = NULL;
+	size_t loglen = 0;
+	if (logfail && *logfail) {
+		FILE *m = open_memstream(&logbuf, &loglen);
+		if (m) {
+			run->logf = m;
+			run->verbose = 2;
+		}
+	}
 	run->gates = gates_get();
 	aq_current = run;
 	pthread_mutex_init(&run->mu, NULL);
@@ -1828,9 +1892,10 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 		t->c = c;
 		t->op = mainops[i][1];
 		t->arg = mainops[i][2];
+		int yield = t->arg & 4;
 		if (coil_loop_post(run->loop, c->home, home_task, t))
 			free(t);
-		if (t->arg & 4)
+		if (yield)
 			sched_yield();
 	}
 	for (int k = 0; k < AQ_THREADS; k++)
@@ -1971,6 +2036,23 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 	}
 	coil_set_unobserved_handler(NULL, NULL);
 	int failed = atomic_load(&run->failed);
+	if (run->logf != stderr) {
+		static atomic_int nlog;
+		if (failed) {
+			fprintf(run->logf, "FAILED: %s\n", err ? err : "");
+			fflush(run->logf);
+			char path[512];
+			snprintf(path, sizeof(path), "%s.%d", logfail,
+				 atomic_fetch_add(&nlog, 1));
+			FILE *f = fopen(path, "w");
+			if (f) {
+				fwrite(logbuf, 1, loglen, f);
+				fclose(f);
+			}
+		}
+		fclose(run->logf);
+		free(logbuf);
+	}
 	pthread_mutex_destroy(&run->mu);
 	free(run);
 	return failed ? 1 : 0;

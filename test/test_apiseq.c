@@ -5,7 +5,9 @@
  * threads, checked by the byte-accounting oracle of apiseq.c.
  *
  *   COIL_APISEQ_SEED=n     run only seed n (replay a failure), verbosely
- *                          with COIL_APISEQ_VERBOSE=1
+ *                          with COIL_APISEQ_VERBOSE=1 (2: dump the reads)
+ *   COIL_APISEQ_INPUT=f    run the input file f (a libFuzzer artifact of
+ *                          fuzz_apiseq) instead
  *   COIL_APISEQ_ITERS=n    run n seeds (default 48; fewer under valgrind)
  *   COIL_APISEQ_SECONDS=s  run seeds for s seconds instead (long runs)
  *   COIL_APISEQ_FIRST=n    the first seed (default 1)
@@ -45,7 +47,21 @@ static int run_seed(uint64_t seed, int verbose)
 static void test_sequences(void)
 {
 	const char *one = getenv("COIL_APISEQ_SEED");
+	const char *file = getenv("COIL_APISEQ_INPUT");
 	int verbose = (int)env_u64("COIL_APISEQ_VERBOSE", 0);
+	if (file && *file) {
+		static uint8_t in[1 << 16];
+		char err[512];
+		FILE *f = fopen(file, "rb");
+		CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+		size_t n = fread(in, 1, sizeof(in), f);
+		fclose(f);
+		int rc = apiseq_run(in, n, verbose, err, sizeof(err));
+		if (rc)
+			fprintf(stderr, "apiseq: %s FAILED: %s\n", file, err);
+		CU_ASSERT_EQUAL(rc, 0);
+		return;
+	}
 	if (one && *one) {
 		CU_ASSERT_EQUAL(run_seed(strtoull(one, NULL, 0), verbose), 0);
 		return;

@@ -1271,6 +1271,87 @@ static void test_unobserved_handler_threads(void)
 	coil_set_unobserved_handler(NULL, NULL);
 }
 
+
+/* ---- handles of other workers, and of a freed loop ---- */
+
+struct on_w1 {
+	coil_ip_t *h;    /* made on the worker the task was posted to */
+	coil_ip_t *done;
+	int sleep;
+	_Atomic int taken;
+};
+
+static void make_on_w1(void *arg)
+{
+	struct on_w1 *o = arg;
+	o->h = o->sleep ? coil_sleep(L, 60000) : coil_ip_new(L);
+	coil_ip_finish_int(o->done, 0);
+}
+
+static coil_ip_t *ret_w1(coil_ip_t *src, void *ud)
+{
+	struct on_w1 *o = ud;
+	atomic_store(&o->taken, 1);
+	return o->h; /* our reference goes to the chain */
+}
+
+/* A chain on worker 0 adopts a handle of worker 1: abort reaches it across
+ * workers, and its producer letting go breaks the chain. */
+static void test_cross_worker_adoption(void)
+{
+	for (int sleep = 1; sleep >= 0; sleep--) {
+		struct on_w1 o = {.done = coil_ip_new(L), .sleep = sleep};
+		T_ASSERT_OK(coil_loop_post(L, 1, make_on_w1, &o));
+		T_ASSERT_OK(t_wait(o.done));
+		coil_ip_t *keep = coil_ip_ref(o.h);
+		/* The chain's source (and so the chain) on worker 0. */
+		struct on_w1 o0 = {.done = coil_ip_new(L)};
+		T_ASSERT_OK(coil_loop_post(L, 0, make_on_w1, &o0));
+		T_ASSERT_OK(t_wait(o0.done));
+		coil_ip_unref(o0.done);
+		coil_ip_t *src = o0.h;
+		coil_ip_t *c = coil_ip_then(coil_ip_ref(src), ret_w1, NULL, &o);
+		T_ASSERT_OK(coil_ip_finish_int(src, 0));
+		/* Until the callback ran (the chain waits on keep). */
+		for (int i = 0; i < 10000 && !atomic_load(&o.taken); i++)
+			usleep(1000);
+		CU_ASSERT_FATAL(atomic_load(&o.taken));
+		if (sleep) {
+			T_ASSERT_OK(coil_ip_abort(c));
+			T_ASSERT_OK(t_wait(c));
+			CU_ASSERT_EQUAL(coil_ip_error(c), -ECANCELED);
+			T_ASSERT_OK(t_wait(keep));
+			CU_ASSERT_EQUAL(coil_ip_error(keep), -ECANCELED);
+			coil_ip_unref(keep);
+		} else {
+			coil_ip_unref(keep); /* the producer goes */
+			T_ASSERT_OK(t_wait(c));
+			CU_ASSERT_EQUAL(coil_ip_error(c), COIL_BROKEN);
+		}
+		coil_ip_unref(c);
+		coil_ip_unref(src);
+		coil_ip_unref(o.done);
+	}
+}
+
+/* Dropping handles after their loop is freed is allowed (concepts rule
+ * 16): a pending one with a chain on it must not reach for the dead worker,
+ * and nothing leaks (make asan). */
+static void test_drop_after_loop_free(void)
+{
+	coil_loop_t *l2 = t_loop(1);
+	coil_ip_t *h = coil_ip_new(l2);
+	coil_ip_t *c = coil_ip_then(coil_ip_ref(h), NULL, NULL, NULL);
+	coil_ip_t *t = coil_ip_timeout(coil_ip_ref(h), 60000, 0);
+	coil_ip_t *all = coil_ip_all(l2, &h, 1);
+	T_ASSERT_OK(coil_loop_free(l2));
+	coil_ip_unref(h);
+	CU_ASSERT_EQUAL(coil_ip_state(c), COIL_IP_PENDING);
+	coil_ip_unref(c);
+	coil_ip_unref(t);
+	coil_ip_unref(all);
+}
+
 static const coil_test_t tests[] = {
 	{"alloc_counters", test_alloc_counters},
 	{"settle_once", test_settle_once},
@@ -1302,6 +1383,8 @@ static const coil_test_t tests[] = {
 	{"return_plain_outcome", test_return_plain_outcome},
 	{"abort_vs_settle_threads", test_abort_vs_settle_threads},
 	{"unobserved_handler_threads", test_unobserved_handler_threads},
+	{"cross_worker_adoption", test_cross_worker_adoption},
+	{"drop_after_loop_free", test_drop_after_loop_free},
 	{NULL, NULL},
 };
 

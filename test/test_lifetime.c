@@ -320,6 +320,41 @@ static void test_on_read_no_inline_flush(void)
 	free(data);
 }
 
+/* A channel closed while its paused read signal held bytes: reads issued
+ * afterwards waited forever (the held bytes kept the end of stream from
+ * them; apiseq, strict seed 25). They get those bytes, then 0 bytes. */
+static void test_close_with_held_bytes(void)
+{
+	int peer;
+	coil_channel_t *ch = pair(&peer);
+	atomic_store(&held_seen, 0);
+	T_ASSERT_OK(coil_channel_set_queue_size(ch, 64 * 1024));
+	small_sndbuf(ch);
+	enum { TOTAL = 200 * 1024 };
+	char *data = calloc(1, TOTAL);
+	T_ASSERT_OK(t_write_all(peer, data, TOTAL));
+	T_ASSERT_OK(coil_channel_on_read(ch, held_answer, NULL));
+	T_ASSERT_OK(wait_at_least(&held_seen, 1));
+	usleep(20000); /* the rest of the batch is held */
+	T_ASSERT_OK(coil_channel_close(ch, 1));
+	size_t got = 0;
+	for (;;) {
+		coil_ip_t *r = coil_channel_read(ch);
+		T_ASSERT_OK(t_wait(r));
+		size_t n = 0;
+		coil_ip_bytes(r, &n);
+		CU_ASSERT_EQUAL(coil_ip_error(r), 0);
+		coil_ip_unref(r);
+		if (!n)
+			break;
+		got += n;
+	}
+	CU_ASSERT(got + atomic_load(&held_seen) <= TOTAL);
+	coil_channel_release(ch);
+	close(peer);
+	free(data);
+}
+
 /* ---- abort ---- */
 
 /* Aborting a write that had not started marked its handle failed while its
@@ -1005,6 +1040,7 @@ static const coil_test_t tests[] = {
 	{"write_callbacks_before_closed", test_write_callbacks_before_closed},
 	{"no_callback_inside_call", test_no_callback_inside_call},
 	{"on_read_no_inline_flush", test_on_read_no_inline_flush},
+	{"close_with_held_bytes", test_close_with_held_bytes},
 	{"abort_queued_write", test_abort_queued_write},
 	{"abort_readinto_keeps_bytes", test_abort_readinto_keeps_bytes},
 	{"steal_moves_every_byte", test_steal_moves_every_byte},

@@ -509,8 +509,7 @@ static void test_two_workers_share_listener(void)
 	coil_sockinfo_t li;
 	coil_socket_local(l, &li);
 	int fds[16];
-	/* SO_REUSEPORT hashes by source port: 16 connects all landing on one
-	 * of two workers has a chance of 1 in 32768. */
+	/* One accepting socket, clients handed out round-robin. */
 	for (int i = 0; i < 16; i++)
 		fds[i] = t_connect_tcp4(li.port);
 	for (int i = 0; i < 2000 && atomic_load(&cl.done) < 16; i++)

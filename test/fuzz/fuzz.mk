@@ -17,6 +17,9 @@ FUZZ_SRCS_readline := lib/buf.c lib/alloc.c
 FUZZ_SRCS_http := examples/common/http_parser.c
 FUZZ_SRCS_addr := $(sort $(wildcard lib/*.c))
 FUZZ_LIBS_addr := -luring -lpthread
+# apiseq: random API sequences against the whole library (test/apiseq.c).
+FUZZ_SRCS_apiseq := $(sort $(wildcard lib/*.c))
+FUZZ_LIBS_apiseq := -luring -lpthread
 # tls: the library with OpenSSL (the -D reaches every source of the line).
 FUZZ_SRCS_tls := $(sort $(wildcard lib/*.c))
 FUZZ_LIBS_tls := -DCOIL_HAVE_OPENSSL -luring -lpthread -lssl -lcrypto
@@ -31,7 +34,8 @@ FUZZ_CFLAGS := -std=gnu11 -g -O1 -fno-omit-frame-pointer \
 FUZZ_ALL := $(patsubst test/fuzz/fuzz_%.c,%,$(sort $(wildcard test/fuzz/fuzz_*.c)))
 FUZZ_TARGETS ?= $(FUZZ_ALL)
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_B)/fuzz_%)
-FUZZ_HDRS := $(wildcard include/*.h include/coil/*.h lib/*.h examples/common/*.h)
+FUZZ_HDRS := $(wildcard include/*.h include/coil/*.h lib/*.h examples/common/*.h \
+	test/apiseq.c test/apiseq.h)
 
 .PHONY: fuzz fuzz-smoke fuzz-build
 
