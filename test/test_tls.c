@@ -388,6 +388,7 @@ static void test_client_vs_s_server_12(void)
 
 struct srv {
 	_Atomic int clients;   /* published after the fields below */
+	_Atomic int seen;      /* the first client fills them */
 	char alpn[256], version[16];
 };
 
@@ -413,8 +414,10 @@ static void on_tls_client(coil_socket_t *l, coil_socket_t *c, void *ud)
 	struct srv *s = ud;
 	coil_tls_info_t i;
 	if (coil_tls_info(c, &i) == 0) {
-		snprintf(s->alpn, sizeof(s->alpn), "%s", i.alpn);
-		snprintf(s->version, sizeof(s->version), "%s", i.version);
+		if (atomic_fetch_add(&s->seen, 1) == 0) {
+			snprintf(s->alpn, sizeof(s->alpn), "%s", i.alpn);
+			snprintf(s->version, sizeof(s->version), "%s", i.version);
+		}
 		atomic_fetch_add(&s->clients, 1);
 	}
 	coil_channel_on_closed(c, echo_closed, NULL);
@@ -1151,6 +1154,55 @@ static void test_listener_first_bytes_with_finished(void)
 	coil_tls_ctx_free(cc);
 }
 
+/* Many clients at once through the TLS listener on two workers: every
+ * handshake, echo and close_notify completes, nothing is left behind. */
+static void test_many_clients(void)
+{
+	size_t before = coil_live_channels();
+	enum { N = 100 };
+	coil_tls_ctx_t *sc = server_ctx("srv"), *cc = client_ctx();
+	struct srv sv = {0};
+	unsigned port;
+	coil_socket_t *l = tls_listener(sc, &sv, &port);
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+	coil_socket_t *s[N];
+	coil_ip_t *hs[N], *rd[N];
+	for (int i = 0; i < N; i++) {
+		T_ASSERT_OK(coil_socket_new(L, &s[i]));
+		coil_ip_t *c = coil_socket_connect(s[i], addr, 0);
+		T_ASSERT_OK(t_wait(c));
+		T_ASSERT_OK(coil_ip_error(c));
+		coil_ip_unref(c);
+		hs[i] = coil_socket_starttls_client(s[i], cc, "localhost");
+		char line[32];
+		int n = snprintf(line, sizeof(line), "client %d\n", i);
+		coil_ip_unref(coil_channel_write(s[i], line, (size_t)n));
+		rd[i] = coil_channel_readline(s[i]);
+	}
+	int ok = 0;
+	for (int i = 0; i < N; i++) {
+		ip_done_ok(hs[i]);
+		char want[32];
+		snprintf(want, sizeof(want), "client %d\n", i);
+		T_ASSERT_OK(t_wait(rd[i]));
+		size_t n = 0;
+		const char *p = coil_ip_bytes(rd[i], &n);
+		if (n == strlen(want) && !memcmp(p, want, n))
+			ok++;
+		coil_ip_unref(rd[i]);
+		coil_channel_release(s[i]);
+	}
+	CU_ASSERT_EQUAL(ok, N);
+	CU_ASSERT_EQUAL(atomic_load(&sv.clients), N);
+	coil_channel_release(l);
+	for (int i = 0; i < 5000 && coil_live_channels() > before; i++)
+		usleep(1000);
+	CU_ASSERT(coil_live_channels() <= before);
+	coil_tls_ctx_free(sc);
+	coil_tls_ctx_free(cc);
+}
+
 /* ---- bulk: bytes through a TLS echo server, equal checksums ---- */
 
 struct bulk {
@@ -1349,6 +1401,7 @@ static const coil_test_t tests[] = {
 	{"session_resumption", test_session_resumption},
 	{"listener_first_bytes_with_finished",
 	 test_listener_first_bytes_with_finished},
+	{"many_clients", test_many_clients},
 	{"bulk_echo", test_bulk_echo},
 	{"https_echo_with_curl", test_https_echo_with_curl},
 	{NULL, NULL},
