@@ -516,6 +516,8 @@ static void test_renegotiation_refused(void)
 	out = proc_read_until(&p, "before", NULL);
 	CU_ASSERT(strstr(out, "before") != NULL);
 	free(out);
+	/* (Also orders the worker's writes to s before s leaves scope.) */
+	CU_ASSERT_EQUAL(atomic_load(&s.clients), 1);
 	CU_ASSERT_EQUAL(write(p.in, "R\n", 2), 2);
 	out = proc_read_until(&p, "no renegotiation", NULL);
 	if (!strstr(out, "no renegotiation"))
@@ -1287,6 +1289,7 @@ static void test_bulk_echo(void)
 		got += n;
 	}
 	pthread_join(th, NULL);
+	CU_ASSERT_EQUAL(atomic_load(&sv.clients), 1);
 	CU_ASSERT_EQUAL(b.err, 0);
 	CU_ASSERT_EQUAL(got, b.total);
 	CU_ASSERT(h == b.sum);
