@@ -1129,8 +1129,8 @@ static void test_session_resumption(void)
 
 /* A client's first bytes travel with its Finished (coil queues them during
  * the handshake): the TLS listener's new-client callback connects its read
- * signal after they were decrypted, and the signal must still see them.
- * (Failed before the replay in pending_done: the echo never came.) */
+ * signal after the handshake finished, and the signal must still see them.
+ * (Failed before the records were held: the echo never came.) */
 static void test_listener_first_bytes_with_finished(void)
 {
 	coil_tls_ctx_t *sc = server_ctx("srv"), *cc = client_ctx();
@@ -1152,6 +1152,56 @@ static void test_listener_first_bytes_with_finished(void)
 	}
 	CU_ASSERT_EQUAL(atomic_load(&sv.clients), 20);
 	coil_channel_release(l);
+	coil_tls_ctx_free(sc);
+	coil_tls_ctx_free(cc);
+}
+
+/* The same with starttls called directly: the read signal is connected in
+ * the handshake's callback, after the bytes that came with the client's
+ * Finished arrived; it still sees them (they were held undecrypted until
+ * someone wanted them). */
+static void connect_echo(coil_ip_t *ip, void *ud)
+{
+	coil_channel_t *ch = ud;
+	if (coil_ip_error(ip) == 0)
+		coil_channel_on_read(ch, echo_read, NULL);
+}
+
+static void test_signal_connected_after_handshake(void)
+{
+	coil_tls_ctx_t *sc = server_ctx("srv"), *cc = client_ctx();
+	for (int i = 0; i < 20; i++) {
+		coil_socket_t *a, *b;
+		T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+		coil_ip_t *hs = coil_socket_starttls_server(b, sc);
+		T_ASSERT_OK(coil_ip_on_done(hs, connect_echo, b));
+		coil_ip_t *hc = coil_socket_starttls_client(a, cc, "localhost");
+		coil_ip_t *w = coil_channel_write(a, "first\n", 6);
+		ip_done_ok(hc);
+		ip_done_ok(w);
+		expect_read(coil_channel_readline(a), "first\n");
+		/* And plain reads see what came with the Finished too. */
+		coil_ip_unref(hs);
+		coil_channel_release(a);
+		coil_channel_release(b);
+	}
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	coil_ip_t *hs = coil_socket_starttls_server(b, sc);
+	coil_ip_t *hc = coil_socket_starttls_client(a, cc, "localhost");
+	coil_ip_t *w = coil_channel_write(a, "read later\n", 11);
+	ip_done_ok(hc);
+	ip_done_ok(w);
+	ip_done_ok(hs);
+	expect_read(coil_channel_readline(b), "read later\n");
+	/* Held records that end with close_notify: a clean end. */
+	T_ASSERT_OK(coil_channel_set_close_on_eof(b, 0));
+	ip_done_ok(coil_channel_write(a, "bye\n", 4));
+	T_ASSERT_OK(coil_channel_close(a, 0));
+	expect_read(coil_channel_readline(b), "bye\n");
+	expect_read(coil_channel_read(b), "");
+	coil_channel_release(a);
+	coil_channel_release(b);
 	coil_tls_ctx_free(sc);
 	coil_tls_ctx_free(cc);
 }
@@ -1404,6 +1454,8 @@ static const coil_test_t tests[] = {
 	{"session_resumption", test_session_resumption},
 	{"listener_first_bytes_with_finished",
 	 test_listener_first_bytes_with_finished},
+	{"signal_connected_after_handshake",
+	 test_signal_connected_after_handshake},
 	{"many_clients", test_many_clients},
 	{"bulk_echo", test_bulk_echo},
 	{"https_echo_with_curl", test_https_echo_with_curl},
