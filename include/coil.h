@@ -1069,7 +1069,10 @@ COIL_EXTERN int coil_tls_ctx_set_sni_cb(coil_tls_ctx_t *c, coil_tls_sni_cb cb,
  * (the peer closed), -ETIMEDOUT (the context's handshake timeout),
  * -ECANCELED (aborted). Any failure after the call was accepted closes the
  * channel. Bytes already read ahead are taken as the first TLS records.
- * Any thread. NULL only on -ENOMEM. */
+ * Once TLS is on, coil_channel_dup/rewrap/steal fail with -EOPNOTSUPP on
+ * the channel. Records that arrive while no one reads wait (undecrypted)
+ * for a read or a signal, so a read signal connected in the handshake's
+ * callback sees the peer's first bytes. Any thread. NULL only on -ENOMEM. */
 COIL_EXTERN coil_ip_t *coil_socket_starttls_client(coil_socket_t *s,
 						   coil_tls_ctx_t *c,
 						   const char *host);

@@ -2069,10 +2069,19 @@ static void rewrap_local(coil_channel_t *ch, int fd, int mode)
 	kick_write(ch);
 }
 
+/* tls.c: a filtered channel's stream state can be neither copied nor moved
+ * with its descriptor (any thread: flt is published with a release). */
+static inline bool has_filter(const coil_channel_t *ch)
+{
+	return __atomic_load_n(&ch->flt, __ATOMIC_ACQUIRE) != NULL;
+}
+
 int coil_channel_rewrap(coil_channel_t *ch, int fd, int mode)
 {
 	if (!ch)
 		return -EINVAL;
+	if (has_filter(ch)) /* tls.c */
+		return -EOPNOTSUPP;
 	if (fd < 0)
 		return -EBADF;
 	if (!mode || (mode & ~(COIL_IO_READ | COIL_IO_WRITE)))
@@ -2118,6 +2127,8 @@ int coil_channel_dup(coil_channel_t *ch, coil_channel_t **out)
 {
 	if (!ch || !out)
 		return -EINVAL;
+	if (has_filter(ch)) /* tls.c */
+		return -EOPNOTSUPP;
 	int nfd = coil__channel_fd_call(ch, dup_fd, NULL);
 	if (nfd < 0)
 		return nfd;
@@ -2154,6 +2165,8 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 {
 	if (!ch || !other || ch == other)
 		return -EINVAL;
+	if (has_filter(ch) || has_filter(other)) /* tls.c */
+		return -EOPNOTSUPP;
 	if (ch->w != other->w)
 		return -EXDEV;
 	if (!on_home(ch))
