@@ -705,7 +705,9 @@ static void emit_lines(coil_channel_t *ch)
 			n = ch->rq.len;
 		if (!n)
 			break;
+		ch->show_rq = n;
 		ch->on_line(ch, coil__bufq_data(&ch->rq), n, ch->on_line_ud);
+		ch->show_rq = 0;
 		rq_consume(ch, n);
 	}
 }
@@ -770,10 +772,11 @@ static __thread coil_channel_t *showing;
 
 static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 {
-	/* Readers beside the signal (pending when the callback returns) get
-	 * the chunk too; without them the signal alone consumed it, even if
-	 * it disconnected itself meanwhile (the next read() gets the next
-	 * bytes, not these again). */
+	/* Readers beside the signal (waiting as the chunk is shown) get it
+	 * too; without them the signal alone consumed it, even if it
+	 * disconnected itself or issued a read meanwhile (that read gets the
+	 * next bytes, not these again). */
+	bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 	bool shown = false;
 	if (ch->on_read) {
 		if (ch->sigq.len || signal_paused(ch)) {
@@ -818,7 +821,7 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 				return;
 		}
 	}
-	if (shown && coil__list_empty(&ch->reads) && !ch->on_line)
+	if (shown && !others)
 		return; /* the read signal alone took these bytes */
 	/* Fast path: an empty queue and a plain read at the head. */
 	if (!ch->rq.len && !ch->on_line && !coil__list_empty(&ch->reads)) {
@@ -868,14 +871,16 @@ again:
 	while (ch->sigq.len && ch->on_read && !signal_paused(ch) &&
 	       state(ch) == COIL__CH_OPEN) {
 		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
+		bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 		ch->sig_back = 0;
+		ch->show_sigq = n;
 		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
+		ch->show_sigq = 0;
 		if (ch->sig_back) {
 			n -= ch->sig_back; /* left at the front */
 			ch->sig_back = 0;
 		}
-		if (state(ch) == COIL__CH_OPEN &&
-		    (!coil__list_empty(&ch->reads) || ch->on_line)) {
+		if (state(ch) == COIL__CH_OPEN && others) {
 			/* Readers beside the signal see the same bytes. */
 			if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
 					      n))
@@ -981,6 +986,11 @@ static int read_refused(coil_channel_t *ch, const char **msg)
 {
 	if (atomic_load(&ch->listening)) {
 		*msg = "read on a listening socket (use accept)";
+		return -ENOTCONN;
+	}
+	if (state(ch) == COIL__CH_NEW && atomic_load(&ch->sock_unconnected) &&
+	    !atomic_load(&ch->sock_connecting)) {
+		*msg = "read on a socket that is not connected";
 		return -ENOTCONN;
 	}
 	if (state(ch) != COIL__CH_NEW && !(ch->mode & COIL_IO_READ)) {
@@ -1759,13 +1769,25 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	coil__channel_put(ch);
 }
 
+/* sock (issue 13): 1 when the descriptor number no longer names an open
+ * file: it was closed behind coil's back. */
+static int fd_gone(int fd, void *arg)
+{
+	return fcntl(fd, F_GETFD) < 0 && errno == EBADF;
+}
+
 int coil_channel_close(coil_channel_t *ch, int immediate)
 {
 	if (!ch)
 		return -EINVAL;
+	/* kaa/CPython: closing a descriptor closed underneath says EBADF
+	 * (the channel still closes). */
+	bool gone = !atomic_load(&ch->close_req) &&
+		    coil__channel_fd_call(ch, fd_gone, NULL) == 1;
 	/* kaa: alive is false as soon as close() returns, from any thread. */
 	atomic_store(&ch->close_req, true);
-	return call(ch, CALL_CLOSE, immediate, NULL, NULL);
+	int rc = call(ch, CALL_CLOSE, immediate, NULL, NULL);
+	return rc ? rc : gone ? -EBADF : 0;
 }
 
 coil_channel_t *coil_channel_ref(coil_channel_t *ch)
@@ -2159,6 +2181,13 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 	}
 	if (other->steal_to || ch->steal_to)
 		return -EBUSY; /* already stolen, or a victim itself */
+	/* Inside other's readline callback, or its read callback showing
+	 * held-back bytes, the bytes shown are a view into other's queues,
+	 * consumed when the callback returns: moving them would deliver them
+	 * twice (apiseq F9). (A read callback shown a fresh receive may
+	 * steal: that chunk is in no queue.) */
+	if (other->show_rq || other->show_sigq)
+		return -EBUSY;
 	int fd = fcntl(other->fd, F_DUPFD_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
@@ -2247,6 +2276,8 @@ int coil_channel_fileno(const coil_channel_t *ch)
 
 int coil_channel_alive(const coil_channel_t *ch)
 {
+	if (ch && state(ch) == COIL__CH_NEW && atomic_load(&ch->sock_connecting))
+		return !atomic_load(&ch->close_req); /* kaa: alive while connecting */
 	return ch && state(ch) == COIL__CH_OPEN && ch->fd >= 0 &&
 	       !atomic_load(&ch->close_req);
 }
@@ -2429,12 +2460,16 @@ static void gate_wake(coil_channel_t *ch)
 		call(src, CALL_WAKE, 0, NULL, NULL);
 }
 
+static void relay_on_read(coil_channel_t *src, const void *data, size_t len,
+			  void *ud);
+
 static void relay_end(struct coil__relay *r, int err, const char *msg)
 {
 	coil_channel_t *src = r->src, *dst = r->dst;
 	r->active = false;
 	src->relay = NULL;
-	src->on_read = NULL;
+	if (src->on_read == relay_on_read)
+		src->on_read = NULL; /* not a signal the user connected since */
 	src->gate = NULL;
 	atomic_store(&src->gate_paused, false);
 	/* Held-back bytes now belong to src's readers (end of the turn). */
