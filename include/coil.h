@@ -316,6 +316,25 @@ COIL_EXTERN coil_ip_t *coil_ip_return_error(coil_ip_t *src, int err,
 					    const char *fmt, ...)
 	COIL_PRINTF(3, 4);
 
+/* A loop without writing the chaining: body(prev, ud) runs first with prev
+ * = NULL, then each time the handle it returned settles, with prev = that
+ * handle (borrowed, whatever its outcome: look at coil_ip_error(prev)). It
+ * returns the next iteration's handle (its reference moves to the loop), or
+ * NULL (or prev itself) to end the loop: the returned handle then takes
+ * prev's outcome (finishes with 0 if body ended at once). body runs on the
+ * home worker of the returned handle, never inside coil_ip_repeat(), and
+ * one call at a time; an iteration that has settled already runs the next
+ * at once within the depth rule (COIL_IP_INLINE_DEPTH), later ones from the
+ * ready queue. Constant memory: nothing is allocated per iteration beyond
+ * what body makes. Aborting the returned handle aborts the iteration in
+ * flight and fails the loop with -ECANCELED; body is not called again (a
+ * refusal of the iteration is returned and the loop goes on). NULL on
+ * -ENOMEM or a NULL loop; a NULL body gives a handle failed with -EINVAL.
+ * Any thread. */
+typedef coil_ip_t *(*coil_repeat_cb)(coil_ip_t *prev, void *ud);
+COIL_EXTERN coil_ip_t *coil_ip_repeat(coil_loop_t *loop, coil_repeat_cb body,
+				      void *ud);
+
 /* Returns a handle that mirrors ip, or fails with -ETIMEDOUT after `ms`
  * milliseconds; with abort_on_timeout, ip is aborted at expiry. Consumes ip.
  * Aborting the returned handle aborts ip (a refusal of ip is returned; if ip
@@ -402,10 +421,15 @@ COIL_EXTERN int coil_socketpair(coil_loop_t *loop, int domain, int type,
 				coil_socket_t **a, coil_socket_t **b);
 /* dup(2) of the descriptor as a new channel on the same home worker. */
 COIL_EXTERN int coil_channel_dup(coil_channel_t *ch, coil_channel_t **out);
-/* kaa steal(): ch takes over other's descriptor (a dup of it) and buffered
- * read bytes; other is left closed (its closed signal fires with expected =
- * true). Synchronous: both must share a home worker and the call must run
- * there (-EXDEV otherwise; -EBUSY while other has writes queued). */
+/* kaa steal(): ch takes over other's descriptor (a dup of it) and every
+ * byte other received and did not deliver, in order: its read queue, bytes
+ * held back for its read signal, and what its receive still takes until
+ * the cancel lands (ch reads nothing of its own before those). other is
+ * left closed (its closed signal fires with expected = true). Synchronous:
+ * both must share a home worker and the call must run there (-EXDEV
+ * otherwise); -EBUSY while other has writes queued, is being stolen, or
+ * inside other's readline callback or its read callback showing held-back
+ * bytes (those bytes are a view into other's queues). */
 COIL_EXTERN int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other);
 
 /* Drops the caller's handle. If the channel is still open it is closed as by
@@ -427,7 +451,10 @@ COIL_EXTERN coil_channel_t *coil_channel_ref(coil_channel_t *ch);
  * read_exact fails with COIL_EOF. A read error (-ECONNRESET...) fails the
  * reads that find nothing buffered. Bytes results are owned by the
  * InProgress (coil_ip_bytes; coil_ip_steal_bytes hands them over, to be
- * freed with coil_free, 0-byte results included). */
+ * freed with coil_free, 0-byte results included). A read on a channel not
+ * open for reading fails at once with -EBADF, on a listening socket with
+ * -ENOTCONN. Aborting a read (or its timeout) takes no byte from the
+ * stream. */
 /* 1..chunk_size bytes as soon as any are available; 0 bytes = closed. */
 COIL_EXTERN coil_ip_t *coil_channel_read(coil_channel_t *ch);
 /* The next line including its delimiter; a line longer than queue_size is
@@ -441,7 +468,9 @@ COIL_EXTERN coil_ip_t *coil_channel_readline(coil_channel_t *ch);
 COIL_EXTERN coil_ip_t *coil_channel_read_exact(coil_channel_t *ch, size_t n);
 /* usocket readinto: fills buf with exactly n bytes (no short reads) and
  * finishes with n; at end of stream finishes with the count that arrived
- * (< n). buf must stay valid until the handle settles. */
+ * (< n). buf must stay valid until the handle settles. Aborted or timed
+ * out, it gives the bytes it had copied back to the front of the read
+ * queue (the next read starts with them) and fails with no count. */
 COIL_EXTERN coil_ip_t *coil_channel_readinto(coil_channel_t *ch, void *buf,
 					     size_t n);
 /* coro readv: reads sizes[0], sizes[1], ... bytes; finishes with a
@@ -458,9 +487,12 @@ COIL_EXTERN coil_ip_t *coil_channel_readv(coil_channel_t *ch,
  * length once its last byte went to the kernel, or fails with the send error
  * (later writes then fail with -EBADF and the channel closes with
  * expected = 0). A write that would push write_queue_used past queue_size
- * fails at once with -ENOBUFS and queues nothing, except that one write may
- * always go into an empty queue, whatever its size (so the queue holds at
- * most queue_size, or one larger write). len == 0 finishes with 0.
+ * fails at once with -ENOBUFS and queues nothing (kaa: the queue never holds
+ * more than queue_size; the message names queue_size). On a channel not
+ * open for writing: -EBADF; on a listening socket: -ENOTCONN. Abortable
+ * until its first byte went into a send (removed, nothing sent, later
+ * writes keep their order); after that the abort is refused with -EBUSY
+ * and the write completes. len == 0 finishes with 0.
  * Writes before a descriptor exists (or while a socket connects) queue.
  * coil_channel_write/writev copy the bytes. */
 COIL_EXTERN coil_ip_t *coil_channel_write(coil_channel_t *ch, const void *data,
@@ -1040,7 +1072,10 @@ COIL_EXTERN int coil_tls_ctx_set_sni_cb(coil_tls_ctx_t *c, coil_tls_sni_cb cb,
  * (the peer closed), -ETIMEDOUT (the context's handshake timeout),
  * -ECANCELED (aborted). Any failure after the call was accepted closes the
  * channel. Bytes already read ahead are taken as the first TLS records.
- * Any thread. NULL only on -ENOMEM. */
+ * Once TLS is on, coil_channel_dup/rewrap/steal fail with -EOPNOTSUPP on
+ * the channel. Records that arrive while no one reads wait (undecrypted)
+ * for a read or a signal, so a read signal connected in the handshake's
+ * callback sees the peer's first bytes. Any thread. NULL only on -ENOMEM. */
 COIL_EXTERN coil_ip_t *coil_socket_starttls_client(coil_socket_t *s,
 						   coil_tls_ctx_t *c,
 						   const char *host);

@@ -409,6 +409,10 @@ struct coil_channel_s {
 	bool lines_due;       /* readline signal to be served (deferred) */
 	bool in_flush, flush_again; /* flush_sigq running / to rerun */
 	size_t sig_back;      /* tail of the shown chunk the signal left */
+	/* Bytes at the front of rq / sigq being shown to a signal right now
+	 * (consumed when the callback returns): a steal inside the callback
+	 * does not move them. */
+	size_t show_rq, show_sigq;
 	/* steal: the victim's receive still drains into steal_to (which
 	 * holds steal_wait > 0 and reads nothing of its own until then). */
 	coil_channel_t *steal_to;

@@ -82,6 +82,11 @@ enum {
 				      bytes) */
 	G_STEAL_IN_SIGNAL = 1u << 11, /* steal inside a signal callback of the
 					 victim */
+	G_RELEASE_IN_SIGNAL = 1u << 12, /* release inside a read or readline
+					   callback */
+	G_STEAL_CHAIN = 1u << 13, /* a second steal on one connection (the
+				     thief stolen in turn) */
+	G_TCP_SMALL_SNDBUF = 1u << 14, /* a 4 KiB SO_SNDBUF on TCP */
 };
 
 static const struct {
@@ -100,11 +105,16 @@ static const struct {
 	{G_SMALL_BUFFERS, "small-buffers"},
 	{G_CLOSE_PAUSED, "close-paused-signal"},
 	{G_STEAL_IN_SIGNAL, "steal-in-signal"},
+	{G_RELEASE_IN_SIGNAL, "release-in-signal"},
+	{G_STEAL_CHAIN, "steal-chain"},
+	{G_TCP_SMALL_SNDBUF, "tcp-small-sndbuf"},
 };
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
-#define AQ_DEFAULT_GATES "small-buffers,steal-in-signal"
+#define AQ_DEFAULT_GATES                                                   \
+	"small-buffers,steal-in-signal,release-in-signal,steal-chain,"     \
+	"tcp-small-sndbuf"
 
 static unsigned gates_parse(const char *s)
 {
@@ -262,6 +272,7 @@ struct aq_conn {
 	int changes; /* close / release / steal made (for "gone" checks) */
 	int in_sig;  /* inside a read-signal callback (any depth) */
 	int in_line; /* inside a readline-signal callback (any depth) */
+	int refs;    /* references the plain threads hold (coil_channel_ref) */
 	int foreign_inflight;
 	int line_on;
 	aq_sub *read_sub, *line_sub, *closed_sub, *subs;
@@ -296,6 +307,7 @@ struct aq_conn {
 struct aq_run {
 	coil_loop_t *loop;
 	FILE *logf; /* verbose output: stderr, or memory kept for failures */
+	pthread_mutex_t logmu;
 	unsigned gates;
 	int verbose;
 	aq_conn conns[AQ_CONNS];
@@ -335,7 +347,9 @@ static void vlog(aq_run *run, const char *fmt, ...)
 		return;
 	va_list ap;
 	va_start(ap, fmt);
+	pthread_mutex_lock(&run->logmu);
 	vfprintf(run->logf, fmt, ap);
+	pthread_mutex_unlock(&run->logmu);
 	va_end(ap);
 }
 
@@ -453,11 +467,17 @@ static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 	ev->flag = F_CONSUMED;
 	int idx = (int)(ev - c->ev);
 	int changes = c->changes;
-	/* The read signal alone takes a chunk when, as it is shown, no
-	 * request is queued and no readline signal is connected (decided
-	 * before the callback: what the callback does to the signal or the
-	 * requests does not change it; docs/channel.md). */
+	/* The read signal alone takes a chunk when, as its callback returns,
+	 * no request is queued and no readline signal is connected
+	 * (docs/channel.md "Signals": a read the callback itself issues
+	 * shares the chunk). */
 	int flag = F_CONSUMED;
+	int inflight = c->foreign_inflight;
+	int *in_ctr = type == EV_SIG ? &c->in_sig : &c->in_line;
+	(*in_ctr)++;
+	cb_next(c, s, data, len);
+	(*in_ctr)--;
+	ev = &c->ev[idx];
 	if (type == EV_SIG) {
 		int ci = chan_index(c, ch);
 		bool consumers = c->line_on && c->line_sub && c->line_sub->ch == ch;
@@ -468,19 +488,12 @@ static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 				consumers = true;
 		}
 		flag = consumers ? F_SHARED : F_CONSUMED;
-		if (c->foreign_inflight || c->closed_by_us ||
-		    (ci >= 0 && c->closed_count[ci]))
+		/* A plain thread's call in flight, or a callback that closed,
+		 * released or stole: either may be right. */
+		if (inflight || c->foreign_inflight || c->closed_by_us ||
+		    changes != c->changes || (ci >= 0 && c->closed_count[ci]))
 			flag = F_EITHER;
 	}
-	int *in_ctr = type == EV_SIG ? &c->in_sig : &c->in_line;
-	(*in_ctr)++;
-	cb_next(c, s, data, len);
-	(*in_ctr)--;
-	ev = &c->ev[idx];
-	/* A callback that closed, released or stole: the chunk may not
-	 * reach the readers. */
-	if (type == EV_SIG && changes != c->changes)
-		flag = F_EITHER;
 	ev->flag = flag;
 	pthread_mutex_unlock(&c->mu);
 }
@@ -860,6 +873,11 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 	}
 	if (op == OP_INTO && c->line_on && (run->gates & G_INTO_BESIDE_LINE))
 		op = OP_EXACT;
+	if (op == OP_RELEASE && (run->gates & G_RELEASE_IN_SIGNAL) &&
+	    (c->in_sig || c->in_line)) {
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
 	if ((op == OP_CLOSE || op == OP_RELEASE) &&
 	    (run->gates & G_CLOSE_PAUSED) &&
 	    (c->read_sub || c->foreign_inflight)) {
@@ -927,12 +945,20 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 	case OP_RELEASE:
 		c->released = 1;
 		c->changes++;
+		/* While plain threads hold references this is not the last
+		 * release: the channel and its signals live on. */
+		if (c->refs && c->ch == c->chs[0]) {
+			op = -1;
+			coil_channel_release(c->ch);
+			break;
+		}
 		if (!issuer)
 			model_apply(c, OP_RELEASE, 0, NULL);
 		coil_channel_release(c->ch);
 		break;
 	case OP_STEAL:
 		if ((run->gates & G_STEAL) || c->foreign_inflight ||
+		    (c->stole && (run->gates & G_STEAL_CHAIN)) ||
 		    ((run->gates & G_STEAL_IN_SIGNAL) && (c->in_sig || c->in_line)))
 			break;
 		do_steal(c, issuer);
@@ -1045,6 +1071,33 @@ static void *user_thread(void *arg)
 		op_do(&run->conns[o[0]], o[1], o[2], th->k + 1, NULL, NULL, 0);
 		if (o[2] & 8)
 			sched_yield();
+	}
+	/* Drop the references taken for this thread (contract 4). */
+	for (int i = 0; i < AQ_CONNS; i++) {
+		aq_conn *c = &run->conns[i];
+		pthread_mutex_lock(&c->mu);
+		if (c->refs) {
+			c->refs--;
+			bool last = !c->refs && c->released && c->ch == c->chs[0];
+			if (last)
+				c->foreign_inflight++;
+			coil_channel_release(c->chs[0]);
+			if (last) {
+				/* The last release: the signals end once it
+				 * took effect (the fence). */
+				aq_fence *f = calloc(1, sizeof(*f));
+				if (!f)
+					abort();
+				f->c = c;
+				f->op = OP_RELEASE;
+				if (coil_loop_post(run->loop, c->home, fence_run,
+						   f)) {
+					violation(run, "coil_loop_post failed");
+					free(f);
+				}
+			}
+		}
+		pthread_mutex_unlock(&c->mu);
 	}
 	return NULL;
 }
@@ -1652,8 +1705,15 @@ static void check_writes(aq_conn *c)
 						  c->idx,
 						  (long long)coil_ip_int(r->ip),
 						  r->wlen);
+				/* TCP: closing with unread input resets the
+				 * connection and the kernel drops its send
+				 * queue (RFC 2525 2.17), so a finished write
+				 * may never arrive once the sequence closed
+				 * or released the channel. */
+				bool tcp_cut = c->tcp && (c->closed_by_us ||
+							  c->released);
 				if (!r->appeared && !c->peer_reset &&
-				    !c->rx_over && !c->peer_timeout)
+				    !c->rx_over && !c->peer_timeout && !tcp_cut)
 					violation(c->run,
 						  "conn %d: write seq %u (op %d, "
 						  "%s) finished but never "
@@ -1738,6 +1798,7 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 	run->gates = gates_get();
 	aq_current = run;
 	pthread_mutex_init(&run->mu, NULL);
+	pthread_mutex_init(&run->logmu, NULL);
 	coil_set_unobserved_handler(unobserved_quiet, NULL);
 
 	uint8_t cfg[8] = {0};
@@ -1757,8 +1818,8 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 	/* Few, small provided buffers: the ENOBUFS and pause paths. */
 	o.buf_count = (cfg[5] & 1) && !(run->gates & G_SMALL_BUFFERS) ? 16 : 0;
 	o.buf_size = (cfg[5] & 2) && !(run->gates & G_SMALL_BUFFERS) ? 512 : 0;
-	vlog(run, "apiseq: buf_count %u buf_size %u sndbuf %d\n", o.buf_count,
-	     o.buf_size, (cfg[5] & 4) ? 4096 : 0);
+	vlog(run, "apiseq: buf_count %u buf_size %u sndbuf %d thread refs %d\n",
+	     o.buf_count, o.buf_size, (cfg[5] & 4) ? 4096 : 0, !!(cfg[5] & 16));
 	int rc = coil_loop_new(&run->loop, &o);
 	if (rc) {
 		snprintf(err, errlen, "coil_loop_new: %s", coil_strerror(rc));
@@ -1811,7 +1872,8 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 		if (c->qsize)
 			coil_channel_set_queue_size(c->ch, c->qsize);
 		coil_channel_set_close_on_eof(c->ch, c->close_on_eof);
-		if (cfg[5] & 4)
+		if ((cfg[5] & 4) &&
+		    !(c->tcp && (run->gates & G_TCP_SMALL_SNDBUF)))
 			coil_socket_set_buffer_size(c->ch, 4096);
 		c->drain_done = coil_ip_new(run->loop);
 		if (!c->drain_done)
@@ -1870,6 +1932,19 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 		if (pthread_create(&c->peer, NULL, peer_main, c) == 0)
 			c->peer_started = 1;
 	}
+	/* Plain threads that hold their own references (coil_channel_ref,
+	 * contract 4): a release by the sequence is then not the last one. */
+	for (int i = 0; i < AQ_CONNS && (cfg[5] & 16); i++) {
+		aq_conn *c = &run->conns[i];
+		if (!c->ch)
+			continue;
+		for (int k = 0; k < AQ_THREADS; k++) {
+			if (coil_channel_ref(c->ch) != c->ch)
+				violation(run, "coil_channel_ref returned another "
+					       "channel");
+			c->refs++;
+		}
+	}
 	pthread_t th[AQ_THREADS];
 	aq_thread ta[AQ_THREADS];
 	for (int k = 0; k < AQ_THREADS; k++) {
@@ -1919,6 +1994,7 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 					  ? coil_ip_wait(c->drain_done, 20000)
 					  : 0;
 			if (wrc) {
+				pthread_mutex_lock(&c->mu);
 				violation(run,
 					  "conn %d: the final drain did not end "
 					  "(%d) in 20 s (a read never settled or "
@@ -1937,6 +2013,7 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 					  coil_channel_write_queue_used(c->ch),
 					  c->drain_reads);
 				c->drain_full = 0;
+				pthread_mutex_unlock(&c->mu);
 			}
 		}
 		/* Release the channels still held, on their home worker
@@ -1986,8 +2063,10 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 			continue;
 		if (c->drain_done && coil_ip_state(c->drain_done) != COIL_IP_FINISHED)
 			c->drain_full = 0;
-		if (freed_early)
+		if (freed_early) {
 			c->drain_full = 0;
+			c->closed_by_us = 1; /* the stop closed it at once */
+		}
 		check_reads(c);
 		check_writes(c);
 		for (int j = 0; j < c->nchs; j++) {
@@ -2054,6 +2133,7 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 		free(logbuf);
 	}
 	pthread_mutex_destroy(&run->mu);
+	pthread_mutex_destroy(&run->logmu);
 	free(run);
 	return failed ? 1 : 0;
 }

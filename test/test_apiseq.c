@@ -11,6 +11,7 @@
  *   COIL_APISEQ_ITERS=n    run n seeds (default 48; fewer under valgrind)
  *   COIL_APISEQ_SECONDS=s  run seeds for s seconds instead (long runs)
  *   COIL_APISEQ_FIRST=n    the first seed (default 1)
+ *   COIL_APISEQ_TRACE=1    print each seed before it runs
  *   COIL_APISEQ_GATES=...  the known-bug gates (docs/reliability.md);
  *   COIL_APISEQ_STRICT=1   none (every operation and rule on)
  */
@@ -69,6 +70,9 @@ static void test_sequences(void)
 	uint64_t first = env_u64("COIL_APISEQ_FIRST", 1);
 	uint64_t iters = env_u64("COIL_APISEQ_ITERS", t_on_valgrind() ? 6 : 48);
 	uint64_t secs = env_u64("COIL_APISEQ_SECONDS", 0);
+	/* COIL_APISEQ_TRACE=1: name each seed before it runs (a sanitizer
+	 * abort then says which one). */
+	int trace = (int)env_u64("COIL_APISEQ_TRACE", 0);
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	uint64_t n = 0, bad = 0;
@@ -83,6 +87,8 @@ static void test_sequences(void)
 			break;
 		}
 		n++;
+		if (trace)
+			fprintf(stderr, "apiseq: seed %" PRIu64 "\n", s);
 		if (run_seed(s, verbose)) {
 			bad++;
 			if (!secs)
