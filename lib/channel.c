@@ -364,7 +364,8 @@ static bool want_read(coil_channel_t *ch)
 	 * faster than its writes drain (see signal_paused). */
 	if (ch->on_read && (signal_paused(ch) || ch->sigq.len))
 		return false;
-	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads);
+	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads) ||
+	       atomic_load(&ch->sock_nonblock); /* sock: buffer ahead */
 }
 
 static void arm_recv(coil_channel_t *ch)
@@ -1000,6 +1001,18 @@ static int read_refused(coil_channel_t *ch, const char **msg)
 	return 0;
 }
 
+/*
+ * sock (issue 13): a socket in usocket's non-blocking mode keeps receiving
+ * into the read queue (up to queue_size, see want_read), as the kernel's
+ * socket buffer would; a read that what is already here does not serve
+ * fails with -EAGAIN and takes nothing (aborted as read_abort does).
+ */
+static void nonblock_read_check(coil_channel_t *ch, coil_ip_t *ip, readreq *r)
+{
+	read_abort(ip, r);
+	coil__ip_fail_msg(ip, -EAGAIN, "read would block (non-blocking socket)");
+}
+
 static void read_enqueue(coil_channel_t *ch, readreq *r)
 {
 	do_register(ch);
@@ -1018,7 +1031,11 @@ static void read_enqueue(coil_channel_t *ch, readreq *r)
 	coil__list_add_tail(&ch->reads, &r->link);
 	if (state(ch) >= COIL__CH_CLOSING)
 		ch->eof = true;
+	coil_ip_t *ip = coil_ip_ref(r->ip);
 	process_api(ch);
+	if (atomic_load(&ch->sock_nonblock) && coil_ip_state(ip) == COIL_IP_PENDING)
+		nonblock_read_check(ch, ip, r);
+	coil_ip_unref(ip);
 }
 
 static void read_task_run(coil__task *t)

@@ -396,6 +396,9 @@ struct coil_channel_s {
 	 * (sock_unconnected), and counts as alive/readable while it connects
 	 * (sock_connecting, kaa). Both stay false for plain channels. */
 	_Atomic bool sock_unconnected, sock_connecting;
+	/* socket.c: usocket non-blocking mode: reads that cannot be served
+	 * now fail with -EAGAIN (channel.c nonblock_read_check). */
+	_Atomic bool sock_nonblock;
 	/* User references (coil_channel_ref); the last release is the
 	 * release. Together they hold one reference in refs. */
 	_Atomic int urefs;

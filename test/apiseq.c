@@ -86,6 +86,7 @@ enum {
 					   callback */
 	G_STEAL_CHAIN = 1u << 13, /* a second steal on one connection (the
 				     thief stolen in turn) */
+	G_TCP_SMALL_SNDBUF = 1u << 14, /* a 4 KiB SO_SNDBUF on TCP */
 };
 
 static const struct {
@@ -106,12 +107,14 @@ static const struct {
 	{G_STEAL_IN_SIGNAL, "steal-in-signal"},
 	{G_RELEASE_IN_SIGNAL, "release-in-signal"},
 	{G_STEAL_CHAIN, "steal-chain"},
+	{G_TCP_SMALL_SNDBUF, "tcp-small-sndbuf"},
 };
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
 #define AQ_DEFAULT_GATES                                                   \
-	"small-buffers,steal-in-signal,release-in-signal,steal-chain"
+	"small-buffers,steal-in-signal,release-in-signal,steal-chain,"     \
+	"tcp-small-sndbuf"
 
 static unsigned gates_parse(const char *s)
 {
@@ -1869,7 +1872,8 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 		if (c->qsize)
 			coil_channel_set_queue_size(c->ch, c->qsize);
 		coil_channel_set_close_on_eof(c->ch, c->close_on_eof);
-		if (cfg[5] & 4)
+		if ((cfg[5] & 4) &&
+		    !(c->tcp && (run->gates & G_TCP_SMALL_SNDBUF)))
 			coil_socket_set_buffer_size(c->ch, 4096);
 		c->drain_done = coil_ip_new(run->loop);
 		if (!c->drain_done)
