@@ -80,6 +80,7 @@ TEST_BINS := $(TEST_SRCS:%.c=$(B)/%)
 TEST_HELPERS := $(B)/test/helpers.o
 
 .PHONY: all lib examples tests test run asan tsan valgrind bench micro-bench deps deps-test \
+	test-suite valgrind-suite stress-run serve \
 	install uninstall clean check-exports fuzz stress man check-man
 .DEFAULT_GOAL := all
 .SECONDARY:
@@ -126,10 +127,14 @@ deps-test:
 	@sh scripts/deps.sh build test
 
 # The whole suite. TESTS="loop inprogress" runs a subset; TEST_TIMEOUT is per
-# program, in seconds.
+# program, in seconds. Each target that installs packages first runs the
+# build in a new make: the build directory depends on what is installed
+# (TLS when OpenSSL is there), so it is decided after the install.
 TEST_TIMEOUT ?= 300
 test: deps-test
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory test-suite
+
+test-suite: all
 	@sh scripts/runtests.sh $(B) $(TEST_TIMEOUT) $(TESTS)
 
 asan:
@@ -140,14 +145,18 @@ tsan:
 
 valgrind:
 	@sh scripts/deps.sh build test valgrind
-	@$(MAKE) --no-print-directory VARIANT=valgrind all
-	@VALGRIND=1 sh scripts/runtests.sh build/valgrind $(TEST_TIMEOUT) $(TESTS)
+	@$(MAKE) --no-print-directory VARIANT=valgrind valgrind-suite
+
+valgrind-suite: all
+	@VALGRIND=1 sh scripts/runtests.sh $(B) $(TEST_TIMEOUT) $(TESTS)
 
 # Stress and fault runs at full size (COIL_STRESS_SCALE=1; `make test` runs
 # them at 5% as test_stress).
 STRESS_TIMEOUT ?= 1200
 stress: deps-test
-	@$(MAKE) --no-print-directory $(B)/test/stress
+	@$(MAKE) --no-print-directory stress-run
+
+stress-run: $(B)/test/stress
 	@timeout -k 5 $(STRESS_TIMEOUT) $(B)/test/stress
 
 # make run HOST=0.0.0.0 PORT=9000; RUN_ARGS adds any http_echo option
@@ -157,7 +166,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 RUN_ARGS ?=
 run: deps
-	@$(MAKE) --no-print-directory $(B)/examples/http_echo
+	@$(MAKE) --no-print-directory serve
+
+serve: $(B)/examples/http_echo
 	@exec $(B)/examples/http_echo --host '$(HOST)' --port '$(PORT)' $(RUN_ARGS)
 
 check-exports: $(B)/libcoil.so
@@ -205,7 +216,7 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libcoil.a $(DESTDIR)$(LIBDIR)/libcoil.so \
 	      $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libcoil.so.$(VERSION) \
 	      $(DESTDIR)$(LIBDIR)/pkgconfig/coil.pc
-	rm -f $(DESTDIR)$(MANDIR)/man3/coil_*.3
+	rm -f $(DESTDIR)$(MANDIR)/man3/coil_*.3 $(DESTDIR)$(MANDIR)/man3/coil.3
 
 clean:
 	rm -rf build coil.pc

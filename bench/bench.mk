@@ -16,7 +16,7 @@ BENCH_LDFLAGS := $(SAN) $(LDFLAGS)
 BENCH_HAVE_UV := $(shell pkg-config --exists libuv 2>/dev/null && echo yes)
 
 BENCH_BINS := $(B)/bench/loadgen $(B)/bench/epoll_echo $(B)/bench/uring_echo \
-	$(B)/bench/epoll_http $(B)/bench/uring_http
+	$(B)/bench/epoll_http $(B)/bench/uring_http $(B)/bench/enter
 ifeq ($(BENCH_HAVE_UV),yes)
 BENCH_BINS += $(B)/bench/uv_echo
 endif
@@ -45,8 +45,17 @@ $(B)/bench/uring_http: bench/uring_http.c
 	@mkdir -p $(dir $@)
 	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_LDFLAGS) -luring -lpthread
 
+$(B)/bench/enter: bench/enter.c
+	@mkdir -p $(dir $@)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_LDFLAGS) -luring -lpthread
+
 # Allocation counts per message: links libcoil.a for coil__alloc_total().
 $(B)/bench/allocs: bench/allocs.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(ALL_LDFLAGS) $(LDLIBS_ALL)
+
+# Timer lateness while the worker is saturated (links libcoil.a).
+$(B)/bench/fairness: bench/fairness.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(ALL_LDFLAGS) $(LDLIBS_ALL)
 
@@ -62,7 +71,7 @@ bench:
 	@sh scripts/deps.sh bench
 	@$(MAKE) --no-print-directory bench-build
 	@$(MAKE) --no-print-directory $(B)/examples/echo_server \
-		$(B)/examples/http_echo $(B)/bench/allocs >build/bench-coil-build.log 2>&1 || \
+		$(B)/examples/http_echo $(B)/bench/allocs $(B)/bench/fairness >build/bench-coil-build.log 2>&1 || \
 		echo "bench: coil's example servers did not build (see build/bench-coil-build.log); run.sh skips what is missing"
 	@mkdir -p build
 	@bash -o pipefail -c 'B=$(B) bash bench/run.sh | tee build/bench-results.txt'

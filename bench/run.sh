@@ -10,8 +10,8 @@
 #   IDLE_CONNS=10000 connections held for the memory scenario; MEM_ROUNDS=1
 #   SERVER_CPU=0 LOAD_CPU=1   taskset pinning; THREADS=1 server threads
 #   PORT_BASE=19000  first port; every (round, server) gets its own port
-#   SCENARIOS="echo1 echo50 echo500 echo4k bulk http mem counts allocs"   subset to run
-#   COUNT_MSGS=20000 messages per server for the syscall counts (strace -c -f)
+#   SCENARIOS="echo1 echo50 echo500 echo4k bulk http mem counts allocs fairness enter"
+#   COUNT_MSGS=20000 messages per server for the syscall counts (perf stat, else strace -c -f)
 #
 # Every server is started by this script, pinned, waited for (it must accept
 # a connection), measured, then stopped by its PID. The trap kills only the
@@ -30,7 +30,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 THREADS=${THREADS:-1}
 PORT_BASE=${PORT_BASE:-19000}
-SCENARIOS=${SCENARIOS:-"echo1 echo50 echo500 echo4k bulk http mem counts allocs"}
+SCENARIOS=${SCENARIOS:-"echo1 echo50 echo500 echo4k bulk http mem counts allocs fairness enter"}
 COUNT_MSGS=${COUNT_MSGS:-20000}
 NGINX=${NGINX:-/usr/sbin/nginx}
 LOADGEN=$B/bench/loadgen
@@ -329,34 +329,70 @@ mem_run() {
 }
 
 # Syscalls of the server while it echoes exactly COUNT_MSGS messages over
-# $conns connections: strace -c -f attached to every thread of the running
-# server (after the warm-up), detached with SIGINT once loadgen is done.
-# Exact counts, not estimates; strace slows the server, so no timing here.
+# $conns connections, counted by the kernel: perf stat on the syscall
+# tracepoints (raw_syscalls:sys_enter, syscalls:sys_enter_io_uring_enter),
+# attached to every thread of the running server after its warm-up and
+# stopped with SIGINT once loadgen has had all its echoes. Exact counts at
+# almost no cost to the server. Without perf (or tracepoints), strace -c -f,
+# which is exact too but slows the server, so more completions gather per
+# io_uring_enter: COUNT_METHOD says which one ran.
+COUNT_METHOD=
+count_method() {
+	if [ -z "$COUNT_METHOD" ]; then
+		if command -v perf >/dev/null &&
+			perf stat -e syscalls:sys_enter_io_uring_enter -e raw_syscalls:sys_enter \
+				-- true >/dev/null 2>&1; then
+			COUNT_METHOD=perf
+		elif command -v strace >/dev/null; then
+			COUNT_METHOD=strace
+		else
+			COUNT_METHOD=none
+		fi
+	fi
+	echo "$COUNT_METHOD"
+}
 count_run() { # server port conns
-	local name=$1 port=$2 conns=$3 spid out calls enters
+	local name=$1 port=$2 conns=$3 cpid out calls enters m
 	server_gone counts "$name" && return
-	command -v strace >/dev/null || { note_skip "counts" "strace not installed"; return; }
-	strace -qq -f -c -o "$TMP/strace.out" -p "$SPID" 2>"$TMP/strace.err" &
-	spid=$!
-	STARTED="$STARTED$spid "
+	m=$(count_method)
+	case $m in
+	perf)
+		perf stat -x, -e raw_syscalls:sys_enter -e syscalls:sys_enter_io_uring_enter \
+			-p "$SPID" -o "$TMP/count.out" 2>"$TMP/count.err" &
+		;;
+	strace)
+		strace -qq -f -c -o "$TMP/count.out" -p "$SPID" 2>"$TMP/count.err" &
+		;;
+	*)
+		note_skip counts "neither perf nor strace installed"
+		return
+		;;
+	esac
+	cpid=$!
+	STARTED="$STARTED$cpid "
 	sleep 0.5 # attached to every thread by then
 	out=$(taskset -c "$LOAD_CPU" "$LOADGEN" --port "$port" --mode echo \
 		--conns "$conns" --count "$COUNT_MSGS" --timeout 60 2>"$TMP/loadgen.err")
 	local rc=$?
-	kill -INT "$spid" 2>/dev/null
-	wait "$spid" 2>/dev/null
-	forget "$spid"
-	if [ $rc -ne 0 ] || [ ! -s "$TMP/strace.out" ]; then
-		echo "  $name counts: FAILED: $(tr '\n' ' ' <"$TMP/loadgen.err" "$TMP/strace.err")"
+	kill -INT "$cpid" 2>/dev/null
+	wait "$cpid" 2>/dev/null
+	forget "$cpid"
+	if [ $rc -ne 0 ] || [ ! -s "$TMP/count.out" ]; then
+		echo "  $name counts: FAILED: $(tr '\n' ' ' <"$TMP/loadgen.err" "$TMP/count.err")"
 		rec "counts$conns" "$name" fail 1
 		return
 	fi
-	# columns: % time, seconds, usecs/call, calls, [errors,] syscall
-	calls=$(awk '$NF == "total" { print $4 }' "$TMP/strace.out")
-	enters=$(awk '$NF == "io_uring_enter" { print $4 }' "$TMP/strace.out")
+	if [ "$m" = perf ]; then
+		# CSV: value,unit,event,...
+		calls=$(awk -F, '$3 == "raw_syscalls:sys_enter" { print $1 }' "$TMP/count.out")
+		enters=$(awk -F, '$3 == "syscalls:sys_enter_io_uring_enter" { print $1 }' "$TMP/count.out")
+	else
+		# columns: % time, seconds, usecs/call, calls, [errors,] syscall
+		calls=$(awk '$NF == "total" { print $4 }' "$TMP/count.out")
+		enters=$(awk '$NF == "io_uring_enter" { print $4 }' "$TMP/count.out")
+	fi
 	rec "counts$conns" "$name" sys_per "$(calc %.3f "${calls:-0} / $COUNT_MSGS")"
 	rec "counts$conns" "$name" enter_per "$(calc %.3f "${enters:-0} / $COUNT_MSGS")"
-	cp "$TMP/strace.out" "$TMP/strace.$name.$conns"
 }
 
 # median scenario server key (empty if none)
@@ -448,7 +484,7 @@ if has mem; then
 	done
 fi
 if has counts; then
-	echo "syscall counts: $COUNT_MSGS messages per echo server under strace -c -f ..."
+	echo "syscall counts: $COUNT_MSGS messages per echo server, counted with $(count_method) ..."
 	i=0
 	for e in "${ECHO_SERVERS[@]}"; do
 		name=${e%%:*}; cmd=${e#*:}
@@ -470,6 +506,12 @@ FLOOR=${ECHO_SERVERS[0]%%:*}
 EREF=${ECHO_SERVERS[1]%%:*}
 HFLOOR=${HTTP_SERVERS[0]%%:*}
 HREF=${HTTP_SERVERS[1]%%:*}
+
+# A server that used well under a core was waiting for the load generator:
+# its rate measures the client (or the neighbours), not the server.
+client_bound() {
+	awk -v p="$1" 'BEGIN { if (p + 0 < 80) printf "  [client-bound]" }'
+}
 
 fails() {
 	local f
@@ -497,9 +539,9 @@ report_echo() { # scenario title
 		cpu=$(median "$sc" "$name" cpu_per); pct=$(median "$sc" "$name" cpu_pct)
 		fr=$(ratio "$rate" "$frate"); fc=$(ratio "$cpu" "$fcpu")
 		er=$(ratio "$rate" "$erate"); ec=$(ratio "$cpu" "$ecpu")
-		printf '%-10s %10.0f %7s %8.1f %9.1f %11.0f %5.0f   %-21s %-21s%s\n' "$name" "$rate" \
+		printf '%-10s %10.0f %7s %8.1f %9.1f %11.0f %5.0f   %-21s %-21s%s%s\n' "$name" "$rate" \
 			"$(spread "$sc" "$name" rate)" "$p50" "$p99" "$cpu" "$pct" "$fr, $fc" "$er, $ec" \
-			"$(fails "$sc" "$name")"
+			"$(fails "$sc" "$name")" "$(client_bound "$pct")"
 	done
 	echo
 }
@@ -520,10 +562,11 @@ report_bulk() {
 			continue
 		fi
 		cpu=$(median bulk "$name" cpu_mb); pct=$(median bulk "$name" cpu_pct)
-		printf '%-10s %8.3f %7s %14.1f %5.0f   %-21s %-21s%s\n' "$name" "$g" \
+		printf '%-10s %8.3f %7s %14.1f %5.0f   %-21s %-21s%s%s\n' "$name" "$g" \
 			"$(spread bulk "$name" gbps)" "$cpu" "$pct" \
 			"$(ratio "$g" "$fg"), $(ratio "$cpu" "$fc")" \
-			"$(ratio "$g" "$eg"), $(ratio "$cpu" "$ec")" "$(fails bulk "$name")"
+			"$(ratio "$g" "$eg"), $(ratio "$cpu" "$ec")" "$(fails bulk "$name")" \
+			"$(client_bound "$pct")"
 	done
 	echo
 }
@@ -549,7 +592,7 @@ report_http() {
 			"$(spread http "$name" rate)" "$p50" "$p99" "$cpu" "$pct" \
 			"$(ratio "$rate" "$fr"), $(ratio "$cpu" "$fc")" \
 			"$(ratio "$rate" "$er"), $(ratio "$cpu" "$ec")" "$(fails http "$name")" \
-			"$([ "$(count_of http "$name" errors)" -gt 0 ] && echo '  (wrk saw errors)')"
+			"$([ "$(count_of http "$name" errors)" -gt 0 ] && echo '  (wrk saw errors)')$(client_bound "$pct")"
 	done
 	echo
 }
@@ -578,7 +621,7 @@ report_mem() {
 report_counts() {
 	local name c
 	has counts || return
-	echo "== syscalls per echoed 64 B message (strace -c -f on the server, $COUNT_MSGS messages, exact counts) =="
+	echo "== syscalls per echoed 64 B message ($(count_method) on the server's threads, $COUNT_MSGS messages, exact counts) =="
 	printf '%-10s %22s %22s %22s %22s\n' server "io_uring_enter, 1 conn" "all syscalls, 1 conn" \
 		"io_uring_enter, 50" "all syscalls, 50"
 	for e in "${ECHO_SERVERS[@]}"; do
@@ -602,6 +645,28 @@ report_allocs() {
 	echo
 }
 
+report_enter() {
+	has enter || return
+	echo "== io_uring_enter with and without a registered ring fd (bench/enter) =="
+	if [ -x "$B/bench/enter" ]; then
+		taskset -c "$SERVER_CPU" "$B/bench/enter" 500000 || echo "  enter FAILED"
+	else
+		echo "  $B/bench/enter not built"
+	fi
+	echo
+}
+
+report_fairness() {
+	has fairness || return
+	echo "== fairness: a 10 ms timer on a worker saturated by a self-re-posting task (bench/fairness) =="
+	if [ -x "$B/bench/fairness" ]; then
+		taskset -c "$SERVER_CPU" "$B/bench/fairness" 21 || echo "  fairness FAILED"
+	else
+		echo "  $B/bench/fairness not built"
+	fi
+	echo
+}
+
 report_echo echo1 "echo 64 B ping-pong, 1 connection (latency-bound)"
 report_echo echo50 "echo 64 B ping-pong, 50 connections"
 report_echo echo500 "echo 64 B ping-pong, 500 connections"
@@ -611,11 +676,14 @@ report_http
 report_mem
 report_counts
 report_allocs
+report_fairness
+report_enter
 
 echo "How to read: rate ratio = server / reference (above 1 is faster); CPU ratio = server CPU per"
 echo "message, request or MB / reference (below 1 is cheaper). CPU = utime+stime of the server"
 echo "process (and its children) from /proc over the measured window; CPU% = share of one core;"
 echo "spread = (max - min) / median of the rate over the rounds (large = noisy machine)."
+echo "[client-bound]: the server used under 80 % of its core, so its rate is the load generator's."
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -n "$(awk '$3 == "fail"' "$RES")" ]; then
 	echo "some runs FAILED (see above): a verification error is a real bug in that server"

@@ -95,6 +95,7 @@ struct conn {
 	bool waiting;              /* a drain callback holds this conn */
 	bool dead;                 /* closed while waiting: freed by it */
 	char reqline[REQLINE_MAX]; /* for the logs ("" when they are off) */
+	char *peer;                /* the client's address, once logged */
 };
 
 /* Per-worker list of connections, swept once a second for timeouts. */
@@ -159,18 +160,24 @@ static const char *why(int status)
 	}
 }
 
-/* The client's address, for the logs. */
-static void peer_text(struct conn *c, char *buf, size_t n)
+/* The client's address, for the logs: looked up once per connection, on
+ * its first log line. */
+static const char *peer_text(struct conn *c)
 {
+	if (c->peer)
+		return c->peer;
+	char buf[300];
 	coil_sockinfo_t si;
 	if (coil_socket_peer(c->ch, &si))
-		snprintf(buf, n, "?");
+		snprintf(buf, sizeof(buf), "?");
 	else if (si.family == AF_INET6)
-		snprintf(buf, n, "[%s]:%u", si.host, si.port);
+		snprintf(buf, sizeof(buf), "[%s]:%u", si.host, si.port);
 	else if (si.family == AF_UNIX)
-		snprintf(buf, n, "unix");
+		snprintf(buf, sizeof(buf), "unix");
 	else
-		snprintf(buf, n, "%s:%u", si.host, si.port);
+		snprintf(buf, sizeof(buf), "%s:%u", si.host, si.port);
+	c->peer = strdup(buf);
+	return c->peer ? c->peer : "?";
 }
 
 /* Keeps the request line (up to its end or REQLINE_MAX) for the logs. */
@@ -194,13 +201,12 @@ static void log_access(struct conn *c, int status, size_t bytes)
 {
 	if (!access_log)
 		return;
-	char peer[300], when[64];
-	peer_text(c, peer, sizeof(peer));
+	char when[64];
 	time_t t = time(NULL);
 	struct tm tm;
 	gmtime_r(&t, &tm);
 	strftime(when, sizeof(when), "%d/%b/%Y:%H:%M:%S +0000", &tm);
-	fprintf(access_log, "%s - - [%s] \"%s\" %d %zu\n", peer, when,
+	fprintf(access_log, "%s - - [%s] \"%s\" %d %zu\n", peer_text(c), when,
 		c->reqline, status, bytes);
 }
 
@@ -209,9 +215,7 @@ static void log_reject(struct conn *c, int status, const char *what)
 {
 	if (log_level < LOG_WARN)
 		return;
-	char peer[300];
-	peer_text(c, peer, sizeof(peer));
-	fprintf(stderr, "http_echo: %s: %d %s (%s)%s%s%s\n", peer, status,
+	fprintf(stderr, "http_echo: %s: %d %s (%s)%s%s%s\n", peer_text(c), status,
 		reason(status), what, c->reqline[0] ? " \"" : "", c->reqline,
 		c->reqline[0] ? "\"" : "");
 }
@@ -226,6 +230,7 @@ static void conn_free(struct conn *c)
 	free(c->in);
 	free(c->head);
 	free(c->body);
+	free(c->peer);
 	free(c);
 }
 

@@ -316,6 +316,25 @@ COIL_EXTERN coil_ip_t *coil_ip_return_error(coil_ip_t *src, int err,
 					    const char *fmt, ...)
 	COIL_PRINTF(3, 4);
 
+/* A loop without writing the chaining: body(prev, ud) runs first with prev
+ * = NULL, then each time the handle it returned settles, with prev = that
+ * handle (borrowed, whatever its outcome: look at coil_ip_error(prev)). It
+ * returns the next iteration's handle (its reference moves to the loop), or
+ * NULL (or prev itself) to end the loop: the returned handle then takes
+ * prev's outcome (finishes with 0 if body ended at once). body runs on the
+ * home worker of the returned handle, never inside coil_ip_repeat(), and
+ * one call at a time; an iteration that has settled already runs the next
+ * at once within the depth rule (COIL_IP_INLINE_DEPTH), later ones from the
+ * ready queue. Constant memory: nothing is allocated per iteration beyond
+ * what body makes. Aborting the returned handle aborts the iteration in
+ * flight and fails the loop with -ECANCELED; body is not called again (a
+ * refusal of the iteration is returned and the loop goes on). NULL on
+ * -ENOMEM or a NULL loop; a NULL body gives a handle failed with -EINVAL.
+ * Any thread. */
+typedef coil_ip_t *(*coil_repeat_cb)(coil_ip_t *prev, void *ud);
+COIL_EXTERN coil_ip_t *coil_ip_repeat(coil_loop_t *loop, coil_repeat_cb body,
+				      void *ud);
+
 /* Returns a handle that mirrors ip, or fails with -ETIMEDOUT after `ms`
  * milliseconds; with abort_on_timeout, ip is aborted at expiry. Consumes ip.
  * Aborting the returned handle aborts ip (a refusal of ip is returned; if ip
@@ -402,10 +421,15 @@ COIL_EXTERN int coil_socketpair(coil_loop_t *loop, int domain, int type,
 				coil_socket_t **a, coil_socket_t **b);
 /* dup(2) of the descriptor as a new channel on the same home worker. */
 COIL_EXTERN int coil_channel_dup(coil_channel_t *ch, coil_channel_t **out);
-/* kaa steal(): ch takes over other's descriptor (a dup of it) and buffered
- * read bytes; other is left closed (its closed signal fires with expected =
- * true). Synchronous: both must share a home worker and the call must run
- * there (-EXDEV otherwise; -EBUSY while other has writes queued). */
+/* kaa steal(): ch takes over other's descriptor (a dup of it) and every
+ * byte other received and did not deliver, in order: its read queue, bytes
+ * held back for its read signal, and what its receive still takes until
+ * the cancel lands (ch reads nothing of its own before those). other is
+ * left closed (its closed signal fires with expected = true). Synchronous:
+ * both must share a home worker and the call must run there (-EXDEV
+ * otherwise); -EBUSY while other has writes queued, is being stolen, or
+ * inside other's readline callback or its read callback showing held-back
+ * bytes (those bytes are a view into other's queues). */
 COIL_EXTERN int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other);
 
 /* Drops the caller's handle. If the channel is still open it is closed as by
@@ -427,7 +451,10 @@ COIL_EXTERN coil_channel_t *coil_channel_ref(coil_channel_t *ch);
  * read_exact fails with COIL_EOF. A read error (-ECONNRESET...) fails the
  * reads that find nothing buffered. Bytes results are owned by the
  * InProgress (coil_ip_bytes; coil_ip_steal_bytes hands them over, to be
- * freed with coil_free, 0-byte results included). */
+ * freed with coil_free, 0-byte results included). A read on a channel not
+ * open for reading fails at once with -EBADF, on a listening socket with
+ * -ENOTCONN. Aborting a read (or its timeout) takes no byte from the
+ * stream. */
 /* 1..chunk_size bytes as soon as any are available; 0 bytes = closed. */
 COIL_EXTERN coil_ip_t *coil_channel_read(coil_channel_t *ch);
 /* The next line including its delimiter; a line longer than queue_size is
@@ -441,7 +468,9 @@ COIL_EXTERN coil_ip_t *coil_channel_readline(coil_channel_t *ch);
 COIL_EXTERN coil_ip_t *coil_channel_read_exact(coil_channel_t *ch, size_t n);
 /* usocket readinto: fills buf with exactly n bytes (no short reads) and
  * finishes with n; at end of stream finishes with the count that arrived
- * (< n). buf must stay valid until the handle settles. */
+ * (< n). buf must stay valid until the handle settles. Aborted or timed
+ * out, it gives the bytes it had copied back to the front of the read
+ * queue (the next read starts with them) and fails with no count. */
 COIL_EXTERN coil_ip_t *coil_channel_readinto(coil_channel_t *ch, void *buf,
 					     size_t n);
 /* coro readv: reads sizes[0], sizes[1], ... bytes; finishes with a
@@ -458,9 +487,12 @@ COIL_EXTERN coil_ip_t *coil_channel_readv(coil_channel_t *ch,
  * length once its last byte went to the kernel, or fails with the send error
  * (later writes then fail with -EBADF and the channel closes with
  * expected = 0). A write that would push write_queue_used past queue_size
- * fails at once with -ENOBUFS and queues nothing, except that one write may
- * always go into an empty queue, whatever its size (so the queue holds at
- * most queue_size, or one larger write). len == 0 finishes with 0.
+ * fails at once with -ENOBUFS and queues nothing (kaa: the queue never holds
+ * more than queue_size; the message names queue_size). On a channel not
+ * open for writing: -EBADF; on a listening socket: -ENOTCONN. Abortable
+ * until its first byte went into a send (removed, nothing sent, later
+ * writes keep their order); after that the abort is refused with -EBUSY
+ * and the write completes. len == 0 finishes with 0.
  * Writes before a descriptor exists (or while a socket connects) queue.
  * coil_channel_write/writev copy the bytes. */
 COIL_EXTERN coil_ip_t *coil_channel_write(coil_channel_t *ch, const void *data,
@@ -693,6 +725,22 @@ typedef struct coil_addrlist_s {
 COIL_EXTERN coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text,
 				    int flags);
 
+/* Reverse lookup (getnameinfo; libuv uv_getnameinfo, CPython
+ * socket.getnameinfo) on coil's resolver thread, never on a worker.
+ * flags are getnameinfo's NI_* flags (NI_NUMERICHOST, NI_NAMEREQD,
+ * NI_NUMERICSERV, NI_DGRAM...). Finishes with a coil_nameinfo_t (coil_ip_ptr,
+ * owned by the handle); fails with -EINVAL (not an IPv4/IPv6 sockaddr),
+ * -ENOENT (no name, with NI_NAMEREQD), -EAGAIN, -ECANCELED (loop freed),
+ * with getnameinfo's text in the message. NULL only for a NULL loop or
+ * -ENOMEM. Any thread. */
+typedef struct coil_nameinfo_s {
+	char host[1025];   /* NI_MAXHOST */
+	char service[32];  /* NI_MAXSERV */
+} coil_nameinfo_t;
+COIL_EXTERN coil_ip_t *coil_reverse_lookup(coil_loop_t *loop,
+					   const struct sockaddr *sa,
+					   socklen_t len, int flags);
+
 /* ------------------------------------------------------------------------ */
 /* Socket: connect, listen, accept, datagrams (kaa Socket, coro sock)       */
 /* ------------------------------------------------------------------------ */
@@ -708,7 +756,13 @@ COIL_EXTERN int coil_socket_new_dgram(coil_loop_t *loop, int family,
 COIL_EXTERN int coil_socket_wrap(coil_loop_t *loop, int fd,
 				 coil_socket_t **out);
 
-/* Connects to addr (kaa grammar). Finishes with 0 when connected; fails with
+/* Connects to addr (kaa grammar). On a datagram socket: connect(2) (at
+ * once for numeric or Unix addresses, after resolving a name off the
+ * worker: the first address of the socket's family) sets the default peer:
+ * coil_channel_write sends one datagram per write, coil_channel_read and
+ * recvfrom take what the peer sends, and ICMP errors (-ECONNREFUSED) fail
+ * the next receive (a channel read's error ends its stream; recvfrom just
+ * fails). Connecting again changes the peer. On a stream socket: finishes with 0 when connected; fails with
  * -EINVAL/-ENOENT... (address), the resolver's error, -ECONNREFUSED,
  * -ETIMEDOUT (socket timeout), or -EISCONN/-EALREADY when already
  * connected/connecting. Numeric addresses connect at once; names resolve off
@@ -718,9 +772,16 @@ COIL_EXTERN int coil_socket_wrap(coil_loop_t *loop, int fd,
 COIL_EXTERN coil_ip_t *coil_socket_connect(coil_socket_t *s, const char *addr,
 					   int flags);
 
-/* Binds and listens synchronously. A TCP listener gets one SO_REUSEPORT
- * socket and multishot accept per worker; Unix listeners accept on the home
- * worker and hand clients out round-robin. Errors: -EADDRINUSE (also a live
+/* Binds and listens synchronously. The port is exclusive: one listening
+ * socket, accepted on the home worker, clients handed out to the workers
+ * round-robin. With COIL_ADDR_REUSEPORT in flags, one SO_REUSEPORT socket
+ * and multishot accept per worker instead (the kernel spreads connections;
+ * other processes may share the port, see COIL_ADDR_REUSEPORT). Unix
+ * listeners accept on the home worker and hand clients out round-robin.
+ * An accept error that concerns the listening socket itself (not one
+ * connection, not a shortage: those are skipped or backed off from) stops
+ * the listener: pending and later accepts fail with it ("accept failed")
+ * and the listener closes (closed signal, expected = 0). Errors: -EADDRINUSE (also a live
  * Unix socket at the path), -EACCES, -EINVAL, address errors. backlog <= 0
  * means SOMAXCONN. Clients nobody takes (no new-client callback, no
  * accept()) queue up to backlog; newer ones are then turned away. Any
@@ -766,8 +827,69 @@ COIL_EXTERN coil_ip_t *coil_socket_sendto_sa(coil_socket_t *s,
 					     const struct sockaddr *sa,
 					     socklen_t salen);
 COIL_EXTERN coil_ip_t *coil_socket_recvfrom(coil_socket_t *s, size_t max);
-/* Binds a datagram socket (stream sockets bind in coil_socket_listen).
- * -EBADF for a socket without a descriptor yet. */
+/* Batched datagrams (libuv UV_UDP_RECVMMSG, recvmmsg/sendmmsg). io_uring
+ * has no batch opcode: a batch waits through the ring for its first
+ * datagram (or for room), then moves the rest with one non-blocking
+ * recvmmsg/sendmmsg on the home worker.
+ * recvfrom_many: up to max_count (1..1024) datagrams of up to max_size
+ * bytes each; waits for the first, then takes what is already there.
+ * Finishes with a coil_datagrams_t (coil_ip_ptr; stealing it makes the
+ * caller coil_free() each dg[i] and the struct). sendto_many: copies the n
+ * (1..1024) datagrams (to NULL/tolen 0: the connected peer) and finishes
+ * with how many were sent (fewer only on an error after the first; an
+ * error before any fails the handle). Both abortable (aborted receives keep
+ * what arrived for the next receive), honour non-blocking mode (-EAGAIN),
+ * -EINVAL / -ENOTSOCK / -EBADF or the kernel's error. Any thread. */
+typedef struct coil_datagrams_s {
+	size_t count;
+	coil_datagram_t *dg[];
+} coil_datagrams_t;
+typedef struct coil_dgram_out_s {
+	const void *data;
+	size_t len;
+	const struct sockaddr *to;
+	socklen_t tolen;
+} coil_dgram_out_t;
+COIL_EXTERN coil_ip_t *coil_socket_recvfrom_many(coil_socket_t *s,
+						 size_t max_count,
+						 size_t max_size);
+COIL_EXTERN coil_ip_t *coil_socket_sendto_many(coil_socket_t *s,
+					       const coil_dgram_out_t *msgs,
+					       size_t n);
+
+/* Descriptor passing over a Unix socket (SCM_RIGHTS; CPython
+ * send_fds/recv_fds, libuv uv_write2 / uv_pipe_pending_*). send_fds sends
+ * len >= 1 bytes of data with 1..COIL_FDMSG_MAX descriptors, which are
+ * duplicated at the call (close yours whenever you like); it finishes with
+ * the bytes sent. recv_fds receives up to max bytes and the descriptors
+ * that came with them: a coil_fdmsg_t (coil_ip_ptr). The descriptors are
+ * close-on-exec; stealing the value (coil_ip_steal_ptr) makes them the
+ * caller's, otherwise the handle closes them when freed. Use them on a
+ * socket whose stream reading is idle (no read signal, no pending
+ * channel read): a channel read takes the bytes and the kernel then drops
+ * the descriptors. Both are abortable (the ring op is cancelled). Errors:
+ * -EOPNOTSUPP (not a Unix socket), -EINVAL, -EBADF (bad descriptor, or no
+ * socket descriptor), the kernel's. Any thread. */
+#define COIL_FDMSG_MAX 16
+typedef struct coil_fdmsg_s {
+	size_t len;                /* bytes in data */
+	int nfds;                  /* descriptors in fds */
+	int fds[COIL_FDMSG_MAX];
+	unsigned char data[];
+} coil_fdmsg_t;
+COIL_EXTERN coil_ip_t *coil_socket_send_fds(coil_socket_t *s, const int *fds,
+					    int nfds, const void *data,
+					    size_t len);
+COIL_EXTERN coil_ip_t *coil_socket_recv_fds(coil_socket_t *s, size_t max);
+
+/* Binds a datagram socket, or a stream socket before it connects (libuv
+ * uv_tcp_bind: each connect attempt binds there first; a bind failure or
+ * an address of the other family fails the connect, saying "bind").
+ * Listeners bind in coil_socket_listen. ":P" on an AF_INET socket is
+ * IPv4's any address. The caller's coil_socket_set_reuseaddr is respected
+ * (a port in use is -EADDRINUSE unless both sockets set it);
+ * COIL_ADDR_REUSEPORT sets SO_REUSEPORT first (see its meaning above).
+ * -EBADF for a datagram socket without a descriptor. */
 COIL_EXTERN int coil_socket_bind(coil_socket_t *s, const char *addr,
 				 int flags);
 
@@ -785,6 +907,55 @@ COIL_EXTERN int coil_socket_set_reuseaddr(coil_socket_t *s, int on);
 /* usocket settimeout: connect, accept and reads fail with -ETIMEDOUT after
  * ms (0: no timeout). */
 COIL_EXTERN int coil_socket_set_timeout(coil_socket_t *s, unsigned ms);
+/* usocket setblocking(False) / settimeout(0): with blocking = 0, an
+ * operation that cannot complete now fails at once and leaves nothing
+ * behind: accept/accept_many with -EAGAIN when no client is waiting,
+ * recvfrom with -EAGAIN when no datagram is (sendto with -EAGAIN when the
+ * send buffer is full), connect with -EINPROGRESS while the connect goes on
+ * (coil_socket_connecting() is 1 until it ends, then coil_socket_connected()
+ * tells how it ended). On a stream socket, channel reads too: the socket
+ * keeps receiving ahead into its read queue (up to queue_size), and a read
+ * that what is queued cannot serve now fails with -EAGAIN, taking nothing
+ * (a partial line stays). 0 or -EINVAL /
+ * -ENOTSOCK. Any thread. */
+COIL_EXTERN int coil_socket_set_blocking(coil_socket_t *s, int blocking);
+/* libuv uv_tcp_keepalive: SO_KEEPALIVE plus the idle seconds before the
+ * first probe (TCP_KEEPIDLE, 1..32767), now or when the descriptor is made.
+ * on = 0 turns keepalive off (delay ignored). Any thread. */
+COIL_EXTERN int coil_socket_set_keepalive_delay(coil_socket_t *s, int on,
+						unsigned delay_s);
+/* libuv uv_tcp_close_reset: closes a TCP socket at once with a reset
+ * (SO_LINGER 0: RST, unsent bytes dropped) instead of FIN; the closed
+ * signal follows as for coil_channel_close(s, 1). -EOPNOTSUPP if not TCP.
+ * The caller still releases s. Any thread. */
+COIL_EXTERN int coil_socket_close_reset(coil_socket_t *s);
+/* UDP options (libuv uv_udp_set_*), on the live descriptor (-EBADF
+ * without one), any thread: SO_BROADCAST; IP_TTL / IPV6_UNICAST_HOPS
+ * (1..255); IP_MULTICAST_TTL / IPV6_MULTICAST_HOPS (0..255); multicast
+ * loop; membership: join (join = 1) or leave a numeric multicast group,
+ * iface being the interface's local IPv4 address or IPv6 interface name
+ * (NULL: the kernel picks); the interface multicast is sent from. Errors:
+ * -EINVAL (bad value or address), -ENODEV (no such interface),
+ * -EOPNOTSUPP (not an IP socket), or the kernel's. */
+COIL_EXTERN int coil_socket_set_broadcast(coil_socket_t *s, int on);
+COIL_EXTERN int coil_socket_set_ttl(coil_socket_t *s, int ttl);
+COIL_EXTERN int coil_socket_set_multicast_ttl(coil_socket_t *s, int ttl);
+COIL_EXTERN int coil_socket_set_multicast_loop(coil_socket_t *s, int on);
+COIL_EXTERN int coil_socket_set_membership(coil_socket_t *s, const char *group,
+					   const char *iface, int join);
+COIL_EXTERN int coil_socket_set_multicast_interface(coil_socket_t *s,
+						    const char *iface);
+
+/* libuv uv_try_write: sends what fits in the socket buffer now, with no
+ * queueing, and returns the bytes sent (maybe fewer than len), or -EAGAIN
+ * when nothing can go now (the buffer is full, writes are queued or in
+ * flight, or the socket is still connecting: it never overtakes an earlier
+ * write), -ENOTCONN (never connected), -EBADF (closed), -EPIPE /
+ * -ECONNRESET..., -EOPNOTSUPP on a channel with a stream filter (TLS).
+ * Writes made at the same time from other threads are not ordered with it.
+ * Any thread. */
+COIL_EXTERN int64_t coil_socket_try_write(coil_socket_t *s, const void *data,
+					  size_t len);
 
 /* kaa state properties and addresses. */
 COIL_EXTERN int coil_socket_connecting(const coil_socket_t *s);
@@ -901,7 +1072,10 @@ COIL_EXTERN int coil_tls_ctx_set_sni_cb(coil_tls_ctx_t *c, coil_tls_sni_cb cb,
  * (the peer closed), -ETIMEDOUT (the context's handshake timeout),
  * -ECANCELED (aborted). Any failure after the call was accepted closes the
  * channel. Bytes already read ahead are taken as the first TLS records.
- * Any thread. NULL only on -ENOMEM. */
+ * Once TLS is on, coil_channel_dup/rewrap/steal fail with -EOPNOTSUPP on
+ * the channel. Records that arrive while no one reads wait (undecrypted)
+ * for a read or a signal, so a read signal connected in the handshake's
+ * callback sees the peer's first bytes. Any thread. NULL only on -ENOMEM. */
 COIL_EXTERN coil_ip_t *coil_socket_starttls_client(coil_socket_t *s,
 						   coil_tls_ctx_t *c,
 						   const char *host);

@@ -364,7 +364,8 @@ static bool want_read(coil_channel_t *ch)
 	 * faster than its writes drain (see signal_paused). */
 	if (ch->on_read && (signal_paused(ch) || ch->sigq.len))
 		return false;
-	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads);
+	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads) ||
+	       atomic_load(&ch->sock_nonblock); /* sock: buffer ahead */
 }
 
 static void arm_recv(coil_channel_t *ch)
@@ -705,7 +706,9 @@ static void emit_lines(coil_channel_t *ch)
 			n = ch->rq.len;
 		if (!n)
 			break;
+		ch->show_rq = n;
 		ch->on_line(ch, coil__bufq_data(&ch->rq), n, ch->on_line_ud);
+		ch->show_rq = 0;
 		rq_consume(ch, n);
 	}
 }
@@ -770,10 +773,11 @@ static __thread coil_channel_t *showing;
 
 static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 {
-	/* Readers beside the signal (pending when the callback returns) get
-	 * the chunk too; without them the signal alone consumed it, even if
-	 * it disconnected itself meanwhile (the next read() gets the next
-	 * bytes, not these again). */
+	/* Readers beside the signal (waiting as the chunk is shown) get it
+	 * too; without them the signal alone consumed it, even if it
+	 * disconnected itself or issued a read meanwhile (that read gets the
+	 * next bytes, not these again). */
+	bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 	bool shown = false;
 	if (ch->on_read) {
 		if (ch->sigq.len || signal_paused(ch)) {
@@ -818,7 +822,7 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 				return;
 		}
 	}
-	if (shown && coil__list_empty(&ch->reads) && !ch->on_line)
+	if (shown && !others)
 		return; /* the read signal alone took these bytes */
 	/* Fast path: an empty queue and a plain read at the head. */
 	if (!ch->rq.len && !ch->on_line && !coil__list_empty(&ch->reads)) {
@@ -868,14 +872,16 @@ again:
 	while (ch->sigq.len && ch->on_read && !signal_paused(ch) &&
 	       state(ch) == COIL__CH_OPEN) {
 		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
+		bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 		ch->sig_back = 0;
+		ch->show_sigq = n;
 		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
+		ch->show_sigq = 0;
 		if (ch->sig_back) {
 			n -= ch->sig_back; /* left at the front */
 			ch->sig_back = 0;
 		}
-		if (state(ch) == COIL__CH_OPEN &&
-		    (!coil__list_empty(&ch->reads) || ch->on_line)) {
+		if (state(ch) == COIL__CH_OPEN && others) {
 			/* Readers beside the signal see the same bytes. */
 			if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
 					      n))
@@ -983,11 +989,28 @@ static int read_refused(coil_channel_t *ch, const char **msg)
 		*msg = "read on a listening socket (use accept)";
 		return -ENOTCONN;
 	}
+	if (state(ch) == COIL__CH_NEW && atomic_load(&ch->sock_unconnected) &&
+	    !atomic_load(&ch->sock_connecting)) {
+		*msg = "read on a socket that is not connected";
+		return -ENOTCONN;
+	}
 	if (state(ch) != COIL__CH_NEW && !(ch->mode & COIL_IO_READ)) {
 		*msg = "read on a channel not open for reading";
 		return -EBADF;
 	}
 	return 0;
+}
+
+/*
+ * sock (issue 13): a socket in usocket's non-blocking mode keeps receiving
+ * into the read queue (up to queue_size, see want_read), as the kernel's
+ * socket buffer would; a read that what is already here does not serve
+ * fails with -EAGAIN and takes nothing (aborted as read_abort does).
+ */
+static void nonblock_read_check(coil_channel_t *ch, coil_ip_t *ip, readreq *r)
+{
+	read_abort(ip, r);
+	coil__ip_fail_msg(ip, -EAGAIN, "read would block (non-blocking socket)");
 }
 
 static void read_enqueue(coil_channel_t *ch, readreq *r)
@@ -1008,7 +1031,11 @@ static void read_enqueue(coil_channel_t *ch, readreq *r)
 	coil__list_add_tail(&ch->reads, &r->link);
 	if (state(ch) >= COIL__CH_CLOSING)
 		ch->eof = true;
+	coil_ip_t *ip = coil_ip_ref(r->ip);
 	process_api(ch);
+	if (atomic_load(&ch->sock_nonblock) && coil_ip_state(ip) == COIL_IP_PENDING)
+		nonblock_read_check(ch, ip, r);
+	coil_ip_unref(ip);
 }
 
 static void read_task_run(coil__task *t)
@@ -1759,13 +1786,25 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	coil__channel_put(ch);
 }
 
+/* sock (issue 13): 1 when the descriptor number no longer names an open
+ * file: it was closed behind coil's back. */
+static int fd_gone(int fd, void *arg)
+{
+	return fcntl(fd, F_GETFD) < 0 && errno == EBADF;
+}
+
 int coil_channel_close(coil_channel_t *ch, int immediate)
 {
 	if (!ch)
 		return -EINVAL;
+	/* kaa/CPython: closing a descriptor closed underneath says EBADF
+	 * (the channel still closes). */
+	bool gone = !atomic_load(&ch->close_req) &&
+		    coil__channel_fd_call(ch, fd_gone, NULL) == 1;
 	/* kaa: alive is false as soon as close() returns, from any thread. */
 	atomic_store(&ch->close_req, true);
-	return call(ch, CALL_CLOSE, immediate, NULL, NULL);
+	int rc = call(ch, CALL_CLOSE, immediate, NULL, NULL);
+	return rc ? rc : gone ? -EBADF : 0;
 }
 
 coil_channel_t *coil_channel_ref(coil_channel_t *ch)
@@ -2047,10 +2086,19 @@ static void rewrap_local(coil_channel_t *ch, int fd, int mode)
 	kick_write(ch);
 }
 
+/* tls.c: a filtered channel's stream state can be neither copied nor moved
+ * with its descriptor (any thread: flt is published with a release). */
+static inline bool has_filter(const coil_channel_t *ch)
+{
+	return __atomic_load_n(&ch->flt, __ATOMIC_ACQUIRE) != NULL;
+}
+
 int coil_channel_rewrap(coil_channel_t *ch, int fd, int mode)
 {
 	if (!ch)
 		return -EINVAL;
+	if (has_filter(ch)) /* tls.c */
+		return -EOPNOTSUPP;
 	if (fd < 0)
 		return -EBADF;
 	if (!mode || (mode & ~(COIL_IO_READ | COIL_IO_WRITE)))
@@ -2096,6 +2144,8 @@ int coil_channel_dup(coil_channel_t *ch, coil_channel_t **out)
 {
 	if (!ch || !out)
 		return -EINVAL;
+	if (has_filter(ch)) /* tls.c */
+		return -EOPNOTSUPP;
 	int nfd = coil__channel_fd_call(ch, dup_fd, NULL);
 	if (nfd < 0)
 		return nfd;
@@ -2132,6 +2182,8 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 {
 	if (!ch || !other || ch == other)
 		return -EINVAL;
+	if (has_filter(ch) || has_filter(other)) /* tls.c */
+		return -EOPNOTSUPP;
 	if (ch->w != other->w)
 		return -EXDEV;
 	if (!on_home(ch))
@@ -2146,6 +2198,13 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 	}
 	if (other->steal_to || ch->steal_to)
 		return -EBUSY; /* already stolen, or a victim itself */
+	/* Inside other's readline callback, or its read callback showing
+	 * held-back bytes, the bytes shown are a view into other's queues,
+	 * consumed when the callback returns: moving them would deliver them
+	 * twice (apiseq F9). (A read callback shown a fresh receive may
+	 * steal: that chunk is in no queue.) */
+	if (other->show_rq || other->show_sigq)
+		return -EBUSY;
 	int fd = fcntl(other->fd, F_DUPFD_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
@@ -2234,6 +2293,8 @@ int coil_channel_fileno(const coil_channel_t *ch)
 
 int coil_channel_alive(const coil_channel_t *ch)
 {
+	if (ch && state(ch) == COIL__CH_NEW && atomic_load(&ch->sock_connecting))
+		return !atomic_load(&ch->close_req); /* kaa: alive while connecting */
 	return ch && state(ch) == COIL__CH_OPEN && ch->fd >= 0 &&
 	       !atomic_load(&ch->close_req);
 }
@@ -2416,12 +2477,16 @@ static void gate_wake(coil_channel_t *ch)
 		call(src, CALL_WAKE, 0, NULL, NULL);
 }
 
+static void relay_on_read(coil_channel_t *src, const void *data, size_t len,
+			  void *ud);
+
 static void relay_end(struct coil__relay *r, int err, const char *msg)
 {
 	coil_channel_t *src = r->src, *dst = r->dst;
 	r->active = false;
 	src->relay = NULL;
-	src->on_read = NULL;
+	if (src->on_read == relay_on_read)
+		src->on_read = NULL; /* not a signal the user connected since */
 	src->gate = NULL;
 	atomic_store(&src->gate_paused, false);
 	/* Held-back bytes now belong to src's readers (end of the turn). */

@@ -38,6 +38,7 @@ struct connector {
 	int best_err;
 	char best_msg[160];
 	bool done;
+	bool detached;        /* non-blocking: ip is the connector's own */
 	coil__timer he;       /* head start for the next attempt */
 	bool he_armed;
 	coil__timer deadline; /* socket timeout */
@@ -74,6 +75,7 @@ static void conn_finish(struct connector *c, int err, const char *msg)
 	if (s->conn == c)
 		s->conn = NULL;
 	atomic_store(&s->connecting, 0);
+	atomic_store(&c->s->sock_connecting, false);
 	c->s->connecting = false;
 	for (int i = 0; i < c->natt; i++) {
 		struct attempt *a = &c->att[i];
@@ -95,6 +97,8 @@ static void conn_finish(struct connector *c, int err, const char *msg)
 		/* Queued writes wait for a later connect (kaa: writes before
 		 * open are queued); the socket can connect again. */
 		coil__ip_fail_msg(c->ip, err, msg);
+		if (c->detached)
+			(void)coil_ip_error(c->ip); /* nobody else looks */
 	} else {
 		atomic_store(&s->connected, 1);
 		coil__channel_connected(c->s);
@@ -294,12 +298,7 @@ static void connect_local(struct sock_call *call)
 		return;
 	}
 	if (ss->type == SOCK_DGRAM) {
-		int rc = coil__sock_dgram_connect(s, call->text, call->flags);
-		if (rc)
-			coil_ip_fail(call->ip, rc, "connect %s: %s", call->text,
-				     coil_strerror(rc));
-		else
-			coil_ip_finish_int(call->ip, 0);
+		coil__sock_dgram_connect(s, call->text, call->flags, call->ip);
 		return;
 	}
 	if (atomic_load(&ss->connected) && coil_channel_alive(s)) {
@@ -333,8 +332,24 @@ static void connect_local(struct sock_call *call)
 	ss->conn = c;
 	atomic_store(&ss->connecting, 1);
 	atomic_store(&ss->connected, 0);
+	atomic_store(&s->sock_connecting, true); /* alive, reads wait */
 	s->connecting = true;
 	snprintf(ss->reqhost, sizeof(ss->reqhost), "%s", addr.host);
+	if (atomic_load(&ss->nonblocking)) {
+		/* usocket non-blocking connect: the call says it is in
+		 * progress, the connect goes on (connecting() is 1 until it
+		 * ends; connected() says how). The connector settles a handle
+		 * of its own. */
+		coil_ip_t *inner = coil__ip_new_on(s->w);
+		if (inner) {
+			coil__ip_fail_msg(c->ip, -EINPROGRESS,
+					  "connect in progress (non-blocking "
+					  "socket)");
+			coil_ip_unref(c->ip);
+			c->ip = inner;
+			c->detached = true;
+		}
+	}
 	coil_ip_set_abort(c->ip, connect_abort, c);
 	unsigned tmo = atomic_load(&ss->timeout_ms);
 	if (tmo && coil__timer_start(s->w, &c->deadline, tmo, deadline_fired) == 0) {

@@ -53,7 +53,7 @@
 /* Owner of an embedded then/adopt node. */
 #define LINK_OWNER(n) (&coil__container_of((n), struct chain_ip, link)->ip)
 
-enum cb_kind { CB_THEN, CB_ADOPT, CB_DONE, CB_INTERNAL };
+enum cb_kind { CB_THEN, CB_ADOPT, CB_DONE, CB_INTERNAL, CB_REPEAT };
 /* Who made a handle: decides what abort does without a hook. */
 enum ip_kind {
 	IP_USER,     /* coil_ip_new: not abortable without a hook */
@@ -177,7 +177,8 @@ void coil__ip_loop_live(coil_loop_t *loop, bool live)
 	if (live) {
 		if (live_n == live_cap) {
 			size_t cap = live_cap ? live_cap * 2 : 8;
-			coil_loop_t **n = realloc(live_loops, cap * sizeof(*n));
+			coil_loop_t **n =
+				coil__realloc(live_loops, cap * sizeof(*n));
 			if (n) {
 				live_loops = n;
 				live_cap = cap;
@@ -193,7 +194,7 @@ void coil__ip_loop_live(coil_loop_t *loop, bool live)
 			}
 		}
 		if (!live_n) {
-			free(live_loops);
+			coil__free(live_loops);
 			live_loops = NULL;
 			live_cap = 0;
 		}
@@ -335,6 +336,7 @@ static inline void obs_ref(coil_ip_t *ip)
 
 static void ip_free(coil_ip_t *ip);
 static void obs_unref(coil_ip_t *ip);
+static void repeat_dropped(cbnode *n);
 static void broken(coil_ip_t *ip);
 static void cbnode_release(cbnode *n);
 static int fail_owned(coil_ip_t *ip, int err, char *msg);
@@ -796,6 +798,10 @@ static void cbnode_release(cbnode *n)
 		coil_ip_unref(LINK_OWNER(n));
 		return;
 	}
+	if (n->kind == CB_REPEAT) {
+		repeat_dropped(n);
+		return;
+	}
 	if (n->kind == CB_INTERNAL && n->u.internal.drop)
 		n->u.internal.drop(n->u.internal.arg);
 	pc_put(PC_NODE, n);
@@ -819,6 +825,7 @@ static char return_tag;
 #define RETURN_SENTINEL ((coil_ip_t *)(void *)&return_tag)
 
 static void adopt(coil_ip_t *dst, coil_ip_t *r);
+static void repeat_fired(coil_ip_t *src, cbnode *n);
 
 /* Settles the chained handle c of a then-node from the callback's result r
  * (NULL / src: pass src on; the sentinel: the frame's value; else adopt).
@@ -899,6 +906,9 @@ static void run_cb(coil_ip_t *src, cbnode *n)
 	case CB_INTERNAL:
 		n->u.internal.fn(src, n->u.internal.arg);
 		break;
+	case CB_REPEAT:
+		repeat_fired(src, n); /* embedded in the loop's state */
+		return;
 	}
 	pc_put(PC_NODE, n);
 }
@@ -1212,6 +1222,118 @@ coil_ip_t *coil_ip_return_error(coil_ip_t *src, int err, const char *fmt, ...)
 	f->err = err;
 	f->msg = msg;
 	return RETURN_SENTINEL;
+}
+
+/* ---- repeat: a loop without the chaining ---- */
+
+/*
+ * The loop's state lives on out's home worker: body runs there, and only
+ * there is `cur` (the iteration in flight, an observer reference) changed
+ * or read. The node sits on cur; when cur settles on another worker, the
+ * step is posted home. Nothing is allocated per iteration.
+ */
+struct repeat {
+	cbnode node;      /* CB_REPEAT, on cur */
+	coil__task task;  /* a step to run on out's home */
+	coil_ip_t *out;   /* the loop's handle (a reference) */
+	coil_ip_t *cur;   /* an observer reference, or NULL */
+	coil_repeat_cb body;
+	void *ud;
+};
+
+static void repeat_release(struct repeat *R)
+{
+	if (R->cur)
+		obs_unref(R->cur);
+	coil_ip_unref(R->out);
+	coil__free(R);
+}
+
+static void repeat_step(struct repeat *R)
+{
+	coil_ip_t *out = R->out, *prev = R->cur;
+	if (is_claimed(out)) {
+		repeat_release(R); /* aborted: body is not called again */
+		return;
+	}
+	coil_ip_t *next = R->body(prev, R->ud);
+	if (next && is_claimed(out)) {
+		/* Aborted from inside body: what it started is not wanted. */
+		coil_ip_abort(next);
+		coil_ip_unref(next);
+		next = NULL;
+	}
+	if (!next || next == prev) {
+		if (prev)
+			settle_mirror(out, prev);
+		else
+			coil_ip_finish_int(out, 0);
+		repeat_release(R);
+		return;
+	}
+	obs_ref(next);
+	R->cur = next;
+	if (prev)
+		obs_unref(prev);
+	R->node.kind = CB_REPEAT;
+	/* Consumes body's reference. A next that has settled already runs
+	 * the next step at once, within the depth rule. */
+	attach_consume(next, &R->node);
+}
+
+static void repeat_task_run(coil__task *t)
+{
+	repeat_step(coil__container_of(t, struct repeat, task));
+}
+
+static void repeat_fired(coil_ip_t *src, cbnode *n)
+{
+	struct repeat *R = coil__container_of(n, struct repeat, node);
+	if (coil__on_worker(R->out->home)) {
+		repeat_step(R);
+		return;
+	}
+	R->task.run = repeat_task_run;
+	coil__post(R->out->home, &R->task);
+}
+
+static void repeat_dropped(cbnode *n)
+{
+	repeat_release(coil__container_of(n, struct repeat, node));
+}
+
+/* Out's home: aborts the iteration in flight; out fails now (the step then
+ * finds it settled and stops), unless that iteration refuses. */
+static int repeat_abort(coil_ip_t *out, void *arg)
+{
+	struct repeat *R = arg;
+	int rc = R->cur ? coil_ip_abort(R->cur) : 0;
+	if (rc < 0 && rc != -ENOTSUP && rc != -EALREADY)
+		return rc;
+	return 0;
+}
+
+coil_ip_t *coil_ip_repeat(coil_loop_t *loop, coil_repeat_cb body, void *ud)
+{
+	if (!loop)
+		return NULL;
+	if (!body)
+		return coil_ip_new_error(loop, -EINVAL, "repeat: no body");
+	coil_ip_t *out = coil_ip_new(loop);
+	struct repeat *R = out ? coil__calloc(1, sizeof(*R)) : NULL;
+	if (!R) {
+		coil_ip_unref(out);
+		return NULL;
+	}
+	R->out = coil_ip_ref(out);
+	R->body = body;
+	R->ud = ud;
+	coil_ip_set_abort(out, repeat_abort, R);
+	/* The first call to body is posted, even from out's home: no user
+	 * callback runs inside the call that started the loop. */
+	R->task.run = repeat_task_run;
+	coil__post(out->home, &R->task);
+	return out;
 }
 
 /* ---- abort ---- */

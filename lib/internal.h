@@ -391,6 +391,14 @@ struct coil_channel_s {
 	/* socket.c sets it on a listener: reads and writes on it fail at
 	 * once with -ENOTCONN instead of waiting forever. */
 	_Atomic bool listening;
+	/* socket.c (sock, issue 13): a stream socket that never had a
+	 * descriptor fails reads with -ENOTCONN unless it is connecting
+	 * (sock_unconnected), and counts as alive/readable while it connects
+	 * (sock_connecting, kaa). Both stay false for plain channels. */
+	_Atomic bool sock_unconnected, sock_connecting;
+	/* socket.c: usocket non-blocking mode: reads that cannot be served
+	 * now fail with -EAGAIN (channel.c nonblock_read_check). */
+	_Atomic bool sock_nonblock;
 	/* User references (coil_channel_ref); the last release is the
 	 * release. Together they hold one reference in refs. */
 	_Atomic int urefs;
@@ -401,6 +409,10 @@ struct coil_channel_s {
 	bool lines_due;       /* readline signal to be served (deferred) */
 	bool in_flush, flush_again; /* flush_sigq running / to rerun */
 	size_t sig_back;      /* tail of the shown chunk the signal left */
+	/* Bytes at the front of rq / sigq being shown to a signal right now
+	 * (consumed when the callback returns): a steal inside the callback
+	 * does not move them. */
+	size_t show_rq, show_sigq;
 	/* steal: the victim's receive still drains into steal_to (which
 	 * holds steal_wait > 0 and reads nothing of its own until then). */
 	coil_channel_t *steal_to;

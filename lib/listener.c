@@ -79,9 +79,12 @@ static void client_drop(coil_socket_t *c)
 	coil__channel_put(c);
 }
 
+static void vreg_add(coil_socket_t *c);
+
 /* Hands a queued client to its caller: the caller's reference stays. */
 static coil_socket_t *client_give(coil_socket_t *c)
 {
+	vreg_add(c);
 	coil__channel_put(c);
 	return c;
 }
@@ -421,19 +424,107 @@ static void accept_req_done(struct accept_req *r)
 	coil__free(r);
 }
 
-/* An accept_many result nobody stole: release its sockets too. */
-static void clients_free(void *p)
+/*
+ * Clients handed out through accept()/accept_many() handles. A handle whose
+ * value nobody stole releases the client when it is freed, which may be
+ * after the loop's stop closed and freed that client (rule 16: handles
+ * outlive the loop), or on another thread at the very moment the stop
+ * frees it. So the value's free function never trusts the pointer: handed
+ * out clients are listed here (a process-wide set keyed by address) until
+ * either the handle's free function takes them out or the channel is freed
+ * (sock_free), whichever comes first, under one lock. Found, with a
+ * reference still held, it is released; not found, the stop already did.
+ * (A client freed by the stop whose address is reused by a newer handed-out
+ * client before the old handle is freed would be mistaken for it; the
+ * window needs a handle kept across coil_loop_free and a new loop's
+ * accept.)
+ */
+#define VREG_BUCKETS 1024u
+
+struct vreg_node {
+	struct vreg_node *next;
+	coil_channel_t *ch;
+};
+
+static pthread_mutex_t vreg_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct vreg_node *vreg[VREG_BUCKETS];
+
+static unsigned vreg_hash(const void *p)
 {
-	coil_clients_t *cl = p;
-	for (size_t i = 0; i < cl->count; i++)
-		coil_channel_release(cl->sock[i]);
-	coil__free(cl);
+	uintptr_t x = (uintptr_t)p >> 4;
+	x ^= x >> 15;
+	x *= 0x2c1b3c6dU;
+	x ^= x >> 12;
+	return (unsigned)(x % VREG_BUCKETS);
+}
+
+/* Lists c (home worker of the listener, at hand-out). */
+static void vreg_add(coil_socket_t *c)
+{
+	struct vreg_node *n = coil__malloc(sizeof(*n));
+	if (!n)
+		return; /* its handle's free function then leaves it alone */
+	n->ch = c;
+	S(c)->vreg = true;
+	unsigned h = vreg_hash(c);
+	pthread_mutex_lock(&vreg_lock);
+	n->next = vreg[h];
+	vreg[h] = n;
+	pthread_mutex_unlock(&vreg_lock);
+}
+
+/* Takes c out of the set; true if it was there. Under vreg_lock. */
+static bool vreg_take_locked(const coil_channel_t *c)
+{
+	for (struct vreg_node **pp = &vreg[vreg_hash(c)]; *pp;
+	     pp = &(*pp)->next) {
+		if ((*pp)->ch == c) {
+			struct vreg_node *n = *pp;
+			*pp = n->next;
+			coil__free(n);
+			return true;
+		}
+	}
+	return false;
+}
+
+/* sock_free: the channel is being freed; forget it. */
+void coil__sock_vreg_forget(coil_channel_t *c)
+{
+	pthread_mutex_lock(&vreg_lock);
+	vreg_take_locked(c);
+	pthread_mutex_unlock(&vreg_lock);
 }
 
 /* The value of an accept() result nobody stole. */
 static void client_free(void *p)
 {
-	coil_channel_release(p);
+	coil_channel_t *c = p;
+	bool held = false;
+	pthread_mutex_lock(&vreg_lock);
+	if (vreg_take_locked(c)) {
+		/* Listed, so not freed yet; take a reference unless its last
+		 * one is already gone (its free is waiting for this lock). */
+		int refs = atomic_load(&c->refs);
+		while (refs > 0 &&
+		       !atomic_compare_exchange_weak(&c->refs, &refs, refs + 1))
+			;
+		held = refs > 0;
+	}
+	pthread_mutex_unlock(&vreg_lock);
+	if (held) {
+		coil_channel_release(c);
+		coil__channel_put(c);
+	}
+}
+
+/* An accept_many result nobody stole: release its sockets too. */
+static void clients_free(void *p)
+{
+	coil_clients_t *cl = p;
+	for (size_t i = 0; i < cl->count; i++)
+		client_free(cl->sock[i]);
+	coil__free(cl);
 }
 
 static void serve_accepts(struct listener *l)
@@ -509,6 +600,12 @@ static void accept_local(struct sock_call *c)
 	if (!l || atomic_load(&l->closing)) {
 		coil__ip_fail_msg(c->ip, l ? -EBADF : -EINVAL,
 				  l ? "listener closed" : "socket is not listening");
+		return;
+	}
+	if (atomic_load(&S(c->s)->nonblocking) && !l->qlen) {
+		coil__ip_fail_msg(c->ip, -EAGAIN,
+				  "accept: no client waiting (non-blocking "
+				  "socket)");
 		return;
 	}
 	struct accept_req *r = coil__calloc(1, sizeof(*r));

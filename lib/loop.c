@@ -43,10 +43,15 @@ __thread coil__worker *coil__tls_worker;
  * ring over a Unix socketpair and an autobound Unix listener.
  * Optional features (multishot read, a registered ring fd) fall back. */
 
-static pthread_once_t probe_once = PTHREAD_ONCE_INIT;
+/* The probe's answer is kept once it is definitive (features found, or
+ * io_uring refused for good: -ENOSYS, -EPERM); a transient failure
+ * (-EMFILE, -ENOMEM...) fails that coil_loop_new and is probed again next
+ * time. probe_lock orders the writes before probe_done. */
+static pthread_mutex_t probe_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic bool probe_done;
 static unsigned char probe_ops[256];
 static unsigned probe_have;     /* COIL__FEAT_* found */
-static int probe_rc;            /* io_uring_setup's error, or 0 */
+static int probe_rc;            /* io_uring refused for good, or 0 */
 unsigned coil__probe_hide;      /* tests: COIL__FEAT_* to treat as absent */
 
 static const struct {
@@ -86,20 +91,36 @@ static int probe_wait(struct io_uring *r, uint64_t tag, int *res,
 	}
 }
 
-static void probe_live(struct io_uring *r)
+/*
+ * Runs the op-flag features for real. Only a definitive answer from the
+ * kernel (-EINVAL for the registration, a failed or single-shot CQE) marks
+ * a feature missing: when the probe itself cannot run (no memory, no
+ * descriptors, a timeout on a loaded machine), the feature counts as
+ * present and a real use would report the error. Returns 0, or a transient
+ * error (-ENOMEM, -EMFILE...) when a test could not be run: then the probe
+ * is not kept and runs again for the next loop. Exits the ring.
+ */
+static int probe_live(struct io_uring *r)
 {
+	int transient = 0;
+	probe_have |= COIL__FEAT_PBUF_RING | COIL__FEAT_RECV_MSHOT |
+		      COIL__FEAT_ACCEPT_MSHOT;
 	/* A provided buffer ring of two small buffers. */
 	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
 	void *mem = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE,
 			 MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (mem == MAP_FAILED)
-		return;
+	if (mem == MAP_FAILED) {
+		io_uring_queue_exit(r);
+		return -ENOMEM;
+	}
 	struct io_uring_buf_ring *br = mem;
 	io_uring_buf_ring_init(br);
 	struct io_uring_buf_reg reg = {
 		.ring_addr = (unsigned long)br, .ring_entries = 2, .bgid = 0};
-	if (io_uring_register_buf_ring(r, &reg, 0) == 0) {
-		probe_have |= COIL__FEAT_PBUF_RING;
+	int brc = io_uring_register_buf_ring(r, &reg, 0);
+	if (brc == -EINVAL || brc == -ENOSYS || brc == -EOPNOTSUPP)
+		probe_have &= ~(COIL__FEAT_PBUF_RING | COIL__FEAT_RECV_MSHOT);
+	if (brc == 0) {
 		for (int i = 0; i < 2; i++)
 			io_uring_buf_ring_add(br, (char *)mem + pg + i * 64, 64,
 					      (unsigned short)i,
@@ -107,7 +128,9 @@ static void probe_live(struct io_uring *r)
 		io_uring_buf_ring_advance(br, 2);
 		/* Multishot recv (6.0): a byte waits, so the CQE is at once. */
 		int sv[2];
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0) {
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
+			transient = -errno;
+		} else {
 			int res = 0;
 			unsigned fl = 0;
 			struct io_uring_sqe *sqe = io_uring_get_sqe(r);
@@ -118,9 +141,9 @@ static void probe_live(struct io_uring *r)
 				sqe->user_data = 1;
 				io_uring_submit(r);
 				int w = probe_wait(r, 1, &res, &fl);
-				if (w == 0 || (w > 0 && res == 1 &&
-					       (fl & IORING_CQE_F_MORE)))
-					probe_have |= COIL__FEAT_RECV_MSHOT;
+				if (w > 0 && (res != 1 ||
+					      !(fl & IORING_CQE_F_MORE)))
+					probe_have &= ~COIL__FEAT_RECV_MSHOT;
 			}
 			close(sv[0]);
 			close(sv[1]);
@@ -129,6 +152,8 @@ static void probe_live(struct io_uring *r)
 	}
 	/* Multishot accept (5.19), on an autobound abstract Unix listener. */
 	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (ls < 0)
+		transient = -errno;
 	struct sockaddr_un sun = {.sun_family = AF_UNIX};
 	socklen_t slen = sizeof(sa_family_t);
 	if (ls >= 0 && bind(ls, (struct sockaddr *)&sun, slen) == 0 &&
@@ -147,9 +172,8 @@ static void probe_live(struct io_uring *r)
 			if (c >= 0 &&
 			    connect(c, (struct sockaddr *)&sun, slen) == 0) {
 				int w = probe_wait(r, 2, &res, &fl);
-				if (w == 0 || (w > 0 && res >= 0 &&
-					       (fl & IORING_CQE_F_MORE)))
-					probe_have |= COIL__FEAT_ACCEPT_MSHOT;
+				if (w > 0 && (res < 0 || !(fl & IORING_CQE_F_MORE)))
+					probe_have &= ~COIL__FEAT_ACCEPT_MSHOT;
 				if (w > 0 && res >= 0)
 					close(res);
 			}
@@ -161,16 +185,24 @@ static void probe_live(struct io_uring *r)
 		close(ls);
 	io_uring_queue_exit(r); /* unregisters the buffer ring */
 	munmap(mem, 2 * pg);
+	if (brc && brc != -EINVAL && brc != -ENOSYS && brc != -EOPNOTSUPP)
+		transient = brc;
+	return transient;
 }
 
-static void probe_kernel(void)
+/* Under probe_lock. Returns 0 when the answer is definitive. */
+static int probe_kernel(void)
 {
 	struct io_uring r;
 	int rc = io_uring_queue_init(8, &r, 0);
-	if (rc) {
+	if (rc == -EINVAL || rc == -ENOSYS || rc == -EPERM) {
 		probe_rc = rc == -EINVAL ? -ENOSYS : rc;
-		return;
+		return 0;
 	}
+	if (rc)
+		return rc;
+	memset(probe_ops, 0, sizeof(probe_ops));
+	probe_have = 0;
 	struct io_uring_probe *p = io_uring_get_probe_ring(&r);
 	if (p) {
 		for (int op = 0; op < 256 && op <= p->last_op; op++)
@@ -184,19 +216,34 @@ static void probe_kernel(void)
 		probe_have |= COIL__FEAT_OPS;
 	if (probe_ops[IORING_OP_READ_MULTISHOT])
 		probe_have |= COIL__FEAT_READ_MSHOT;
-	probe_live(&r); /* exits the ring */
+	return probe_live(&r); /* exits the ring */
+}
+
+/* Probes unless done: 0, or the transient error that stopped it. */
+static int probe(void)
+{
+	if (atomic_load_explicit(&probe_done, memory_order_acquire))
+		return 0;
+	pthread_mutex_lock(&probe_lock);
+	int rc = 0;
+	if (!atomic_load_explicit(&probe_done, memory_order_relaxed)) {
+		rc = probe_kernel();
+		if (!rc)
+			atomic_store_explicit(&probe_done, true,
+					      memory_order_release);
+	}
+	pthread_mutex_unlock(&probe_lock);
+	return rc;
 }
 
 unsigned coil__features(void)
 {
-	pthread_once(&probe_once, probe_kernel);
-	return probe_have & ~coil__probe_hide;
+	return probe() ? 0 : probe_have & ~coil__probe_hide;
 }
 
 bool coil__op_supported(const coil__worker *w, int opcode)
 {
-	pthread_once(&probe_once, probe_kernel);
-	if (opcode < 0 || opcode >= 256 || !probe_ops[opcode])
+	if (probe() || opcode < 0 || opcode >= 256 || !probe_ops[opcode])
 		return false;
 	/* Optional opcodes a loop may be told (or a test may pretend) not
 	 * to use. */
@@ -224,6 +271,11 @@ const char *coil_loop_last_error(void)
 /* -ENOSYS with the names of what the kernel lacks, or 0. */
 static int check_features(void)
 {
+	int prc = probe();
+	if (prc) {
+		set_error("probing io_uring: %s", strerror(-prc));
+		return prc;
+	}
 	unsigned have = coil__features();
 	if (probe_rc) {
 		set_error("io_uring unavailable: io_uring_setup: %s%s",
@@ -754,7 +806,8 @@ static unsigned reap(coil__worker *w)
 		 * completion that I/O brings. The push happened before the
 		 * cause, the cause before the CQE, the CQE before this peek.
 		 * So all of them, not a budget's worth: the budget bounds a
-		 * turn, this drain a batch of completions. */
+		 * turn without completions; here the order wins. One
+		 * snapshot: a task re-posting itself runs once more at most. */
 		drain_inbox(w, 0);
 		for (unsigned i = 0; i < n; i++) {
 			if (!(batch[i].flags & IORING_CQE_F_MORE))

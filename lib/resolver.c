@@ -33,6 +33,11 @@ struct resolve_job {
 	uint32_t scope_id; /* from "%scope", given to link-local results */
 	char host[256];
 	char service[8];
+	/* reverse lookup (coil_reverse_lookup): getnameinfo of sa */
+	bool reverse;
+	int ni_flags;
+	struct sockaddr_storage sa;
+	socklen_t salen;
 };
 
 static void job_free(struct resolve_job *j)
@@ -118,8 +123,39 @@ static coil_addrlist_t *order(const struct addrinfo *res, uint32_t scope_id)
 
 /* Resolves one job and settles its handle (unless it settled meanwhile:
  * aborted, or cancelled by coil__resolver_stop; then the result is dropped). */
+static void reverse_run(struct resolve_job *j)
+{
+	coil_nameinfo_t *ni = coil__calloc(1, sizeof(*ni));
+	if (!ni) {
+		coil_ip_fail(j->ip, -ENOMEM, "reverse lookup: out of memory");
+		return;
+	}
+	errno = 0;
+	int g = getnameinfo((struct sockaddr *)&j->sa, j->salen, ni->host,
+			    sizeof(ni->host), ni->service, sizeof(ni->service),
+			    j->ni_flags);
+	if (g) {
+		int err = map_gai(g, errno);
+		char where[128];
+		if (coil_addr_format((struct sockaddr *)&j->sa, j->salen, where,
+				     sizeof(where)) < 0)
+			snprintf(where, sizeof(where), "?");
+		coil__free(ni);
+		coil_ip_fail(j->ip, err, "reverse lookup of %s: %s", where,
+			     g == EAI_SYSTEM && errno ? strerror(errno)
+						      : gai_strerror(g));
+		return;
+	}
+	if (coil_ip_finish_ptr(j->ip, ni, coil_free))
+		coil__free(ni); /* settled meanwhile */
+}
+
 static void resolve_run(struct resolve_job *j)
 {
+	if (j->reverse) {
+		reverse_run(j);
+		return;
+	}
 	struct addrinfo hints, *res = NULL;
 	memset(&hints, 0, sizeof(hints));
 	hints.ai_socktype = (j->flags & COIL_ADDR_DGRAM) ? SOCK_DGRAM
@@ -281,6 +317,31 @@ static coil_addrlist_t *single(const coil_addr_t *a)
 	return l;
 }
 
+/* Queues j for the resolver thread (starting it), or fails its handle. */
+static void job_queue(coil_loop_t *loop, struct resolve_job *j)
+{
+	pthread_mutex_lock(&loop->res_lock);
+	int rc = loop->res_stop ? -ESHUTDOWN : 0;
+	if (!rc && !loop->res_started)
+		rc = resolver_start(loop);
+	if (rc) {
+		pthread_mutex_unlock(&loop->res_lock);
+		coil_ip_fail(j->ip, rc, "resolve %s: %s", j->host,
+			     rc == -ESHUTDOWN ? "loop is stopping"
+					      : "cannot start resolver thread");
+		job_free(j);
+		return;
+	}
+	j->task.next = NULL;
+	if (loop->res_tail)
+		loop->res_tail->next = &j->task;
+	else
+		loop->res_head = &j->task;
+	loop->res_tail = &j->task;
+	pthread_cond_signal(&loop->res_cond);
+	pthread_mutex_unlock(&loop->res_lock);
+}
+
 /*
  * Parses text and produces the addresses to try as a coil_addrlist_t. IP
  * literals and Unix paths finish the returned handle at once; host names are
@@ -320,26 +381,41 @@ coil_ip_t *coil_resolve(coil_loop_t *loop, const char *text, int flags)
 	j->scope_id = a.scope_id;
 	snprintf(j->host, sizeof(j->host), "%s", a.host);
 	snprintf(j->service, sizeof(j->service), "%u", a.port);
-	pthread_mutex_lock(&loop->res_lock);
-	rc = loop->res_stop ? -ESHUTDOWN : 0;
-	if (!rc && !loop->res_started)
-		rc = resolver_start(loop);
-	if (rc) {
-		pthread_mutex_unlock(&loop->res_lock);
-		job_free(j);
-		coil_ip_fail(ip, rc, "resolve %s: %s", a.host,
-			     rc == -ESHUTDOWN ? "loop is stopping"
-					      : "cannot start resolver thread");
+	job_queue(loop, j);
+	return ip;
+}
+
+/*
+ * Reverse lookup (getnameinfo) on the resolver thread: a slow PTR query
+ * never stalls a worker. Finishes with a coil_nameinfo_t.
+ */
+coil_ip_t *coil_reverse_lookup(coil_loop_t *loop, const struct sockaddr *sa,
+			       socklen_t len, int flags)
+{
+	if (!loop)
+		return NULL;
+	coil_ip_t *ip = coil__ip_new_on(coil__pick_worker(loop));
+	if (!ip)
+		return NULL;
+	if (!sa || len < sizeof(sa_family_t) ||
+	    len > sizeof(struct sockaddr_storage) ||
+	    (sa->sa_family != AF_INET && sa->sa_family != AF_INET6)) {
+		coil__ip_fail_msg(ip, -EINVAL,
+				  "reverse lookup: not an IPv4 or IPv6 address");
 		return ip;
 	}
-	j->task.next = NULL;
-	if (loop->res_tail)
-		loop->res_tail->next = &j->task;
-	else
-		loop->res_head = &j->task;
-	loop->res_tail = &j->task;
-	pthread_cond_signal(&loop->res_cond);
-	pthread_mutex_unlock(&loop->res_lock);
+	struct resolve_job *j = coil__calloc(1, sizeof(*j));
+	if (!j) {
+		coil__ip_fail_msg(ip, -ENOMEM, NULL);
+		return ip;
+	}
+	j->ip = coil_ip_ref(ip);
+	j->reverse = true;
+	j->ni_flags = flags;
+	memcpy(&j->sa, sa, len);
+	j->salen = len;
+	snprintf(j->host, sizeof(j->host), "(reverse lookup)");
+	job_queue(loop, j);
 	return ip;
 }
 

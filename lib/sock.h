@@ -15,6 +15,7 @@ struct coil__sock {
 	_Atomic int connecting, connected, listening;
 	int bufsize;       /* pending buffer_size, 0 = kernel default */
 	int nodelay, keepalive, reuseaddr; /* -1: leave as is */
+	int keepidle;      /* TCP_KEEPIDLE seconds, 0 = kernel default */
 	_Atomic unsigned timeout_ms;
 	_Atomic bool nonblocking; /* usocket settimeout(0) / setblocking(0) */
 	char reqhost[256];
@@ -35,6 +36,7 @@ struct coil__sock {
 	socklen_t bind_len;
 	int bind_flags;
 	int accept_err;    /* the fatal accept error that closed the listener */
+	bool vreg;         /* listed as handed out through a handle (listener.c) */
 };
 
 struct coil__dg_stash {
@@ -42,9 +44,16 @@ struct coil__dg_stash {
 	coil_datagram_t *dg;
 };
 /* udp.c, home worker: connect(2) on a datagram socket (its default peer;
- * reads and writes without an address follow). 0 or -errno. */
-COIL__HIDDEN int coil__sock_dgram_connect(coil_socket_t *s, const char *text,
-					  int flags);
+ * reads and writes without an address follow), after resolving a name;
+ * settles ip. */
+COIL__HIDDEN void coil__sock_dgram_connect(coil_socket_t *s, const char *text,
+					   int flags, coil_ip_t *ip);
+/* listener.c: a handed-out client is being freed (see client_free). */
+COIL__HIDDEN void coil__sock_vreg_forget(coil_channel_t *c);
+/* udp.c, home worker: the stash of datagrams for the next receive. */
+COIL__HIDDEN void coil__sock_stash_push(struct coil__sock *s,
+					coil_datagram_t *dg);
+COIL__HIDDEN coil_datagram_t *coil__sock_stash_pop(struct coil__sock *s);
 /* udp.c: frees the stashed datagrams (socket free). */
 COIL__HIDDEN void coil__sock_stash_free(struct coil__sock *s);
 

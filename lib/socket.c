@@ -29,6 +29,8 @@
 
 static void sock_free(coil_channel_t *ch)
 {
+	if (ch->sock->vreg)
+		coil__sock_vreg_forget(ch);
 	coil__sock_stash_free(ch->sock);
 	coil__free(ch->sock);
 	ch->sock = NULL;
@@ -55,6 +57,12 @@ static void sock_close(coil_channel_t *ch)
 		s->shut_ip = NULL;
 	}
 	coil__sock_listener_close(ch);
+	/* A Unix datagram socket's bound path goes with it, as a listener's
+	 * does (it stayed behind). */
+	if (s->unix_path[0]) {
+		unlink(s->unix_path);
+		s->unix_path[0] = 0;
+	}
 }
 
 int coil__sock_alloc(coil_channel_t *ch)
@@ -84,6 +92,7 @@ int coil_socket_new(coil_loop_t *loop, coil_socket_t **out)
 		coil__channel_put(ch);
 		return rc;
 	}
+	atomic_store(&ch->sock_unconnected, true); /* reads: -ENOTCONN */
 	/* Listed for loop stop from the start: a socket that is never used,
 	 * or is still connecting, is closed and freed by coil_loop_free. */
 	coil__channel_register(ch);
@@ -110,6 +119,9 @@ void coil__sock_apply_opts(struct coil__sock *s, int fd)
 	if (s->type == SOCK_STREAM && s->family != AF_UNIX)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY,
 			   s->nodelay >= 0 ? &s->nodelay : &one, sizeof(int));
+	if (s->keepidle > 0 && s->type == SOCK_STREAM && s->family != AF_UNIX)
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &s->keepidle,
+			   sizeof(int));
 }
 
 /* ---- forwarding to the home worker ---- */
@@ -326,4 +338,49 @@ int coil_socketpair(coil_loop_t *loop, int domain, int type, coil_socket_t **a,
 		return rc;
 	}
 	return 0;
+}
+
+/* ---- try_write (libuv uv_try_write) ---- */
+
+struct try_send {
+	const void *data;
+	size_t len;
+};
+
+static int try_send_on_fd(int fd, void *arg)
+{
+	struct try_send *t = arg;
+	ssize_t n = send(fd, t->data, t->len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (n < 0)
+		return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+	return (int)(n > INT32_MAX ? INT32_MAX : n);
+}
+
+/*
+ * Sends what fits in the socket buffer now, with no queueing: only when
+ * nothing is queued or in flight (so it never overtakes an earlier write),
+ * under the fd lock (so never on a reused descriptor).
+ */
+int64_t coil_socket_try_write(coil_socket_t *s, const void *data, size_t len)
+{
+	if (!s || (!data && len))
+		return -EINVAL;
+	if (!S(s))
+		return -ENOTSOCK;
+	if (s->flt)
+		return -EOPNOTSUPP; /* a stream filter (TLS) must see every byte */
+	if (!len)
+		return 0;
+	if (atomic_load(&S(s)->connecting) || atomic_load(&s->wq_used))
+		return -EAGAIN;
+	if (atomic_load(&s->close_req))
+		return -EBADF;
+	if (len > INT32_MAX)
+		len = INT32_MAX;
+	struct try_send t = {data, len};
+	int rc = coil__channel_fd_call(s, try_send_on_fd, &t);
+	if (rc == -EBADF && !atomic_load(&S(s)->connected) &&
+	    atomic_load(&s->st) == COIL__CH_NEW)
+		return -ENOTCONN;
+	return rc;
 }

@@ -83,6 +83,9 @@ typedef struct tls_conn {
 	const char *in;            /* the received chunk being decrypted */
 	size_t in_len;
 	obuf fill, busy;
+	obuf held;                 /* records no one wanted yet (see hold) */
+	coil__defer held_defer;    /* decrypts them once someone does */
+	bool peer_closed;          /* the peer's close_notify was read */
 	size_t busy_off;           /* bytes of busy already sent */
 	size_t busy_plain;         /* plaintext that busy completes */
 	coil_ip_t *hs_ip;          /* the handshake's handle (a reference) */
@@ -822,6 +825,7 @@ static void read_records(tls_conn *t)
 			break;
 		if (e == SSL_ERROR_ZERO_RETURN) {
 			/* close_notify: the end of the stream. */
+			t->peer_closed = true;
 			coil__channel_end(ch, 0);
 			break;
 		}
@@ -830,20 +834,63 @@ static void read_records(tls_conn *t)
 	}
 }
 
-static void tls_input(coil_channel_t *ch, const char *p, size_t n)
+static bool has_consumer(const coil_channel_t *ch)
 {
-	tls_conn *t = ch->flt_state;
-	coil__channel_get(ch);
+	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads);
+}
+
+/*
+ * Records that arrive after the handshake while no one wants bytes (no
+ * read, no signal: typically the first request, which travels with the
+ * client's Finished, before the handshake's callback connected a read
+ * signal) are held undecrypted, as a plain channel's bytes would wait in
+ * the kernel, and decrypted at the end of the turn in which someone wants
+ * them (the channel asks want_input whenever its interest changes). At
+ * most what the reads already under way bring: reading stops meanwhile.
+ */
+static void decrypt(tls_conn *t, const char *p, size_t n, bool hold)
+{
+	coil_channel_t *ch = t->ch;
 	t->in = p;
 	t->in_len = n;
 	if (!t->hs_done && !t->failed)
 		handshake_step(t);
+	if (t->hs_done && !t->failed && t->in_len && hold && !has_consumer(ch)) {
+		if (!obuf_append(&t->held, t->in, t->in_len))
+			conn_fatal(t, -ENOMEM, "TLS: out of memory");
+		t->in_len = 0;
+	}
 	if (t->hs_done)
 		read_records(t);
 	/* What was not decrypted (the channel closed meanwhile) is dropped,
 	 * with the rest of the stream. */
 	t->in = NULL;
 	t->in_len = 0;
+}
+
+/* Decrypts the held records (in order, before anything newer). */
+static void release_held(tls_conn *t)
+{
+	obuf h = t->held;
+	t->held = (obuf){0};
+	if (h.len && !t->failed)
+		decrypt(t, h.p, h.len, false);
+	obuf_free(&h);
+}
+
+static void tls_input(coil_channel_t *ch, const char *p, size_t n)
+{
+	tls_conn *t = ch->flt_state;
+	coil__channel_get(ch);
+	if (t->held.len) {
+		/* Behind the held ones, in order. */
+		if (!obuf_append(&t->held, p, n))
+			conn_fatal(t, -ENOMEM, "TLS: out of memory");
+		if (has_consumer(ch))
+			release_held(t);
+	} else {
+		decrypt(t, p, n, true);
+	}
 	if (!t->failed && t->fill.len > FILL_LIMIT)
 		conn_fatal(t, -ENOBUFS,
 			   "TLS: the peer makes us answer but does not read");
@@ -851,9 +898,27 @@ static void tls_input(coil_channel_t *ch, const char *p, size_t n)
 	coil__channel_put(ch);
 }
 
+static void held_run(coil__defer *d)
+{
+	tls_conn *t = coil__container_of(d, tls_conn, held_defer);
+	coil_channel_t *ch = t->ch;
+	if (!t->held.len || atomic_load(&ch->st) != COIL__CH_OPEN ||
+	    !has_consumer(ch))
+		return;
+	coil__channel_get(ch);
+	release_held(t);
+	coil__channel_kick(ch);
+	coil__channel_put(ch);
+}
+
 static int tls_eof(coil_channel_t *ch)
 {
 	tls_conn *t = ch->flt_state;
+	/* Held records first: they may end with the close_notify. */
+	if (t->held.len)
+		release_held(t);
+	if (t->peer_closed)
+		return 0;
 	if (t->failed)
 		return t->err;
 	t->failed = true;
@@ -978,7 +1043,9 @@ static bool tls_pending(const coil_channel_t *ch)
 
 static bool tls_want_input(const coil_channel_t *ch)
 {
-	const tls_conn *t = ch->flt_state;
+	tls_conn *t = ch->flt_state;
+	if (t->held.len && has_consumer(ch))
+		coil__defer_add(ch->w, &t->held_defer); /* see decrypt */
 	return !t->hs_done && !t->failed;
 }
 
@@ -1018,8 +1085,10 @@ static void conn_free(tls_conn *t)
 		coil_ip_unref(t->hs_ip);
 	if (t->ssl)
 		SSL_free(t->ssl);
+	coil__defer_cancel(&t->held_defer);
 	obuf_free(&t->fill);
 	obuf_free(&t->busy);
+	obuf_free(&t->held);
 	coil__free(t->host);
 	if (t->sni_ctx)
 		coil_tls_ctx_free(t->sni_ctx);
@@ -1169,6 +1238,7 @@ static coil_ip_t *starttls(coil_socket_t *s, coil_tls_ctx_t *c,
 		return NULL;
 	}
 	t->ch = s;
+	coil__defer_init(&t->held_defer, held_run);
 	t->ctx = coil_tls_ctx_ref(c);
 	t->server = server;
 	ERR_clear_error();
@@ -1280,30 +1350,6 @@ static void listen_put(tls_listen *l)
 	coil__free(l);
 }
 
-/*
- * Plaintext that came in the same segment as the client's Finished was
- * decrypted before the new-client callback could connect a read signal, so
- * it waits in the read queue, where a read signal connected later would
- * never see it (a plain client's bytes wait in the kernel until someone
- * wants them). Once the callback returned, it is delivered again, as if it
- * were arriving now: the signal sees it, and what no one takes stays
- * queued, in order.
- */
-static void replay(coil_channel_t *ch)
-{
-	size_t n = ch->rq.len;
-	if (!n || atomic_load(&ch->st) != COIL__CH_OPEN || !ch->on_read)
-		return;
-	char *copy = coil__malloc(n);
-	if (!copy)
-		return; /* left for read() and readline() */
-	memcpy(copy, coil__bufq_data(&ch->rq), n);
-	coil__bufq_consume(&ch->rq, n);
-	atomic_store(&ch->rq_used, 0);
-	coil__channel_deliver(ch, copy, n);
-	coil__free(copy);
-}
-
 static void pending_done(coil_ip_t *ip, void *ud)
 {
 	tls_waiter *p = ud;
@@ -1311,13 +1357,9 @@ static void pending_done(coil_ip_t *ip, void *ud)
 	coil_socket_t *lst = l->listener;
 	bool open = atomic_load(&lst->st) == COIL__CH_OPEN &&
 		    !atomic_load(&lst->close_req);
-	if (coil_ip_error(ip) == 0 && open && l->cb) {
-		coil_socket_t *c = p->client;
-		coil__channel_get(c);
-		l->cb(lst, c, l->ud);
-		replay(c);
-		coil__channel_put(c);
-	} else
+	if (coil_ip_error(ip) == 0 && open && l->cb)
+		l->cb(lst, p->client, l->ud);
+	else
 		coil_channel_release(p->client);
 	coil__channel_put(lst);
 	listen_put(l);

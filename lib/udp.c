@@ -84,7 +84,7 @@ void coil__sock_stash_free(struct coil__sock *s)
 	s->stash_tail = &s->stash_head;
 }
 
-static void stash_push(struct coil__sock *s, coil_datagram_t *dg)
+void coil__sock_stash_push(struct coil__sock *s, coil_datagram_t *dg)
 {
 	struct coil__dg_stash *st = coil__malloc(sizeof(*st));
 	if (!st) {
@@ -97,7 +97,7 @@ static void stash_push(struct coil__sock *s, coil_datagram_t *dg)
 	s->stash_tail = &st->next;
 }
 
-static coil_datagram_t *stash_pop(struct coil__sock *s)
+coil_datagram_t *coil__sock_stash_pop(struct coil__sock *s)
 {
 	struct coil__dg_stash *st = s->stash_head;
 	if (!st)
@@ -145,7 +145,7 @@ static void dgram_complete(coil__op *op, int res, unsigned flags)
 		coil__mem_defined(d->msg.msg_name, d->msg.msg_namelen);
 		if (coil_ip_state(d->ip) != COIL_IP_PENDING ||
 		    coil_ip_finish_ptr(d->ip, d->dg, coil_free))
-			stash_push(S(d->s), d->dg);
+			coil__sock_stash_push(S(d->s), d->dg);
 	}
 	dgram_free(d);
 }
@@ -174,7 +174,7 @@ static void dgram_start(coil__task *t)
 		return;
 	}
 	if (!d->send) {
-		coil_datagram_t *dg = stash_pop(S(s));
+		coil_datagram_t *dg = coil__sock_stash_pop(S(s));
 		if (dg) {
 			size_t max = d->iov.iov_len;
 			if (dg->len > max)
@@ -320,28 +320,120 @@ static void map_v4(coil_addr_t *a)
  * learns from ICMP (port unreachable: -ECONNREFUSED) fail the next receive
  * or send. The descriptor stays the datagram socket.
  */
-int coil__sock_dgram_connect(coil_socket_t *s, const char *text, int flags)
+/* connect(2) to one numeric address (home worker). */
+static int dgram_connect_addr(coil_socket_t *s, coil_addr_t *a)
 {
 	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED)
 		return -EBADF;
-	coil_addr_t a;
-	int rc = coil_addr_parse(text, COIL_ADDR_DGRAM | (flags & COIL_ADDR_IPV4),
-				 &a);
-	if (rc)
-		return rc;
-	if (!a.numeric && a.kind != COIL_ADDR_UNIX)
-		return -EINVAL; /* names: coil_resolve, then connect a result */
-	if (a.ss.ss_family == AF_INET && S(s)->family == AF_INET6)
-		map_v4(&a);
-	else if (a.ss.ss_family != S(s)->family)
+	if (a->ss.ss_family == AF_INET && S(s)->family == AF_INET6)
+		map_v4(a);
+	else if (a->ss.ss_family != S(s)->family)
 		return -EAFNOSUPPORT;
-	if (connect(s->fd, (struct sockaddr *)&a.ss, a.sslen))
+	if (connect(s->fd, (struct sockaddr *)&a->ss, a->sslen))
 		return -errno;
-	snprintf(S(s)->reqhost, sizeof(S(s)->reqhost), "%s", a.host);
+	snprintf(S(s)->reqhost, sizeof(S(s)->reqhost), "%s", a->host);
 	atomic_store(&S(s)->connected, 1);
 	/* Now the channel may read: only from the peer. */
 	s->mode |= COIL_IO_READ;
 	return 0;
+}
+
+struct dgram_resolve {
+	coil_socket_t *s;   /* a channel reference */
+	coil_ip_t *ip;      /* the connect handle (a reference) */
+	coil_ip_t *r;       /* the resolution (a reference) */
+	char host[256];
+};
+
+/* The name resolved (on the socket's home worker): connect to the first
+ * address of the socket's family (IPv4 ones too for an IPv6 socket). */
+static void dgram_resolved(coil_ip_t *r, void *arg)
+{
+	struct dgram_resolve *d = arg;
+	coil_socket_t *s = d->s;
+	int rc = coil_ip_error(r);
+	const char *msg = rc ? coil_ip_message(r) : NULL;
+	if (!rc) {
+		coil_addrlist_t *l = coil_ip_ptr(r);
+		rc = -EAFNOSUPPORT;
+		for (size_t pass = 0; pass < 2 && rc == -EAFNOSUPPORT; pass++) {
+			for (size_t i = 0; l && i < l->count; i++) {
+				int fam = l->addrs[i].ss.ss_family;
+				bool fits = pass == 0 ? fam == S(s)->family
+						      : S(s)->family == AF_INET6 &&
+								fam == AF_INET;
+				if (!fits)
+					continue;
+				coil_addr_t a;
+				memset(&a, 0, sizeof(a));
+				memcpy(&a.ss, &l->addrs[i].ss, l->addrs[i].len);
+				a.sslen = l->addrs[i].len;
+				snprintf(a.host, sizeof(a.host), "%s", d->host);
+				rc = dgram_connect_addr(s, &a);
+				break;
+			}
+		}
+	}
+	if (rc)
+		coil_ip_fail(d->ip, rc, "connect %s: %s", d->host,
+			     msg ? msg : coil_strerror(rc));
+	else
+		coil_ip_finish_int(d->ip, 0);
+	coil_ip_unref(d->ip);
+	coil_ip_unref(d->r);
+	coil__channel_put(s);
+	coil__free(d);
+}
+
+/*
+ * Connected UDP (CPython/usocket connect on SOCK_DGRAM, libuv
+ * uv_udp_connect): connect(2) sets the default peer and filters what is
+ * received to it; coil_channel_write then sends one datagram per write,
+ * coil_channel_read and recvfrom receive from it, and errors the kernel
+ * learns from ICMP (port unreachable: -ECONNREFUSED) fail the next receive
+ * or send. The descriptor stays the datagram socket. Numeric addresses
+ * connect at once; names resolve on the resolver thread first. Settles ip.
+ */
+void coil__sock_dgram_connect(coil_socket_t *s, const char *text, int flags,
+			      coil_ip_t *ip)
+{
+	coil_addr_t a;
+	int rc = coil_addr_parse(text, COIL_ADDR_DGRAM | (flags & COIL_ADDR_IPV4),
+				 &a);
+	if (rc) {
+		coil__ip_fail_msg(ip, rc, a.error);
+		return;
+	}
+	if (a.numeric || a.kind == COIL_ADDR_UNIX) {
+		rc = dgram_connect_addr(s, &a);
+		if (rc)
+			coil_ip_fail(ip, rc, "connect %s: %s", text,
+				     coil_strerror(rc));
+		else
+			coil_ip_finish_int(ip, 0);
+		return;
+	}
+	struct dgram_resolve *d = coil__calloc(1, sizeof(*d));
+	coil_ip_t *r = d ? coil_resolve(s->w->loop, text,
+					COIL_ADDR_DGRAM | (flags & COIL_ADDR_IPV4))
+			 : NULL;
+	if (!r) {
+		coil__free(d);
+		coil__ip_fail_msg(ip, -ENOMEM, NULL);
+		return;
+	}
+	d->s = s;
+	coil__channel_get(s);
+	d->ip = coil_ip_ref(ip);
+	d->r = r;
+	snprintf(d->host, sizeof(d->host), "%s", a.host);
+	if (coil_ip_on_done(r, dgram_resolved, d)) {
+		coil__ip_fail_msg(ip, -ENOMEM, NULL);
+		coil_ip_unref(d->ip);
+		coil_ip_unref(d->r);
+		coil__channel_put(s);
+		coil__free(d);
+	}
 }
 
 int coil_socket_bind(coil_socket_t *s, const char *addr, int flags)

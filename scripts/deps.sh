@@ -2,7 +2,9 @@
 # SPDX-License-Identifier: MIT
 # Installs the Debian packages coil needs, showing apt's progress, or says
 # exactly how to when not run as root.
-# Usage: scripts/deps.sh [build|test|bench|fuzz|valgrind]...
+# Usage: scripts/deps.sh [--list] [build|test|bench|fuzz|valgrind]...
+#   --list   print the packages the sets need, one a line, and exit
+#            (installs nothing)
 #
 # The clang runtime (sanitizers, libFuzzer) is the package matching the
 # clang that is installed (libclang-rt-<major>-dev), not a pinned version.
@@ -10,6 +12,11 @@ set -e
 export DEBIAN_FRONTEND=noninteractive
 pkgs="liburing-dev libjemalloc-dev libcunit1-dev pkg-config make gcc"
 want_clang_rt=0
+list=0
+if [ "${1:-}" = --list ]; then
+	list=1
+	shift
+fi
 for what in "$@"; do
 	case "$what" in
 	build) ;;
@@ -96,6 +103,13 @@ install_missing() {
 	fi
 	echo "coil: installed$missing"
 }
+
+if [ "$list" = 1 ]; then
+	[ "$want_clang_rt" = 1 ] && pkgs="$pkgs $(clang_rt_pkg)"
+	# shellcheck disable=SC2086
+	printf '%s\n' $pkgs | sort -u
+	exit 0
+fi
 
 updated=""
 # shellcheck disable=SC2086

@@ -12,7 +12,9 @@
 # its COIL_EXTERN declarations, and the typedefs and structs among them,
 # form the SYNOPSIS; the comment text is the DESCRIPTION; the header's
 # section title ("Channel: buffered async I/O ...") names the group's
-# neighbours in SEE ALSO. Plain POSIX awk (mawk is enough).
+# neighbours in SEE ALSO. coil(3) lists every page by section, after the
+# header's opening comment (its conventions). Plain POSIX awk (mawk is
+# enough).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [ $# -ge 2 ]; then
@@ -32,7 +34,7 @@ else
 	date=$(date -u -r "$header" +%Y-%m-%d)
 fi
 mkdir -p "$out"
-rm -f "$out"/coil_*.3
+rm -f "$out"/coil_*.3 "$out"/coil.3
 awk -v out="$out" -v version="$version" -v date="$date" '
 function esc(s) {
 	gsub(/\\/, "\\e", s)
@@ -144,7 +146,7 @@ function write_page(k,    f, i, n, nl, lines, t, inlist, names, others) {
 		close(f)
 	}
 }
-BEGIN { incomment = 0; nnames = 0; ncode = 0; desc = ""; pending = ""; section = ""; ng = 0 }
+BEGIN { incomment = 0; nnames = 0; ncode = 0; desc = ""; pending = ""; section = ""; ng = 0; nsec = 0; overview = "" }
 # Section titles: a one-line comment between two ruler comments.
 /^\/\* ---------------------*-* \*\/$/ { ruler = 1; next }
 ruler && /^\/\* .* \*\/$/ {
@@ -155,6 +157,7 @@ ruler && /^\/\* .* \*\/$/ {
 	carry_desc = ""
 	carry_code = ""
 	section = t
+	sec_title[++nsec] = t
 	pending = ""
 	ruler = 0
 	next
@@ -187,6 +190,8 @@ incomment {
 		pending = pending (pending != "" ? "\n" : "") ctext
 		desc = pending
 		lastc = ctext
+		if (nsec == 0 && overview == "" && ctext !~ /SPDX-License/)
+			overview = ctext
 	}
 	next
 }
@@ -219,10 +224,43 @@ desc != "" {
 	}
 	next
 }
+# coil(3): the opening comment of the header and every page, by section.
+function write_index(    f, i, k, nl, lines, t, list) {
+	f = out "/coil.3"
+	printf ".TH COIL 3 \"%s\" \"coil %s\" \"coil manual\"\n.nh\n.ad l\n", date, version > f
+	printf ".SH NAME\ncoil \\- socket and channel I/O on io_uring with promise-like handles\n" > f
+	printf ".SH SYNOPSIS\n.nf\n.B #include <coil.h>\n.fi\n.PP\n" > f
+	printf "Link with \\fI\\-lcoil\\fP (\\fIpkg\\-config \\-\\-cflags \\-\\-libs coil\\fP).\n" > f
+	printf ".SH DESCRIPTION\n" > f
+	nl = split(overview, lines, "\n")
+	for (i = 1; i <= nl; i++) {
+		t = trim(lines[i])
+		if (t == "")
+			continue
+		if (t ~ /^- /) {
+			printf ".IP \\(bu 2\n" > f
+			t = substr(t, 3)
+		}
+		printf "%s\n", esc(t) > f
+	}
+	for (i = 1; i <= nsec; i++) {
+		list = ""
+		for (k = 1; k <= ng; k++)
+			if (g_section[k] == sec_title[i])
+				list = list (list == "" ? "" : ",\n") "\\fB" g_page[k] "\\fP(3)"
+		if (list == "")
+			continue
+		printf ".SS %s\n%s.\n", esc(sec_title[i]), list > f
+	}
+	printf ".SH SEE ALSO\nEvery page is generated from the contract comments of \\fIcoil.h\\fP;\n" > f
+	printf "\\fIREADME.md\\fP, \\fIdocs/guide.md\\fP and \\fIdocs/api.md\\fP in the coil sources.\n" > f
+	close(f)
+}
 END {
 	flush()
 	for (k = 1; k <= ng; k++)
 		write_page(k)
+	write_index()
 }' "$header"
-n=$(ls "$out"/coil_*.3 2>/dev/null | wc -l)
+n=$(ls "$out"/coil_*.3 "$out"/coil.3 2>/dev/null | wc -l)
 echo "gen-man: $n pages in $out from $header"

@@ -1089,6 +1089,7 @@ static void done_broken(coil_ip_t *src, void *ud)
 {
 	if (coil_ip_error(src) == COIL_BROKEN)
 		atomic_fetch_add(&broken_seen, 1);
+	coil_ip_finish_int(ud, 0);
 }
 
 /* The producer drops its only reference to a pending handle that a chain,
@@ -1101,7 +1102,8 @@ static void test_dropped_producer_breaks(void)
 	coil_ip_t *c = coil_ip_then(coil_ip_ref(h), cr_a, see_broken, NULL);
 	coil_ip_t *plain = coil_ip_then(coil_ip_ref(h), NULL, NULL, NULL);
 	coil_ip_t *t = coil_ip_timeout(coil_ip_ref(h), 60000, 0);
-	T_ASSERT_OK(coil_ip_on_done(h, done_broken, NULL));
+	coil_ip_t *done = coil_ip_new(L);
+	T_ASSERT_OK(coil_ip_on_done(h, done_broken, done));
 	coil_ip_unref(h); /* the producer goes away */
 	CU_ASSERT_EQUAL_FATAL(coil_ip_wait(plain, 5000), 0);
 	CU_ASSERT_EQUAL(coil_ip_error(plain), COIL_BROKEN);
@@ -1111,7 +1113,9 @@ static void test_dropped_producer_breaks(void)
 	CU_ASSERT_EQUAL_FATAL(coil_ip_wait(t, 5000), 0);
 	CU_ASSERT_EQUAL(coil_ip_error(t), COIL_BROKEN);
 	CU_ASSERT_EQUAL_FATAL(coil_ip_wait(c, 5000), 0);
+	T_ASSERT_OK(t_wait(done)); /* the on_done may run after c settled */
 	CU_ASSERT_EQUAL(atomic_load(&broken_seen), 2);
+	coil_ip_unref(done);
 	coil_ip_unref(c);
 	coil_ip_unref(plain);
 	coil_ip_unref(t);
@@ -1352,6 +1356,143 @@ static void test_drop_after_loop_free(void)
 	coil_ip_unref(all);
 }
 
+
+/* ---- coil_ip_repeat ---- */
+
+struct rep {
+	long i, n;
+	int fail_at, sleep_at;
+	_Atomic long calls;
+	size_t live_early, live_late;
+	uint64_t total_early, total_late;
+	coil_loop_t *loop;
+};
+
+/* Each iteration: a value at hand (settled), every 16th a real wait. */
+static coil_ip_t *rep_body(coil_ip_t *prev, void *ud)
+{
+	struct rep *r = ud;
+	atomic_fetch_add(&r->calls, 1);
+	if (prev && coil_ip_error(prev))
+		return NULL; /* the loop takes the failure */
+	/* The most live at any point of a window of 256 iterations, early
+	 * and late: the nesting of settled iterations (up to the depth rule)
+	 * makes the count go up and down with a short period. */
+	if (r->n >= 1000 && r->i >= r->n / 10 && r->i < r->n / 10 + 256) {
+		size_t l = coil__alloc_live();
+		if (l > r->live_early)
+			r->live_early = l;
+		if (r->i == r->n / 10)
+			r->total_early = coil__alloc_total();
+	}
+	if (r->n >= 1000 && r->i >= r->n - 257 && r->i < r->n - 1) {
+		size_t l = coil__alloc_live();
+		if (l > r->live_late)
+			r->live_late = l;
+	}
+	if (r->i == r->n - 1)
+		r->total_late = coil__alloc_total();
+	if (r->i == r->n)
+		return NULL; /* prev's outcome: the last value */
+	long i = r->i++;
+	if (i == r->fail_at)
+		return coil_ip_new_error(r->loop, -EPROTO, "step %ld", i);
+	if (i == r->sleep_at)
+		return coil_sleep(r->loop, 60000);
+	if (i % 16 == 0) {
+		coil_ip_t *h = coil_ip_new(r->loop);
+		coil_ip_t *w = coil_ip_ref(h);
+		coil_ip_finish_int(h, i); /* its callbacks run next turn */
+		coil_ip_unref(h);
+		return w;
+	}
+	return coil_ip_new_int(r->loop, i);
+}
+
+static void test_repeat_loop(void)
+{
+	/* 1,000,000 iterations, mostly already settled: bounded stack (it
+	 * would crash otherwise), constant memory, the last value. */
+	struct rep r = {.n = big(1000000), .fail_at = -1, .sleep_at = -1,
+			.loop = L};
+	coil_ip_t *p = coil_ip_repeat(L, rep_body, &r);
+	T_ASSERT_OK(coil_ip_wait(p, 120000));
+	CU_ASSERT_EQUAL(coil_ip_error(p), 0);
+	CU_ASSERT_EQUAL(coil_ip_int(p), r.n - 1);
+	CU_ASSERT_EQUAL(atomic_load(&r.calls), r.n + 1);
+	CU_ASSERT_EQUAL(r.live_late, r.live_early);
+	/* What body makes (one handle per iteration, 15/16 of the time; two
+	 * every 16th) and nothing for the loop. */
+	CU_ASSERT((double)(r.total_late - r.total_early) /
+		  (double)(r.n - 1 - r.n / 10) <= 1.1);
+	coil_ip_unref(p);
+
+	/* A failing iteration: body sees it and ends the loop with it. */
+	struct rep f = {.n = 100, .fail_at = 5, .sleep_at = -1, .loop = L};
+	p = coil_ip_repeat(L, rep_body, &f);
+	T_ASSERT_OK(t_wait(p));
+	CU_ASSERT_EQUAL(coil_ip_error(p), -EPROTO);
+	CU_ASSERT_STRING_EQUAL(coil_ip_message(p), "step 5");
+	coil_ip_unref(p);
+
+	/* Abort while an iteration waits: the iteration is aborted (the
+	 * sleep's timer removed) and body is not called again. */
+	struct rep a = {.n = 100, .fail_at = -1, .sleep_at = 3, .loop = L};
+	p = coil_ip_repeat(L, rep_body, &a);
+	while (atomic_load(&a.calls) < 4)
+		usleep(1000);
+	usleep(5000);
+	T_ASSERT_OK(coil_ip_abort(p));
+	T_ASSERT_OK(t_wait(p));
+	CU_ASSERT_EQUAL(coil_ip_error(p), -ECANCELED);
+	coil_ip_t *s = coil_sleep(L, 1); /* a round trip: let it settle */
+	t_wait(s);
+	coil_ip_unref(s);
+	CU_ASSERT_EQUAL(atomic_load(&a.calls), 4);
+	coil_ip_unref(p);
+}
+
+struct rep13 {
+	_Atomic int ran;
+	int ran_inside;
+	coil_ip_t *loop_ip, *done;
+};
+
+static coil_ip_t *rep13_body(coil_ip_t *prev, void *ud)
+{
+	struct rep13 *r = ud;
+	atomic_fetch_add(&r->ran, 1);
+	if (!prev)
+		return coil_ip_new_int(L, 1);
+	return NULL;
+}
+
+static void rep13_task(void *arg)
+{
+	struct rep13 *r = arg;
+	r->loop_ip = coil_ip_repeat(L, rep13_body, r);
+	r->ran_inside = atomic_load(&r->ran);
+	coil_ip_finish_int(r->done, 0);
+}
+
+/* Rule 13: body never runs inside coil_ip_repeat(), even on the worker. */
+static void test_repeat_not_inside_call(void)
+{
+	struct rep13 r = {.done = coil_ip_new(L)};
+	T_ASSERT_OK(coil_loop_post(L, 0, rep13_task, &r));
+	T_ASSERT_OK(t_wait(r.done));
+	CU_ASSERT_EQUAL(r.ran_inside, 0);
+	T_ASSERT_OK(t_wait(r.loop_ip));
+	CU_ASSERT_EQUAL(coil_ip_int(r.loop_ip), 1);
+	CU_ASSERT_EQUAL(atomic_load(&r.ran), 2);
+	coil_ip_unref(r.loop_ip);
+	coil_ip_unref(r.done);
+	coil_ip_t *bad = coil_ip_repeat(L, NULL, NULL);
+	T_ASSERT_OK(t_wait(bad));
+	CU_ASSERT_EQUAL(coil_ip_error(bad), -EINVAL);
+	coil_ip_unref(bad);
+}
+
 static const coil_test_t tests[] = {
 	{"alloc_counters", test_alloc_counters},
 	{"settle_once", test_settle_once},
@@ -1385,6 +1526,8 @@ static const coil_test_t tests[] = {
 	{"unobserved_handler_threads", test_unobserved_handler_threads},
 	{"cross_worker_adoption", test_cross_worker_adoption},
 	{"drop_after_loop_free", test_drop_after_loop_free},
+	{"repeat_loop", test_repeat_loop},
+	{"repeat_not_inside_call", test_repeat_not_inside_call},
 	{NULL, NULL},
 };
 

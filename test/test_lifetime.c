@@ -7,6 +7,7 @@
  * threads, the relay and its backpressure. Each test is the regression test
  * of an observed bug. */
 #include "helpers.h"
+#include "internal.h" /* zero-copy check: the worker's lent buffers */
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -553,6 +554,43 @@ static void test_steal_moves_every_byte(void)
 	}
 }
 
+/* coil_channel_steal() inside the victim's readline callback moved the
+ * line being shown (a view into the victim's read queue) to the thief,
+ * which delivered it again (apiseq F9). Such a steal is refused. */
+struct steal_in_line {
+	_Atomic int rc, calls;
+};
+
+static void steal_line_cb(coil_channel_t *ch, const void *d, size_t n,
+			  void *ud)
+{
+	struct steal_in_line *s = ud;
+	if (atomic_fetch_add(&s->calls, 1))
+		return;
+	coil_channel_t *t = NULL;
+	int rc = coil_channel_new(coil_channel_loop(ch), &t);
+	if (!rc)
+		rc = coil_channel_steal(t, ch);
+	atomic_store(&s->rc, rc);
+	if (t)
+		coil_channel_release(t);
+}
+
+static void test_steal_inside_line_callback(void)
+{
+	int peer;
+	coil_channel_t *ch = pair(&peer);
+	struct steal_in_line s = {1, 0};
+	T_ASSERT_OK(coil_channel_on_readline(ch, steal_line_cb, &s));
+	T_ASSERT_OK(t_write_all(peer, "one\ntwo\n", 8));
+	for (int i = 0; i < 10000 && atomic_load(&s.calls) < 2; i++)
+		usleep(1000);
+	CU_ASSERT_EQUAL(atomic_load(&s.rc), -EBUSY);
+	CU_ASSERT_EQUAL(atomic_load(&s.calls), 2); /* both lines, once each */
+	coil_channel_release(ch);
+	close(peer);
+}
+
 /* A read callback that replaced itself with coil_channel_on_read() while
  * paused by backpressure got already-delivered bytes again. */
 struct sw {
@@ -694,6 +732,50 @@ static void test_fileno_dup_vs_close(void)
 		coil_channel_release(ch);
 		close(peer);
 	}
+}
+
+/* coil_channel_write_view() to another channel copied, although the header
+ * promised zero-copy relay: inside a's read callback, a view write to b (same
+ * worker) now lends a's receive buffer (the worker's lent count grows) and
+ * the bytes arrive intact. */
+struct view_relay {
+	coil_channel_t *b;
+	_Atomic int lent, calls;
+	coil_ip_t *w;
+};
+
+static void view_relay_cb(coil_channel_t *a, const void *d, size_t n,
+			  void *ud)
+{
+	struct view_relay *v = ud;
+	if (atomic_fetch_add(&v->calls, 1))
+		return;
+	unsigned before = coil__tls_worker->pinned;
+	v->w = coil_channel_write_view(v->b, d, n);
+	atomic_store(&v->lent, (int)(coil__tls_worker->pinned - before));
+}
+
+static void test_write_view_across_channels(void)
+{
+	coil_loop_t *one = t_loop(1);
+	int pa, pb;
+	coil_channel_t *a = pair_on(one, &pa);
+	coil_channel_t *b = pair_on(one, &pb);
+	struct view_relay v = {b, -1, 0, NULL};
+	T_ASSERT_OK(coil_channel_on_read(a, view_relay_cb, &v));
+	T_ASSERT_OK(t_write_all(pa, "zero-copy", 9));
+	char got[9];
+	T_ASSERT_OK(t_read_exact(pb, got, 9));
+	CU_ASSERT(memcmp(got, "zero-copy", 9) == 0);
+	CU_ASSERT_EQUAL(atomic_load(&v.lent), 1);
+	T_ASSERT_OK(t_wait(v.w));
+	CU_ASSERT_EQUAL(coil_ip_int(v.w), 9);
+	coil_ip_unref(v.w);
+	coil_channel_release(a);
+	coil_channel_release(b);
+	coil_loop_free(one);
+	close(pa);
+	close(pb);
 }
 
 /* Built against the code before these fixes (to check that each test
@@ -1044,10 +1126,12 @@ static const coil_test_t tests[] = {
 	{"abort_queued_write", test_abort_queued_write},
 	{"abort_readinto_keeps_bytes", test_abort_readinto_keeps_bytes},
 	{"steal_moves_every_byte", test_steal_moves_every_byte},
+	{"steal_inside_line_callback", test_steal_inside_line_callback},
 	{"signal_switch_while_paused", test_signal_switch_while_paused},
 	{"signal_disconnect_consumes_chunk",
 	 test_signal_disconnect_consumes_chunk},
 	{"fileno_dup_vs_close", test_fileno_dup_vs_close},
+	{"write_view_across_channels", test_write_view_across_channels},
 #ifndef COIL_TEST_OLD_API
 	{"linger_frees_stuck_channels", test_linger_frees_stuck_channels},
 	{"ref_from_plain_threads", test_ref_from_plain_threads},

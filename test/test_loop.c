@@ -7,6 +7,7 @@
 #include <liburing.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -460,6 +461,73 @@ static void test_efd_rearm_retried(void)
 		coil_loop_free(loop); /* would hang on a deaf worker */
 }
 
+/* Posts from one thread run in posting order, also across the inbox's
+ * per-turn budget (256): 5000 posts wait in the inbox behind a task that
+ * holds the worker, are taken in one snapshot and split between turns. */
+struct order_ctx {
+	coil_loop_t *loop;
+	_Atomic int next;
+	_Atomic int wrong;
+};
+
+struct order_item {
+	struct order_ctx *c;
+	int n;
+};
+
+static struct order_item order_late;
+
+static void order_task(void *arg)
+{
+	struct order_item *it = arg;
+	int want = atomic_load(&it->c->next);
+	if (it->n != want)
+		atomic_fetch_add(&it->c->wrong, 1);
+	atomic_store(&it->c->next, it->n + 1);
+	/* Posted while most of the snapshot still waits in the backlog: it
+	 * must run after all of it. */
+	if (it->n == 10 && coil_loop_post(it->c->loop, 0, order_task,
+					  &order_late))
+		atomic_fetch_add(&it->c->wrong, 1);
+}
+
+static _Atomic int order_gate;
+
+/* Holds the worker until every post is in its inbox, so that the next
+ * snapshot holds all of them and the budget must split it. */
+static void gate_task(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&order_gate))
+		usleep(100);
+}
+
+static void test_post_order_across_budget(void)
+{
+	enum { N = 5000 };
+	coil_loop_t *loop = t_loop(1);
+	struct order_ctx c = {.loop = loop};
+	struct order_item *items = calloc(N, sizeof(*items));
+	CU_ASSERT_PTR_NOT_NULL_FATAL(items);
+	order_late.c = &c;
+	order_late.n = N;
+	atomic_store(&order_gate, 0);
+	T_ASSERT_OK(coil_loop_post(loop, 0, gate_task, NULL));
+	for (int i = 0; i < N; i++) {
+		items[i].c = &c;
+		items[i].n = i;
+		while (coil_loop_post(loop, 0, order_task, &items[i]) == -ENOMEM)
+			;
+	}
+	atomic_store(&order_gate, 1);
+	for (int i = 0; i < 10000 && atomic_load(&c.next) < N + 1; i++)
+		usleep(1000);
+	CU_ASSERT_EQUAL(atomic_load(&c.next), N + 1);
+	CU_ASSERT_EQUAL(atomic_load(&c.wrong), 0);
+	coil_loop_free(loop);
+	free(items);
+}
+
 /* Posting after free is refused rather than lost. */
 static void test_idle_worker_sleeps(void)
 {
@@ -493,6 +561,7 @@ static const coil_test_t tests[] = {
 	{"read_multishot_fallback", test_read_multishot_fallback},
 	{"registered_ring_fallback", test_registered_ring_fallback},
 	{"efd_rearm_retried", test_efd_rearm_retried},
+	{"post_order_across_budget", test_post_order_across_budget},
 	{NULL, NULL},
 };
 

@@ -9,6 +9,9 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,6 +26,13 @@ static const char *g_variant = "rel";
  * NULL when the variant is unknown: link steps are then skipped. */
 static const char *g_san;
 static const char *g_libs;
+/* A TLS build's archive may need OpenSSL (the Makefile's pkg-config
+ * --libs openssl). */
+#ifdef COIL_HAVE_OPENSSL
+#define TLS_LIBS " -lssl -lcrypto"
+#else
+#define TLS_LIBS ""
+#endif
 /* Set around commands that are expected to fail. */
 static bool g_quiet;
 
@@ -161,6 +171,15 @@ static void test_exports_and_docs(void)
 	CU_ASSERT_EQUAL(sh("sh scripts/check-docs.sh '%s/libbad.so' "
 			   ">/dev/null 2>&1", tmp), 1);
 	g_quiet = false;
+	/* Man pages (make builds them from coil.h): every export of this
+	 * build has one and renders cleanly; an export without one fails. */
+	if (have("man")) {
+		CU_ASSERT_EQUAL(sh("sh scripts/check-man.sh '%s' build/man", lib), 0);
+		g_quiet = true;
+		CU_ASSERT_EQUAL(sh("sh scripts/check-man.sh '%s/libbad.so' "
+				   "build/man >/dev/null 2>&1", tmp), 1);
+		g_quiet = false;
+	}
 	rm_tmp(tmp);
 }
 
@@ -252,6 +271,7 @@ static const char pc_prog[] =
 	"#include <coil.h>\n"
 	"#include <errno.h>\n"
 	"#include <stdio.h>\n"
+	"#include <string.h>\n"
 	"int main(void)\n"
 	"{\n"
 	"	coil_loop_opts_t o;\n"
@@ -265,7 +285,10 @@ static const char pc_prog[] =
 	"	int ok = ip && coil_ip_wait(ip, 5000) == 0 && !coil_ip_error(ip);\n"
 	"	coil_ip_unref(ip);\n"
 	"	ok = ok && coil_loop_free(loop) == 0;\n"
-	"	printf(\"installed coil %s: %s\\n\", COIL_VERSION_STRING,\n"
+	"	/* The library at run time is the one compiled against. */\n"
+	"	ok = ok && !strcmp(coil_version(), COIL_VERSION_STRING) &&\n"
+	"	     coil_version_number() == COIL_VERSION_HEX;\n"
+	"	printf(\"installed coil %s: %s\\n\", coil_version(),\n"
 	"	       ok ? \"ok\" : \"FAILED\");\n"
 	"	return ok ? 0 : 1;\n"
 	"}\n";
@@ -288,7 +311,8 @@ static void test_install_pkgconfig(void)
 	static const char *const files[] = {
 		"usr/include/coil.h",        "usr/include/coil/version.h",
 		"usr/lib/libcoil.a",         "usr/lib/libcoil.so",
-		"usr/lib/pkgconfig/coil.pc", NULL,
+		"usr/lib/pkgconfig/coil.pc", "usr/share/man/man3/coil_ip_then.3",
+		"usr/share/man/man3/coil_ip_catch.3", NULL,
 	};
 	char p[PBUF];
 	for (int i = 0; files[i]; i++) {
@@ -321,6 +345,9 @@ static void test_install_pkgconfig(void)
 		CU_ASSERT_EQUAL(sh("readelf -d '%s/prog' | grep -q "
 				   "'NEEDED.*libcoil.so.%d'", work,
 				   COIL_VERSION_MAJOR), 0);
+		/* It records the symbol version it needs (lib/coil.map). */
+		CU_ASSERT_EQUAL(sh("readelf -V '%s/prog' | grep -q 'Name: COIL_0'",
+				   work), 0);
 		rc = sh("LD_LIBRARY_PATH='%s/usr/lib' '%s/prog'", dest, work);
 		if (rc == 77) {
 			rm_tmp(dest);
@@ -341,6 +368,31 @@ static void test_install_pkgconfig(void)
 				       "'NEEDED.*libcoil'", work), 0);
 		g_quiet = false;
 		CU_ASSERT_EQUAL(sh("'%s/prog_static'", work), 0);
+	}
+	/* Fully static: -static and pkg-config --static alone (coil.pc's
+	 * Libs.private must name everything, -lm included, in link order). */
+	rc = sh("cd '%s' && cc -static -Wall -Werror -o prog_full prog.c "
+		"$(%s pkg-config --cflags --libs --static coil) 2>link.log || "
+		"{ cat link.log; exit 1; }", work, env);
+	CU_ASSERT_EQUAL(rc, 0);
+	if (rc == 0) {
+		g_quiet = true;
+		CU_ASSERT_NOT_EQUAL(sh("readelf -d '%s/prog_full' 2>/dev/null | "
+				       "grep -q NEEDED", work), 0);
+		g_quiet = false;
+		CU_ASSERT_EQUAL(sh("'%s/prog_full'", work), 0);
+	}
+	/* The man pages: one for every export, each rendered by man -l
+	 * without a warning, from where make install put them. */
+	if (have("man") && have("nm")) {
+		CU_ASSERT_EQUAL(sh("sh scripts/check-man.sh '%s/usr/lib/libcoil.so' "
+				   "'%s/usr/share/man'", dest, dest), 0);
+		CU_ASSERT_EQUAL(sh("n1=$(ls build/man/man3 | wc -l); "
+				   "n2=$(ls '%s/usr/share/man/man3' | wc -l); "
+				   "[ \"$n1\" -eq \"$n2\" ] && [ \"$n1\" -gt 100 ]",
+				   dest), 0);
+	} else {
+		printf("\n  note: man or nm missing: installed man pages not checked\n");
 	}
 
 	rc = sh("make -s uninstall PREFIX=/usr DESTDIR='%s' >/dev/null", dest);
@@ -397,6 +449,150 @@ static void test_doc_examples(void)
 	rm_tmp(tmp);
 }
 
+
+/* Builds and runs one set of the documents' programs against an installed
+ * coil: $1 = shared | static | full, $2 = prefix, $3 = directory holding
+ * readme.c, server.c and client.c, $4 = a free TCP port. */
+static const char doc_progs_sh[] =
+	"set -u\n"
+	"mode=$1; prefix=$2; dir=$3; port=$4\n"
+	"export PKG_CONFIG_PATH=$prefix/lib/pkgconfig\n"
+	"cd \"$dir\" || exit 1\n"
+	"for src in readme server client; do\n"
+	"  b=${src}_$mode\n"
+	"  case $mode in\n"
+	"  shared) cc -Wall -Werror -o $b $src.c $(pkg-config --cflags --libs coil) 2>$b.log ;;\n"
+	"  static) cc -Wall -Werror -o $b $src.c $(pkg-config --cflags coil) \\\n"
+	"            \"$prefix/lib/libcoil.a\" \\\n"
+	"            $(pkg-config --libs --static coil | sed 's/-lcoil //') 2>$b.log ;;\n"
+	"  full) cc -static -Wall -Werror -o $b $src.c \\\n"
+	"          $(pkg-config --cflags --libs --static coil) 2>$b.log ;;\n"
+	"  esac || { echo \"build of $b failed:\"; cat $b.log; exit 1; }\n"
+	"done\n"
+	"if [ $mode = shared ]; then\n"
+	"  readelf -d readme_shared | grep -q 'NEEDED.*libcoil.so' || { echo 'readme_shared: no libcoil.so'; exit 1; }\n"
+	"else\n"
+	"  readelf -d readme_$mode | grep -q 'NEEDED.*libcoil' && { echo \"readme_$mode needs libcoil.so\"; exit 1; }\n"
+	"fi\n"
+	"if [ $mode = full ]; then\n"
+	"  readelf -d readme_full 2>/dev/null | grep -q NEEDED && { echo 'readme_full is not static'; exit 1; }\n"
+	"fi\n"
+	"export LD_LIBRARY_PATH=$prefix/lib\n"
+	"out=$(./readme_$mode) || { echo \"readme_$mode failed: $out\"; exit 1; }\n"
+	"[ \"$out\" = 'read back 12 bytes: hello, coil' ] || { echo \"readme_$mode: '$out'\"; exit 1; }\n"
+	"./server_$mode 127.0.0.1:$port >server_$mode.log 2>&1 &\n"
+	"pid=$!\n"
+	"i=0\n"
+	"until grep -q 'echoing on' server_$mode.log; do\n"
+	"  i=$((i + 1))\n"
+	"  if [ $i -gt 1000 ] || ! kill -0 $pid 2>/dev/null; then\n"
+	"    echo \"server_$mode did not start:\"; cat server_$mode.log; kill $pid; exit 1\n"
+	"  fi\n"
+	"  sleep 0.01\n"
+	"done\n"
+	"out=$(./client_$mode 127.0.0.1:$port 'hi there' 2>&1); rc=$?\n"
+	"kill -TERM $pid; wait $pid; st=$?\n"
+	"[ $rc = 0 ] && [ \"$out\" = 'reply: hi there' ] || { echo \"client_$mode: exit $rc, '$out'\"; exit 1; }\n"
+	"[ $st = 0 ] || { echo \"server_$mode: exit $st after SIGTERM\"; exit 1; }\n"
+	"echo \"$mode: README and guide programs built and ran\"\n";
+
+static unsigned short free_tcp_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET,
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t l = sizeof(sa);
+	unsigned short port = 0;
+	if (fd >= 0 && !bind(fd, (struct sockaddr *)&sa, sizeof(sa)) &&
+	    !getsockname(fd, (struct sockaddr *)&sa, &l))
+		port = ntohs(sa.sin_port);
+	if (fd >= 0)
+		close(fd);
+	return port;
+}
+
+/* (f) The README's program and the guide's echo server and client, built
+ * with pkg-config against a coil installed into a temporary prefix (no
+ * DESTDIR): shared, static coil, and fully static; each set runs (the
+ * client talks to the server, which stops on SIGTERM with exit 0). */
+static void test_doc_programs_installed(void)
+{
+	if (!have("make") || !have("pkg-config") || !have("cc") ||
+	    !have("readelf"))
+		SKIP("make, pkg-config, cc or readelf not installed");
+	char prefix[PATH_MAX], work[PATH_MAX];
+	make_tmp(prefix, sizeof(prefix));
+	make_tmp(work, sizeof(work));
+	int rc = sh("make -s install PREFIX='%s' VARIANT=rel -W coil.pc.in "
+		    ">/dev/null", prefix);
+	CU_ASSERT_EQUAL_FATAL(rc, 0);
+	/* The programs, picked by what they print. */
+	rc = sh("sh scripts/extract-doc-examples.sh -o '%s/ex' README.md "
+		"docs/guide.md >/dev/null && cd '%s/ex' && "
+		"cp $(grep -l 'read back' README_md_L*.c) ../readme.c && "
+		"cp $(grep -l 'echoing on' docs_guide_md_L*.c) ../server.c && "
+		"cp $(grep -l 'reply: ' docs_guide_md_L*.c) ../client.c",
+		work, work);
+	CU_ASSERT_EQUAL_FATAL(rc, 0);
+	char script[PBUF];
+	snprintf(script, sizeof(script), "%s/run.sh", work);
+	CU_ASSERT_TRUE_FATAL(write_file(script, doc_progs_sh));
+	static const char *const modes[] = {"shared", "static", "full", NULL};
+	for (int i = 0; modes[i]; i++) {
+		unsigned short port = free_tcp_port();
+		rc = sh("sh '%s' %s '%s' '%s' %u", script, modes[i], prefix, work,
+			port);
+		if (rc)
+			printf("\n  %s link: failed (output above)\n", modes[i]);
+		CU_ASSERT_EQUAL(rc, 0);
+	}
+	rm_tmp(prefix);
+	rm_tmp(work);
+}
+
+
+/* (g) What `make test` installs on a fresh machine: the peers the suite
+ * drives the examples with, man/groff, and the clang runtime package of
+ * the clang that is installed (not a pinned version). */
+static void test_deps_lists(void)
+{
+	char line[512];
+	static const char *const peers[] = {
+		"curl", "apache2-utils", "nghttp2-client", "wrk", "python3",
+		"man-db", "groff-base", "liburing-dev", "libcunit1-dev", NULL};
+	for (int i = 0; peers[i]; i++) {
+		int rc = capture(line, sizeof(line),
+				 "sh scripts/deps.sh --list test | grep -x '%s'",
+				 peers[i]);
+		if (rc)
+			printf("\n  deps.sh test lacks %s\n", peers[i]);
+		CU_ASSERT_EQUAL(rc, 0);
+	}
+	g_quiet = true;
+	CU_ASSERT_NOT_EQUAL(sh("sh scripts/deps.sh --list build | grep -q "
+			       "'^curl$'"), 0);
+	CU_ASSERT_EQUAL(sh("sh scripts/deps.sh bogus >/dev/null 2>&1"), 2);
+	g_quiet = false;
+	if (!have("clang"))
+		SKIP("clang not installed: its runtime package not checked");
+	char major[32];
+	CU_ASSERT_EQUAL_FATAL(
+		capture(major, sizeof(major),
+			"clang --version | sed -n 's/.*clang version "
+			"\\([0-9][0-9]*\\).*/\\1/p' | head -n 1"), 0);
+	CU_ASSERT_FATAL(major[0] != 0);
+	CU_ASSERT_EQUAL(capture(line, sizeof(line),
+				"sh scripts/deps.sh --list test | grep "
+				"'^libclang-\\(rt\\|common\\)-'"), 0);
+	char want_rt[96], want_common[96];
+	snprintf(want_rt, sizeof(want_rt), "libclang-rt-%s-dev", major);
+	snprintf(want_common, sizeof(want_common), "libclang-common-%s-dev",
+		 major);
+	if (strcmp(line, want_rt) && strcmp(line, want_common))
+		printf("\n  clang %s, runtime package listed: '%s'\n", major, line);
+	CU_ASSERT(!strcmp(line, want_rt) || !strcmp(line, want_common));
+}
+
 /* Finds the repository root (walking up from the working directory) and
  * the build directory: $COIL_BUILD_DIR, else the directory this program was
  * built in (build/<variant>/test/test_packaging), else build/rel. */
@@ -439,20 +635,27 @@ static int locate(const char *argv0)
 	snprintf(g_build, sizeof(g_build), "%s", build);
 	const char *v = strrchr(g_build, '/');
 	g_variant = v ? v + 1 : g_build;
-	/* Keep in step with the Makefile's SAN and JEMALLOC per variant. */
+	/* Keep in step with the Makefile's SAN and JEMALLOC per variant
+	 * (build/<variant>-notls when built without OpenSSL). */
+	static char base[PATH_MAX + 16];
+	snprintf(base, sizeof(base), "%s", g_variant);
+	char *dash = strstr(base, "-notls");
+	if (dash && !dash[6])
+		*dash = 0;
+	g_variant = base;
 	if (!strcmp(g_variant, "rel")) {
 		g_san = "";
-		g_libs = "-luring -ljemalloc -lpthread -lm";
+		g_libs = "-luring -ljemalloc -lpthread -lm" TLS_LIBS;
 	} else if (!strcmp(g_variant, "asan")) {
 		g_san = "-fsanitize=address,undefined -fno-omit-frame-pointer "
 			"-fno-sanitize-recover=undefined";
-		g_libs = "-luring -lpthread -lm";
+		g_libs = "-luring -lpthread -lm" TLS_LIBS;
 	} else if (!strcmp(g_variant, "tsan")) {
 		g_san = "-fsanitize=thread -fno-omit-frame-pointer";
-		g_libs = "-luring -lpthread -lm";
+		g_libs = "-luring -lpthread -lm" TLS_LIBS;
 	} else if (!strcmp(g_variant, "valgrind")) {
 		g_san = "";
-		g_libs = "-luring -lpthread -lm";
+		g_libs = "-luring -lpthread -lm" TLS_LIBS;
 	}
 	return chdir(g_root);
 }
@@ -463,6 +666,8 @@ static const coil_test_t tests[] = {
 	{"cplusplus", test_cplusplus},
 	{"install_pkgconfig", test_install_pkgconfig},
 	{"doc_examples", test_doc_examples},
+	{"doc_programs_installed", test_doc_programs_installed},
+	{"deps_lists", test_deps_lists},
 	{NULL, NULL},
 };
 

@@ -359,6 +359,8 @@ static void test_connected_udp(void)
 {
 	connected_udp(AF_INET, "127.0.0.1:0", "127.0.0.1:%u");
 	connected_udp(AF_INET6, "[::1]:0", "[::1]:%u");
+	/* A name resolves first (off the worker), as CPython's connect does. */
+	connected_udp(AF_INET, "127.0.0.1:0", "localhost:%u");
 }
 
 /* A connected UDP socket sending to a port nobody listens on gets the
@@ -500,7 +502,91 @@ static void test_bind_before_connect(void)
 	T_ASSERT_OK(coil_loop_free(loop));
 }
 
+/* usocket/CPython: a read on a socket that never connected fails with
+ * -ENOTCONN (it waited forever); reads issued while connecting wait and get
+ * the bytes. kaa: alive and readable are true while connecting. */
+static void test_unconnected_and_connecting(void)
+{
+	coil_loop_t *loop = t_loop(1);
+	coil_socket_t *s = NULL;
+	T_ASSERT_OK(coil_socket_new(loop, &s));
+	coil_ip_t *r = coil_channel_read(s);
+	T_ASSERT_OK(t_wait(r));
+	CU_ASSERT_EQUAL(coil_ip_error(r), -ENOTCONN);
+	coil_ip_unref(r);
+	CU_ASSERT(!coil_channel_alive(s));
+	/* A listener whose queues are full: the connect stays pending. */
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET,
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	CU_ASSERT_FATAL(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	CU_ASSERT_FATAL(listen(lfd, 0) == 0);
+	socklen_t l = sizeof(sa);
+	getsockname(lfd, (struct sockaddr *)&sa, &l);
+	int fill[4];
+	for (int i = 0; i < 4; i++) {
+		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		connect(fill[i], (struct sockaddr *)&sa, sizeof(sa));
+	}
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", ntohs(sa.sin_port));
+	coil_ip_t *c = coil_socket_connect(s, addr, 0);
+	r = coil_channel_read(s);
+	CU_ASSERT_EQUAL(coil_ip_wait(c, 100), -ETIMEDOUT);
+	CU_ASSERT(coil_socket_connecting(s));
+	CU_ASSERT(coil_channel_alive(s));
+	CU_ASSERT(coil_channel_readable(s));
+	CU_ASSERT_EQUAL(coil_ip_state(r), COIL_IP_PENDING);
+	/* Make room: accept and drop the fillers; the connect completes. */
+	for (int i = 0; i < 4; i++)
+		close(fill[i]);
+	int afd = -1;
+	for (int i = 0; i < 10 && afd < 0; i++) {
+		int fd = accept(lfd, NULL, NULL); /* a filler, then ours */
+		struct sockaddr_in peer;
+		socklen_t pl = sizeof(peer);
+		coil_sockinfo_t mine;
+		getpeername(fd, (struct sockaddr *)&peer, &pl);
+		if (t_wait(c) == 0 && coil_socket_local(s, &mine) == 0 &&
+		    mine.port == ntohs(peer.sin_port))
+			afd = fd;
+		else
+			close(fd);
+	}
+	CU_ASSERT_FATAL(afd >= 0);
+	T_ASSERT_OK(coil_ip_error(c));
+	coil_ip_unref(c);
+	CU_ASSERT(write(afd, "late", 4) == 4);
+	T_ASSERT_OK(t_wait(r));
+	T_ASSERT_OK(coil_ip_error(r));
+	size_t n = 0;
+	coil_ip_bytes(r, &n);
+	CU_ASSERT_EQUAL(n, 4);
+	coil_ip_unref(r);
+	close(afd);
+	close(lfd);
+	coil_channel_release(s);
+	T_ASSERT_OK(coil_loop_free(loop));
+}
+
+/* kaa/CPython: closing a descriptor closed behind the library's back says
+ * -EBADF (it said 0). */
+static void test_close_fd_closed_underneath(void)
+{
+	coil_loop_t *loop = t_loop(1);
+	coil_socket_t *a = NULL, *b = NULL;
+	T_ASSERT_OK(coil_socketpair(loop, AF_UNIX, SOCK_STREAM, &a, &b));
+	CU_ASSERT(close(coil_channel_fileno(a)) == 0);
+	CU_ASSERT_EQUAL(coil_channel_close(a, 1), -EBADF);
+	T_ASSERT_OK(coil_channel_close(b, 1));
+	coil_channel_release(a);
+	coil_channel_release(b);
+	T_ASSERT_OK(coil_loop_free(loop));
+}
+
 static const coil_test_t tests[] = {
+	{"unconnected_and_connecting", test_unconnected_and_connecting},
+	{"close_fd_closed_underneath", test_close_fd_closed_underneath},
 	{"exclusive_two_loops", test_exclusive_two_loops},
 	{"shared_two_loops", test_shared_two_loops},
 	{"exclusive_spreads_over_workers", test_exclusive_spreads_over_workers},

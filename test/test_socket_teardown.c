@@ -128,6 +128,67 @@ static void test_accept_handles_outlive_loop(void)
 	CU_ASSERT_EQUAL(coil_live_channels(), live0);
 }
 
+/* Settled accept()/accept_many() results nobody stole, unref'd after
+ * coil_loop_free: their free functions released the clients through freed
+ * memory (SIGSEGV in the release build). The stop already released them;
+ * the handles are tombstones. */
+static void test_accept_values_unref_after_free(void)
+{
+	size_t live0 = coil_live_channels();
+	for (int round = 0; round < 4; round++) {
+		coil_loop_t *loop = t_loop(2);
+		coil_socket_t *s = NULL;
+		T_ASSERT_OK(coil_socket_new(loop, &s));
+		T_ASSERT_OK(coil_socket_listen(s, "127.0.0.1:0", 16, 0));
+		char addr[64];
+		snprintf(addr, sizeof(addr), "127.0.0.1:%u", local_port(s));
+		int fd[3];
+		for (int i = 0; i < 3; i++)
+			fd[i] = connect_blocking(addr, AF_INET);
+		coil_ip_t *one = coil_socket_accept(s);
+		T_ASSERT_OK(t_wait(one));
+		T_ASSERT_OK(coil_ip_error(one));
+		coil_ip_t *many = coil_socket_accept_many(s, 2);
+		T_ASSERT_OK(t_wait(many));
+		T_ASSERT_OK(coil_ip_error(many));
+		coil_clients_t *cl = coil_ip_ptr(many);
+		if (cl->count < 2) { /* the third may still be on its way */
+			coil_ip_t *more = coil_socket_accept(s);
+			T_ASSERT_OK(t_wait(more));
+			coil_ip_unref(more); /* released now, loop alive */
+		}
+		T_ASSERT_OK(coil_loop_free(loop));
+		CU_ASSERT_EQUAL(coil_live_channels(), live0);
+		CU_ASSERT_PTR_NOT_NULL(coil_ip_ptr(one));
+		coil_ip_unref(one);
+		coil_ip_unref(many);
+		for (int i = 0; i < 3; i++)
+			close(fd[i]);
+	}
+}
+
+/* Unref'd (not stolen) on the user's thread while the loop stops: the
+ * free function and the stop's close race for the same client. */
+static void test_accept_value_unref_races_stop(void)
+{
+	size_t live0 = coil_live_channels();
+	for (int round = 0; round < 20; round++) {
+		coil_loop_t *loop = t_loop(2);
+		coil_socket_t *s = NULL;
+		T_ASSERT_OK(coil_socket_new(loop, &s));
+		T_ASSERT_OK(coil_socket_listen(s, "127.0.0.1:0", 16, 0));
+		char addr[64];
+		snprintf(addr, sizeof(addr), "127.0.0.1:%u", local_port(s));
+		int fd = connect_blocking(addr, AF_INET);
+		coil_ip_t *a = coil_socket_accept(s);
+		T_ASSERT_OK(t_wait(a));
+		coil_ip_unref(a); /* may run while ... */
+		T_ASSERT_OK(coil_loop_free(loop)); /* ... this stops the loop */
+		close(fd);
+	}
+	CU_ASSERT_EQUAL(coil_live_channels(), live0);
+}
+
 /* Sockets made with coil_socket_new and never used are freed by
  * coil_loop_free (they leaked about 1.2 KB each). */
 static void test_never_used_sockets_freed(void)
@@ -244,10 +305,92 @@ static void test_accept_abort_next_gets_client(void)
 	T_ASSERT_OK(coil_loop_free(loop));
 }
 
+/* Aborting a connect cancels its attempt (the ring connect): the socket
+ * can connect again at once, elsewhere. */
+static void test_connect_abort_then_connect(void)
+{
+	coil_loop_t *loop = t_loop(1);
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET,
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	CU_ASSERT_FATAL(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	CU_ASSERT_FATAL(listen(lfd, 0) == 0);
+	socklen_t l = sizeof(sa);
+	getsockname(lfd, (struct sockaddr *)&sa, &l);
+	int fill[4];
+	for (int i = 0; i < 4; i++) {
+		fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		connect(fill[i], (struct sockaddr *)&sa, sizeof(sa));
+	}
+	coil_socket_t *s = NULL;
+	T_ASSERT_OK(coil_socket_new(loop, &s));
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", ntohs(sa.sin_port));
+	coil_ip_t *ip = coil_socket_connect(s, addr, 0);
+	CU_ASSERT_EQUAL(coil_ip_wait(ip, 100), -ETIMEDOUT);
+	CU_ASSERT_EQUAL(coil_ip_abort(ip), 0);
+	T_ASSERT_OK(t_wait(ip));
+	CU_ASSERT_EQUAL(coil_ip_error(ip), -ECANCELED);
+	coil_ip_unref(ip);
+	CU_ASSERT(!coil_socket_connecting(s));
+	unsigned short port;
+	int ok = t_listen_tcp4(&port);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+	ip = coil_socket_connect(s, addr, 0);
+	T_ASSERT_OK(t_wait(ip));
+	T_ASSERT_OK(coil_ip_error(ip));
+	coil_ip_unref(ip);
+	coil_channel_release(s);
+	for (int i = 0; i < 4; i++)
+		close(fill[i]);
+	close(lfd);
+	close(ok);
+	T_ASSERT_OK(coil_loop_free(loop));
+}
+
+/* Receives still waiting when the loop is freed (recvfrom, a batch,
+ * recv_fds) settle and free what they held; a Unix datagram path is
+ * removed with its socket. */
+static void test_pending_receives_at_stop(void)
+{
+	size_t live0 = coil_live_channels();
+	coil_loop_t *loop = t_loop(2);
+	coil_socket_t *u = NULL, *a = NULL, *b = NULL, *x = NULL;
+	T_ASSERT_OK(coil_socket_new_dgram(loop, AF_INET, &u));
+	T_ASSERT_OK(coil_socket_bind(u, "127.0.0.1:0", 0));
+	T_ASSERT_OK(coil_socketpair(loop, AF_UNIX, SOCK_DGRAM, &a, &b));
+	char path[64];
+	snprintf(path, sizeof(path), "/tmp/coil-td-dg-%d.sock", (int)getpid());
+	unlink(path);
+	T_ASSERT_OK(coil_socket_new_dgram(loop, AF_UNIX, &x));
+	T_ASSERT_OK(coil_socket_bind(x, path, 0));
+	CU_ASSERT(access(path, F_OK) == 0);
+	coil_ip_t *r1 = coil_socket_recvfrom(u, 64);
+	coil_ip_t *r2 = coil_socket_recvfrom_many(u, 8, 64);
+	coil_ip_t *r3 = coil_socket_recv_fds(b, 16);
+	coil_ip_t *r4 = coil_socket_recvfrom(x, 64);
+	CU_ASSERT_EQUAL(coil_ip_wait(r1, 20), -ETIMEDOUT);
+	T_ASSERT_OK(coil_loop_free(loop));
+	CU_ASSERT_EQUAL(coil_ip_state(r1), COIL_IP_FAILED);
+	CU_ASSERT_EQUAL(coil_ip_state(r2), COIL_IP_FAILED);
+	CU_ASSERT_EQUAL(coil_ip_state(r3), COIL_IP_FAILED);
+	CU_ASSERT_EQUAL(coil_ip_state(r4), COIL_IP_FAILED);
+	coil_ip_unref(r1);
+	coil_ip_unref(r2);
+	coil_ip_unref(r3);
+	coil_ip_unref(r4);
+	CU_ASSERT(access(path, F_OK) != 0);
+	CU_ASSERT_EQUAL(coil_live_channels(), live0);
+}
+
 static const coil_test_t tests[] = {
+	{"connect_abort_then_connect", test_connect_abort_then_connect},
+	{"pending_receives_at_stop", test_pending_receives_at_stop},
 	{"tcp_listener_unaccepted_free", test_tcp_listener_unaccepted_free},
 	{"unix_listener_unaccepted_free", test_unix_listener_unaccepted_free},
 	{"accept_handles_outlive_loop", test_accept_handles_outlive_loop},
+	{"accept_values_unref_after_free", test_accept_values_unref_after_free},
+	{"accept_value_unref_races_stop", test_accept_value_unref_races_stop},
 	{"never_used_sockets_freed", test_never_used_sockets_freed},
 	{"pending_connect_cancelled_by_stop",
 	 test_pending_connect_cancelled_by_stop},

@@ -1,0 +1,367 @@
+/* SPDX-License-Identifier: MIT */
+/* Batched datagrams (libuv UV_UDP_RECVMMSG, sendmmsg): io_uring has no
+ * recvmmsg/sendmmsg opcode, so a batch waits through the ring for its first
+ * datagram (or for room to send), then takes or sends the rest in one
+ * non-blocking recvmmsg/sendmmsg on the home worker: one syscall per batch
+ * instead of one ring operation per datagram. */
+#include "internal.h"
+#include "sock.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define MMSG_MAX 1024
+
+struct mmsg_op {
+	coil__op op;
+	coil__task task;
+	coil_socket_t *s;
+	coil_ip_t *ip;
+	bool send;
+	bool inflight, aborted, cancelling;
+	size_t n, done;          /* datagrams wanted / handled so far */
+	size_t max_size;         /* recv */
+	coil_datagrams_t *out;   /* recv: the result being filled */
+	struct mmsghdr *hdr;     /* n headers */
+	struct iovec *iov;       /* n vectors */
+	struct sockaddr_storage *to; /* send: n copied addresses */
+	unsigned char *bytes;    /* send: the copied payloads, back to back */
+};
+
+static void datagrams_free(void *p)
+{
+	coil_datagrams_t *d = p;
+	for (size_t i = 0; i < d->count; i++)
+		coil__free(d->dg[i]);
+	coil__free(d);
+}
+
+static void recv_drop_unfilled(struct mmsg_op *m);
+
+static void mmsg_free(struct mmsg_op *m)
+{
+	if (m->out) {
+		recv_drop_unfilled(m);
+		datagrams_free(m->out);
+	}
+	coil__free(m->hdr);
+	coil__free(m->iov);
+	coil__free(m->to);
+	coil__free(m->bytes);
+	coil_ip_unref(m->ip);
+	if (m->s)
+		coil__channel_put(m->s);
+	coil__free(m);
+}
+
+static void mmsg_step(struct mmsg_op *m);
+
+/* Ends the batch: recv finishes with what it got (an error only when it got
+ * nothing), send with the count sent (an error only when none was). */
+static void mmsg_end(struct mmsg_op *m, int err)
+{
+	if (m->out)
+		recv_drop_unfilled(m);
+	if (m->done == 0 && err) {
+		coil_ip_fail(m->ip, err, "%s: %s",
+			     m->send ? "sendto_many" : "recvfrom_many",
+			     err == -ECANCELED ? "aborted" : coil_strerror(err));
+	} else if (m->send) {
+		coil_ip_finish_int(m->ip, (int64_t)m->done);
+	} else {
+		coil_datagrams_t *d = m->out;
+		m->out = NULL;
+		if (coil_ip_state(m->ip) != COIL_IP_PENDING ||
+		    coil_ip_finish_ptr(m->ip, d, datagrams_free)) {
+			/* Settled meanwhile: the datagrams go to the next
+			 * receive, in order. */
+			for (size_t i = 0; i < d->count; i++)
+				coil__sock_stash_push(S(m->s), d->dg[i]);
+			d->count = 0;
+			datagrams_free(d);
+		}
+	}
+	mmsg_free(m);
+}
+
+static void recv_fill(struct mmsg_op *m, size_t i, coil_datagram_t *dg)
+{
+	m->out->dg[m->out->count++] = dg;
+	m->done = i + 1;
+}
+
+static void mmsg_complete(coil__op *op, int res, unsigned flags)
+{
+	struct mmsg_op *m = coil__container_of(op, struct mmsg_op, op);
+	m->inflight = false;
+	if (res < 0) {
+		mmsg_end(m, res);
+		return;
+	}
+	if (m->send) {
+		m->done++;
+	} else {
+		coil_datagram_t *dg = m->out->dg[m->out->count];
+		dg->len = (size_t)res;
+		dg->fromlen = m->hdr[m->done].msg_hdr.msg_namelen;
+		coil__mem_defined(dg->data, (size_t)res);
+		coil__mem_defined(&dg->from, dg->fromlen);
+		recv_fill(m, m->done, dg);
+	}
+	if (m->aborted || m->cancelling) {
+		mmsg_end(m, 0);
+		return;
+	}
+	mmsg_step(m);
+}
+
+/* Datagram buffers for slots done..n-1 of a receive. */
+static int recv_prepare(struct mmsg_op *m, size_t from)
+{
+	for (size_t i = from; i < m->n; i++) {
+		coil_datagram_t *dg = coil__malloc(sizeof(*dg) + m->max_size);
+		if (!dg)
+			return -ENOMEM;
+		memset(dg, 0, sizeof(*dg));
+		m->out->dg[i] = dg; /* parked past count until filled */
+		m->iov[i].iov_base = dg->data;
+		m->iov[i].iov_len = m->max_size;
+		memset(&m->hdr[i], 0, sizeof(m->hdr[i]));
+		m->hdr[i].msg_hdr.msg_name = &dg->from;
+		m->hdr[i].msg_hdr.msg_namelen = sizeof(dg->from);
+		m->hdr[i].msg_hdr.msg_iov = &m->iov[i];
+		m->hdr[i].msg_hdr.msg_iovlen = 1;
+	}
+	return 0;
+}
+
+static void recv_drop_unfilled(struct mmsg_op *m)
+{
+	if (!m->out)
+		return;
+	for (size_t i = m->out->count; i < m->n; i++) {
+		coil__free(m->out->dg[i]);
+		m->out->dg[i] = NULL;
+	}
+}
+
+/* One step on the home worker: as much as a non-blocking batch call does,
+ * then (if nothing moved) one ring op that waits. */
+static void mmsg_step(struct mmsg_op *m)
+{
+	coil_socket_t *s = m->s;
+	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED) {
+		if (!m->send)
+			recv_drop_unfilled(m);
+		mmsg_end(m, -EBADF);
+		return;
+	}
+	while (m->done < m->n) {
+		int k;
+		if (m->send)
+			k = sendmmsg(s->fd, m->hdr + m->done,
+				     (unsigned)(m->n - m->done),
+				     MSG_DONTWAIT | MSG_NOSIGNAL);
+		else
+			k = recvmmsg(s->fd, m->hdr + m->done,
+				     (unsigned)(m->n - m->done), MSG_DONTWAIT,
+				     NULL);
+		if (k > 0) {
+			for (int i = 0; i < k; i++) {
+				size_t at = m->done;
+				if (m->send) {
+					m->done++;
+					continue;
+				}
+				coil_datagram_t *dg = m->out->dg[at];
+				dg->len = m->hdr[at].msg_len;
+				dg->fromlen = m->hdr[at].msg_hdr.msg_namelen;
+				recv_fill(m, at, dg);
+			}
+			continue;
+		}
+		int err = k < 0 ? -errno : -EAGAIN;
+		if (err != -EAGAIN) {
+			mmsg_end(m, err); /* what was done counts */
+			return;
+		}
+		if (!m->send && m->done > 0) {
+			mmsg_end(m, 0); /* a receive ends at the first pause */
+			return;
+		}
+		if (atomic_load(&S(s)->nonblocking)) {
+			mmsg_end(m, m->done ? 0 : -EAGAIN);
+			return;
+		}
+		break; /* wait through the ring */
+	}
+	if (m->done == m->n) {
+		mmsg_end(m, 0);
+		return;
+	}
+	/* Nothing (more) can move now: wait through the ring for one. */
+	m->op.complete = mmsg_complete;
+	struct msghdr *h = &m->hdr[m->done].msg_hdr;
+	int rc = m->send ? coil__prep_sendmsg(s->w, &m->op, s->fd, h,
+					      MSG_NOSIGNAL)
+			 : coil__prep_recvmsg(s->w, &m->op, s->fd, h, 0);
+	if (rc) {
+		if (!m->send)
+			recv_drop_unfilled(m);
+		mmsg_end(m, rc);
+		return;
+	}
+	m->inflight = true;
+}
+
+static int mmsg_abort(coil_ip_t *ip, void *arg)
+{
+	struct mmsg_op *m = arg;
+	if (!m->inflight) {
+		m->aborted = true;
+		return 0;
+	}
+	if (!m->cancelling && coil__prep_cancel(m->s->w, NULL, &m->op) == 0)
+		m->cancelling = true;
+	return m->cancelling ? 1 : -EBUSY;
+}
+
+static void mmsg_start(coil__task *t)
+{
+	struct mmsg_op *m = coil__container_of(t, struct mmsg_op, task);
+	if (m->aborted || coil_ip_state(m->ip) != COIL_IP_PENDING) {
+		if (!m->send)
+			recv_drop_unfilled(m);
+		mmsg_free(m);
+		return;
+	}
+	if (!m->send) {
+		/* Datagrams kept from an aborted receive come first. */
+		coil_datagram_t *dg;
+		while (m->out->count < m->n &&
+		       (dg = coil__sock_stash_pop(S(m->s)))) {
+			size_t at = m->out->count;
+			coil__free(m->out->dg[at]);
+			if (dg->len > m->max_size)
+				dg->len = m->max_size;
+			recv_fill(m, at, dg);
+		}
+		if (m->done) {
+			recv_drop_unfilled(m);
+			mmsg_end(m, 0);
+			return;
+		}
+	}
+	mmsg_step(m);
+}
+
+static coil_ip_t *mmsg_submit(coil_socket_t *s, struct mmsg_op *m)
+{
+	coil_ip_t *ip = coil__ip_new_on(s->w);
+	if (!ip) {
+		if (!m->send)
+			recv_drop_unfilled(m);
+		mmsg_free(m);
+		return NULL;
+	}
+	m->ip = coil_ip_ref(ip);
+	m->s = s;
+	coil__channel_get(s);
+	m->task.run = mmsg_start;
+	coil_ip_set_abort(ip, mmsg_abort, m);
+	if (coil__on_worker(s->w))
+		mmsg_start(&m->task);
+	else
+		coil__post(s->w, &m->task);
+	return ip;
+}
+
+static struct mmsg_op *mmsg_new(size_t n)
+{
+	struct mmsg_op *m = coil__calloc(1, sizeof(*m));
+	if (!m)
+		return NULL;
+	m->n = n;
+	m->hdr = coil__calloc(n, sizeof(*m->hdr));
+	m->iov = coil__calloc(n, sizeof(*m->iov));
+	if (!m->hdr || !m->iov) {
+		mmsg_free(m);
+		return NULL;
+	}
+	return m;
+}
+
+coil_ip_t *coil_socket_recvfrom_many(coil_socket_t *s, size_t max_count,
+				     size_t max_size)
+{
+	if (!s)
+		return NULL;
+	if (!S(s))
+		return coil__sock_failed_ip(s, -ENOTSOCK, "not a socket%s", "");
+	if (!max_count || max_count > MMSG_MAX || !max_size ||
+	    max_size > (1u << 24))
+		return coil__sock_failed_ip(s, -EINVAL, "recvfrom_many: %s",
+					    "count or size out of range");
+	struct mmsg_op *m = mmsg_new(max_count);
+	if (!m)
+		return NULL;
+	m->max_size = max_size;
+	m->out = coil__calloc(1, sizeof(*m->out) +
+				     max_count * sizeof(m->out->dg[0]));
+	if (!m->out || recv_prepare(m, 0)) {
+		if (m->out)
+			recv_drop_unfilled(m);
+		mmsg_free(m);
+		return NULL;
+	}
+	return mmsg_submit(s, m);
+}
+
+coil_ip_t *coil_socket_sendto_many(coil_socket_t *s,
+				   const coil_dgram_out_t *msgs, size_t n)
+{
+	if (!s)
+		return NULL;
+	if (!S(s))
+		return coil__sock_failed_ip(s, -ENOTSOCK, "not a socket%s", "");
+	if (!msgs || !n || n > MMSG_MAX)
+		return coil__sock_failed_ip(s, -EINVAL, "sendto_many: %s",
+					    "1..1024 datagrams");
+	size_t total = 0;
+	for (size_t i = 0; i < n; i++) {
+		if ((!msgs[i].data && msgs[i].len) ||
+		    msgs[i].tolen > sizeof(struct sockaddr_storage) ||
+		    (msgs[i].tolen && !msgs[i].to))
+			return coil__sock_failed_ip(s, -EINVAL, "sendto_many: %s",
+						    "bad datagram");
+		total += msgs[i].len;
+	}
+	struct mmsg_op *m = mmsg_new(n);
+	if (!m)
+		return NULL;
+	m->send = true;
+	m->to = coil__calloc(n, sizeof(*m->to));
+	m->bytes = coil__malloc(total ? total : 1);
+	if (!m->to || !m->bytes) {
+		mmsg_free(m);
+		return NULL;
+	}
+	size_t off = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (msgs[i].len)
+			memcpy(m->bytes + off, msgs[i].data, msgs[i].len);
+		m->iov[i].iov_base = m->bytes + off;
+		m->iov[i].iov_len = msgs[i].len;
+		off += msgs[i].len;
+		m->hdr[i].msg_hdr.msg_iov = &m->iov[i];
+		m->hdr[i].msg_hdr.msg_iovlen = 1;
+		if (msgs[i].tolen) {
+			memcpy(&m->to[i], msgs[i].to, msgs[i].tolen);
+			m->hdr[i].msg_hdr.msg_name = &m->to[i];
+			m->hdr[i].msg_hdr.msg_namelen = msgs[i].tolen;
+		}
+	}
+	return mmsg_submit(s, m);
+}
