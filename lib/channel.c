@@ -423,6 +423,9 @@ static void update_interest(coil_channel_t *ch)
 static void defer_run(coil__defer *d)
 {
 	coil_channel_t *ch = coil__container_of(d, coil_channel_t, defer);
+	/* The callbacks run below may release the channel: it lives until
+	 * the end of this run (apiseq F10, a heap-use-after-free). */
+	coil__channel_get(ch);
 	ch->starved = false;
 	/* Work an API call left for later so that no user callback runs
 	 * inside it (rule 13): held-back bytes for a new read signal, lines
@@ -444,7 +447,8 @@ static void defer_run(coil__defer *d)
 	if (state(ch) == COIL__CH_CLOSED)
 		maybe_close_fd(ch);
 	if (ch->w->stopping && ch->registered && !ch->user_released)
-		closer_close(&ch->closer); /* last: may free the channel */
+		closer_close(&ch->closer);
+	coil__channel_put(ch); /* last: may free the channel */
 }
 
 static void recv_cancel_complete(coil__op *op, int res, unsigned flags)

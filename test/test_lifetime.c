@@ -591,6 +591,54 @@ static void test_steal_inside_line_callback(void)
 	close(peer);
 }
 
+/* A readline signal connected while lines are buffered shows them from the
+ * channel's deferred work at the end of the turn (rule 13); a callback that
+ * releases the channel there dropped its last reference while the deferred
+ * work went on using it (apiseq F10: heap-use-after-free under ASan). */
+struct release_in_line {
+	coil_channel_t *ch;
+	_Atomic int calls;
+};
+
+static void release_line_cb(coil_channel_t *ch, const void *d, size_t n,
+			    void *ud)
+{
+	struct release_in_line *r = ud;
+	if (atomic_fetch_add(&r->calls, 1) == 0)
+		coil_channel_release(ch);
+}
+
+static void connect_line_signal(void *arg)
+{
+	struct release_in_line *r = arg;
+	T_ASSERT_OK(coil_channel_on_readline(r->ch, release_line_cb, r));
+}
+
+static void test_release_in_deferred_line(void)
+{
+	for (int round = 0; round < 20; round++) {
+		int peer;
+		struct release_in_line r = {pair(&peer), 0};
+		T_ASSERT_OK(t_write_all(peer, "one\ntwo\nthree\n", 14));
+		if (round % 2)
+			close(peer); /* end of stream: no ring op holds it */
+		/* The first line through readline(): the rest stays buffered
+		 * in the read queue, and the receive is disarmed. */
+		coil_ip_t *ip = coil_channel_readline(r.ch);
+		T_ASSERT_OK(t_wait(ip));
+		CU_ASSERT_EQUAL(coil_ip_error(ip), 0);
+		coil_ip_unref(ip);
+		for (int i = 0; i < 2000 && round % 2 && coil_channel_fileno(r.ch) >= 0; i++)
+			usleep(1000);
+		run_on(L, coil_channel_worker(r.ch), connect_line_signal, &r);
+		for (int i = 0; i < 10000 && !atomic_load(&r.calls); i++)
+			usleep(1000);
+		CU_ASSERT_EQUAL(atomic_load(&r.calls), 1); /* released: no more */
+		if (!(round % 2))
+			close(peer);
+	}
+}
+
 /* A read callback that replaced itself with coil_channel_on_read() while
  * paused by backpressure got already-delivered bytes again. */
 struct sw {
@@ -1127,6 +1175,7 @@ static const coil_test_t tests[] = {
 	{"abort_readinto_keeps_bytes", test_abort_readinto_keeps_bytes},
 	{"steal_moves_every_byte", test_steal_moves_every_byte},
 	{"steal_inside_line_callback", test_steal_inside_line_callback},
+	{"release_in_deferred_line", test_release_in_deferred_line},
 	{"signal_switch_while_paused", test_signal_switch_while_paused},
 	{"signal_disconnect_consumes_chunk",
 	 test_signal_disconnect_consumes_chunk},
