@@ -476,6 +476,8 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		 * thief, in order, before anything it reads itself. */
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 		coil_channel_t *to = ch->steal_to;
+		while (to->steal_to) /* the thief was stolen in turn */
+			to = to->steal_to;
 		if (state(to) == COIL__CH_OPEN && !to->eof)
 			on_bytes(to, coil__bufring_buf(ch->w, bid), (size_t)res,
 				 -1);
@@ -2234,8 +2236,10 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 		coil__defer_add(ch->w, &ch->defer);
 	int mode = other->mode;
 	bool sock = other->is_socket;
-	if (other->recv_armed) {
-		/* Until its last completion, ch reads nothing of its own. */
+	if (other->recv_armed || other->steal_wait) {
+		/* Until its last completion (or, for a thief stolen while it
+		 * still waits on its own victim, until that one's), ch reads
+		 * nothing of its own: every byte in order (apiseq F11). */
 		other->steal_to = ch;
 		coil__channel_get(ch);
 		ch->steal_wait++;
@@ -2254,7 +2258,8 @@ static void steal_drained(coil_channel_t *victim)
 {
 	coil_channel_t *ch = victim->steal_to;
 	victim->steal_to = NULL;
-	ch->steal_wait--;
+	if (--ch->steal_wait == 0 && ch->steal_to)
+		steal_drained(ch); /* ch was stolen too: its thief goes on */
 	update_interest(ch);
 	coil__channel_put(ch);
 }

@@ -455,6 +455,9 @@ struct collect {
 	size_t steal_at;
 	_Atomic int stolen;
 	int steal_rc;
+	int chain;                /* steal the thief again, at once */
+	coil_channel_t *mid;      /* the first thief, when chained */
+	int steal2_rc;
 };
 
 static void collect_append(struct collect *c, const void *d, size_t n)
@@ -487,6 +490,19 @@ static void victim_read(coil_channel_t *ch, const void *d, size_t n, void *ud)
 			rc = coil_channel_steal(t, ch);
 		c->steal_rc = rc;
 		c->thief = t;
+		if (c->chain && !rc) {
+			/* The thief still waits for the victim's receive to
+			 * drain when it is stolen in turn. */
+			coil_channel_t *t2 = NULL;
+			rc = coil_channel_new(coil_channel_loop(ch), &t2);
+			if (!rc)
+				rc = coil_channel_on_read(t2, thief_read, c);
+			if (!rc)
+				rc = coil_channel_steal(t2, t);
+			c->steal2_rc = rc;
+			c->mid = t;
+			c->thief = t2;
+		}
 	}
 }
 
@@ -526,7 +542,9 @@ static char *pattern(size_t n, unsigned seed)
 static void test_steal_moves_every_byte(void)
 {
 	size_t total = t_on_valgrind() ? (1u << 20) : (8u << 20);
-	for (int round = 0; round < 3; round++) {
+	/* Rounds 3-5: a chained steal (victim -> thief -> second thief) lost
+	 * the bytes the victim's receive still took (apiseq F11). */
+	for (int round = 0; round < 6; round++) {
 		int peer;
 		coil_channel_t *v = pair(&peer);
 		struct collect c = {0};
@@ -534,6 +552,7 @@ static void test_steal_moves_every_byte(void)
 		c.buf = malloc(total);
 		c.victim = v;
 		c.steal_at = total / 8 + (size_t)round * 4096;
+		c.chain = round >= 3;
 		char *data = pattern(total, (unsigned)round + 1);
 		struct writer w = {peer, data, total};
 		T_ASSERT_OK(coil_channel_on_read(v, victim_read, &c));
@@ -546,6 +565,9 @@ static void test_steal_moves_every_byte(void)
 		CU_ASSERT(memcmp(c.buf, data, atomic_load(&c.len)) == 0);
 		CU_ASSERT_FATAL(atomic_load(&c.stolen));
 		CU_ASSERT_EQUAL(c.steal_rc, 0);
+		CU_ASSERT_EQUAL(c.steal2_rc, 0);
+		if (c.mid)
+			coil_channel_release(c.mid);
 		coil_channel_release(c.thief);
 		coil_channel_release(v);
 		close(peer);
