@@ -504,5 +504,10 @@ void coil__channel_deliver(coil_channel_t *ch, const char *p, size_t n);
 void coil__channel_end(coil_channel_t *ch, int err);
 /* Home worker: sends what is due and re-evaluates reading. */
 void coil__channel_kick(coil_channel_t *ch);
+/* tls.c, home worker (socket.c's shutdown, write queue drained): on a TLS
+ * channel, sends close_notify once and returns 1 while its records are
+ * still being sent (call again after the next send completed); 0 when the
+ * socket may be shut down now (not TLS, sent, handshake not done, failed). */
+int coil__tls_shutdown_write(coil_channel_t *ch);
 
 #endif /* COIL_INTERNAL_H */

@@ -312,13 +312,18 @@ static void proc_end(proc_t *p)
 	waitpid(p->pid, NULL, 0);
 }
 
-/* s_server on 127.0.0.1, ephemeral port: returns the port. */
-static unsigned s_server(proc_t *p, const char *extra1, const char *extra2)
+/* s_server on 127.0.0.1, ephemeral port: returns the port. www: a status
+ * page; else the default mode (what the client sends is printed, "DONE"
+ * after its close_notify). */
+static unsigned s_server_mode(proc_t *p, int www, const char *extra1,
+			      const char *extra2)
 {
 	char *argv[] = {"openssl", "s_server", "-accept", "127.0.0.1:0",
 			"-cert", path("srv.pem"), "-key", path("srv.key"),
 			"-naccept", "1", "-www", (char *)extra1, (char *)extra2,
 			NULL};
+	if (!www) /* the options after it move up one */
+		memmove(&argv[10], &argv[11], 3 * sizeof(argv[0]));
 	spawn(p, argv, 1);
 	char *s = proc_read_until(p, "ACCEPT", NULL);
 	char *a = strstr(s, "ACCEPT");
@@ -338,6 +343,11 @@ static unsigned s_server(proc_t *p, const char *extra1, const char *extra2)
 	free(s);
 	CU_ASSERT_FATAL(port > 0);
 	return port;
+}
+
+static unsigned s_server(proc_t *p, const char *extra1, const char *extra2)
+{
+	return s_server_mode(p, 1, extra1, extra2);
 }
 
 static void client_vs_s_server(const char *ver, const char *want)
@@ -1103,6 +1113,97 @@ static void test_truncation_is_error(void)
 	coil_tls_ctx_free(sc);
 }
 
+/* coil_socket_shutdown(SHUT_WR) on a TLS channel sends close_notify after
+ * the queued writes, then shuts the socket's write side: the peer reads the
+ * bytes and a clean end of stream (not a truncation), and can still answer,
+ * which the shut side reads up to the peer's own close_notify. A write
+ * after it fails and closes the channel. (Before the hook in
+ * socket.c's shutdown, the peer saw -EPROTO "stream truncated".) */
+static void test_shutdown_sends_close_notify(void)
+{
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	coil_tls_ctx_t *cc = client_ctx(), *sc = server_ctx("srv");
+	handshake_pair(a, cc, "localhost", b, sc);
+	/* Half-closed streams: b answers after the end of a's. */
+	T_ASSERT_OK(coil_channel_set_close_on_eof(b, 0));
+	/* Queued, then the shutdown waits for it. */
+	coil_ip_unref(coil_channel_write(a, "request", 7));
+	ip_done_ok(coil_socket_shutdown(a, SHUT_WR));
+	expect_read(coil_channel_read_exact(b, 7), "request");
+	expect_read(coil_channel_read(b), ""); /* clean end, no -EPROTO */
+	/* The other direction still works, to b's own close_notify. */
+	coil_ip_unref(coil_channel_write(b, "reply", 5));
+	T_ASSERT_OK(coil_channel_close(b, 0));
+	expect_read(coil_channel_read_exact(a, 5), "reply");
+	expect_read(coil_channel_read(a), "");
+	coil_channel_release(a);
+	coil_channel_release(b);
+
+	/* Nothing queued: close_notify at once; then a write fails. SHUT_RDWR
+	 * sends it too. */
+	for (int how = SHUT_WR; how <= SHUT_RDWR; how++) {
+		T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+		handshake_pair(a, cc, "localhost", b, sc);
+		ip_done_ok(coil_socket_shutdown(a, how));
+		if (how == SHUT_WR) {
+			/* Before a can see any end of b's. */
+			/* Before a can see any end of b's. The write
+			 * fails and a closes (as a plain socket does on
+			 * its send's -EPIPE), nothing is sent after the
+			 * close_notify: b still sees a clean end. */
+			coil_ip_t *w = coil_channel_write(a, "late", 4);
+			int e = w_err(w);
+			if (e != -EBADF)
+				fprintf(stderr, "late write: %d %s\n", e,
+					coil_ip_message(w));
+			CU_ASSERT_EQUAL(e, -EBADF);
+			coil_ip_unref(w);
+			CU_ASSERT_EQUAL(coil_channel_alive(a), 0);
+		}
+		expect_read(coil_channel_read(b), "");
+		coil_channel_release(a);
+		coil_channel_release(b);
+	}
+	coil_tls_ctx_free(cc);
+	coil_tls_ctx_free(sc);
+}
+
+/* The same against openssl s_server (default mode: it prints what it
+ * reads, "DONE" on the client's close_notify, then closes with its own). */
+static void shutdown_vs_s_server(const char *ver)
+{
+	proc_t p;
+	unsigned port = s_server_mode(&p, 0, ver, NULL);
+	coil_socket_t *s;
+	T_ASSERT_OK(coil_socket_new(L, &s));
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+	ip_done_ok(coil_socket_connect(s, addr, 0));
+	coil_tls_ctx_t *cc = client_ctx();
+	ip_done_ok(coil_socket_starttls_client(s, cc, "localhost"));
+	coil_ip_unref(coil_channel_write(s, "ping from coil\n", 15));
+	ip_done_ok(coil_socket_shutdown(s, SHUT_WR));
+	char *out = proc_read_until(&p, "DONE", NULL);
+	if (!strstr(out, "DONE"))
+		fprintf(stderr, "s_server said: %s\n", out);
+	CU_ASSERT(strstr(out, "ping from coil") != NULL);
+	CU_ASSERT(strstr(out, "DONE") != NULL);
+	CU_ASSERT(strstr(out, "unexpected eof") == NULL);
+	free(out);
+	/* s_server answers with its close_notify: a clean end here. */
+	expect_read(coil_channel_read(s), "");
+	coil_channel_release(s);
+	coil_tls_ctx_free(cc);
+	proc_end(&p);
+}
+
+static void test_shutdown_vs_s_server(void)
+{
+	shutdown_vs_s_server("-tls1_3");
+	shutdown_vs_s_server("-tls1_2");
+}
+
 /* ---- session resumption ---- */
 
 static void resume_round(coil_tls_ctx_t *cc, coil_tls_ctx_t *sc, int want)
@@ -1464,6 +1565,8 @@ static const coil_test_t tests[] = {
 	{"starttls_errors", test_starttls_errors},
 	{"readline_across_records", test_readline_across_records},
 	{"truncation_is_error", test_truncation_is_error},
+	{"shutdown_sends_close_notify", test_shutdown_sends_close_notify},
+	{"shutdown_vs_s_server", test_shutdown_vs_s_server},
 	{"channel_behaviours_over_tls", test_channel_behaviours_over_tls},
 	{"session_resumption", test_session_resumption},
 	{"listener_first_bytes_with_finished",
