@@ -6,9 +6,11 @@
  * timeouts, garbage, readline across records, a bulk echo, close_notify and
  * truncation. */
 #include "helpers.h"
+#include "tls_notls.h"
 
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -1546,6 +1548,85 @@ static void test_https_echo_with_curl(void)
 	close(p.out);
 }
 
+/* ---- a build without OpenSSL ---- */
+
+static void show_log(const char *what)
+{
+	char cmd[600];
+	fprintf(stderr, "notls_link: %s; the end of %s:\n", what,
+		path("gen.log"));
+	snprintf(cmd, sizeof(cmd), "tail -20 '%s' >&2", path("gen.log"));
+	if (system(cmd) != 0)
+		fprintf(stderr, "(cannot show it)\n");
+}
+
+/* What `make TLS=0` changes is lib/tls.c's other half: it is compiled here
+ * without COIL_HAVE_OPENSSL (the project's warnings, -Werror, this
+ * variant's sanitizer), linked with this build's libcoil.a and no OpenSSL
+ * libraries (so nothing else in the library needs them: a link error
+ * otherwise), and the program checks every TLS function fails with
+ * -ENOTSUP (test/tls_notls.h, also run by the notls test of a TLS=0
+ * build). `make stress` builds and runs the real TLS=0 test_tls too. */
+static void test_notls_link(void)
+{
+	char bdir[PATH_MAX], tmpl[PATH_MAX + 8];
+	snprintf(tmpl, sizeof(tmpl), "%s/..", exdir);
+	if (!realpath(tmpl, bdir)) {
+		CU_FAIL("cannot find the build directory");
+		return;
+	}
+	char root[PATH_MAX];
+	snprintf(tmpl, sizeof(tmpl), "%s/../..", bdir);
+	char src[PATH_MAX + 16];
+	if (!realpath(tmpl, root) ||
+	    (snprintf(src, sizeof(src), "%s/lib/tls.c", root),
+	     access(src, R_OK))) {
+		printf("\n  note: skipped: no sources next to %s\n", bdir);
+		CU_PASS("skipped");
+		return;
+	}
+	const char *variant = strrchr(bdir, '/') ? strrchr(bdir, '/') + 1 : bdir;
+	/* Keep in step with the Makefile's SAN and JEMALLOC per variant. */
+	const char *san = "", *defs = "-DCOIL_NO_JEMALLOC", *libs = "";
+	if (!strcmp(variant, "asan"))
+		san = "-fsanitize=address,undefined -fno-omit-frame-pointer "
+		      "-fno-sanitize-recover=undefined";
+	else if (!strcmp(variant, "tsan"))
+		san = "-fsanitize=thread -fno-omit-frame-pointer";
+	else if (strcmp(variant, "valgrind"))
+		defs = "", libs = "-ljemalloc";
+	FILE *f = fopen(path("notls_probe.c"), "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("#include \"tls_notls.h\"\n"
+	      "int main(void)\n{\n"
+	      "\tcoil_loop_opts_t o;\n\tcoil_loop_opts_init(&o);\n"
+	      "\to.workers = 1;\n\tcoil_loop_t *l;\n"
+	      "\tif (coil_loop_new(&l, &o))\n\t\treturn 2;\n"
+	      "\tint bad = notls_check(l);\n\tcoil_loop_free(l);\n"
+	      "\treturn bad ? 1 : 0;\n}\n",
+	      f);
+	fclose(f);
+	const char *warn = "-std=gnu11 -O1 -g -Wall -Wextra -Werror "
+			   "-Wno-unused-parameter -Wshadow -Wstrict-prototypes";
+	int rc = sh("cc %s %s -D_GNU_SOURCE %s -I'%s/include' -I'%s/lib' "
+		    "-fvisibility=hidden -c '%s' -o tls_notls.o",
+		    warn, san, defs, root, root, src);
+	CU_ASSERT_EQUAL_FATAL(rc, 0);
+	rc = sh("cc %s %s -D_GNU_SOURCE -I'%s/include' -I'%s/test' "
+		"-o notls_probe notls_probe.c tls_notls.o '%s/libcoil.a' "
+		"-luring -lpthread -lm %s",
+		warn, san, root, root, bdir, libs);
+	if (rc)
+		show_log("link failed");
+	CU_ASSERT_EQUAL_FATAL(rc, 0);
+	/* No OpenSSL came along. */
+	CU_ASSERT_NOT_EQUAL(sh("nm notls_probe | grep -q ' SSL_'"), 0);
+	rc = sh("./notls_probe");
+	if (rc)
+		show_log("the probe failed");
+	CU_ASSERT_EQUAL(rc, 0);
+}
+
 static const coil_test_t tests[] = {
 	{"coil_coil", test_coil_coil},
 	{"tls12_alpn_early_writes", test_tls12_alpn_early_writes},
@@ -1576,22 +1657,14 @@ static const coil_test_t tests[] = {
 	{"many_clients", test_many_clients},
 	{"bulk_echo", test_bulk_echo},
 	{"https_echo_with_curl", test_https_echo_with_curl},
+	{"notls_link", test_notls_link},
 	{NULL, NULL},
 };
 
+/* A TLS=0 build: every TLS function fails with -ENOTSUP. */
 static void test_notls(void)
 {
-	coil_tls_ctx_t *c = (coil_tls_ctx_t *)1;
-	CU_ASSERT_EQUAL(coil_tls_ctx_new(COIL_TLS_CLIENT, &c), -ENOTSUP);
-	CU_ASSERT_PTR_NULL(c);
-	coil_socket_t *a, *b;
-	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
-	coil_ip_t *ip = coil_socket_starttls_client(a, NULL, "x");
-	T_ASSERT_OK(t_wait(ip));
-	CU_ASSERT_EQUAL(coil_ip_error(ip), -ENOTSUP);
-	coil_ip_unref(ip);
-	coil_channel_release(a);
-	coil_channel_release(b);
+	CU_ASSERT_EQUAL(notls_check(L), 0);
 }
 
 static const coil_test_t notls_tests[] = {
