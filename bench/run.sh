@@ -53,10 +53,12 @@ ECHO_SERVERS=(
 # The relay scenario: the same bulk stream through bench/relay
 # (coil_channel_relay both ways) to an upstream echo server (@UP: the
 # uring_echo started for it on UPSTREAM_CPU), beside the plain bulk echo of
-# the floor and of coil, in the same rounds.
+# the floor and of coil, and the floor's own relay (uring_echo --upstream),
+# in the same rounds.
 RELAY_SERVERS=(
 	"uring:$B/bench/uring_echo"
 	"coil:$B/examples/echo_server --host 127.0.0.1"
+	"uring_relay:$B/bench/uring_echo --upstream @UP"
 	"coil_relay:$B/bench/relay --host 127.0.0.1 --upstream @UP"
 )
 UPSTREAM="$B/bench/uring_echo"
@@ -633,7 +635,7 @@ report_relay() {
 	local name g cpu pct fg fc eg ec up
 	has relay || return
 	echo "== relay: the bulk stream through bench/relay (coil_channel_relay both ways) to a uring_echo upstream, beside the plain bulk echo =="
-	printf '%-10s %8s %7s %14s %5s   %-21s %-21s %s\n' server "GB/s" spread "CPU us/MB" "CPU%" \
+	printf '%-11s %8s %7s %14s %5s   %-21s %-21s %s\n' server "GB/s" spread "CPU us/MB" "CPU%" \
 		"vs $FLOOR: GB/s, CPU" "vs coil: GB/s, CPU" "upstream CPU%"
 	fg=$(median relay "$FLOOR" gbps); fc=$(median relay "$FLOOR" cpu_mb)
 	eg=$(median relay coil gbps); ec=$(median relay coil cpu_mb)
@@ -641,18 +643,21 @@ report_relay() {
 		name=${e%%:*}
 		g=$(median relay "$name" gbps)
 		if [ -z "$g" ]; then
-			printf '%-10s %s%s\n' "$name" "no result" "$(fails relay "$name")"
+			printf '%-11s %s%s\n' "$name" "no result" "$(fails relay "$name")"
 			continue
 		fi
 		cpu=$(median relay "$name" cpu_mb); pct=$(median relay "$name" cpu_pct)
 		up=$(median relay "$name" up_pct)
-		printf '%-10s %8.3f %7s %14.1f %5.0f   %-21s %-21s %s%s%s\n' "$name" "$g" \
+		printf '%-11s %8.3f %7s %14.1f %5.0f   %-21s %-21s %s%s%s\n' "$name" "$g" \
 			"$(spread relay "$name" gbps)" "$cpu" "$pct" \
 			"$(ratio "$g" "$fg"), $(ratio "$cpu" "$fc")" \
 			"$(ratio "$g" "$eg"), $(ratio "$cpu" "$ec")" "${up:--}" "$(fails relay "$name")" \
 			"$(client_bound "$pct")"
 	done
-	echo "(CPU = the relay process only; an MB counts once though the relay receives and sends it twice:"
+	printf 'coil_relay vs uring_relay (the floor relay): GB/s %s, CPU per MB %s\n' \
+		"$(ratio "$(median relay coil_relay gbps)" "$(median relay uring_relay gbps)")" \
+		"$(ratio "$(median relay coil_relay cpu_mb)" "$(median relay uring_relay cpu_mb)")"
+	echo "(CPU = the relay process only; an MB counts once though a relay receives and sends it twice:"
 	echo " client -> upstream and back. The upstream runs on CPU $UPSTREAM_CPU beside the load generator.)"
 	echo
 }
