@@ -130,6 +130,10 @@ static void on_client(coil_socket_t *listener, coil_socket_t *client, void *ud)
 		free(c);
 		return;
 	}
+	/* Half closes pass through: a side's end of stream must not close it
+	 * while the other direction still writes to it. */
+	coil_channel_set_close_on_eof(client, 0);
+	coil_channel_set_close_on_eof(c->up, 0);
 	coil_ip_t *ip = coil_socket_connect(c->up, upstream, 0);
 	if (!ip || coil_ip_on_done(ip, connected, c)) {
 		if (ip)
