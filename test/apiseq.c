@@ -87,6 +87,8 @@ enum {
 	G_STEAL_CHAIN = 1u << 13, /* a second steal on one connection (the
 				     thief stolen in turn) */
 	G_TCP_SMALL_SNDBUF = 1u << 14, /* a 4 KiB SO_SNDBUF on TCP */
+	G_OPS_DURING_STOP = 1u << 15, /* channel calls from callbacks that
+					 coil_loop_free() runs */
 };
 
 static const struct {
@@ -108,13 +110,14 @@ static const struct {
 	{G_RELEASE_IN_SIGNAL, "release-in-signal"},
 	{G_STEAL_CHAIN, "steal-chain"},
 	{G_TCP_SMALL_SNDBUF, "tcp-small-sndbuf"},
+	{G_OPS_DURING_STOP, "ops-during-stop"},
 };
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
 #define AQ_DEFAULT_GATES                                                   \
 	"small-buffers,steal-in-signal,release-in-signal,steal-chain,"     \
-	"tcp-small-sndbuf"
+	"tcp-small-sndbuf,ops-during-stop"
 
 static unsigned gates_parse(const char *s)
 {
@@ -320,6 +323,7 @@ struct aq_run {
 	uint8_t tops[AQ_THREADS][AQ_MAXOPS][3];
 	int ntops[AQ_THREADS];
 	atomic_int opno;
+	atomic_int stopping; /* the main thread is in coil_loop_free() */
 };
 
 static _Thread_local int cb_depth;
@@ -400,6 +404,9 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 static void cb_next(aq_conn *c, aq_sub *in, const void *view, size_t vlen)
 {
 	if (cb_depth >= 3 || c->cbpos >= c->ncb || c->released)
+		return;
+	if (atomic_load(&c->run->stopping) &&
+	    (c->run->gates & G_OPS_DURING_STOP))
 		return;
 	int i = c->cbpos++;
 	cb_depth++;
@@ -2064,6 +2071,7 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 			if (c->chs[j] != c->ch)
 				coil_channel_release(c->chs[j]);
 	}
+	atomic_store(&run->stopping, 1);
 	rc = coil_loop_free(run->loop);
 	if (rc)
 		violation(run, "coil_loop_free: %d", rc);
