@@ -423,6 +423,9 @@ static void update_interest(coil_channel_t *ch)
 static void defer_run(coil__defer *d)
 {
 	coil_channel_t *ch = coil__container_of(d, coil_channel_t, defer);
+	/* The callbacks run below may release the channel: it lives until
+	 * the end of this run (apiseq F10, a heap-use-after-free). */
+	coil__channel_get(ch);
 	ch->starved = false;
 	/* Work an API call left for later so that no user callback runs
 	 * inside it (rule 13): held-back bytes for a new read signal, lines
@@ -444,7 +447,8 @@ static void defer_run(coil__defer *d)
 	if (state(ch) == COIL__CH_CLOSED)
 		maybe_close_fd(ch);
 	if (ch->w->stopping && ch->registered && !ch->user_released)
-		closer_close(&ch->closer); /* last: may free the channel */
+		closer_close(&ch->closer);
+	coil__channel_put(ch); /* last: may free the channel */
 }
 
 static void recv_cancel_complete(coil__op *op, int res, unsigned flags)
@@ -472,6 +476,8 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		 * thief, in order, before anything it reads itself. */
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 		coil_channel_t *to = ch->steal_to;
+		while (to->steal_to) /* the thief was stolen in turn */
+			to = to->steal_to;
 		if (state(to) == COIL__CH_OPEN && !to->eof)
 			on_bytes(to, coil__bufring_buf(ch->w, bid), (size_t)res,
 				 -1);
@@ -2230,8 +2236,10 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 		coil__defer_add(ch->w, &ch->defer);
 	int mode = other->mode;
 	bool sock = other->is_socket;
-	if (other->recv_armed) {
-		/* Until its last completion, ch reads nothing of its own. */
+	if (other->recv_armed || other->steal_wait) {
+		/* Until its last completion (or, for a thief stolen while it
+		 * still waits on its own victim, until that one's), ch reads
+		 * nothing of its own: every byte in order (apiseq F11). */
 		other->steal_to = ch;
 		coil__channel_get(ch);
 		ch->steal_wait++;
@@ -2250,7 +2258,8 @@ static void steal_drained(coil_channel_t *victim)
 {
 	coil_channel_t *ch = victim->steal_to;
 	victim->steal_to = NULL;
-	ch->steal_wait--;
+	if (--ch->steal_wait == 0 && ch->steal_to)
+		steal_drained(ch); /* ch was stolen too: its thief goes on */
 	update_interest(ch);
 	coil__channel_put(ch);
 }
