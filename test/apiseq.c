@@ -1622,11 +1622,15 @@ static int check_reads_walk(aq_conn *c, unsigned char *pref,
 				a = wk.T;
 			/* A short first chunk of a connection of the signal
 			 * matches at many offsets: place it just before the
-			 * next chunk of the same connection when there is one
-			 * (the arrival order is contiguous within it). */
-			aq_event *nx = e + 1 < c->nev ? &c->ev[e + 1] : NULL;
-			if (ev->len < 8 && nx && nx->type == EV_SIG &&
-			    nx->gen == ev->gen && nx->len >= 8) {
+			 * next read-signal chunk when the bytes fit there. */
+			aq_event *nx = NULL;
+			for (int k = e + 1; k < c->nev && !nx; k++)
+				if (c->ev[k].type == EV_SIG)
+					nx = &c->ev[k];
+			/* (also across a reconnection: the signal sees the
+			 * arrival order, and a reconnection in the callback
+			 * leaves no gap) */
+			if (ev->len < 8 && nx && nx->len >= 8) {
 				long long na = -1;
 				for (uint64_t b = a + ev->len;
 				     b + nx->len <= c->sent; b++) {
