@@ -372,8 +372,9 @@ struct coil_channel_s {
 	 * retires the number, so no one acts on a descriptor number that was
 	 * reused. */
 	_Atomic bool fd_lock;
+	bool is_socket;           /* read by coil_channel_dup on any thread */
+	bool connecting;          /* sockets: writes wait for the connect */
 	/* Home worker only. */
-	bool is_socket : 1;
 	bool dgram : 1;           /* one datagram per send, no gathering */
 	bool registered : 1;      /* on the worker's closer list */
 	bool user_released : 1;
@@ -382,7 +383,6 @@ struct coil_channel_s {
 	bool close_after_sigq : 1; /* EOF seen; close once sigq is shown */
 	bool closed_emitted : 1;
 	bool close_expected : 1;
-	bool connecting : 1;      /* sockets: writes wait for the connect */
 	bool recv_armed : 1, recv_cancelling : 1;
 	bool starved : 1;         /* -ENOBUFS: re-arm once buffers are back */
 	bool send_inflight : 1, send_cancelling : 1;
