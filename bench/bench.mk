@@ -75,3 +75,6 @@ bench:
 		echo "bench: coil's example servers did not build (see build/bench-coil-build.log); run.sh skips what is missing"
 	@mkdir -p build
 	@bash -o pipefail -c 'B=$(B) bash bench/run.sh | tee build/bench-results.txt'
+	@if [ "$(TLS)" = 1 ]; then \
+		bash -o pipefail -c 'B=$(B) bash bench/tls.sh | tee -a build/bench-results.txt'; \
+	else echo "bench: built without TLS, bench/tls.sh skipped"; fi

@@ -913,7 +913,10 @@ COIL_EXTERN int coil_socket_set_timeout(coil_socket_t *s, unsigned ms);
  * recvfrom with -EAGAIN when no datagram is (sendto with -EAGAIN when the
  * send buffer is full), connect with -EINPROGRESS while the connect goes on
  * (coil_socket_connecting() is 1 until it ends, then coil_socket_connected()
- * tells how it ended). Channel reads are not affected. 0 or -EINVAL /
+ * tells how it ended). On a stream socket, channel reads too: the socket
+ * keeps receiving ahead into its read queue (up to queue_size), and a read
+ * that what is queued cannot serve now fails with -EAGAIN, taking nothing
+ * (a partial line stays). 0 or -EINVAL /
  * -ENOTSOCK. Any thread. */
 COIL_EXTERN int coil_socket_set_blocking(coil_socket_t *s, int blocking);
 /* libuv uv_tcp_keepalive: SO_KEEPALIVE plus the idle seconds before the

@@ -602,7 +602,8 @@ static bool want_read(coil_channel_t *ch)
 	 * faster than its writes drain (see signal_paused). */
 	if (ch->on_read && (signal_paused(ch) || (e && e->sigq.len)))
 		return false;
-	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads);
+	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads) ||
+	       atomic_load(&ch->sock_nonblock); /* sock: buffer ahead */
 }
 
 static void arm_recv(coil_channel_t *ch)
@@ -660,6 +661,9 @@ static void update_interest(coil_channel_t *ch)
 static void defer_run(coil__defer *d)
 {
 	coil_channel_t *ch = coil__container_of(d, coil_channel_t, defer);
+	/* The callbacks run below may release the channel: it lives until
+	 * the end of this run (apiseq F10, a heap-use-after-free). */
+	coil__channel_get(ch);
 	ch->starved = false;
 	/* Work an API call left for later so that no user callback runs
 	 * inside it (rule 13): held-back bytes for a new read signal, lines
@@ -681,7 +685,8 @@ static void defer_run(coil__defer *d)
 	if (state(ch) == COIL__CH_CLOSED)
 		maybe_close_fd(ch);
 	if (ch->w->stopping && ch->registered && !ch->user_released)
-		closer_close(&ch->closer); /* last: may free the channel */
+		closer_close(&ch->closer);
+	coil__channel_put(ch); /* last: may free the channel */
 }
 
 static void recv_cancel_complete(coil__op *op, int res, unsigned flags)
@@ -709,6 +714,8 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		/* Stolen: what the old receive still takes belongs to the
 		 * thief, in order, before anything it reads itself. */
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+		while (steal_to(to)) /* the thief was stolen in turn */
+			to = steal_to(to);
 		if (state(to) == COIL__CH_OPEN && !to->eof)
 			on_bytes(to, coil__bufring_buf(ch->w, bid), (size_t)res,
 				 -1);
@@ -1271,6 +1278,18 @@ static int read_refused(coil_channel_t *ch, const char **msg)
 	return 0;
 }
 
+/*
+ * sock (issue 13): a socket in usocket's non-blocking mode keeps receiving
+ * into the read queue (up to queue_size, see want_read), as the kernel's
+ * socket buffer would; a read that what is already here does not serve
+ * fails with -EAGAIN and takes nothing (aborted as read_abort does).
+ */
+static void nonblock_read_check(coil_channel_t *ch, coil_ip_t *ip, readreq *r)
+{
+	read_abort(ip, r);
+	coil__ip_fail_msg(ip, -EAGAIN, "read would block (non-blocking socket)");
+}
+
 static void read_enqueue(coil_channel_t *ch, readreq *r)
 {
 	do_register(ch);
@@ -1289,7 +1308,11 @@ static void read_enqueue(coil_channel_t *ch, readreq *r)
 	coil__list_add_tail(&ch->reads, &r->link);
 	if (state(ch) >= COIL__CH_CLOSING)
 		ch->eof = true;
+	coil_ip_t *ip = coil_ip_ref(r->ip);
 	process_api(ch);
+	if (atomic_load(&ch->sock_nonblock) && coil_ip_state(ip) == COIL_IP_PENDING)
+		nonblock_read_check(ch, ip, r);
+	coil_ip_unref(ip);
 }
 
 static void read_task_run(coil__task *t)
@@ -2560,7 +2583,8 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 		return -EBUSY;
 	bool to_sig = ch->on_read != NULL;
 	/* What the steal needs, made first so that it cannot fail half-way. */
-	if ((other->recv_armed && (!ext_get(ch) || !ext_get(other))) ||
+	if (((other->recv_armed || (X(other) && X(other)->steal_wait)) &&
+	     (!ext_get(ch) || !ext_get(other))) ||
 	    (to_sig && sq_len(other) && !ext_get(ch)))
 		return -ENOMEM;
 	int fd = fcntl(other->fd, F_DUPFD_CLOEXEC, 0);
@@ -2588,8 +2612,10 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 		coil__defer_add(ch->w, &ch->defer);
 	int mode = other->mode;
 	bool sock = other->is_socket;
-	if (other->recv_armed) {
-		/* Until its last completion, ch reads nothing of its own. */
+	if (other->recv_armed || (X(other) && X(other)->steal_wait)) {
+		/* Until its last completion (or, for a thief stolen while it
+		 * still waits on its own victim, until that one's), ch reads
+		 * nothing of its own: every byte in order (apiseq F11). */
 		X(other)->steal_to = ch;
 		coil__channel_get(ch);
 		X(ch)->steal_wait++;
@@ -2608,7 +2634,8 @@ static void steal_drained(coil_channel_t *victim)
 {
 	coil_channel_t *ch = X(victim)->steal_to;
 	X(victim)->steal_to = NULL;
-	X(ch)->steal_wait--;
+	if (--X(ch)->steal_wait == 0 && X(ch)->steal_to)
+		steal_drained(ch); /* ch was stolen too: its thief goes on */
 	update_interest(ch);
 	coil__channel_put(ch);
 }

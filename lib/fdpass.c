@@ -22,11 +22,13 @@ struct fd_op {
 	int nfds;                 /* send: our dups, closed when done */
 	int fds[COIL_FDMSG_MAX];
 	coil_fdmsg_t *m;          /* recv: the result being filled */
-	union {                   /* aligned control buffer */
+	void *data;               /* send: a copy of the bytes */
+	/* Aligned control buffer. Last: clang folds CMSG_SPACE() to a
+	 * constant only as a GNU extension, allowed at the end alone. */
+	union {
 		struct cmsghdr align;
 		char buf[CMSG_SPACE(sizeof(int) * COIL_FDMSG_MAX)];
 	} ctl;
-	void *data;               /* send: a copy of the bytes */
 };
 
 /* The value's free function: descriptors nobody stole are closed. */

@@ -177,7 +177,8 @@ void coil__ip_loop_live(coil_loop_t *loop, bool live)
 	if (live) {
 		if (live_n == live_cap) {
 			size_t cap = live_cap ? live_cap * 2 : 8;
-			coil_loop_t **n = realloc(live_loops, cap * sizeof(*n));
+			coil_loop_t **n =
+				coil__realloc(live_loops, cap * sizeof(*n));
 			if (n) {
 				live_loops = n;
 				live_cap = cap;
@@ -193,7 +194,7 @@ void coil__ip_loop_live(coil_loop_t *loop, bool live)
 			}
 		}
 		if (!live_n) {
-			free(live_loops);
+			coil__free(live_loops);
 			live_loops = NULL;
 			live_cap = 0;
 		}

@@ -365,6 +365,9 @@ struct coil_channel_s {
 	 * (sock_unconnected), and counts as alive/readable while it connects
 	 * (sock_connecting, kaa). Both stay false for plain channels. */
 	_Atomic bool sock_unconnected, sock_connecting;
+	/* socket.c: usocket non-blocking mode: reads that cannot be served
+	 * now fail with -EAGAIN (channel.c nonblock_read_check). */
+	_Atomic bool sock_nonblock;
 	_Atomic bool has_line_cb;
 	_Atomic bool drain_armed; /* see coil_channel_on_drain */
 	/* A spinlock taken around every use of fd off the home worker

@@ -115,6 +115,9 @@ int coil_socket_set_blocking(coil_socket_t *s, int blocking)
 	if (!S(s))
 		return -ENOTSOCK;
 	atomic_store(&S(s)->nonblocking, !blocking);
+	atomic_store(&s->sock_nonblock, !blocking && S(s)->type == SOCK_STREAM);
+	/* Start (or stop) receiving ahead on the home worker. */
+	coil__channel_register(s);
 	return 0;
 }
 

@@ -231,8 +231,10 @@ coil_ip_t *coil_socket_sendto_sa(coil_socket_t *s, const void *data,
 				 size_t len, const struct sockaddr *sa,
 				 socklen_t salen)
 {
-	if (!s || (!data && len))
+	if (!s)
 		return NULL;
+	if (!data && len)
+		return failed_ip(s, -EINVAL, "sendto: no data%s", "");
 	if (!S(s))
 		return failed_ip(s, -ENOTSOCK, "not a socket%s", "");
 	if (salen > sizeof(struct sockaddr_storage))
@@ -241,12 +243,13 @@ coil_ip_t *coil_socket_sendto_sa(coil_socket_t *s, const void *data,
 	if (!d)
 		return NULL;
 	d->send = true;
-	d->iov.iov_base = coil__malloc(len);
+	d->iov.iov_base = coil__malloc(len ? len : 1); /* empty datagrams too */
 	if (!d->iov.iov_base) {
 		coil__free(d);
 		return NULL;
 	}
-	memcpy(d->iov.iov_base, data, len);
+	if (len)
+		memcpy(d->iov.iov_base, data, len);
 	d->iov.iov_len = len;
 	if (sa) {
 		memcpy(&d->to, sa, salen);

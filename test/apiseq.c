@@ -86,6 +86,7 @@ enum {
 					   callback */
 	G_STEAL_CHAIN = 1u << 13, /* a second steal on one connection (the
 				     thief stolen in turn) */
+	G_TCP_SMALL_SNDBUF = 1u << 14, /* a 4 KiB SO_SNDBUF on TCP */
 };
 
 static const struct {
@@ -106,12 +107,14 @@ static const struct {
 	{G_STEAL_IN_SIGNAL, "steal-in-signal"},
 	{G_RELEASE_IN_SIGNAL, "release-in-signal"},
 	{G_STEAL_CHAIN, "steal-chain"},
+	{G_TCP_SMALL_SNDBUF, "tcp-small-sndbuf"},
 };
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
 #define AQ_DEFAULT_GATES                                                   \
-	"small-buffers,steal-in-signal,release-in-signal,steal-chain"
+	"small-buffers,steal-in-signal,release-in-signal,steal-chain,"     \
+	"tcp-small-sndbuf"
 
 static unsigned gates_parse(const char *s)
 {
@@ -425,6 +428,27 @@ static void stamp_scan(aq_conn *c)
 		c->stamp_lo++;
 }
 
+static int share_rule_return(void)
+{
+	const char *r = getenv("COIL_APISEQ_SHARE_RULE");
+	return r && !strcmp(r, "return");
+}
+
+/* Readers beside the read signal: a queued request of this channel or a
+ * connected readline signal (home worker, lock held). */
+static bool sig_consumers(aq_conn *c, coil_channel_t *ch)
+{
+	if (c->line_on && c->line_sub && c->line_sub->ch == ch)
+		return true;
+	for (int i = c->stamp_lo; i < c->nreads; i++) {
+		aq_req *r = c->reads[i];
+		if (r->ch == ch && r->ip &&
+		    coil_ip_state(r->ip) == COIL_IP_PENDING)
+			return true;
+	}
+	return false;
+}
+
 static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 		      size_t len, int type)
 {
@@ -464,27 +488,25 @@ static void sig_event(aq_sub *s, coil_channel_t *ch, const void *data,
 	ev->flag = F_CONSUMED;
 	int idx = (int)(ev - c->ev);
 	int changes = c->changes;
-	/* The read signal alone takes a chunk when, as its callback returns,
-	 * no request is queued and no readline signal is connected
-	 * (docs/channel.md "Signals": a read the callback itself issues
-	 * shares the chunk). */
+	/* The read signal alone takes a chunk when no request is queued and
+	 * no readline signal is connected as the chunk is shown
+	 * (docs/channel.md "Signals": a read the callback itself issues gets
+	 * the next bytes). COIL_APISEQ_SHARE_RULE=return decides it as the
+	 * callback returns instead (the rule main had for a while). */
+	int at_return = share_rule_return();
 	int flag = F_CONSUMED;
 	int inflight = c->foreign_inflight;
+	int ci = chan_index(c, ch);
+	if (type == EV_SIG && !at_return)
+		flag = sig_consumers(c, ch) ? F_SHARED : F_CONSUMED;
 	int *in_ctr = type == EV_SIG ? &c->in_sig : &c->in_line;
 	(*in_ctr)++;
 	cb_next(c, s, data, len);
 	(*in_ctr)--;
 	ev = &c->ev[idx];
 	if (type == EV_SIG) {
-		int ci = chan_index(c, ch);
-		bool consumers = c->line_on && c->line_sub && c->line_sub->ch == ch;
-		for (int i = c->stamp_lo; i < c->nreads && !consumers; i++) {
-			aq_req *r = c->reads[i];
-			if (r->ch == ch && r->ip &&
-			    coil_ip_state(r->ip) == COIL_IP_PENDING)
-				consumers = true;
-		}
-		flag = consumers ? F_SHARED : F_CONSUMED;
+		if (at_return)
+			flag = sig_consumers(c, ch) ? F_SHARED : F_CONSUMED;
 		/* A plain thread's call in flight, or a callback that closed,
 		 * released or stole: either may be right. */
 		if (inflight || c->foreign_inflight || c->closed_by_us ||
@@ -1613,6 +1635,11 @@ static int check_reads(aq_conn *c)
 			  "taken: bytes lost",
 			  c->idx, (unsigned long long)wk.T,
 			  (unsigned long long)c->sent);
+	vlog(c->run,
+	     "conn %d: sent %llu, taken %llu, %d reads, %d signal events, "
+	     "full drain %d\n",
+	     c->idx, (unsigned long long)c->sent, (unsigned long long)wk.T,
+	     c->nreads, c->nev, c->drain_full);
 	if ((rc || atomic_load(&c->run->failed)) && c->run->verbose > 1)
 		dump_conn(c);
 	free(wk.h);
@@ -1869,7 +1896,8 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 		if (c->qsize)
 			coil_channel_set_queue_size(c->ch, c->qsize);
 		coil_channel_set_close_on_eof(c->ch, c->close_on_eof);
-		if (cfg[5] & 4)
+		if ((cfg[5] & 4) &&
+		    !(c->tcp && (run->gates & G_TCP_SMALL_SNDBUF)))
 			coil_socket_set_buffer_size(c->ch, 4096);
 		c->drain_done = coil_ip_new(run->loop);
 		if (!c->drain_done)

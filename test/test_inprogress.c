@@ -1089,6 +1089,7 @@ static void done_broken(coil_ip_t *src, void *ud)
 {
 	if (coil_ip_error(src) == COIL_BROKEN)
 		atomic_fetch_add(&broken_seen, 1);
+	coil_ip_finish_int(ud, 0);
 }
 
 /* The producer drops its only reference to a pending handle that a chain,
@@ -1101,7 +1102,8 @@ static void test_dropped_producer_breaks(void)
 	coil_ip_t *c = coil_ip_then(coil_ip_ref(h), cr_a, see_broken, NULL);
 	coil_ip_t *plain = coil_ip_then(coil_ip_ref(h), NULL, NULL, NULL);
 	coil_ip_t *t = coil_ip_timeout(coil_ip_ref(h), 60000, 0);
-	T_ASSERT_OK(coil_ip_on_done(h, done_broken, NULL));
+	coil_ip_t *done = coil_ip_new(L);
+	T_ASSERT_OK(coil_ip_on_done(h, done_broken, done));
 	coil_ip_unref(h); /* the producer goes away */
 	CU_ASSERT_EQUAL_FATAL(coil_ip_wait(plain, 5000), 0);
 	CU_ASSERT_EQUAL(coil_ip_error(plain), COIL_BROKEN);
@@ -1111,7 +1113,9 @@ static void test_dropped_producer_breaks(void)
 	CU_ASSERT_EQUAL_FATAL(coil_ip_wait(t, 5000), 0);
 	CU_ASSERT_EQUAL(coil_ip_error(t), COIL_BROKEN);
 	CU_ASSERT_EQUAL_FATAL(coil_ip_wait(c, 5000), 0);
+	T_ASSERT_OK(t_wait(done)); /* the on_done may run after c settled */
 	CU_ASSERT_EQUAL(atomic_load(&broken_seen), 2);
+	coil_ip_unref(done);
 	coil_ip_unref(c);
 	coil_ip_unref(plain);
 	coil_ip_unref(t);

@@ -455,6 +455,9 @@ struct collect {
 	size_t steal_at;
 	_Atomic int stolen;
 	int steal_rc;
+	int chain;                /* steal the thief again, at once */
+	coil_channel_t *mid;      /* the first thief, when chained */
+	int steal2_rc;
 };
 
 static void collect_append(struct collect *c, const void *d, size_t n)
@@ -487,6 +490,19 @@ static void victim_read(coil_channel_t *ch, const void *d, size_t n, void *ud)
 			rc = coil_channel_steal(t, ch);
 		c->steal_rc = rc;
 		c->thief = t;
+		if (c->chain && !rc) {
+			/* The thief still waits for the victim's receive to
+			 * drain when it is stolen in turn. */
+			coil_channel_t *t2 = NULL;
+			rc = coil_channel_new(coil_channel_loop(ch), &t2);
+			if (!rc)
+				rc = coil_channel_on_read(t2, thief_read, c);
+			if (!rc)
+				rc = coil_channel_steal(t2, t);
+			c->steal2_rc = rc;
+			c->mid = t;
+			c->thief = t2;
+		}
 	}
 }
 
@@ -526,7 +542,9 @@ static char *pattern(size_t n, unsigned seed)
 static void test_steal_moves_every_byte(void)
 {
 	size_t total = t_on_valgrind() ? (1u << 20) : (8u << 20);
-	for (int round = 0; round < 3; round++) {
+	/* Rounds 3-5: a chained steal (victim -> thief -> second thief) lost
+	 * the bytes the victim's receive still took (apiseq F11). */
+	for (int round = 0; round < 6; round++) {
 		int peer;
 		coil_channel_t *v = pair(&peer);
 		struct collect c = {0};
@@ -534,6 +552,7 @@ static void test_steal_moves_every_byte(void)
 		c.buf = malloc(total);
 		c.victim = v;
 		c.steal_at = total / 8 + (size_t)round * 4096;
+		c.chain = round >= 3;
 		char *data = pattern(total, (unsigned)round + 1);
 		struct writer w = {peer, data, total};
 		T_ASSERT_OK(coil_channel_on_read(v, victim_read, &c));
@@ -546,6 +565,9 @@ static void test_steal_moves_every_byte(void)
 		CU_ASSERT(memcmp(c.buf, data, atomic_load(&c.len)) == 0);
 		CU_ASSERT_FATAL(atomic_load(&c.stolen));
 		CU_ASSERT_EQUAL(c.steal_rc, 0);
+		CU_ASSERT_EQUAL(c.steal2_rc, 0);
+		if (c.mid)
+			coil_channel_release(c.mid);
 		coil_channel_release(c.thief);
 		coil_channel_release(v);
 		close(peer);
@@ -589,6 +611,54 @@ static void test_steal_inside_line_callback(void)
 	CU_ASSERT_EQUAL(atomic_load(&s.calls), 2); /* both lines, once each */
 	coil_channel_release(ch);
 	close(peer);
+}
+
+/* A readline signal connected while lines are buffered shows them from the
+ * channel's deferred work at the end of the turn (rule 13); a callback that
+ * releases the channel there dropped its last reference while the deferred
+ * work went on using it (apiseq F10: heap-use-after-free under ASan). */
+struct release_in_line {
+	coil_channel_t *ch;
+	_Atomic int calls;
+};
+
+static void release_line_cb(coil_channel_t *ch, const void *d, size_t n,
+			    void *ud)
+{
+	struct release_in_line *r = ud;
+	if (atomic_fetch_add(&r->calls, 1) == 0)
+		coil_channel_release(ch);
+}
+
+static void connect_line_signal(void *arg)
+{
+	struct release_in_line *r = arg;
+	T_ASSERT_OK(coil_channel_on_readline(r->ch, release_line_cb, r));
+}
+
+static void test_release_in_deferred_line(void)
+{
+	for (int round = 0; round < 20; round++) {
+		int peer;
+		struct release_in_line r = {pair(&peer), 0};
+		T_ASSERT_OK(t_write_all(peer, "one\ntwo\nthree\n", 14));
+		if (round % 2)
+			close(peer); /* end of stream: no ring op holds it */
+		/* The first line through readline(): the rest stays buffered
+		 * in the read queue, and the receive is disarmed. */
+		coil_ip_t *ip = coil_channel_readline(r.ch);
+		T_ASSERT_OK(t_wait(ip));
+		CU_ASSERT_EQUAL(coil_ip_error(ip), 0);
+		coil_ip_unref(ip);
+		for (int i = 0; i < 2000 && round % 2 && coil_channel_fileno(r.ch) >= 0; i++)
+			usleep(1000);
+		run_on(L, coil_channel_worker(r.ch), connect_line_signal, &r);
+		for (int i = 0; i < 10000 && !atomic_load(&r.calls); i++)
+			usleep(1000);
+		CU_ASSERT_EQUAL(atomic_load(&r.calls), 1); /* released: no more */
+		if (!(round % 2))
+			close(peer);
+	}
 }
 
 /* A read callback that replaced itself with coil_channel_on_read() while
@@ -1127,6 +1197,7 @@ static const coil_test_t tests[] = {
 	{"abort_readinto_keeps_bytes", test_abort_readinto_keeps_bytes},
 	{"steal_moves_every_byte", test_steal_moves_every_byte},
 	{"steal_inside_line_callback", test_steal_inside_line_callback},
+	{"release_in_deferred_line", test_release_in_deferred_line},
 	{"signal_switch_while_paused", test_signal_switch_while_paused},
 	{"signal_disconnect_consumes_chunk",
 	 test_signal_disconnect_consumes_chunk},

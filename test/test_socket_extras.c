@@ -77,6 +77,55 @@ static void test_nonblocking_accept_recvfrom(void)
 	T_ASSERT_OK(coil_loop_free(loop));
 }
 
+/* usocket recv in non-blocking mode: -EAGAIN when neither coil nor the
+ * kernel holds a byte, taking nothing; the bytes sent afterwards (and a
+ * partial line) are all still read, in order. */
+static void test_nonblocking_recv(void)
+{
+	coil_loop_t *loop = t_loop(1);
+	coil_socket_t *s = NULL;
+	unsigned short port;
+	int lfd = t_listen_tcp4(&port);
+	T_ASSERT_OK(coil_socket_new(loop, &s));
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+	coil_ip_t *ip = coil_socket_connect(s, addr, 0);
+	T_ASSERT_OK(t_wait(ip));
+	T_ASSERT_OK(coil_ip_error(ip));
+	coil_ip_unref(ip);
+	int peer = accept(lfd, NULL, NULL);
+	T_ASSERT_OK(coil_socket_set_blocking(s, 0));
+	for (int i = 0; i < 5; i++) {
+		coil_ip_t *r = coil_channel_read(s);
+		T_ASSERT_OK(t_wait(r));
+		CU_ASSERT_EQUAL(coil_ip_error(r), -EAGAIN);
+		coil_ip_unref(r);
+	}
+	CU_ASSERT(write(peer, "par", 3) == 3);
+	/* Received ahead into coil's queue; until then reads say -EAGAIN. */
+	for (int i = 0; i < 10000 && coil_channel_read_queue_used(s) < 3; i++)
+		usleep(1000);
+	CU_ASSERT_EQUAL(coil_channel_read_queue_used(s), 3);
+	/* "par" is no line yet: -EAGAIN, and "par" stays for later. */
+	coil_ip_t *r = coil_channel_readline(s);
+	T_ASSERT_OK(t_wait(r));
+	CU_ASSERT_EQUAL(coil_ip_error(r), -EAGAIN);
+	coil_ip_unref(r);
+	CU_ASSERT_EQUAL(coil_channel_read_queue_used(s), 3);
+	CU_ASSERT(write(peer, "tial\n", 5) == 5);
+	T_ASSERT_OK(coil_socket_set_blocking(s, 1));
+	r = coil_channel_readline(s);
+	T_ASSERT_OK(t_wait(r));
+	size_t n = 0;
+	const char *p = coil_ip_bytes(r, &n);
+	CU_ASSERT(n == 8 && memcmp(p, "partial\n", 8) == 0);
+	coil_ip_unref(r);
+	close(peer);
+	close(lfd);
+	coil_channel_release(s);
+	T_ASSERT_OK(coil_loop_free(loop));
+}
+
 /* Non-blocking connect says -EINPROGRESS and goes on: connecting() until
  * it ends, then connected(); writes queued meanwhile are sent. */
 static void test_nonblocking_connect(void)
@@ -585,6 +634,7 @@ static const coil_test_t tests[] = {
 	{"recv_fds_abort_and_close", test_recv_fds_abort_and_close},
 	{"nonblocking_accept_recvfrom", test_nonblocking_accept_recvfrom},
 	{"nonblocking_connect", test_nonblocking_connect},
+	{"nonblocking_recv", test_nonblocking_recv},
 	{"keepalive_delay", test_keepalive_delay},
 	{"close_reset", test_close_reset},
 	{"udp_broadcast_ttl", test_udp_broadcast_ttl},
