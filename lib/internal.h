@@ -401,12 +401,7 @@ struct coil_channel_s {
 	union {
 		struct {
 			coil__op recv_op;
-			/* the recv's cancel, or (once no recv is left) the
-			 * descriptor's close */
-			union {
-				coil__op recv_cancel_op;
-				coil__op close_op;
-			};
+			coil__op recv_cancel_op;
 		};
 		coil__task free_task; /* the last put off the home worker */
 	};
