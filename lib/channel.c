@@ -788,6 +788,17 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 	 * next bytes, not these again). */
 	bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 	bool shown = false;
+	if (!ch->on_read && ch->sigq.len) {
+		/* Held for a read signal disconnected since, not yet handed
+		 * on (the defer does that at the end of the turn): those bytes
+		 * come first. */
+		if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
+				      ch->sigq.len)) {
+			set_eof(ch, -ENOMEM);
+			return;
+		}
+		coil__bufq_consume(&ch->sigq, ch->sigq.len);
+	}
 	if (ch->on_read) {
 		if (ch->sigq.len || signal_paused(ch)) {
 			/* Held for the signal; other consumers get them
