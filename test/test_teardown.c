@@ -386,7 +386,7 @@ static void s_sock_fdpass(struct td *t)
 	while (send(fd, chunk, sizeof(chunk), MSG_DONTWAIT | MSG_NOSIGNAL) > 0)
 		;
 	int one = keep_fd(t, dup(0));
-	track(t, coil_socket_send_fds(b, &one, 1, "fd", 2), A_IO | A_OK,
+	track(t, coil_socket_send_fds(b, &one, 1, "fd", 2), A_IO | A_ANYERR,
 	      "send_fds into a full buffer");
 }
 
@@ -647,10 +647,440 @@ static void test_free_matrix(void)
 			run_free_row(r, w);
 }
 
+
+/* ==== Part 2: close and release from inside every callback ==== */
+
+enum { ACT_CLOSE0, ACT_CLOSE1, ACT_RELEASE, ACT_N };
+static const char *const act_name[] = {"close(0)", "close(1)", "release"};
+
+struct cbx {
+	struct td *t;
+	coil_channel_t *ch; /* the victim */
+	coil_monitor_t *m;
+	coil_channel_t *other; /* the test's, released at the end */
+	int act;
+	int peer; /* raw end, -1 if none */
+	int ufd;  /* raw UDP sender */
+	char addr[64];
+	_Atomic int calls; /* callbacks of the victim's signal */
+	_Atomic int acted;
+	_Atomic int released;
+};
+
+static void act(struct cbx *x)
+{
+	if (atomic_fetch_add(&x->acted, 1))
+		return;
+	switch (x->act) {
+	case ACT_CLOSE0:
+		coil_channel_close(x->ch, 0);
+		break;
+	case ACT_CLOSE1:
+		coil_channel_close(x->ch, 1);
+		break;
+	default:
+		atomic_store(&x->released, 1);
+		coil_channel_release(x->ch);
+		break;
+	}
+}
+
+static void x_read(coil_channel_t *ch, const void *d, size_t n, void *ud)
+{
+	struct cbx *x = ud;
+	atomic_fetch_add(&x->calls, 1);
+	act(x);
+}
+
+static void x_closed(coil_channel_t *ch, int expected, void *ud)
+{
+	x_read(ch, NULL, 0, ud);
+}
+
+static void x_drain(coil_channel_t *ch, void *ud)
+{
+	x_read(ch, NULL, 0, ud);
+}
+
+static void x_done(coil_ip_t *ip, void *ud)
+{
+	x_read(NULL, NULL, 0, ud);
+}
+
+static coil_ip_t *x_then(coil_ip_t *src, void *ud)
+{
+	x_read(NULL, NULL, 0, ud);
+	return NULL;
+}
+
+static void x_client(coil_socket_t *l, coil_socket_t *c, void *ud)
+{
+	coil_channel_release(c);
+	x_read(NULL, NULL, 0, ud);
+}
+
+static void x_mon(coil_monitor_t *m, int fd, int events, void *ud)
+{
+	struct cbx *x = ud;
+	atomic_fetch_add(&x->calls, 1);
+	if (atomic_fetch_add(&x->acted, 1))
+		return;
+	if (x->act == ACT_CLOSE0) {
+		coil_monitor_unregister(m);
+	} else {
+		atomic_store(&x->released, 1);
+		coil_monitor_free(m);
+	}
+}
+
+static void chan_victim(struct cbx *x)
+{
+	x->ch = pair(x->t, &x->peer);
+}
+
+static void witness(struct cbx *x)
+{
+	track(x->t, coil_channel_read_exact(x->ch, 1u << 16),
+	      A_READ | A_IO, "witness read_exact");
+}
+
+static void poke(struct cbx *x, const char *data)
+{
+	if (send(x->peer, data, strlen(data), MSG_DONTWAIT | MSG_NOSIGNAL) < 0 &&
+	    errno != EPIPE && errno != ECONNRESET)
+		CU_FAIL("send to the victim");
+}
+
+static void a_read_sig(struct cbx *x)
+{
+	chan_victim(x);
+	T_ASSERT_OK(coil_channel_on_read(x->ch, x_read, x));
+	witness(x);
+	poke(x, "hello");
+}
+
+static void a_line_sig(struct cbx *x)
+{
+	chan_victim(x);
+	T_ASSERT_OK(coil_channel_on_readline(x->ch, x_read, x));
+	witness(x);
+	poke(x, "a\nb\nc\n");
+}
+
+static void a_closed(struct cbx *x)
+{
+	chan_victim(x);
+	T_ASSERT_OK(coil_channel_on_closed(x->ch, x_closed, x));
+	witness(x);
+	shutdown(x->peer, SHUT_WR);
+}
+
+static void a_drain(struct cbx *x)
+{
+	chan_victim(x);
+	small_sndbuf(x->ch);
+	T_ASSERT_OK(coil_channel_set_queue_size(x->ch, 64 * 1024));
+	T_ASSERT_OK(coil_channel_on_drain(x->ch, x_drain, x));
+	witness(x);
+	static char big[48 * 1024];
+	track(x->t, coil_channel_write(x->ch, big, sizeof(big)), A_OK | A_IO,
+	      "write over the low-water mark");
+	static char sink[sizeof(big)];
+	CU_ASSERT_EQUAL(t_read_exact(x->peer, sink, sizeof(sink)), 0);
+}
+
+static void done_on(struct cbx *x, coil_ip_t *ip, const char *what,
+		    const char *data)
+{
+	track(x->t, ip, A_READ | A_IO, what);
+	CU_ASSERT_EQUAL(coil_ip_on_done(ip, x_done, x), 0);
+	witness(x);
+	if (data)
+		poke(x, data);
+}
+
+static void a_done_read(struct cbx *x)
+{
+	chan_victim(x);
+	done_on(x, coil_channel_read(x->ch), "read", "hello");
+}
+
+static void a_done_readline(struct cbx *x)
+{
+	chan_victim(x);
+	done_on(x, coil_channel_readline(x->ch), "readline", "hello\nmore");
+}
+
+static void a_done_read_exact(struct cbx *x)
+{
+	chan_victim(x);
+	done_on(x, coil_channel_read_exact(x->ch, 5), "read_exact", "hello!");
+}
+
+static void a_done_readinto(struct cbx *x)
+{
+	chan_victim(x);
+	done_on(x, coil_channel_readinto(x->ch, x->t->buf[0], 5), "readinto",
+		"hello!");
+}
+
+static void a_done_readv(struct cbx *x)
+{
+	chan_victim(x);
+	size_t sizes[2] = {2, 3};
+	done_on(x, coil_channel_readv(x->ch, sizes, 2), "readv", "hello!");
+}
+
+static void a_done_write(struct cbx *x)
+{
+	chan_victim(x);
+	done_on(x, coil_channel_write(x->ch, "out", 3), "write", NULL);
+}
+
+static void a_then_read(struct cbx *x)
+{
+	chan_victim(x);
+	coil_ip_t *c = coil_ip_then(coil_channel_read(x->ch), x_then, x_then, x);
+	track(x->t, c, A_OK, "then(read)");
+	witness(x);
+	poke(x, "hello");
+}
+
+static void a_done_connect(struct cbx *x)
+{
+	int lfd = keep_fd(x->t, socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+	struct sockaddr_in sa = {.sin_family = AF_INET,
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	CU_ASSERT_FATAL(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	CU_ASSERT_FATAL(listen(lfd, 4) == 0);
+	socklen_t l = sizeof(sa);
+	getsockname(lfd, (struct sockaddr *)&sa, &l);
+	snprintf(x->addr, sizeof(x->addr), "127.0.0.1:%u", ntohs(sa.sin_port));
+	T_ASSERT_OK(coil_socket_new(x->t->loop, &x->ch));
+	coil_ip_t *c = coil_socket_connect(x->ch, x->addr, 0);
+	track(x->t, coil_channel_write(x->ch, "queued", 6), A_OK | A_IO,
+	      "write queued before connect");
+	track(x->t, c, A_OK, "connect");
+	CU_ASSERT_EQUAL(coil_ip_on_done(c, x_done, x), 0);
+}
+
+static void listener_victim(struct cbx *x)
+{
+	T_ASSERT_OK(coil_socket_new(x->t->loop, &x->ch));
+	T_ASSERT_OK(coil_socket_listen(x->ch, "127.0.0.1:0", 16, 0));
+	snprintf(x->addr, sizeof(x->addr), "127.0.0.1:%u", port_of(x->ch));
+}
+
+static void raw_connects(struct cbx *x, int n)
+{
+	coil_addr_t a;
+	T_ASSERT_OK(coil_addr_parse(x->addr, 0, &a));
+	for (int i = 0; i < n; i++) {
+		int f = keep_fd(x->t, socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+		/* Refused once the callback closed the listener. */
+		if (connect(f, (struct sockaddr *)&a.ss, a.sslen))
+			CU_ASSERT(errno == ECONNREFUSED);
+	}
+}
+
+static void a_done_accept(struct cbx *x)
+{
+	listener_victim(x);
+	coil_ip_t *ip = coil_socket_accept(x->ch);
+	track(x->t, ip, A_OK, "accept");
+	CU_ASSERT_EQUAL(coil_ip_on_done(ip, x_done, x), 0);
+	track(x->t, coil_socket_accept_many(x->ch, 4), A_OK | A_IO | A_ANYERR,
+	      "accept_many behind it");
+	raw_connects(x, 3);
+}
+
+static void a_new_client(struct cbx *x)
+{
+	listener_victim(x);
+	T_ASSERT_OK(coil_socket_on_new_client(x->ch, x_client, x));
+	raw_connects(x, 3);
+}
+
+static void a_done_recvfrom(struct cbx *x)
+{
+	T_ASSERT_OK(coil_socket_new_dgram(x->t->loop, AF_INET, &x->ch));
+	T_ASSERT_OK(coil_socket_bind(x->ch, "127.0.0.1:0", 0));
+	coil_ip_t *ip = coil_socket_recvfrom(x->ch, 100);
+	track(x->t, ip, A_OK, "recvfrom");
+	CU_ASSERT_EQUAL(coil_ip_on_done(ip, x_done, x), 0);
+	if (getenv("TD_SECOND"))
+	track(x->t, coil_socket_recvfrom(x->ch, 100), A_IO,
+	      "recvfrom behind it");
+	coil_addr_t a;
+	snprintf(x->addr, sizeof(x->addr), "127.0.0.1:%u", port_of(x->ch));
+	T_ASSERT_OK(coil_addr_parse(x->addr, 0, &a));
+	int u = keep_fd(x->t, socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+	CU_ASSERT(sendto(u, "dg", 2, 0, (struct sockaddr *)&a.ss, a.sslen) == 2);
+}
+
+static void a_monitor(struct cbx *x)
+{
+	int p[2];
+	CU_ASSERT_FATAL(pipe(p) == 0);
+	keep_fd(x->t, p[0]);
+	keep_fd(x->t, p[1]);
+	T_ASSERT_OK(coil_monitor_new(x->t->loop, x_mon, x, &x->m));
+	T_ASSERT_OK(coil_monitor_register(x->m, p[1], COIL_IO_WRITE));
+}
+
+static void a_tls_handshake(struct cbx *x)
+{
+	coil_socket_t *b;
+	T_ASSERT_OK(coil_socketpair(x->t->loop, AF_UNIX, SOCK_STREAM, &x->ch,
+				    &b));
+	coil_ip_t *hc = coil_socket_starttls_client(x->ch, cctx, NULL);
+	track(x->t, coil_socket_starttls_server(b, sctx), A_OK | A_ANYERR,
+	      "server handshake");
+	track(x->t, hc, A_OK, "client handshake");
+	CU_ASSERT_EQUAL(coil_ip_on_done(hc, x_done, x), 0);
+	track(x->t, coil_channel_write(x->ch, "after", 5), A_OK | A_IO |
+	      A_ANYERR, "write behind the handshake");
+	x->other = b;
+}
+
+static void a_tls_read_sig(struct cbx *x)
+{
+	coil_socket_t *b;
+	T_ASSERT_OK(coil_socketpair(x->t->loop, AF_UNIX, SOCK_STREAM, &x->ch,
+				    &b));
+	coil_ip_t *hc = coil_socket_starttls_client(x->ch, cctx, NULL);
+	coil_ip_t *hs = coil_socket_starttls_server(b, sctx);
+	T_ASSERT_OK(t_wait(hc));
+	T_ASSERT_OK(t_wait(hs));
+	track(x->t, hc, A_OK, "client handshake");
+	track(x->t, hs, A_OK, "server handshake");
+	T_ASSERT_OK(coil_channel_on_read(x->ch, x_read, x));
+	witness(x);
+	track(x->t, coil_channel_write(b, "hello", 5), A_OK, "tls write");
+	x->other = b;
+}
+
+struct cbrow {
+	const char *name;
+	void (*arm)(struct cbx *x);
+	int signal; /* a signal: after release it must not run again */
+	int tls;
+};
+
+static const struct cbrow cb_rows[] = {
+	{"read signal", a_read_sig, 1, 0},
+	{"readline signal", a_line_sig, 1, 0},
+	{"closed", a_closed, 1, 0},
+	{"drained", a_drain, 1, 0},
+	{"on_done(read)", a_done_read, 0, 0},
+	{"on_done(readline)", a_done_readline, 0, 0},
+	{"on_done(read_exact)", a_done_read_exact, 0, 0},
+	{"on_done(readinto)", a_done_readinto, 0, 0},
+	{"on_done(readv)", a_done_readv, 0, 0},
+	{"on_done(write)", a_done_write, 0, 0},
+	{"then(read)", a_then_read, 0, 0},
+	{"on_done(connect)", a_done_connect, 0, 0},
+	{"on_done(accept)", a_done_accept, 0, 0},
+	{"new client", a_new_client, 0, 0},
+	{"on_done(recvfrom)", a_done_recvfrom, 0, 0},
+	{"monitor", a_monitor, 1, 0},
+	{"on_done(starttls)", a_tls_handshake, 0, 1},
+	{"tls read signal", a_tls_read_sig, 1, 1},
+	{NULL, NULL, 0, 0},
+};
+
+static void barrier_task(void *arg)
+{
+	atomic_fetch_add((_Atomic int *)arg, 1);
+}
+
+/* Every worker ran a task posted after this call: what was due before has
+ * run. */
+static void barrier(coil_loop_t *loop)
+{
+	for (int round = 0; round < 2; round++) {
+		_Atomic int n = 0;
+		unsigned nw = coil_loop_workers(loop);
+		for (unsigned i = 0; i < nw; i++)
+			T_ASSERT_OK(coil_loop_post(loop, (int)i, barrier_task, &n));
+		WAIT_UNTIL(atomic_load(&n) == (int)nw);
+	}
+}
+
+static void run_cb_row(const struct cbrow *r, int action, unsigned workers)
+{
+	size_t live0 = coil_live_channels();
+	size_t alloc0 = coil__alloc_live();
+	struct td *t = calloc(1, sizeof(*t));
+	struct cbx *x = calloc(1, sizeof(*x));
+	T = t;
+	x->t = t;
+	x->act = action;
+	x->peer = -1;
+	t->loop = t_loop(workers);
+	r->arm(x);
+	WAIT_UNTIL(atomic_load(&x->acted) > 0);
+	if (!atomic_load(&x->acted))
+		fprintf(stderr, "%s, %s: the callback never ran\n", r->name,
+			act_name[action]);
+	CU_ASSERT_FATAL(atomic_load(&x->acted) > 0);
+	for (int i = 0; i < t->nh; i++) {
+		int rc = t_wait(t->h[i].ip);
+		if (rc)
+			fprintf(stderr, "%s, %s: %s still pending\n", r->name,
+				act_name[action], t->h[i].what);
+		CU_ASSERT_EQUAL(rc, 0);
+	}
+	barrier(t->loop);
+	if (r->signal && atomic_load(&x->released)) {
+		/* Released (or freed) inside its own callback: no callback
+		 * of it runs again, whatever arrives. */
+		int calls = atomic_load(&x->calls);
+		if (x->peer >= 0)
+			poke(x, "again\n");
+		barrier(t->loop);
+		CU_ASSERT_EQUAL(atomic_load(&x->calls), calls);
+	}
+	check_settled(t, r->name);
+	if (!atomic_load(&x->released)) {
+		if (x->m)
+			coil_monitor_free(x->m);
+		else
+			coil_channel_release(x->ch);
+	}
+	if (x->other)
+		coil_channel_release(x->other);
+	T_ASSERT_OK(coil_loop_free(t->loop));
+	finish_row(t);
+	size_t live1 = coil_live_channels(), alloc1 = coil__alloc_live();
+	if (live1 != live0 || alloc1 != alloc0)
+		fprintf(stderr, "%s, %s (%u workers): channels %zu -> %zu, "
+				"allocations %zu -> %zu\n",
+			r->name, act_name[action], workers, live0, live1,
+			alloc0, alloc1);
+	CU_ASSERT_EQUAL(live1, live0);
+	CU_ASSERT_EQUAL(alloc1, alloc0);
+	T = NULL;
+	free(x);
+	free(t);
+}
+
+static void test_act_in_callbacks(void)
+{
+	for (const struct cbrow *r = cb_rows; r->name; r++) {
+		if (r->tls && !sctx)
+			continue;
+		for (int a = 0; a < ACT_N; a++)
+			for (unsigned w = 1; w <= 2; w++)
+				run_cb_row(r, a, w);
+	}
+}
+
 /* ==== main ==== */
 
 static const coil_test_t tests[] = {
 	{"free_matrix", test_free_matrix},
+	{"act_in_callbacks", test_act_in_callbacks},
 	{NULL, NULL},
 };
 
