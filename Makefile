@@ -151,13 +151,19 @@ valgrind-suite: all
 	@VALGRIND=1 sh scripts/runtests.sh $(B) $(TEST_TIMEOUT) $(TESTS)
 
 # Stress and fault runs at full size (COIL_STRESS_SCALE=1; `make test` runs
-# them at 5% as test_stress).
+# them at 5% as test_stress), then 1 GiB through a relay into a slow reader
+# and (TLS builds) a 1 GiB TLS echo, then the TLS=0 build's test_tls.
 STRESS_TIMEOUT ?= 1200
 stress: deps-test
 	@$(MAKE) --no-print-directory stress-run
 
-stress-run: $(B)/test/stress
+stress-run: $(B)/test/stress $(B)/test/test_lifetime $(B)/test/test_tls
 	@timeout -k 5 $(STRESS_TIMEOUT) $(B)/test/stress
+	@COIL_RELAY_MB=1024 timeout -k 5 $(STRESS_TIMEOUT) $(B)/test/test_lifetime relay_slow_reader
+	@if [ "$(TLS)" = 1 ]; then COIL_TLS_BULK_MB=1024 timeout -k 5 $(STRESS_TIMEOUT) \
+		$(B)/test/test_tls bulk_echo; fi
+	@$(MAKE) --no-print-directory TLS=0 VARIANT=$(VARIANT) build/$(VARIANT)-notls/test/test_tls
+	@timeout -k 5 $(STRESS_TIMEOUT) build/$(VARIANT)-notls/test/test_tls
 
 # make run HOST=0.0.0.0 PORT=9000; RUN_ARGS adds any http_echo option
 # (`build/rel/examples/http_echo --help` lists them). The program prints

@@ -59,6 +59,11 @@ $(B)/bench/fairness: bench/fairness.c $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(ALL_LDFLAGS) $(LDLIBS_ALL)
 
+# The relay (coil_channel_relay both ways) of the "relay" scenario.
+$(B)/bench/relay: bench/relay.c $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -o $@ $< $(STATIC) $(ALL_LDFLAGS) $(LDLIBS_ALL)
+
 $(B)/bench/uv_echo: bench/uv_echo.c
 	@mkdir -p $(dir $@)
 	$(CC) $(BENCH_CFLAGS) $(shell pkg-config --cflags libuv) -o $@ $< \
@@ -71,7 +76,7 @@ bench:
 	@sh scripts/deps.sh bench
 	@$(MAKE) --no-print-directory bench-build
 	@$(MAKE) --no-print-directory $(B)/examples/echo_server \
-		$(B)/examples/http_echo $(B)/bench/allocs $(B)/bench/fairness >build/bench-coil-build.log 2>&1 || \
+		$(B)/examples/http_echo $(B)/bench/allocs $(B)/bench/fairness $(B)/bench/relay >build/bench-coil-build.log 2>&1 || \
 		echo "bench: coil's example servers did not build (see build/bench-coil-build.log); run.sh skips what is missing"
 	@mkdir -p build
 	@bash -o pipefail -c 'B=$(B) bash bench/run.sh | tee build/bench-results.txt'

@@ -10,7 +10,8 @@
 #   IDLE_CONNS=10000 connections held for the memory scenario; MEM_ROUNDS=1
 #   SERVER_CPU=0 LOAD_CPU=1   taskset pinning; THREADS=1 server threads
 #   PORT_BASE=19000  first port; every (round, server) gets its own port
-#   SCENARIOS="echo1 echo50 echo500 echo4k bulk http mem counts allocs fairness enter"
+#   SCENARIOS="echo1 echo50 echo500 echo4k bulk relay http mem counts allocs fairness enter"
+#   UPSTREAM_CPU=$LOAD_CPU   where the relay scenario's upstream echo server runs
 #   COUNT_MSGS=20000 messages per server for the syscall counts (perf stat, else strace -c -f)
 #
 # Every server is started by this script, pinned, waited for (it must accept
@@ -30,7 +31,8 @@ SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 THREADS=${THREADS:-1}
 PORT_BASE=${PORT_BASE:-19000}
-SCENARIOS=${SCENARIOS:-"echo1 echo50 echo500 echo4k bulk http mem counts allocs fairness enter"}
+SCENARIOS=${SCENARIOS:-"echo1 echo50 echo500 echo4k bulk relay http mem counts allocs fairness enter"}
+UPSTREAM_CPU=${UPSTREAM_CPU:-$LOAD_CPU}
 COUNT_MSGS=${COUNT_MSGS:-20000}
 NGINX=${NGINX:-/usr/sbin/nginx}
 LOADGEN=$B/bench/loadgen
@@ -48,6 +50,18 @@ ECHO_SERVERS=(
 	"coil:$B/examples/echo_server --host 127.0.0.1"
 	"coil_noreg:COIL_LOOP_FLAGS=0x8 $B/examples/echo_server --host 127.0.0.1"
 )
+# The relay scenario: the same bulk stream through bench/relay
+# (coil_channel_relay both ways) to an upstream echo server (@UP: the
+# uring_echo started for it on UPSTREAM_CPU), beside the plain bulk echo of
+# the floor and of coil, and the floor's own relay (uring_echo --upstream),
+# in the same rounds.
+RELAY_SERVERS=(
+	"uring:$B/bench/uring_echo"
+	"coil:$B/examples/echo_server --host 127.0.0.1"
+	"uring_relay:$B/bench/uring_echo --upstream @UP"
+	"coil_relay:$B/bench/relay --host 127.0.0.1 --upstream @UP"
+)
+UPSTREAM="$B/bench/uring_echo"
 HTTP_SERVERS=(
 	"uring_http:$B/bench/uring_http"
 	"nginx:@nginx"
@@ -215,6 +229,30 @@ stop_server() {
 	[ -n "$SPID" ] || return
 	stop_pid "$SPID"
 	SPID=
+}
+
+# The relay's upstream: started on UPSTREAM_CPU, waited for, stopped by PID.
+UPID=
+start_upstream() { # port
+	UPID=
+	if port_busy "$1"; then
+		echo "  upstream: port $1 is in use by someone else, skipped"
+		return 1
+	fi
+	taskset -c "$UPSTREAM_CPU" "$UPSTREAM" --port "$1" --threads "$THREADS" \
+		>"$TMP/upstream.log" 2>&1 &
+	UPID=$!
+	STARTED="$STARTED$UPID "
+	if ! taskset -c "$LOAD_CPU" "$LOADGEN" --port "$1" --mode wait --timeout 5 2>/dev/null; then
+		echo "  upstream: did not accept connections on port $1 within 5 s"
+		stop_upstream
+		return 1
+	fi
+}
+stop_upstream() {
+	[ -n "$UPID" ] || return
+	stop_pid "$UPID"
+	UPID=
 }
 
 # A server that died (crash, assertion) is reported and not measured again.
@@ -434,7 +472,7 @@ echo
 
 # ---------------------------------------------------------------- rounds
 
-NSERV=$((${#ECHO_SERVERS[@]} + ${#HTTP_SERVERS[@]}))
+NSERV=$((${#ECHO_SERVERS[@]} + ${#HTTP_SERVERS[@]} + ${#RELAY_SERVERS[@]} * 2))
 T0=$(date +%s)
 for r in $(seq "$ROUNDS"); do
 	echo "round $r/$ROUNDS ..."
@@ -454,6 +492,28 @@ for r in $(seq "$ROUNDS"); do
 				--size 4096 --depth 4
 			has bulk && echo_run bulk "$name" "$port" 1 bulk
 			stop_server
+		done
+	fi
+	i=$((${#ECHO_SERVERS[@]} + ${#HTTP_SERVERS[@]}))
+	if has relay; then
+		for e in "${RELAY_SERVERS[@]}"; do
+			name=${e%%:*}; cmd=${e#*:}
+			port=$((PORT_BASE + (r - 1) * NSERV + i)); i=$((i + 2))
+			if [[ $cmd == *@UP* ]]; then
+				[ -x "${cmd%% *}" ] || { note_skip "$name" "not built yet (${cmd%% *} missing)"; continue; }
+				start_upstream $((port + 1)) || continue
+				cmd=${cmd//@UP/127.0.0.1:$((port + 1))}
+			fi
+			if start_server "$name" "$cmd" "$port"; then
+				taskset -c "$LOAD_CPU" "$LOADGEN" --port "$port" --mode bulk \
+					--conns 1 --duration 0.3 >/dev/null 2>&1
+				u0=; [ -n "$UPID" ] && u0=$(cpu_ticks "$UPID")
+				echo_run relay "$name" "$port" 1 bulk
+				[ -n "$u0" ] && rec relay "$name" up_pct \
+					"$(calc %.0f "($(cpu_ticks "$UPID") - $u0) / $HZ / $DUR * 100")"
+				stop_server
+			fi
+			stop_upstream
 		done
 	fi
 	i=${#ECHO_SERVERS[@]}
@@ -571,6 +631,37 @@ report_bulk() {
 	echo
 }
 
+report_relay() {
+	local name g cpu pct fg fc eg ec up
+	has relay || return
+	echo "== relay: the bulk stream through bench/relay (coil_channel_relay both ways) to a uring_echo upstream, beside the plain bulk echo =="
+	printf '%-11s %8s %7s %14s %5s   %-21s %-21s %s\n' server "GB/s" spread "CPU us/MB" "CPU%" \
+		"vs $FLOOR: GB/s, CPU" "vs coil: GB/s, CPU" "upstream CPU%"
+	fg=$(median relay "$FLOOR" gbps); fc=$(median relay "$FLOOR" cpu_mb)
+	eg=$(median relay coil gbps); ec=$(median relay coil cpu_mb)
+	for e in "${RELAY_SERVERS[@]}"; do
+		name=${e%%:*}
+		g=$(median relay "$name" gbps)
+		if [ -z "$g" ]; then
+			printf '%-11s %s%s\n' "$name" "no result" "$(fails relay "$name")"
+			continue
+		fi
+		cpu=$(median relay "$name" cpu_mb); pct=$(median relay "$name" cpu_pct)
+		up=$(median relay "$name" up_pct)
+		printf '%-11s %8.3f %7s %14.1f %5.0f   %-21s %-21s %s%s%s\n' "$name" "$g" \
+			"$(spread relay "$name" gbps)" "$cpu" "$pct" \
+			"$(ratio "$g" "$fg"), $(ratio "$cpu" "$fc")" \
+			"$(ratio "$g" "$eg"), $(ratio "$cpu" "$ec")" "${up:--}" "$(fails relay "$name")" \
+			"$(client_bound "$pct")"
+	done
+	printf 'coil_relay vs uring_relay (the floor relay): GB/s %s, CPU per MB %s\n' \
+		"$(ratio "$(median relay coil_relay gbps)" "$(median relay uring_relay gbps)")" \
+		"$(ratio "$(median relay coil_relay cpu_mb)" "$(median relay uring_relay cpu_mb)")"
+	echo "(CPU = the relay process only; an MB counts once though a relay receives and sends it twice:"
+	echo " client -> upstream and back. The upstream runs on CPU $UPSTREAM_CPU beside the load generator.)"
+	echo
+}
+
 report_http() {
 	local name rate p50 p99 cpu pct fr fc er ec
 	has http || return
@@ -672,6 +763,7 @@ report_echo echo50 "echo 64 B ping-pong, 50 connections"
 report_echo echo500 "echo 64 B ping-pong, 500 connections"
 report_echo echo4k "echo 4 KiB messages, 4 in flight per connection, 50 connections"
 report_bulk
+report_relay
 report_http
 report_mem
 report_counts

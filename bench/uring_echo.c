@@ -3,7 +3,7 @@
 
 /*
  *   uring_echo [--host 127.0.0.1] [--port P] [--threads N]
- *              [--buf-size BYTES] [--buf-count N]
+ *              [--buf-size BYTES] [--buf-count N] [--upstream IPv4:PORT]
  *
  * Per thread: one ring (IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN, falling
  * back to plain flags on kernels without them), one SO_REUSEPORT listener
@@ -21,6 +21,14 @@
  * -ENOBUFS; the connection is parked and re-armed once buffers come back.
  * One io_uring_submit_and_wait() per loop turn; runs until killed and prints
  * nothing on the hot path.
+ *
+ * --upstream makes it the relay floor (bench/run.sh's "relay" scenario):
+ * each client gets a connection to the upstream (a blocking connect(2) on
+ * accept: loopback), and what one side receives is sent, from the same
+ * buffer, on the other. A side's end of stream becomes shutdown(SHUT_WR) on
+ * the other once the bytes before it are sent; the pair is freed when both
+ * directions ended, or when a send fails. No flow control beyond the
+ * buffer ring (a slow side holds buffers until the ring runs dry).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -54,7 +62,9 @@ struct conn {
 	bool eof;            /* peer finished sending (or recv failed) */
 	bool dead;           /* send failed: drop everything, then close */
 	bool stalled;        /* parked on ctx->stalled waiting for buffers */
+	bool shut;           /* relay: shutdown(SHUT_WR) passed on to fd */
 	struct conn *stall_next;
+	struct conn *peer;   /* relay: the other side (NULL: echo) */
 };
 
 struct ctx {
@@ -71,6 +81,7 @@ struct ctx {
 
 static struct in_addr host;
 static int port = 7000;
+static struct sockaddr_in upstream; /* relay mode when sin_port != 0 */
 static unsigned buf_size = 32768, buf_count = 256;
 
 static void fatal(const char *what, int err)
@@ -149,16 +160,62 @@ static void drop_queue(struct ctx *x, struct conn *c)
 	c->head_off = 0;
 }
 
-/* Frees c once nothing of it is left in the kernel. */
+static bool idle(const struct conn *c)
+{
+	return !c->recv_armed && !c->send_inflight && !c->stalled;
+}
+
+/* Relay: c's source (its peer) ended and everything it sent went out on
+ * c: pass the end on. */
+static void pass_eof(struct conn *c)
+{
+	if (c->peer && c->peer->eof && c->head < 0 && !c->send_inflight &&
+	    !c->shut && !c->dead) {
+		c->shut = true;
+		shutdown(c->fd, SHUT_WR);
+	}
+}
+
+/* Frees c (and its peer) once nothing of it is left in the kernel. In
+ * relay mode a side's queue holds what it is to send (received from its
+ * peer), so the pair is done once both ended and both queues are empty. */
 static void maybe_close(struct ctx *x, struct conn *c)
 {
-	if (c->recv_armed || c->send_inflight || c->stalled)
-		return;
-	if (!c->dead && !(c->eof && c->head < 0))
-		return;
+	struct conn *p = c->peer;
+
+	if (p) {
+		if (!idle(c) || !idle(p))
+			return;
+		if (!c->dead && !p->dead &&
+		    !(c->eof && p->eof && c->head < 0 && p->head < 0))
+			return;
+		drop_queue(x, p);
+		close(p->fd);
+		free(p);
+	} else {
+		if (!idle(c))
+			return;
+		if (!c->dead && !(c->eof && c->head < 0))
+			return;
+	}
 	drop_queue(x, c);
 	close(c->fd);
 	free(c);
+}
+
+/* Relay: a send failed or a side broke: both sides stop. */
+static void kill_pair(struct ctx *x, struct conn *c)
+{
+	struct conn *sides[2] = { c, c->peer };
+
+	for (int i = 0; i < 2; i++) {
+		sides[i]->dead = true;
+		/* A buffer being sent stays until its send completes. */
+		if (!sides[i]->send_inflight)
+			drop_queue(x, sides[i]);
+		shutdown(sides[i]->fd, SHUT_RDWR);
+	}
+	maybe_close(x, c);
 }
 
 static void on_accept(struct ctx *x, struct io_uring_cqe *cqe)
@@ -178,11 +235,36 @@ static void on_accept(struct ctx *x, struct io_uring_cqe *cqe)
 	c->fd = cqe->res;
 	c->head = c->tail = -1;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (upstream.sin_port) {
+		struct conn *u = calloc(1, sizeof(*u));
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		if (!u || fd < 0 ||
+		    connect(fd, (struct sockaddr *)&upstream,
+			    sizeof(upstream))) {
+			perror("uring_echo: upstream");
+			if (fd >= 0)
+				close(fd);
+			free(u);
+			close(c->fd);
+			free(c);
+			return;
+		}
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		u->fd = fd;
+		u->head = u->tail = -1;
+		u->peer = c;
+		c->peer = u;
+		arm_recv(x, u);
+	}
 	arm_recv(x, c);
 }
 
 static void on_recv(struct ctx *x, struct conn *c, struct io_uring_cqe *cqe)
 {
+	/* Echo: back on c; relay: on to the other side. */
+	struct conn *out = c->peer ? c->peer : c;
+
 	if (cqe->res > 0) {
 		int32_t bid = (int32_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
 
@@ -191,13 +273,13 @@ static void on_recv(struct ctx *x, struct conn *c, struct io_uring_cqe *cqe)
 		} else {
 			x->len[bid] = (uint32_t)cqe->res;
 			x->next[bid] = -1;
-			if (c->tail >= 0)
-				x->next[c->tail] = bid;
+			if (out->tail >= 0)
+				x->next[out->tail] = bid;
 			else
-				c->head = bid;
-			c->tail = bid;
-			if (!c->send_inflight)
-				start_send(x, c);
+				out->head = bid;
+			out->tail = bid;
+			if (!out->send_inflight)
+				start_send(x, out);
 		}
 	}
 	if (cqe->flags & IORING_CQE_F_MORE)
@@ -210,8 +292,13 @@ static void on_recv(struct ctx *x, struct conn *c, struct io_uring_cqe *cqe)
 		x->stalled = c;
 	} else if (cqe->res > 0 && !c->dead) {
 		arm_recv(x, c); /* ended for another reason, data still flows */
+	} else if (c->peer && cqe->res < 0 && !c->dead) {
+		c->eof = true;
+		kill_pair(x, c); /* a broken side: stop both */
 	} else {
 		c->eof = true; /* 0 = peer closed; < 0 = error */
+		if (c->peer)
+			pass_eof(c->peer);
 		maybe_close(x, c);
 	}
 }
@@ -219,9 +306,18 @@ static void on_recv(struct ctx *x, struct conn *c, struct io_uring_cqe *cqe)
 static void on_send(struct ctx *x, struct conn *c, struct io_uring_cqe *cqe)
 {
 	c->send_inflight = false;
+	if (c->dead) { /* relay: the pair was stopped meanwhile */
+		drop_queue(x, c);
+		maybe_close(x, c);
+		return;
+	}
 	if (cqe->res < 0) {
 		/* The peer is gone: drop the queue and make the multishot
 		 * recv finish so the connection can be freed. */
+		if (c->peer) {
+			kill_pair(x, c);
+			return;
+		}
 		c->dead = true;
 		drop_queue(x, c);
 		shutdown(c->fd, SHUT_RDWR);
@@ -239,10 +335,12 @@ static void on_send(struct ctx *x, struct conn *c, struct io_uring_cqe *cqe)
 		recycle(x, bid);
 	}
 	/* Either the rest of a short send or the next queued buffer. */
-	if (c->head >= 0)
+	if (c->head >= 0) {
 		start_send(x, c);
-	else
+	} else {
+		pass_eof(c);
 		maybe_close(x, c);
+	}
 }
 
 static void setup_buffers(struct ctx *x)
@@ -394,6 +492,23 @@ int main(int argc, char **argv)
 			buf_size = (unsigned)strtoul(argv[i + 1], NULL, 0);
 		else if (!strcmp(argv[i], "--buf-count"))
 			buf_count = (unsigned)strtoul(argv[i + 1], NULL, 0);
+		else if (!strcmp(argv[i], "--upstream")) {
+			char a[64], *colon;
+
+			snprintf(a, sizeof(a), "%s", argv[i + 1]);
+			colon = strrchr(a, ':');
+			if (!colon)
+				argc = 0; /* usage */
+			else {
+				*colon = 0;
+				upstream.sin_family = AF_INET;
+				upstream.sin_port = htons((uint16_t)atoi(colon + 1));
+				if (inet_pton(AF_INET, a, &upstream.sin_addr) != 1 ||
+				    !upstream.sin_port)
+					argc = 0;
+			}
+		} else
+			argc = 0;
 	}
 	/* Buffer ids are 16 bits and the ring size a power of two. */
 	if (argc % 2 == 0 || inet_pton(AF_INET, h, &host) != 1 ||
@@ -401,7 +516,8 @@ int main(int argc, char **argv)
 	    buf_size < 64 || buf_size > (1u << 24) || buf_count < 1 ||
 	    buf_count > 32768 || (buf_count & (buf_count - 1))) {
 		fprintf(stderr, "usage: %s [--host IPv4] [--port P] "
-			"[--threads N] [--buf-size B] [--buf-count N (2^k)]\n",
+			"[--threads N] [--buf-size B] [--buf-count N (2^k)] "
+			"[--upstream IPv4:PORT]\n",
 			argv[0]);
 		return 2;
 	}

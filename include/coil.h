@@ -893,7 +893,8 @@ COIL_EXTERN coil_ip_t *coil_socket_recv_fds(coil_socket_t *s, size_t max);
 COIL_EXTERN int coil_socket_bind(coil_socket_t *s, const char *addr,
 				 int flags);
 
-/* shutdown(2) after queued writes (SHUT_WR waits for the write queue). */
+/* shutdown(2) after queued writes (SHUT_WR waits for the write queue). On
+ * a TLS channel SHUT_WR/SHUT_RDWR send close_notify first (docs/tls.md). */
 COIL_EXTERN coil_ip_t *coil_socket_shutdown(coil_socket_t *s, int how);
 
 /* kaa buffer_size: SO_SNDBUF and SO_RCVBUF, applied now if live, else when

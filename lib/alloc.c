@@ -29,6 +29,7 @@
  */
 struct acount {
 	_Atomic uint64_t allocs, frees;
+	_Atomic uint64_t reused; /* of allocs: served by a cache (channel.c) */
 	struct acount *next, **pprev;
 	int state; /* 0 unregistered, 1 listed, 2 thread exiting */
 };
@@ -37,6 +38,7 @@ static pthread_mutex_t acount_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct acount *acount_list;
 /* Counts of exited threads, and of allocations made while a thread exits. */
 static _Atomic uint64_t acount_gone_allocs, acount_gone_frees;
+static _Atomic uint64_t acount_gone_reused;
 static pthread_key_t acount_key;
 static pthread_once_t acount_once = PTHREAD_ONCE_INIT;
 static __thread struct acount tls_acount;
@@ -51,6 +53,7 @@ static void acount_exit(void *arg)
 		a->next->pprev = a->pprev;
 	atomic_fetch_add(&acount_gone_allocs, atomic_load(&a->allocs));
 	atomic_fetch_add(&acount_gone_frees, atomic_load(&a->frees));
+	atomic_fetch_add(&acount_gone_reused, atomic_load(&a->reused));
 	a->state = 2;
 	pthread_mutex_unlock(&acount_lock);
 }
@@ -140,9 +143,25 @@ size_t coil__alloc_live(void)
 
 uint64_t coil__alloc_total(void)
 {
-	uint64_t al, fr;
-	acount_sum(&al, &fr);
-	return al;
+	pthread_mutex_lock(&acount_lock);
+	uint64_t al = atomic_load(&acount_gone_allocs);
+	uint64_t re = atomic_load(&acount_gone_reused);
+	for (struct acount *a = acount_list; a; a = a->next) {
+		/* reused first: a reuse bumps allocs before reused */
+		re += atomic_load_explicit(&a->reused, memory_order_relaxed);
+		al += atomic_load_explicit(&a->allocs, memory_order_relaxed);
+	}
+	pthread_mutex_unlock(&acount_lock);
+	return al > re ? al - re : 0;
+}
+
+void coil__alloc_reused(void)
+{
+	acount_alloc();
+	if (coil__likely(tls_acount.state == 1))
+		acount_bump(&tls_acount.reused);
+	else
+		atomic_fetch_add(&acount_gone_reused, 1);
 }
 
 void *coil__malloc(size_t n)

@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -57,6 +58,7 @@ typedef struct readreq {
 	int kind;
 	bool queued;
 	bool aborted;    /* aborted before it reached the home worker */
+	bool cached;     /* a CC_READ block */
 	size_t n;        /* EXACT/INTO/READV: bytes wanted */
 	size_t got;      /* INTO: bytes copied so far */
 	char *into;
@@ -76,7 +78,237 @@ typedef struct coil__writereq {
 	bool queued;      /* in the write queue (home worker) */
 	bool started;     /* went into a send: bytes may be the kernel's */
 	bool aborted;     /* aborted before it reached the home worker */
+	bool cached;      /* a CC_WRITE block of WREQ_BLOCK bytes */
 } writereq;
+
+/* The write side (see struct coil_channel_s): exists while a write is queued,
+ * a send or its cancel is in flight, or the linger timer runs. */
+struct coil__chwr {
+	struct iovec iov[COIL__IOV_BATCH]; /* first: ch->iov points here */
+	coil_channel_t *ch;
+	writereq **wq_tail;
+	struct msghdr msg;
+	coil__op send_op, send_cancel_op;
+	int send_niov;
+	bool linger_armed;
+	uint64_t last_progress_ms;
+	coil__timer linger_timer;
+};
+
+/* Rarely used state, allocated on first use (any thread: published with a
+ * compare-and-swap), kept until the channel is freed. */
+struct coil__chext {
+	_Atomic size_t chunk_size;
+	/* Drained signal: write queue at or below low_water after being
+	 * above it. */
+	_Atomic size_t low_water;
+	void (*on_drain)(coil_channel_t *ch, void *ud);
+	void *on_drain_ud;
+	/* Backpressure across channels: this channel's read signal also
+	 * pauses while gate's write queue is at or above half its size;
+	 * gate->gated names this channel so its drain can wake it. */
+	coil_channel_t *gate;
+	_Atomic(coil_channel_t *) gated;
+	_Atomic bool gate_paused;
+	struct coil__relay *relay; /* as the relay's source */
+	/* steal: the victim's receive still drains into steal_to (which
+	 * holds steal_wait > 0 and reads nothing of its own until then). */
+	coil_channel_t *steal_to;
+	int steal_wait;
+	/* readline */
+	_Atomic int nlines;   /* readline() calls not yet served */
+	const coil__delims *delims; /* NULL: "\n" */
+	size_t scan;
+	void *on_line_ud;
+	/* read-signal bytes held back by backpressure */
+	coil__bufq sigq;
+	size_t sig_back;      /* tail of the shown chunk the signal left */
+};
+
+#define CH_CHUNK_DEFAULT ((size_t)1 << 20)
+
+static inline struct coil__chext *X(const coil_channel_t *ch)
+{
+	return atomic_load_explicit(&((coil_channel_t *)ch)->ext,
+				    memory_order_acquire);
+}
+
+/* The extension, allocated now if need be (any thread): NULL on -ENOMEM. */
+static struct coil__chext *ext_get(coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	if (e)
+		return e;
+	e = coil__calloc(1, sizeof(*e));
+	if (!e)
+		return NULL;
+	atomic_init(&e->chunk_size, CH_CHUNK_DEFAULT);
+	atomic_init(&e->low_water, SIZE_MAX);
+	coil__bufq_init(&e->sigq);
+	struct coil__chext *seen = NULL;
+	if (!atomic_compare_exchange_strong_explicit(&ch->ext, &seen, e,
+						     memory_order_acq_rel,
+						     memory_order_acquire)) {
+		coil__free(e);
+		return seen;
+	}
+	return e;
+}
+
+static const coil__bufq empty_q;
+
+/* The held-back bytes (read only: empty without an extension). */
+static inline const coil__bufq *sq(const coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	return e ? &e->sigq : &empty_q;
+}
+
+static inline size_t sq_len(const coil_channel_t *ch)
+{
+	return sq(ch)->len;
+}
+
+/* Home worker: frees the held-back bytes' storage. */
+static inline void sq_free(coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	if (e)
+		coil__bufq_free(&e->sigq);
+}
+
+/* Home worker: appends to the held-back bytes: 0 or -ENOMEM. */
+static int sq_append(coil_channel_t *ch, const void *p, size_t n)
+{
+	if (!n)
+		return 0;
+	struct coil__chext *e = ext_get(ch);
+	return e ? coil__bufq_append(&e->sigq, p, n) : -ENOMEM;
+}
+
+static inline size_t chunk_size(const coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	return e ? atomic_load_explicit(&e->chunk_size, memory_order_relaxed)
+		 : CH_CHUNK_DEFAULT;
+}
+
+static inline const coil__delims *delims(const coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	return e && e->delims ? e->delims : &coil__delims_default;
+}
+
+static inline void scan_reset(coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	if (e)
+		e->scan = 0;
+}
+
+static inline coil_channel_t *steal_to(const coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	return e ? e->steal_to : NULL;
+}
+
+static inline struct coil__relay *relay_of(const coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	return e ? e->relay : NULL;
+}
+
+static inline coil_channel_t *gated_of(const coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	return e ? atomic_load(&e->gated) : NULL;
+}
+
+static inline struct coil__chwr *WR(const coil_channel_t *ch)
+{
+	return ch->iov ? coil__container_of(ch->iov, struct coil__chwr, iov)
+		       : NULL;
+}
+
+/* ---- per-worker caches of read requests, write requests and write parts:
+ * reused by the next allocation on that worker thread without a trip
+ * through the allocator (freed when the thread exits). Off in sanitizer
+ * and valgrind builds, where every allocation must be seen. A reuse counts
+ * as a live allocation but not in coil__alloc_total (alloc.c). */
+enum { CC_READ, CC_WRITE, CC_WR, CC_N };
+#define CC_MAX 64
+/* Write requests are cached as blocks with room for this many bytes in
+ * all, so small copied writes (an echo) need no allocation. */
+#define WREQ_BLOCK 256
+
+#ifndef COIL_NO_JEMALLOC
+struct ccache {
+	void *head[CC_N];
+	unsigned n[CC_N];
+	bool keyed;
+};
+static __thread struct ccache ccache;
+static pthread_key_t cc_key;
+static pthread_once_t cc_once = PTHREAD_ONCE_INIT;
+
+static void cc_exit(void *arg)
+{
+	struct ccache *c = arg;
+	for (int k = 0; k < CC_N; k++) {
+		while (c->head[k]) {
+			void *p = c->head[k];
+			c->head[k] = *(void **)p;
+			coil__alloc_counted(true);
+			coil__free(p);
+		}
+		c->n[k] = 0;
+	}
+}
+
+static void cc_init(void)
+{
+	pthread_key_create(&cc_key, cc_exit);
+}
+#endif
+
+static void *cc_get(int k, size_t size)
+{
+#ifndef COIL_NO_JEMALLOC
+	struct ccache *c = &ccache;
+	if (coil__tls_worker && c->head[k]) {
+		void *p = c->head[k];
+		c->head[k] = *(void **)p;
+		c->n[k]--;
+		coil__alloc_reused();
+		return p;
+	}
+#else
+	(void)k;
+#endif
+	return coil__malloc(size);
+}
+
+static void cc_put(int k, void *p)
+{
+#ifndef COIL_NO_JEMALLOC
+	struct ccache *c = &ccache;
+	if (coil__tls_worker && c->n[k] < CC_MAX) {
+		if (!c->keyed) {
+			pthread_once(&cc_once, cc_init);
+			pthread_setspecific(cc_key, c);
+			c->keyed = true;
+		}
+		*(void **)p = c->head[k];
+		c->head[k] = p;
+		c->n[k]++;
+		coil__alloc_counted(false);
+		return;
+	}
+#else
+	(void)k;
+#endif
+	coil__free(p);
+}
 
 static void process(coil_channel_t *ch);
 static void update_interest(coil_channel_t *ch);
@@ -124,7 +356,10 @@ static void channel_free(coil_channel_t *ch)
 	 * (normally close has settled them all already). */
 	fail_all_reads(ch, -EBADF, "channel freed");
 	fail_writes(ch, -EBADF, "channel freed");
-	pthread_mutex_destroy(&ch->fd_lock);
+	if (ch->iov) {
+		cc_put(CC_WR, WR(ch));
+		ch->iov = NULL;
+	}
 	if (ch->sock_free)
 		ch->sock_free(ch);
 	if (ch->flt) /* tls.c */
@@ -133,8 +368,12 @@ static void channel_free(coil_channel_t *ch)
 		coil__closer_del(&ch->closer);
 	coil__defer_cancel(&ch->defer);
 	coil__bufq_free(&ch->rq);
-	coil__bufq_free(&ch->sigq);
-	coil__delims_free((coil__delims *)ch->delims);
+	struct coil__chext *e = X(ch);
+	if (e) {
+		coil__bufq_free(&e->sigq);
+		coil__delims_free((coil__delims *)e->delims);
+		coil__free(e);
+	}
 	atomic_fetch_sub(&live_channels, 1);
 	coil__free(ch);
 }
@@ -192,24 +431,17 @@ int coil__channel_new(coil__worker *w, coil_channel_t **out)
 	ch->w = w;
 	atomic_init(&ch->refs, 1);
 	atomic_init(&ch->urefs, 1);
-	pthread_mutex_init(&ch->fd_lock, NULL);
 	atomic_init(&ch->linger_ms, COIL_CHANNEL_LINGER_DEFAULT_MS);
-	atomic_init(&ch->low_water, SIZE_MAX);
 	atomic_init(&ch->st, COIL__CH_NEW);
 	ch->fd = -1;
-	ch->cur_bid = -1;
 	ch->close_on_eof = true;
 	ch->close_expected = true;
-	ch->delims = &coil__delims_default;
 	coil__bufq_init(&ch->rq);
-	coil__bufq_init(&ch->sigq);
 	coil__list_init(&ch->reads);
 	coil__list_init(&ch->closer.link);
 	ch->closer.close = closer_close;
 	coil__defer_init(&ch->defer, defer_run);
 	atomic_init(&ch->queue_size, 1u << 20);
-	atomic_init(&ch->chunk_size, 1u << 20);
-	ch->wq_tail = &ch->wq_head;
 	atomic_fetch_add(&live_channels, 1);
 	*out = ch;
 	return 0;
@@ -317,7 +549,9 @@ static bool queue_high(const coil_channel_t *ch)
 /* The low-water mark: set, or a quarter of queue_size. */
 static size_t low_water(const coil_channel_t *ch)
 {
-	size_t lw = atomic_load_explicit(&ch->low_water, memory_order_relaxed);
+	struct coil__chext *e = X(ch);
+	size_t lw = e ? atomic_load_explicit(&e->low_water, memory_order_relaxed)
+		      : SIZE_MAX;
 	return lw != SIZE_MAX ? lw : atomic_load(&ch->queue_size) / 4;
 }
 
@@ -329,13 +563,14 @@ static size_t low_water(const coil_channel_t *ch)
  */
 static bool gate_high(coil_channel_t *ch)
 {
-	coil_channel_t *g = ch->gate;
+	struct coil__chext *e = X(ch);
+	coil_channel_t *g = e ? e->gate : NULL;
 	if (!g || !queue_high(g))
 		return false;
-	atomic_store(&ch->gate_paused, true);
+	atomic_store(&e->gate_paused, true);
 	if (queue_high(g))
 		return true;
-	atomic_store(&ch->gate_paused, false);
+	atomic_store(&e->gate_paused, false);
 	return false;
 }
 
@@ -347,7 +582,10 @@ static bool signal_paused(coil_channel_t *ch)
 static bool want_read(coil_channel_t *ch)
 {
 	if (ch->fd < 0 || ch->eof || !(ch->mode & COIL_IO_READ) ||
-	    state(ch) != COIL__CH_OPEN || ch->w->stopping || ch->steal_wait)
+	    state(ch) != COIL__CH_OPEN || ch->w->stopping)
+		return false;
+	struct coil__chext *e = X(ch);
+	if (e && e->steal_wait)
 		return false;
 	if (ch->flt && ch->flt->want_input(ch)) /* tls.c: a handshake */
 		return true;
@@ -362,7 +600,7 @@ static bool want_read(coil_channel_t *ch)
 		return false;
 	/* A read-signal consumer that writes back (echo, relay) is not fed
 	 * faster than its writes drain (see signal_paused). */
-	if (ch->on_read && (signal_paused(ch) || ch->sigq.len))
+	if (ch->on_read && (signal_paused(ch) || (e && e->sigq.len)))
 		return false;
 	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads) ||
 	       atomic_load(&ch->sock_nonblock); /* sock: buffer ahead */
@@ -433,7 +671,7 @@ static void defer_run(coil__defer *d)
 	/* Work an API call left for later so that no user callback runs
 	 * inside it (rule 13): held-back bytes for a new read signal, lines
 	 * for a new readline signal. */
-	if (ch->sigq.len && state(ch) == COIL__CH_OPEN)
+	if (sq_len(ch) && state(ch) == COIL__CH_OPEN)
 		flush_sigq(ch);
 	if (ch->lines_due) {
 		ch->lines_due = false;
@@ -474,13 +712,13 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 	bool more = flags & IORING_CQE_F_MORE;
 	if (!more)
 		ch->recv_armed = false;
-	if (res > 0 && ch->steal_to) {
+	coil_channel_t *to = steal_to(ch);
+	if (res > 0 && to) {
 		/* Stolen: what the old receive still takes belongs to the
 		 * thief, in order, before anything it reads itself. */
 		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-		coil_channel_t *to = ch->steal_to;
-		while (to->steal_to) /* the thief was stolen in turn */
-			to = to->steal_to;
+		while (steal_to(to)) /* the thief was stolen in turn */
+			to = steal_to(to);
 		if (state(to) == COIL__CH_OPEN && !to->eof)
 			on_bytes(to, coil__bufring_buf(ch->w, bid), (size_t)res,
 				 -1);
@@ -500,7 +738,7 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 			ch->cur_kept = false;
 		else
 			coil__bufring_recycle(ch->w, bid);
-	} else if (ch->steal_to) {
+	} else if (to) {
 		/* The thief's own receive will see the end or the error. */
 	} else if (res == 0) {
 		set_eof(ch, ch->flt ? ch->flt->eof(ch) : 0); /* tls.c */
@@ -515,7 +753,7 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		set_eof(ch, res);
 	}
 	if (!more) {
-		if (ch->steal_to)
+		if (to)
 			steal_drained(ch);
 		update_interest(ch);
 		maybe_close_fd(ch);
@@ -533,7 +771,26 @@ static void rq_changed(coil_channel_t *ch)
 static void rq_consume(coil_channel_t *ch, size_t n)
 {
 	coil__bufq_consume(&ch->rq, n);
-	ch->scan = 0;
+	scan_reset(ch);
+}
+
+static readreq *rreq_alloc(size_t nsizes)
+{
+	size_t size = sizeof(readreq) + nsizes * sizeof(size_t);
+	readreq *r = nsizes ? coil__malloc(size) : cc_get(CC_READ, size);
+	if (r) {
+		memset(r, 0, size);
+		r->cached = !nsizes;
+	}
+	return r;
+}
+
+static void rreq_free(readreq *r)
+{
+	if (r->cached)
+		cc_put(CC_READ, r);
+	else
+		coil__free(r);
 }
 
 static void req_done(coil_channel_t *ch, readreq *r)
@@ -541,16 +798,16 @@ static void req_done(coil_channel_t *ch, readreq *r)
 	coil__list_del(&r->link);
 	r->queued = false;
 	if (r->kind == RR_LINE)
-		atomic_fetch_sub(&ch->nlines, 1);
+		atomic_fetch_sub(&X(ch)->nlines, 1);
 	coil_ip_unref(r->ip);
-	coil__free(r);
+	rreq_free(r);
 }
 
 /* Finishes r with the first n bytes of the read queue. */
 static void req_take(coil_channel_t *ch, readreq *r, size_t n, int err)
 {
 	void *p = n ? coil__bufq_take(&ch->rq, n) : NULL;
-	ch->scan = 0;
+	scan_reset(ch);
 	if (n && !p) {
 		coil__ip_fail_msg(r->ip, -ENOMEM, "out of memory for a read");
 	} else if (err) {
@@ -623,7 +880,7 @@ static void readv_finish(coil_channel_t *ch, readreq *r, size_t have)
  * read signal come first (flush_sigq hands them on). */
 static inline bool rq_eof(const coil_channel_t *ch)
 {
-	return ch->eof && !ch->sigq.len;
+	return ch->eof && !sq_len(ch);
 }
 
 /* Serves the request at the head of the queue if it can be; returns whether
@@ -636,8 +893,7 @@ static bool serve(coil_channel_t *ch, readreq *r)
 					    memory_order_relaxed);
 	switch (r->kind) {
 	case RR_READ: {
-		size_t chunk = atomic_load_explicit(&ch->chunk_size,
-						    memory_order_relaxed);
+		size_t chunk = chunk_size(ch);
 		if (have) {
 			req_take(ch, r, have < chunk ? have : chunk, 0);
 			return true;
@@ -645,7 +901,8 @@ static bool serve(coil_channel_t *ch, readreq *r)
 		break;
 	}
 	case RR_LINE: {
-		size_t n = have ? coil__find_line(d, have, ch->delims, &ch->scan,
+		struct coil__chext *e = X(ch); /* read_submit made it */
+		size_t n = have ? coil__find_line(d, have, delims(ch), &e->scan,
 						  rq_eof(ch))
 				: 0;
 		if ((!n && have >= qsize) || n > qsize)
@@ -706,18 +963,19 @@ static void emit_lines(coil_channel_t *ch)
 {
 	size_t qsize = atomic_load_explicit(&ch->queue_size,
 					    memory_order_relaxed);
+	struct coil__chext *e = X(ch); /* on_readline made it */
 	while (ch->on_line && ch->rq.len) {
 		size_t n = coil__find_line(coil__bufq_data(&ch->rq), ch->rq.len,
-					   ch->delims, &ch->scan, rq_eof(ch));
+					   delims(ch), &e->scan, rq_eof(ch));
 		if ((!n && ch->rq.len >= qsize) || n > qsize)
 			n = qsize;
 		if (!n && rq_eof(ch))
 			n = ch->rq.len;
 		if (!n)
 			break;
-		ch->show_rq = n;
-		ch->on_line(ch, coil__bufq_data(&ch->rq), n, ch->on_line_ud);
-		ch->show_rq = 0;
+		ch->show_rq = true;
+		ch->on_line(ch, coil__bufq_data(&ch->rq), n, e->on_line_ud);
+		ch->show_rq = false;
 		rq_consume(ch, n);
 	}
 }
@@ -776,9 +1034,17 @@ static void process_api(coil_channel_t *ch)
 	update_interest(ch);
 }
 
-/* The channel whose provided buffer a read signal is shown right now (write
- * views of it may keep the buffer), on this thread. */
-static __thread coil_channel_t *showing;
+/* The provided buffer a read signal is shown right now on this thread
+ * (write views of it may keep the buffer): a frame on the stack of on_bytes,
+ * so an idle channel carries none of it. */
+struct showing {
+	coil_channel_t *ch;
+	const char *buf;
+	size_t len;
+	int bid;
+	bool kept;
+};
+static __thread struct showing *showing;
 
 static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 {
@@ -788,22 +1054,23 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 	 * next bytes, not these again). */
 	bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 	bool shown = false;
-	if (!ch->on_read && ch->sigq.len) {
+	if (!ch->on_read && sq_len(ch)) {
 		/* Held for a read signal disconnected since, not yet handed
 		 * on (the defer does that at the end of the turn): those bytes
 		 * come first. */
-		if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
-				      ch->sigq.len)) {
+		struct coil__chext *e = X(ch);
+		if (coil__bufq_append(&ch->rq, coil__bufq_data(&e->sigq),
+				      e->sigq.len)) {
 			set_eof(ch, -ENOMEM);
 			return;
 		}
-		coil__bufq_consume(&ch->sigq, ch->sigq.len);
+		coil__bufq_consume(&e->sigq, e->sigq.len);
 	}
 	if (ch->on_read) {
-		if (ch->sigq.len || signal_paused(ch)) {
+		if (sq_len(ch) || signal_paused(ch)) {
 			/* Held for the signal; other consumers get them
 			 * when it does (flush_sigq), so order is kept. */
-			if (coil__bufq_append(&ch->sigq, p, n)) {
+			if (sq_append(ch, p, n)) {
 				set_eof(ch, -ENOMEM);
 				return;
 			}
@@ -811,23 +1078,24 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 			return;
 		} else {
 			coil__channel_get(ch);
-			ch->cur_bid = bid;
-			ch->cur_buf = p;
-			ch->cur_len = n;
-			coil_channel_t *prev = showing;
-			showing = ch;
-			ch->sig_back = 0;
+			struct showing f = {ch, p, n, bid, false};
+			struct showing *prev = showing;
+			showing = &f;
+			struct coil__chext *e = X(ch);
+			if (e)
+				e->sig_back = 0;
 			ch->on_read(ch, p, n, ch->on_read_ud);
 			showing = prev;
-			ch->cur_bid = -1;
+			if (f.kept)
+				ch->cur_kept = true;
 			shown = true;
-			if (ch->sig_back && state(ch) == COIL__CH_OPEN) {
+			e = X(ch);
+			if (e && e->sig_back && state(ch) == COIL__CH_OPEN) {
 				/* The relay took only the head of the chunk:
 				 * the rest waits for it, first in line. */
-				size_t back = ch->sig_back;
-				ch->sig_back = 0;
-				if (coil__bufq_append(&ch->sigq, p + n - back,
-						      back))
+				size_t back = e->sig_back;
+				e->sig_back = 0;
+				if (sq_append(ch, p + n - back, back))
 					set_eof(ch, -ENOMEM);
 				cancel_recv(ch);
 				n -= back;
@@ -847,8 +1115,7 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 	/* Fast path: an empty queue and a plain read at the head. */
 	if (!ch->rq.len && !ch->on_line && !coil__list_empty(&ch->reads)) {
 		readreq *r = coil__container_of(ch->reads.next, readreq, link);
-		size_t chunk = atomic_load_explicit(&ch->chunk_size,
-						    memory_order_relaxed);
+		size_t chunk = chunk_size(ch);
 		if (r->kind == RR_READ && n <= chunk) {
 			void *copy = coil__malloc(n);
 			if (copy) {
@@ -879,9 +1146,14 @@ static void flush_sigq(coil_channel_t *ch)
 		ch->flush_again = true;
 		return;
 	}
+	struct coil__chext *e = X(ch);
+	if (!e) {
+		update_interest(ch); /* nothing was ever held back */
+		return;
+	}
 	ch->in_flush = true;
 	coil__channel_get(ch);
-	size_t chunk = atomic_load_explicit(&ch->chunk_size, memory_order_relaxed);
+	size_t chunk = chunk_size(ch);
 	bool fed = false;
 again:
 	ch->flush_again = false;
@@ -889,46 +1161,46 @@ again:
 	 * buffer, as they arrived. */
 	if (ch->w->bufring && coil__bufring_size(ch->w) < chunk)
 		chunk = coil__bufring_size(ch->w);
-	while (ch->sigq.len && ch->on_read && !signal_paused(ch) &&
+	while (e->sigq.len && ch->on_read && !signal_paused(ch) &&
 	       state(ch) == COIL__CH_OPEN) {
-		size_t n = ch->sigq.len < chunk ? ch->sigq.len : chunk;
+		size_t n = e->sigq.len < chunk ? e->sigq.len : chunk;
 		bool others = !coil__list_empty(&ch->reads) || ch->on_line;
-		ch->sig_back = 0;
-		ch->show_sigq = n;
-		ch->on_read(ch, coil__bufq_data(&ch->sigq), n, ch->on_read_ud);
-		ch->show_sigq = 0;
-		if (ch->sig_back) {
-			n -= ch->sig_back; /* left at the front */
-			ch->sig_back = 0;
+		e->sig_back = 0;
+		ch->show_sigq = true;
+		ch->on_read(ch, coil__bufq_data(&e->sigq), n, ch->on_read_ud);
+		ch->show_sigq = false;
+		if (e->sig_back) {
+			n -= e->sig_back; /* left at the front */
+			e->sig_back = 0;
 		}
 		if (state(ch) == COIL__CH_OPEN && others) {
 			/* Readers beside the signal see the same bytes. */
-			if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
+			if (coil__bufq_append(&ch->rq, coil__bufq_data(&e->sigq),
 					      n))
 				set_eof(ch, -ENOMEM);
 			fed = true;
 		}
-		coil__bufq_consume(&ch->sigq, n);
+		coil__bufq_consume(&e->sigq, n);
 	}
-	if (ch->sigq.len && !ch->on_read && state(ch) == COIL__CH_OPEN) {
+	if (e->sigq.len && !ch->on_read && state(ch) == COIL__CH_OPEN) {
 		/* The signal was disconnected before it saw these bytes:
 		 * they belong to read() and readline() now. Everything in
 		 * the read queue arrived before them. */
-		if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
-				      ch->sigq.len))
+		if (coil__bufq_append(&ch->rq, coil__bufq_data(&e->sigq),
+				      e->sigq.len))
 			set_eof(ch, -ENOMEM);
-		coil__bufq_consume(&ch->sigq, ch->sigq.len);
+		coil__bufq_consume(&e->sigq, e->sigq.len);
 		fed = true;
 	}
 	if (!ch->on_read || state(ch) != COIL__CH_OPEN)
-		coil__bufq_free(&ch->sigq);
+		coil__bufq_free(&e->sigq);
 	if (ch->flush_again)
 		goto again;
 	ch->in_flush = false;
 	if (fed)
 		process(ch);
 	relay_check(ch);
-	if (!ch->sigq.len && ch->close_after_sigq) {
+	if (!e->sigq.len && ch->close_after_sigq) {
 		/* The end of stream waited for the signal to see it all. */
 		ch->close_after_sigq = false;
 		coil__channel_close_local(ch, false, false);
@@ -947,7 +1219,7 @@ static void set_eof(coil_channel_t *ch, int err)
 	process(ch);
 	if (err)
 		coil__channel_close_local(ch, true, false);
-	else if (ch->close_on_eof && ch->sigq.len)
+	else if (ch->close_on_eof && sq_len(ch))
 		ch->close_after_sigq = true; /* see flush_sigq */
 	else if (ch->close_on_eof)
 		coil__channel_close_local(ch, false, false);
@@ -982,19 +1254,19 @@ static int read_abort(coil_ip_t *ip, void *arg)
 			coil__list_del(&r->link);
 			r->queued = false;
 			coil_ip_unref(r->ip);
-			coil__free(r);
+			rreq_free(r);
 			set_eof(ch, -ENOMEM);
 			return 1;
 		}
-		ch->scan = 0;
+		scan_reset(ch);
 		rq_changed(ch);
 	}
 	coil__list_del(&r->link);
 	r->queued = false;
 	if (r->kind == RR_LINE)
-		atomic_fetch_sub(&ch->nlines, 1);
+		atomic_fetch_sub(&X(ch)->nlines, 1);
 	coil_ip_unref(r->ip);
-	coil__free(r);
+	rreq_free(r);
 	/* The next request may be served by what the aborted one left. */
 	if (!coil__list_empty(&ch->reads) && ch->rq.len)
 		process_api(ch);
@@ -1042,9 +1314,9 @@ static void read_enqueue(coil_channel_t *ch, readreq *r)
 		if (err != -ECANCELED)
 			coil__ip_fail_msg(r->ip, err, msg);
 		if (r->kind == RR_LINE)
-			atomic_fetch_sub(&ch->nlines, 1);
+			atomic_fetch_sub(&X(ch)->nlines, 1);
 		coil_ip_unref(r->ip);
-		coil__free(r);
+		rreq_free(r);
 		return;
 	}
 	r->queued = true;
@@ -1091,7 +1363,7 @@ static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
 				  "connected");
 		return ip;
 	}
-	size_t limit = atomic_load(&ch->queue_size) + atomic_load(&ch->chunk_size);
+	size_t limit = atomic_load(&ch->queue_size) + chunk_size(ch);
 	if ((kind == RR_EXACT || kind == RR_READV) && n > limit) {
 		coil_ip_fail(ip, -EMSGSIZE,
 			     "read of %zu bytes exceeds queue_size + chunk_size "
@@ -1112,7 +1384,8 @@ static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
 		}
 		return ip;
 	}
-	readreq *r = coil__calloc(1, sizeof(*r) + nsizes * sizeof(size_t));
+	struct coil__chext *e = kind == RR_LINE ? ext_get(ch) : NULL;
+	readreq *r = kind == RR_LINE && !e ? NULL : rreq_alloc(nsizes);
 	if (!r) {
 		coil_ip_unref(ip);
 		return NULL;
@@ -1127,7 +1400,7 @@ static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
 		memcpy(r->sizes, sizes, nsizes * sizeof(size_t));
 	coil__list_init(&r->link);
 	if (kind == RR_LINE)
-		atomic_fetch_add(&ch->nlines, 1);
+		atomic_fetch_add(&e->nlines, 1);
 	/* Set before anyone else sees ip, so an abort always finds it. */
 	coil_ip_set_abort(ip, read_abort, r);
 	if (on_home(ch)) {
@@ -1215,7 +1488,26 @@ static void wreq_free(writereq *r)
 	if (r->free_fn)
 		r->free_fn(r->data);
 	coil_ip_unref(r->ip);
-	coil__free(r);
+	if (r->cached)
+		cc_put(CC_WRITE, r);
+	else
+		coil__free(r);
+}
+
+/* A write request with room for len bytes behind it (extra: copy them
+ * there), zeroed, bid -1. */
+static writereq *wreq_alloc(size_t extra)
+{
+	size_t size = sizeof(writereq) + extra;
+	bool cached = size <= WREQ_BLOCK;
+	writereq *r = cached ? cc_get(CC_WRITE, WREQ_BLOCK)
+			     : coil__malloc(size);
+	if (!r)
+		return NULL;
+	memset(r, 0, sizeof(*r));
+	r->cached = cached;
+	r->bid = -1;
+	return r;
 }
 
 static void wq_release(coil_channel_t *ch, size_t n)
@@ -1223,12 +1515,40 @@ static void wq_release(coil_channel_t *ch, size_t n)
 	atomic_fetch_sub_explicit(&ch->wq_used, n, memory_order_relaxed);
 }
 
+/* Home worker: the write part, made if need be (NULL on -ENOMEM). */
+static struct coil__chwr *wr_get(coil_channel_t *ch)
+{
+	struct coil__chwr *wr = WR(ch);
+	if (wr)
+		return wr;
+	wr = cc_get(CC_WR, sizeof(*wr));
+	if (!wr)
+		return NULL;
+	memset(wr, 0, sizeof(*wr));
+	wr->ch = ch;
+	wr->wq_tail = &ch->wq_head;
+	ch->iov = wr->iov;
+	return wr;
+}
+
+/* Home worker: gives the write part back once nothing uses it. */
+static void wr_put(coil_channel_t *ch)
+{
+	struct coil__chwr *wr = WR(ch);
+	if (!wr || ch->wq_head || ch->send_inflight || ch->send_cancelling ||
+	    wr->linger_armed)
+		return;
+	ch->iov = NULL;
+	cc_put(CC_WR, wr);
+}
+
 /* Fails every queued write (the one in flight is left to its completion). */
 static void fail_writes(coil_channel_t *ch, int first_err, const char *msg)
 {
 	writereq *r = ch->wq_head;
 	ch->wq_head = NULL;
-	ch->wq_tail = &ch->wq_head;
+	if (WR(ch))
+		WR(ch)->wq_tail = &ch->wq_head;
 	int err = first_err;
 	while (r) {
 		writereq *next = r->next;
@@ -1243,6 +1563,7 @@ static void fail_writes(coil_channel_t *ch, int first_err, const char *msg)
 		err = -EBADF;
 		r = next;
 	}
+	wr_put(ch);
 	gate_wake(ch);
 }
 
@@ -1283,36 +1604,45 @@ static void kick_write(coil_channel_t *ch)
 	if (ch->send_inflight || (!ch->wq_head && !flt_pending(ch)) ||
 	    !can_send(ch))
 		return;
+	struct coil__chwr *wr = wr_get(ch);
+	if (!wr) {
+		/* No memory for the write part now: try again later. */
+		coil__defer_add(ch->w, &ch->defer);
+		return;
+	}
 	int n = 0, batch = ch->dgram ? 1 : COIL__IOV_BATCH;
 	for (writereq *r = ch->wq_head; r && n < batch; r = r->next) {
 		r->started = true;
-		ch->iov[n].iov_base = r->data + r->off;
-		ch->iov[n].iov_len = r->len - r->off;
+		wr->iov[n].iov_base = r->data + r->off;
+		wr->iov[n].iov_len = r->len - r->off;
 		n++;
 	}
-	if (ch->flt && !(n = ch->flt->prep_send(ch, n))) /* tls.c */
+	if (ch->flt && !(n = ch->flt->prep_send(ch, n))) { /* tls.c */
+		wr_put(ch);
 		return;
-	ch->send_niov = n;
-	ch->send_op.complete = send_complete;
+	}
+	wr->send_niov = n;
+	wr->send_op.complete = send_complete;
 	int rc;
 	if (!ch->is_socket) {
-		rc = coil__prep_writev(ch->w, &ch->send_op, ch->fd, ch->iov,
+		rc = coil__prep_writev(ch->w, &wr->send_op, ch->fd, wr->iov,
 				       (unsigned)n);
 	} else if (n == 1) {
-		rc = coil__prep_send(ch->w, &ch->send_op, ch->fd,
-				     ch->iov[0].iov_base, ch->iov[0].iov_len,
+		rc = coil__prep_send(ch->w, &wr->send_op, ch->fd,
+				     wr->iov[0].iov_base, wr->iov[0].iov_len,
 				     ch->dgram ? MSG_NOSIGNAL
 					       : MSG_NOSIGNAL | MSG_WAITALL);
 	} else {
-		memset(&ch->msg, 0, sizeof(ch->msg));
-		ch->msg.msg_iov = ch->iov;
-		ch->msg.msg_iovlen = (size_t)n;
-		rc = coil__prep_sendmsg(ch->w, &ch->send_op, ch->fd, &ch->msg,
+		memset(&wr->msg, 0, sizeof(wr->msg));
+		wr->msg.msg_iov = wr->iov;
+		wr->msg.msg_iovlen = (size_t)n;
+		rc = coil__prep_sendmsg(ch->w, &wr->send_op, ch->fd, &wr->msg,
 					MSG_NOSIGNAL | MSG_WAITALL);
 	}
 	if (rc) {
 		if (rc != -ESHUTDOWN)
 			coil__defer_add(ch->w, &ch->defer);
+		wr_put(ch);
 		return;
 	}
 	ch->send_inflight = true;
@@ -1321,11 +1651,13 @@ static void kick_write(coil_channel_t *ch)
 
 static void send_complete(coil__op *op, int res, unsigned flags)
 {
-	coil_channel_t *ch = coil__container_of(op, coil_channel_t, send_op);
+	struct coil__chwr *wr = coil__container_of(op, struct coil__chwr,
+						   send_op);
+	coil_channel_t *ch = wr->ch;
 	ch->send_inflight = false;
 	size_t done = res > 0 ? (size_t)res : 0;
-	if (done && ch->linger_armed)
-		ch->last_progress_ms = coil__now_ms();
+	if (done && wr->linger_armed)
+		wr->last_progress_ms = coil__now_ms();
 	if (ch->flt && done) /* tls.c: sent bytes -> plaintext bytes */
 		done = ch->flt->sent(ch, done);
 	while (ch->wq_head && done) {
@@ -1342,7 +1674,7 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		}
 		ch->wq_head = r->next;
 		if (!ch->wq_head)
-			ch->wq_tail = &ch->wq_head;
+			wr->wq_tail = &ch->wq_head;
 		r->queued = false;
 		/* The bytes are the kernel's now: give the buffer back before
 		 * the handle settles, so a waiter may reuse it at once. */
@@ -1385,6 +1717,7 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 	}
 	emit_closed(ch);
 	maybe_close_fd(ch);
+	wr_put(ch); /* wr may be gone from here on */
 	coil__channel_put(ch);
 }
 
@@ -1397,8 +1730,9 @@ static void drain_check(coil_channel_t *ch)
 	    state(ch) != COIL__CH_OPEN)
 		return;
 	atomic_store(&ch->drain_armed, false);
-	if (ch->on_drain && !ch->user_released)
-		ch->on_drain(ch, ch->on_drain_ud);
+	struct coil__chext *e = X(ch);
+	if (e && e->on_drain && !ch->user_released)
+		e->on_drain(ch, e->on_drain_ud);
 }
 
 /*
@@ -1424,8 +1758,9 @@ static int write_abort(coil_ip_t *ip, void *arg)
 	if (!*pp)
 		return -EBUSY;
 	*pp = r->next;
-	if (ch->wq_tail == &r->next)
-		ch->wq_tail = pp;
+	struct coil__chwr *wr = WR(ch); /* a queued write has one */
+	if (wr->wq_tail == &r->next)
+		wr->wq_tail = pp;
 	r->queued = false;
 	wq_release(ch, r->len);
 	coil__ip_fail_msg(r->ip, -ECANCELED, "aborted");
@@ -1433,6 +1768,7 @@ static int write_abort(coil_ip_t *ip, void *arg)
 	gate_wake(ch);
 	if (!ch->wq_head && !ch->send_inflight && state(ch) == COIL__CH_CLOSING)
 		finish_close(ch);
+	wr_put(ch);
 	return 1;
 }
 
@@ -1449,6 +1785,9 @@ static void write_enqueue(coil_channel_t *ch, writereq *r)
 		err = -ENOTCONN, msg = "write on a listening socket";
 	else if (state(ch) != COIL__CH_NEW && !(ch->mode & COIL_IO_WRITE))
 		err = -EBADF, msg = "write on a channel not open for writing";
+	struct coil__chwr *wr = err ? NULL : wr_get(ch);
+	if (!err && !wr)
+		err = -ENOMEM, msg = "out of memory for the write queue";
 	if (err) {
 		wq_release(ch, r->len);
 		if (err != -ECANCELED)
@@ -1458,8 +1797,8 @@ static void write_enqueue(coil_channel_t *ch, writereq *r)
 		return;
 	}
 	r->queued = true;
-	*ch->wq_tail = r;
-	ch->wq_tail = &r->next;
+	*wr->wq_tail = r;
+	wr->wq_tail = &r->next;
 	if (atomic_load(&ch->wq_used) > low_water(ch))
 		atomic_store(&ch->drain_armed, true);
 	kick_write(ch);
@@ -1541,12 +1880,11 @@ coil_ip_t *coil_channel_writev(coil_channel_t *ch, const struct iovec *iov,
 	size_t len = 0;
 	for (int i = 0; i < iovcnt; i++)
 		len += iov[i].iov_len;
-	/* The bytes are copied right behind the request: one allocation. */
-	writereq *r = coil__malloc(sizeof(*r) + len);
+	/* The bytes are copied right behind the request: one allocation (or
+	 * none: a small one comes from the worker's cache). */
+	writereq *r = wreq_alloc(len);
 	if (!r)
 		return NULL;
-	memset(r, 0, sizeof(*r));
-	r->bid = -1;
 	r->data = (char *)(r + 1);
 	r->len = len;
 	char *p = r->data;
@@ -1573,20 +1911,19 @@ coil_ip_t *coil_channel_write_view(coil_channel_t *ch, const void *data,
 	const char *d = data;
 	/* The chunk shown right now, by ch itself (echo) or by another
 	 * channel of the same worker (relay). */
-	coil_channel_t *src = showing;
-	if (!on_home(ch) || !src || src->w != ch->w || src->cur_bid < 0 ||
-	    src->cur_kept || !len || d < src->cur_buf ||
-	    d + len > src->cur_buf + src->cur_len ||
+	struct showing *f = showing;
+	if (!on_home(ch) || !f || f->ch->w != ch->w || f->bid < 0 ||
+	    f->kept || !len || d < f->buf || d + len > f->buf + f->len ||
 	    ch->w->pinned >= coil__bufring_count(ch->w) / 2)
 		return coil_channel_write(ch, data, len);
-	writereq *r = coil__calloc(1, sizeof(*r));
+	writereq *r = wreq_alloc(0);
 	if (!r)
 		return NULL;
 	r->data = (char *)d;
 	r->len = len;
-	r->bid = src->cur_bid;
+	r->bid = f->bid;
 	r->ch = ch;
-	src->cur_kept = true;
+	f->kept = true;
 	ch->w->pinned++;
 	return write_submit(ch, r);
 }
@@ -1599,7 +1936,7 @@ coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data, size_t len,
 			free_fn(data);
 		return NULL;
 	}
-	writereq *r = coil__calloc(1, sizeof(*r));
+	writereq *r = wreq_alloc(0);
 	if (!r) {
 		if (free_fn)
 			free_fn(data);
@@ -1608,17 +1945,21 @@ coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data, size_t len,
 	r->data = data;
 	r->len = len;
 	r->free_fn = free_fn;
-	r->bid = -1;
 	return write_submit(ch, r);
 }
 
 /* ---- closing ---- */
 
+/* The ring's close of a retired descriptor needs nothing of the channel
+ * (the number is no longer the channel's): one op shared by all. */
 static void close_complete(coil__op *op, int res, unsigned flags)
 {
-	coil_channel_t *ch = coil__container_of(op, coil_channel_t, close_op);
-	coil__channel_put(ch);
+	(void)op;
+	(void)res;
+	(void)flags;
 }
+
+static coil__op close_op = {close_complete};
 
 /* The descriptor is closed only when no op of ours uses it any more. */
 static void maybe_close_fd(coil_channel_t *ch)
@@ -1628,22 +1969,20 @@ static void maybe_close_fd(coil_channel_t *ch)
 		return;
 	int fd = ch->fd;
 	coil__channel_set_fd(ch, -1);
-	ch->close_op.complete = close_complete;
 	/* Batched on the ring normally; directly while stopping, when the
 	 * ring is busy draining everything else. */
-	if (!ch->w->stopping &&
-	    coil__prep_close(ch->w, &ch->close_op, fd) == 0)
-		coil__channel_get(ch);
-	else
+	if (ch->w->stopping || coil__prep_close(ch->w, &close_op, fd) != 0)
 		close(fd);
 }
 
 static void send_cancel_complete(coil__op *op, int res, unsigned flags)
 {
-	coil_channel_t *ch = coil__container_of(op, coil_channel_t,
-						send_cancel_op);
+	struct coil__chwr *wr = coil__container_of(op, struct coil__chwr,
+						   send_cancel_op);
+	coil_channel_t *ch = wr->ch;
 	ch->send_cancelling = false;
 	maybe_close_fd(ch);
+	wr_put(ch);
 	coil__channel_put(ch);
 }
 
@@ -1658,9 +1997,10 @@ static void finish_close(coil_channel_t *ch)
 	if (ch->send_inflight && !ch->send_cancelling && !ch->w->stopping) {
 		/* Its completion fails what is left; the data must stay
 		 * valid until then. */
-		ch->send_cancel_op.complete = send_cancel_complete;
-		if (coil__prep_cancel(ch->w, &ch->send_cancel_op,
-				      &ch->send_op) == 0) {
+		struct coil__chwr *wr = WR(ch); /* a send in flight has one */
+		wr->send_cancel_op.complete = send_cancel_complete;
+		if (coil__prep_cancel(ch->w, &wr->send_cancel_op,
+				      &wr->send_op) == 0) {
 			ch->send_cancelling = true;
 			coil__channel_get(ch);
 		}
@@ -1677,7 +2017,7 @@ static void finish_close(coil_channel_t *ch)
 	maybe_close_fd(ch);
 	emit_closed(ch);
 	relay_check(ch);
-	coil_channel_t *src = atomic_load(&ch->gated);
+	coil_channel_t *src = gated_of(ch);
 	if (src) {
 		/* A relay writes into this channel: it ends now. */
 		coil__channel_get(ch);
@@ -1723,44 +2063,52 @@ static void emit_closed(coil_channel_t *ch)
 
 static void linger_fire(coil__timer *t, int res)
 {
-	coil_channel_t *ch = coil__container_of(t, coil_channel_t,
-						linger_timer);
-	ch->linger_armed = false;
+	struct coil__chwr *wr = coil__container_of(t, struct coil__chwr,
+						   linger_timer);
+	coil_channel_t *ch = wr->ch;
+	wr->linger_armed = false;
 	if (res == 0 && state(ch) == COIL__CH_CLOSING) {
 		uint64_t ms = atomic_load(&ch->linger_ms);
-		uint64_t idle = coil__now_ms() - ch->last_progress_ms;
+		uint64_t idle = coil__now_ms() - wr->last_progress_ms;
 		if (idle >= ms) {
 			/* No write progress for the whole linger time: the
 			 * peer does not read; give its memory back. */
 			ch->linger_expired = true;
 			coil__channel_close_local(ch, true, ch->close_expected);
-		} else if (coil__timer_start(ch->w, &ch->linger_timer,
+		} else if (coil__timer_start(ch->w, &wr->linger_timer,
 					     ms - idle, linger_fire) == 0) {
-			ch->linger_armed = true;
+			wr->linger_armed = true;
 			return; /* keeps its reference */
 		}
 	}
+	wr_put(ch);
 	coil__channel_put(ch);
 }
 
 /* Entering CLOSING with writes queued: the deadline starts now and moves
- * with every send that makes progress (nginx send_timeout). */
-static void linger_start(coil_channel_t *ch)
+ * with every send that makes progress (nginx send_timeout). Returns false
+ * when it cannot run (no memory for the write part). */
+static bool linger_start(coil_channel_t *ch)
 {
 	unsigned ms = atomic_load(&ch->linger_ms);
-	ch->last_progress_ms = coil__now_ms();
-	if (ch->linger_armed || ch->w->stopping)
-		return;
-	if (coil__timer_start(ch->w, &ch->linger_timer, ms, linger_fire) == 0) {
-		ch->linger_armed = true;
+	struct coil__chwr *wr = wr_get(ch);
+	if (!wr)
+		return false;
+	wr->last_progress_ms = coil__now_ms();
+	if (wr->linger_armed || ch->w->stopping)
+		return true;
+	if (coil__timer_start(ch->w, &wr->linger_timer, ms, linger_fire) == 0) {
+		wr->linger_armed = true;
 		coil__channel_get(ch);
 	}
+	return true;
 }
 
 static void linger_stop(coil_channel_t *ch)
 {
-	if (ch->linger_armed)
-		coil__timer_cancel(&ch->linger_timer);
+	struct coil__chwr *wr = WR(ch);
+	if (wr && wr->linger_armed)
+		coil__timer_cancel(&wr->linger_timer);
 }
 
 void coil__channel_close_local(coil_channel_t *ch, bool immediate,
@@ -1775,11 +2123,11 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	/* Bytes a paused read signal had not been shown yet are buffered
 	 * bytes like the read queue's: readers get them (after what is
 	 * queued) and then the end of stream. */
-	if (ch->sigq.len) {
-		if (coil__bufq_append(&ch->rq, coil__bufq_data(&ch->sigq),
-				      ch->sigq.len))
+	if (sq_len(ch)) {
+		if (coil__bufq_append(&ch->rq, coil__bufq_data(sq(ch)),
+				      sq_len(ch)))
 			ch->rerr = -ENOMEM;
-		coil__bufq_free(&ch->sigq);
+		sq_free(ch);
 		ch->close_after_sigq = false;
 		rq_changed(ch);
 	}
@@ -1792,13 +2140,11 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 		ch->eof = true;
 		process_api(ch);
 		cancel_recv(ch);
-		if (atomic_load(&ch->linger_ms) == 0) {
+		if (atomic_load(&ch->linger_ms) == 0 || !linger_start(ch)) {
 			ch->linger_expired = true;
 			finish_close(ch);
-		} else {
-			linger_start(ch);
-			if (!ch->connecting)
-				kick_write(ch);
+		} else if (!ch->connecting) {
+			kick_write(ch);
 		}
 	} else {
 		finish_close(ch);
@@ -1867,7 +2213,8 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		ch->on_read = NULL;
 		ch->on_line = NULL;
 		ch->on_closed = NULL;
-		ch->on_drain = NULL;
+		if (X(ch))
+			X(ch)->on_drain = NULL;
 		atomic_store(&ch->has_line_cb, false);
 		coil__channel_close_local(ch, false, true);
 		coil__channel_put(ch); /* the user's reference */
@@ -1879,23 +2226,25 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		ch->on_read_ud = ud;
 		/* Held-back bytes go to the new signal, or to readers, at the
 		 * end of the turn: never inside this call (rule 13). */
-		if (ch->sigq.len)
+		if (sq_len(ch))
 			coil__defer_add(ch->w, &ch->defer);
 		update_interest(ch);
 		break;
 	case CALL_ON_LINE:
 		do_register(ch);
 		ch->on_line = (coil_read_cb)cb;
-		ch->on_line_ud = ud;
+		if (X(ch)) /* made by coil_channel_on_readline */
+			X(ch)->on_line_ud = ud;
 		process_api(ch);
 		break;
 	case CALL_ON_DRAIN:
-		ch->on_drain = (void (*)(coil_channel_t *, void *))cb;
-		ch->on_drain_ud = ud;
+		/* made by coil_channel_on_drain */
+		X(ch)->on_drain = (void (*)(coil_channel_t *, void *))cb;
+		X(ch)->on_drain_ud = ud;
 		break;
 	case CALL_WAKE:
 		/* A gate drained: show what the pause held, read again. */
-		if (ch->sigq.len)
+		if (sq_len(ch))
 			flush_sigq(ch);
 		update_interest(ch);
 		break;
@@ -1912,9 +2261,8 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 	case CALL_UNGATE:
 		/* The relay ended: forget its source (run here, the only
 		 * thread that reads gated). */
-		if (atomic_load(&ch->gated) == cb) {
-			atomic_store(&ch->gated, NULL);
-		}
+		if (gated_of(ch) == cb)
+			atomic_store(&X(ch)->gated, NULL);
 		coil__channel_put((coil_channel_t *)cb);
 		break;
 	case CALL_ON_CLOSED:
@@ -1922,9 +2270,10 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		ch->on_closed_ud = ud;
 		break;
 	case CALL_DELIMS:
-		coil__delims_free((coil__delims *)ch->delims);
-		ch->delims = cb ? cb : &coil__delims_default;
-		ch->scan = 0;
+		/* made by coil_channel_set_delimiters */
+		coil__delims_free((coil__delims *)X(ch)->delims);
+		X(ch)->delims = cb;
+		X(ch)->scan = 0;
 		process_api(ch);
 		break;
 	case CALL_INTEREST:
@@ -1950,7 +2299,10 @@ int coil_channel_on_readline(coil_channel_t *ch, coil_read_cb cb, void *ud)
 {
 	if (!ch)
 		return -EINVAL;
-	if (cb && atomic_load(&ch->nlines))
+	struct coil__chext *e = cb ? ext_get(ch) : X(ch);
+	if (cb && !e)
+		return -ENOMEM;
+	if (cb && atomic_load(&e->nlines))
 		return -EBUSY;
 	atomic_store(&ch->has_line_cb, cb != NULL);
 	return call(ch, CALL_ON_LINE, 0, (void *)cb, ud);
@@ -2004,20 +2356,39 @@ static int read_kind(coil__worker *w, int fd, bool is_socket)
 	return COIL__RK_READ_ONCE;
 }
 
+/* The fd lock: a one-byte spinlock (held only around a short system call
+ * such as fcntl or setsockopt), yielding the CPU while another thread holds
+ * it. */
+static void fd_lock(coil_channel_t *ch)
+{
+	unsigned spins = 0;
+	while (atomic_exchange_explicit(&ch->fd_lock, true,
+					memory_order_acquire)) {
+		while (atomic_load_explicit(&ch->fd_lock, memory_order_relaxed))
+			if (++spins > 64)
+				sched_yield();
+	}
+}
+
+static void fd_unlock(coil_channel_t *ch)
+{
+	atomic_store_explicit(&ch->fd_lock, false, memory_order_release);
+}
+
 void coil__channel_set_fd(coil_channel_t *ch, int fd)
 {
-	pthread_mutex_lock(&ch->fd_lock);
+	fd_lock(ch);
 	ch->fd = fd;
-	pthread_mutex_unlock(&ch->fd_lock);
+	fd_unlock(ch);
 }
 
 int coil__channel_fd_call(coil_channel_t *ch, int (*fn)(int fd, void *arg),
 			  void *arg)
 {
-	pthread_mutex_lock(&ch->fd_lock);
+	fd_lock(ch);
 	int rc = ch->fd >= 0 && state(ch) != COIL__CH_CLOSED ? fn(ch->fd, arg)
 							     : -EBADF;
-	pthread_mutex_unlock(&ch->fd_lock);
+	fd_unlock(ch);
 	return rc;
 }
 
@@ -2237,7 +2608,7 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 		if (other->send_inflight || other->wq_head)
 			return -EBUSY;
 	}
-	if (other->steal_to || ch->steal_to)
+	if (steal_to(other) || steal_to(ch))
 		return -EBUSY; /* already stolen, or a victim itself */
 	/* Inside other's readline callback, or its read callback showing
 	 * held-back bytes, the bytes shown are a view into other's queues,
@@ -2246,6 +2617,12 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 	 * steal: that chunk is in no queue.) */
 	if (other->show_rq || other->show_sigq)
 		return -EBUSY;
+	bool to_sig = ch->on_read != NULL;
+	/* What the steal needs, made first so that it cannot fail half-way. */
+	if (((other->recv_armed || (X(other) && X(other)->steal_wait)) &&
+	     (!ext_get(ch) || !ext_get(other))) ||
+	    (to_sig && sq_len(other) && !ext_get(ch)))
+		return -ENOMEM;
 	int fd = fcntl(other->fd, F_DUPFD_CLOEXEC, 0);
 	if (fd < 0)
 		return -errno;
@@ -2255,29 +2632,29 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 	 * go to ch's readers; unshown ones to ch's read signal if it has one
 	 * (through sigq, flushed at the end of the turn), else to its
 	 * readers. */
-	bool to_sig = ch->on_read != NULL;
 	if (coil__bufq_append(&ch->rq, coil__bufq_data(&other->rq),
 			      other->rq.len) ||
-	    coil__bufq_append(to_sig ? &ch->sigq : &ch->rq,
-			      coil__bufq_data(&other->sigq), other->sigq.len)) {
+	    (to_sig ? sq_append(ch, coil__bufq_data(sq(other)), sq_len(other))
+		    : coil__bufq_append(&ch->rq, coil__bufq_data(sq(other)),
+					sq_len(other)))) {
 		close(fd);
 		return -ENOMEM;
 	}
 	coil__bufq_consume(&other->rq, other->rq.len);
-	coil__bufq_free(&other->sigq);
+	sq_free(other);
 	other->close_after_sigq = false;
 	rq_changed(other);
-	if (ch->sigq.len)
+	if (sq_len(ch))
 		coil__defer_add(ch->w, &ch->defer);
 	int mode = other->mode;
 	bool sock = other->is_socket;
-	if (other->recv_armed || other->steal_wait) {
+	if (other->recv_armed || (X(other) && X(other)->steal_wait)) {
 		/* Until its last completion (or, for a thief stolen while it
 		 * still waits on its own victim, until that one's), ch reads
 		 * nothing of its own: every byte in order (apiseq F11). */
-		other->steal_to = ch;
+		X(other)->steal_to = ch;
 		coil__channel_get(ch);
-		ch->steal_wait++;
+		X(ch)->steal_wait++;
 	}
 	coil__channel_close_local(other, true, true);
 	if (ch->fd >= 0 && state(ch) != COIL__CH_CLOSED)
@@ -2291,9 +2668,9 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 /* The victim's receive ended: the thief reads for itself from now on. */
 static void steal_drained(coil_channel_t *victim)
 {
-	coil_channel_t *ch = victim->steal_to;
-	victim->steal_to = NULL;
-	if (--ch->steal_wait == 0 && ch->steal_to)
+	coil_channel_t *ch = X(victim)->steal_to;
+	X(victim)->steal_to = NULL;
+	if (--X(ch)->steal_wait == 0 && X(ch)->steal_to)
 		steal_drained(ch); /* ch was stolen too: its thief goes on */
 	update_interest(ch);
 	coil__channel_put(ch);
@@ -2376,7 +2753,7 @@ size_t coil_channel_queue_size(const coil_channel_t *ch)
 
 size_t coil_channel_chunk_size(const coil_channel_t *ch)
 {
-	return ch ? atomic_load(&ch->chunk_size) : 0;
+	return ch ? chunk_size(ch) : 0;
 }
 
 int coil_channel_set_queue_size(coil_channel_t *ch, size_t n)
@@ -2391,7 +2768,10 @@ int coil_channel_set_chunk_size(coil_channel_t *ch, size_t n)
 {
 	if (!ch || !n)
 		return -EINVAL;
-	atomic_store(&ch->chunk_size, n);
+	struct coil__chext *e = ext_get(ch);
+	if (!e)
+		return -ENOMEM;
+	atomic_store(&e->chunk_size, n);
 	return 0;
 }
 
@@ -2412,6 +2792,10 @@ int coil_channel_set_delimiters(coil_channel_t *ch, const void *const *delims,
 	int rc = coil__delims_new(delims, lens, n, &ds);
 	if (rc)
 		return rc;
+	if (!ext_get(ch)) {
+		coil__delims_free(ds);
+		return -ENOMEM;
+	}
 	rc = call(ch, CALL_DELIMS, 0, ds, NULL);
 	if (rc)
 		coil__delims_free(ds);
@@ -2455,6 +2839,8 @@ int coil_channel_on_drain(coil_channel_t *ch,
 {
 	if (!ch)
 		return -EINVAL;
+	if (!ext_get(ch))
+		return -ENOMEM;
 	return call(ch, CALL_ON_DRAIN, 0, (void *)cb, ud);
 }
 
@@ -2462,7 +2848,10 @@ int coil_channel_set_low_water(coil_channel_t *ch, size_t n)
 {
 	if (!ch || n == SIZE_MAX)
 		return -EINVAL;
-	atomic_store(&ch->low_water, n);
+	struct coil__chext *e = ext_get(ch);
+	if (!e)
+		return -ENOMEM;
+	atomic_store(&e->low_water, n);
 	return 0;
 }
 
@@ -2511,13 +2900,13 @@ static void relay_put(struct coil__relay *r)
  * a source that paused for it. */
 static void gate_wake(coil_channel_t *ch)
 {
-	coil_channel_t *src = atomic_load(&ch->gated);
+	coil_channel_t *src = gated_of(ch);
 	if (!src)
 		return;
 	if (atomic_load(&ch->wq_used) > low_water(ch) &&
 	    state(ch) != COIL__CH_CLOSED)
 		return;
-	if (atomic_exchange(&src->gate_paused, false))
+	if (atomic_exchange(&X(src)->gate_paused, false))
 		call(src, CALL_WAKE, 0, NULL, NULL);
 }
 
@@ -2528,13 +2917,14 @@ static void relay_end(struct coil__relay *r, int err, const char *msg)
 {
 	coil_channel_t *src = r->src, *dst = r->dst;
 	r->active = false;
-	src->relay = NULL;
+	struct coil__chext *se = X(src);
+	se->relay = NULL;
 	if (src->on_read == relay_on_read)
 		src->on_read = NULL; /* not a signal the user connected since */
-	src->gate = NULL;
-	atomic_store(&src->gate_paused, false);
+	se->gate = NULL;
+	atomic_store(&se->gate_paused, false);
 	/* Held-back bytes now belong to src's readers (end of the turn). */
-	if (src->sigq.len)
+	if (se->sigq.len)
 		coil__defer_add(src->w, &src->defer);
 	if (err)
 		coil__ip_fail_msg(r->ip, err, msg);
@@ -2553,7 +2943,7 @@ static void relay_end(struct coil__relay *r, int err, const char *msg)
  * write settled, or at the first write error. */
 static void relay_check(coil_channel_t *ch)
 {
-	struct coil__relay *r = ch->relay;
+	struct coil__relay *r = relay_of(ch);
 	if (!r || !r->active)
 		return;
 	int err = atomic_load(&r->err);
@@ -2561,7 +2951,7 @@ static void relay_check(coil_channel_t *ch)
 		relay_end(r, err, "relay: a write to the destination failed");
 		return;
 	}
-	bool ended = (ch->eof && !ch->sigq.len) ||
+	bool ended = (ch->eof && !sq_len(ch)) ||
 		     state(ch) == COIL__CH_CLOSED;
 	if (!ended)
 		return;
@@ -2576,7 +2966,7 @@ static void relay_check(coil_channel_t *ch)
 
 static void relay_dst_closed(coil_channel_t *src, coil_channel_t *dst)
 {
-	struct coil__relay *r = src->relay;
+	struct coil__relay *r = relay_of(src);
 	if (r && r->active && r->dst == dst) {
 		int zero = 0;
 		atomic_compare_exchange_strong(&r->err, &zero, -EPIPE);
@@ -2613,7 +3003,7 @@ static void relay_on_read(coil_channel_t *src, const void *data, size_t len,
 	size_t used = atomic_load(&r->dst->wq_used);
 	size_t room = used < qsize ? qsize - used : 0;
 	if (room < len && state(r->dst) == COIL__CH_OPEN) {
-		src->sig_back = len - room;
+		X(src)->sig_back = len - room; /* a relay source has one */
 		len = room;
 		if (!len) {
 			gate_high(src);
@@ -2651,13 +3041,13 @@ static void relay_start(coil_channel_t *src, struct coil__relay *r)
 	do_register(src);
 	const char *msg = NULL;
 	int err = 0;
-	if (src->relay || src->on_read)
+	if (relay_of(src) || src->on_read)
 		err = -EBUSY, msg = "relay: the source already has a read "
 				    "signal or relay";
 	else if (atomic_load(&src->listening) ||
 		 (state(src) != COIL__CH_NEW && !(src->mode & COIL_IO_READ)))
 		err = -EBADF, msg = "relay: the source is not open for reading";
-	else if (atomic_load(&r->dst->gated))
+	else if (gated_of(r->dst))
 		err = -EBUSY, msg = "relay: the destination already has a "
 				    "relay source";
 	if (err) {
@@ -2666,14 +3056,14 @@ static void relay_start(coil_channel_t *src, struct coil__relay *r)
 		return;
 	}
 	r->active = true;
-	src->relay = r;
-	src->gate = r->dst;
+	X(src)->relay = r; /* both made by coil_channel_relay */
+	X(src)->gate = r->dst;
 	/* The relay's reference on src, dropped by dst's CALL_UNGATE. */
-	atomic_store(&r->dst->gated, src);
+	atomic_store(&X(r->dst)->gated, src);
 	coil_ip_set_abort(r->ip, relay_abort, r);
 	src->on_read = relay_on_read;
 	src->on_read_ud = r;
-	if (src->sigq.len)
+	if (sq_len(src))
 		coil__defer_add(src->w, &src->defer);
 	update_interest(src);
 	relay_check(src);
@@ -2689,6 +3079,10 @@ coil_ip_t *coil_channel_relay(coil_channel_t *src, coil_channel_t *dst)
 	if (!dst || dst == src) {
 		coil__ip_fail_msg(ip, -EINVAL, "relay: bad destination");
 		return ip;
+	}
+	if (!ext_get(src) || !ext_get(dst)) {
+		coil_ip_unref(ip);
+		return NULL;
 	}
 	struct coil__relay *r = coil__calloc(1, sizeof(*r));
 	if (!r) {

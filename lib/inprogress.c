@@ -1256,6 +1256,14 @@ static void repeat_step(struct repeat *R)
 		repeat_release(R); /* aborted: body is not called again */
 		return;
 	}
+	if (out->home->stopping) {
+		/* coil_loop_free: a body that starts the next iteration
+		 * whatever the last one's outcome would keep the worker busy
+		 * forever, each new sleep failing at once. */
+		coil_ip_fail(out, -ECANCELED, "repeat: the loop is stopping");
+		repeat_release(R);
+		return;
+	}
 	coil_ip_t *next = R->body(prev, R->ud);
 	if (next && is_claimed(out)) {
 		/* Aborted from inside body: what it started is not wanted. */
@@ -1561,6 +1569,11 @@ static void watch_fired(coil__timer *t, int res)
 		coil__ip_fail_msg(wt->out, -ETIMEDOUT, "timed out");
 		if (wt->abort_src)
 			coil_ip_abort(wt->src);
+	} else if (res != 0 && !settled(wt->src) && !is_claimed(wt->out)) {
+		/* The stop cancelled the timer (a settle or an abort cancels
+		 * it only once src or out settled): the mirror of a source
+		 * nobody settles would stay pending past coil_loop_free. */
+		coil__ip_fail_msg(wt->out, -ECANCELED, "the loop is stopping");
 	}
 	watch_put(wt);
 }

@@ -54,6 +54,10 @@ uint64_t coil__alloc_total(void);
 /* Counts an allocation (alloc) or a free that a cache above the seam made
  * without calling it, so the counters stay true. Calling thread. */
 void coil__alloc_counted(bool alloc);
+/* Counts an object a cache above the seam handed out again (channel.c's
+ * request caches): live like an allocation, but not in coil__alloc_total,
+ * which counts trips through the allocator. Calling thread. */
+void coil__alloc_reused(void);
 
 /* ---- doubly linked intrusive list */
 typedef struct coil__list {
@@ -328,69 +332,34 @@ enum { COIL__RK_RECV, COIL__RK_READ_MSHOT, COIL__RK_READ_ONCE,
 struct coil__writereq;
 struct coil__sock;
 
+/*
+ * A channel is laid out so that an idle connection carries only what idle
+ * needs (issue 14): the write side (iovec batch, msghdr, send ops, the
+ * queue's tail, the linger timer) lives in struct coil__chwr, allocated when
+ * a write is queued and given back once the queue is empty with no send in
+ * flight; rarely used state (relay/gate, drained signal, steal, readline
+ * delimiters, the read signal's held-back bytes, chunk size, user data) in
+ * struct coil__chext, allocated on first use and kept until the channel is
+ * freed. Flags only the home worker touches are bits.
+ */
+struct coil__chwr;
+struct coil__chext;
+
 struct coil_channel_s {
 	coil__closer closer;
 	coil__worker *w;
 	_Atomic int refs;     /* user handle + ring ops in flight + holds */
 	_Atomic int st;       /* COIL__CH_* */
+	/* User references (coil_channel_ref); the last release is the
+	 * release. Together they hold one reference in refs. */
+	_Atomic int urefs;
 	int fd;
 	int mode;
-	int rkind;
-	bool is_socket;
-	bool dgram;           /* one datagram per send, no gathering */
-	bool registered;      /* on the worker's closer list */
-	bool user_released;
-	bool eof;             /* no more bytes will be read */
-	bool close_on_eof;
-	bool close_after_sigq; /* EOF seen; close once sigq is shown */
-	bool closed_emitted;
-	bool close_expected;
-	bool connecting;      /* sockets: writes wait for the connect */
-	bool recv_armed, recv_cancelling;
-	bool starved;         /* -ENOBUFS: re-arm once buffers are back */
-	bool send_inflight, send_cancelling;
-	bool in_process, process_again;
 	int rerr;             /* read error that ended the stream */
-	coil__op recv_op, recv_cancel_op;
-	coil__op send_op, send_cancel_op;
-	coil__op close_op;
-	coil__bufq rq;
-	coil__bufq sigq;      /* read-signal bytes held back by backpressure */
-	/* The provided buffer shown to the read signal right now (-1: none),
-	 * and whether coil_channel_write_view kept it. */
-	int cur_bid;
-	const char *cur_buf;
-	size_t cur_len;
-	bool cur_kept;
-	size_t scan;
-	const coil__delims *delims;
-	coil__list reads;     /* pending read requests, in call order */
-	_Atomic size_t rq_used;
-	_Atomic size_t wq_used;
-	_Atomic size_t queue_size, chunk_size;
-	_Atomic int nlines;   /* readline() calls not yet served */
-	_Atomic bool has_line_cb;
-	_Atomic bool close_req; /* close() was called (alive is false) */
 	_Atomic unsigned read_timeout_ms; /* socket timeout for reads */
-	/* socket.c: runs once the write queue is empty (shutdown SHUT_WR) */
-	void (*drained_fn)(coil_channel_t *ch);
-	coil_read_cb on_read;
-	void *on_read_ud;
-	coil_read_cb on_line;
-	void *on_line_ud;
-	coil_closed_cb on_closed;
-	void *on_closed_ud;
-	coil__defer defer;    /* interest check, re-arm after -ENOBUFS */
-	coil__task free_task; /* the last put off the home worker */
-	struct coil__writereq *wq_head, **wq_tail;
-	int send_niov;
-	struct msghdr msg;
-	struct iovec iov[COIL__IOV_BATCH];
-	void *data;
-	struct coil__sock *sock; /* socket.c state, NULL for plain channels */
-	/* socket.c hooks: on close (listener shards, Unix unlink), on free */
-	void (*sock_close)(coil_channel_t *ch);
-	void (*sock_free)(coil_channel_t *ch);
+	_Atomic unsigned linger_ms; /* drain deadline of a graceful close */
+	uint8_t rkind;
+	_Atomic bool close_req; /* close() was called (alive is false) */
 	/* socket.c sets it on a listener: reads and writes on it fail at
 	 * once with -ENOTCONN instead of waiting forever. */
 	_Atomic bool listening;
@@ -402,42 +371,66 @@ struct coil_channel_s {
 	/* socket.c: usocket non-blocking mode: reads that cannot be served
 	 * now fail with -EAGAIN (channel.c nonblock_read_check). */
 	_Atomic bool sock_nonblock;
-	/* User references (coil_channel_ref); the last release is the
-	 * release. Together they hold one reference in refs. */
-	_Atomic int urefs;
-	/* Taken around every use of fd off the home worker (fileno, dup,
-	 * socket options) and by the home worker when it retires the
-	 * number, so no one acts on a descriptor number that was reused. */
-	pthread_mutex_t fd_lock;
-	bool lines_due;       /* readline signal to be served (deferred) */
-	bool in_flush, flush_again; /* flush_sigq running / to rerun */
-	size_t sig_back;      /* tail of the shown chunk the signal left */
-	/* Bytes at the front of rq / sigq being shown to a signal right now
-	 * (consumed when the callback returns): a steal inside the callback
-	 * does not move them. */
-	size_t show_rq, show_sigq;
-	/* steal: the victim's receive still drains into steal_to (which
-	 * holds steal_wait > 0 and reads nothing of its own until then). */
-	coil_channel_t *steal_to;
-	int steal_wait;
-	/* Drain deadline (linger) of a graceful close. */
-	_Atomic unsigned linger_ms;
-	uint64_t last_progress_ms;
-	bool linger_armed, linger_expired;
-	coil__timer linger_timer;
-	/* Drained signal: write queue at or below low_water after being
-	 * above it. */
-	_Atomic size_t low_water;
-	_Atomic bool drain_armed;
-	void (*on_drain)(coil_channel_t *ch, void *ud);
-	void *on_drain_ud;
-	/* Backpressure across channels: this channel's read signal also
-	 * pauses while gate's write queue is at or above half its size;
-	 * gate->gated names this channel so its drain can wake it. */
-	coil_channel_t *gate;
-	_Atomic(coil_channel_t *) gated;
-	_Atomic bool gate_paused;
-	struct coil__relay *relay; /* as the relay's source */
+	_Atomic bool has_line_cb;
+	_Atomic bool drain_armed; /* see coil_channel_on_drain */
+	/* A spinlock taken around every use of fd off the home worker
+	 * (fileno, dup, socket options) and by the home worker when it
+	 * retires the number, so no one acts on a descriptor number that was
+	 * reused. */
+	_Atomic bool fd_lock;
+	bool is_socket;           /* read by coil_channel_dup on any thread */
+	bool connecting;          /* sockets: writes wait for the connect */
+	/* Home worker only. */
+	bool dgram : 1;           /* one datagram per send, no gathering */
+	bool registered : 1;      /* on the worker's closer list */
+	bool user_released : 1;
+	bool eof : 1;             /* no more bytes will be read */
+	bool close_on_eof : 1;
+	bool close_after_sigq : 1; /* EOF seen; close once sigq is shown */
+	bool closed_emitted : 1;
+	bool close_expected : 1;
+	bool recv_armed : 1, recv_cancelling : 1;
+	bool starved : 1;         /* -ENOBUFS: re-arm once buffers are back */
+	bool send_inflight : 1, send_cancelling : 1;
+	bool in_process : 1, process_again : 1;
+	bool lines_due : 1;       /* readline signal to be served (deferred) */
+	bool in_flush : 1, flush_again : 1; /* flush_sigq running / to rerun */
+	bool cur_kept : 1;        /* write_view kept the buffer just shown */
+	/* Queued bytes at the front of rq / sigq are being shown to a signal
+	 * right now (consumed when the callback returns): a steal inside the
+	 * callback does not move them. */
+	bool show_rq : 1, show_sigq : 1;
+	bool linger_expired : 1;
+	union {
+		struct {
+			coil__op recv_op;
+			coil__op recv_cancel_op;
+		};
+		coil__task free_task; /* the last put off the home worker */
+	};
+	coil__bufq rq;
+	coil__list reads;     /* pending read requests, in call order */
+	_Atomic size_t rq_used;
+	_Atomic size_t wq_used;
+	_Atomic size_t queue_size;
+	coil_read_cb on_read;
+	void *on_read_ud;
+	coil_read_cb on_line;
+	coil_closed_cb on_closed;
+	void *on_closed_ud;
+	coil__defer defer;    /* interest check, re-arm after -ENOBUFS */
+	struct coil__writereq *wq_head;
+	/* The write part's iovec batch (its first member), NULL while no
+	 * write is queued; tls.c's prep_send rewrites iov[0..n). */
+	struct iovec *iov;
+	_Atomic(struct coil__chext *) ext;
+	void *data;
+	struct coil__sock *sock; /* socket.c state, NULL for plain channels */
+	/* socket.c hooks: on close (listener shards, Unix unlink), on free */
+	void (*sock_close)(coil_channel_t *ch);
+	void (*sock_free)(coil_channel_t *ch);
+	/* socket.c: runs once the write queue is empty (shutdown SHUT_WR) */
+	void (*drained_fn)(coil_channel_t *ch);
 	/* tls.c: a stream filter between the ring and the queues (NULL: the
 	 * bytes go through as they are). See coil__filter_ops. */
 	const struct coil__filter_ops *flt;
@@ -507,5 +500,10 @@ void coil__channel_deliver(coil_channel_t *ch, const char *p, size_t n);
 void coil__channel_end(coil_channel_t *ch, int err);
 /* Home worker: sends what is due and re-evaluates reading. */
 void coil__channel_kick(coil_channel_t *ch);
+/* tls.c, home worker (socket.c's shutdown, write queue drained): on a TLS
+ * channel, sends close_notify once and returns 1 while its records are
+ * still being sent (call again after the next send completed); 0 when the
+ * socket may be shut down now (not TLS, sent, handshake not done, failed). */
+int coil__tls_shutdown_write(coil_channel_t *ch);
 
 #endif /* COIL_INTERNAL_H */

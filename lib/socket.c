@@ -169,6 +169,13 @@ coil_ip_t *coil__sock_failed_ip(coil_socket_t *s, int err, const char *fmt,
 static void do_shutdown(coil_socket_t *s)
 {
 	struct coil__sock *ss = S(s);
+	/* TLS: close_notify goes out before the write side is shut; this
+	 * runs again when the send carrying it completed. */
+	if (s->fd >= 0 && ss->shut_how != SHUT_RD &&
+	    coil__tls_shutdown_write(s)) {
+		s->drained_fn = do_shutdown;
+		return;
+	}
 	coil_ip_t *ip = ss->shut_ip;
 	ss->shut_ip = NULL;
 	s->drained_fn = NULL;

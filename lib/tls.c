@@ -94,6 +94,7 @@ typedef struct tls_conn {
 	bool hs_done;
 	bool closing;              /* close(0): close_notify is owed */
 	bool shutdown_sent;
+	bool wr_shut;              /* shutdown(SHUT_WR) sent close_notify */
 	bool failed;               /* a fatal TLS error: send nothing more */
 	int err;                   /* the error the stream ended with */
 	char errmsg[320];
@@ -987,7 +988,15 @@ static int tls_prep_send(coil_channel_t *ch, int n)
 {
 	tls_conn *t = ch->flt_state;
 	if (!t->busy.len) {
-		if (t->hs_done && !t->failed && n) {
+		if (t->hs_done && !t->failed && n && t->wr_shut) {
+			/* A write after shutdown(SHUT_WR): like a plain
+			 * socket's send then, it fails and closes. */
+			conn_fatal(t, -EPIPE, "TLS write after shutdown(SHUT_WR) "
+				   "(close_notify was sent)");
+			/* (Closed already unless the stream had ended.) */
+			coil__channel_close_local(ch, true, false);
+			return 0;
+		} else if (t->hs_done && !t->failed && n) {
 			ERR_clear_error();
 			size_t plain = encrypt(t, ch->iov, n);
 			if (!plain) {
@@ -1101,6 +1110,26 @@ static void tls_free(coil_channel_t *ch)
 	conn_free(ch->flt_state);
 	ch->flt = NULL;
 	ch->flt_state = NULL;
+}
+
+/* socket.c, home worker, once the write queue has drained for
+ * shutdown(SHUT_WR or SHUT_RDWR): close_notify first (once), then report
+ * whether its records are still on the way. The read side stays open: the
+ * peer's data and its close_notify are still read. */
+int coil__tls_shutdown_write(coil_channel_t *ch)
+{
+	tls_conn *t = conn_of(ch);
+	if (!t || !t->hs_done || t->failed)
+		return 0;
+	if (!t->shutdown_sent) {
+		t->shutdown_sent = true;
+		t->wr_shut = true;
+		ERR_clear_error();
+		SSL_shutdown(t->ssl);
+		ERR_clear_error();
+		coil__channel_kick(ch);
+	}
+	return t->busy.len || t->fill.len || ch->send_inflight;
 }
 
 static const struct coil__filter_ops tls_ops = {
@@ -1595,6 +1624,7 @@ int coil_socket_on_new_tls_client(coil_socket_t *s, coil_tls_ctx_t *c,
 {
 	return -ENOTSUP;
 }
+int coil__tls_shutdown_write(coil_channel_t *ch) { return 0; }
 
 #endif /* COIL_HAVE_OPENSSL */
 

@@ -87,6 +87,8 @@ enum {
 	G_STEAL_CHAIN = 1u << 13, /* a second steal on one connection (the
 				     thief stolen in turn) */
 	G_TCP_SMALL_SNDBUF = 1u << 14, /* a 4 KiB SO_SNDBUF on TCP */
+	G_OPS_DURING_STOP = 1u << 15, /* channel calls from callbacks that
+					 coil_loop_free() runs */
 };
 
 static const struct {
@@ -108,13 +110,13 @@ static const struct {
 	{G_RELEASE_IN_SIGNAL, "release-in-signal"},
 	{G_STEAL_CHAIN, "steal-chain"},
 	{G_TCP_SMALL_SNDBUF, "tcp-small-sndbuf"},
+	{G_OPS_DURING_STOP, "ops-during-stop"},
 };
 
 /* The gates in force on main today (each one is a finding in
  * /work/notes/apiseq-findings.md and a line in docs/reliability.md). */
 #define AQ_DEFAULT_GATES                                                   \
-	"small-buffers,steal-in-signal,release-in-signal,steal-chain,"     \
-	"tcp-small-sndbuf"
+	"small-buffers,steal-in-signal,tcp-small-sndbuf,ops-during-stop"
 
 static unsigned gates_parse(const char *s)
 {
@@ -320,9 +322,11 @@ struct aq_run {
 	uint8_t tops[AQ_THREADS][AQ_MAXOPS][3];
 	int ntops[AQ_THREADS];
 	atomic_int opno;
+	atomic_int stopping; /* the main thread is in coil_loop_free() */
 };
 
 static _Thread_local int cb_depth;
+static _Thread_local int aq_quiet; /* a trial walk of the check */
 /* The run in progress (for a debugger: p *aq_current->conns[0].ch). */
 static aq_run *volatile aq_current;
 static _Thread_local int cur_op;
@@ -330,6 +334,8 @@ static _Thread_local int cur_op;
 static void violation(aq_run *run, const char *fmt, ...) COIL_PRINTF(2, 3);
 static void violation(aq_run *run, const char *fmt, ...)
 {
+	if (aq_quiet)
+		return;
 	pthread_mutex_lock(&run->mu);
 	if (!atomic_exchange(&run->failed, 1) && run->err && run->errlen) {
 		va_list ap;
@@ -400,6 +406,9 @@ static void op_do(aq_conn *c, int op, int arg, int issuer, aq_sub *in,
 static void cb_next(aq_conn *c, aq_sub *in, const void *view, size_t vlen)
 {
 	if (cb_depth >= 3 || c->cbpos >= c->ncb || c->released)
+		return;
+	if (atomic_load(&c->run->stopping) &&
+	    (c->run->gates & G_OPS_DURING_STOP))
 		return;
 	int i = c->cbpos++;
 	cb_depth++;
@@ -1326,6 +1335,7 @@ typedef struct hole {
 	uint64_t a;
 	size_t len;
 	int maybe;
+	int ev; /* the signal event it came from */
 } hole;
 
 typedef struct walk {
@@ -1334,6 +1344,9 @@ typedef struct walk {
 	hole *h;
 	int nh, caph, hi;
 	char what[160];
+	int quiet;              /* a trial walk: report nothing */
+	unsigned char *pref;    /* per event: 1 = try "consumed" first */
+	int last_shared;        /* last maybe-hole taken as shared by default */
 } walk;
 
 /* Matches d[0..n) against the stream from p, skipping the holes from hi
@@ -1354,13 +1367,30 @@ static int match_from(walk *wk, const unsigned char *d, size_t n, uint64_t p,
 				continue;
 			}
 			size_t keep = wk->h[hi].len;
+			int ev = wk->h[hi].ev;
+			bool consumed_first = wk->pref && wk->pref[ev];
 			wk->h[hi].maybe = 0;
-			wk->h[hi].len = 0; /* shared: not a hole */
-			if (!match_from(wk, d, n, p, hi + 1, endp, endhi))
+			if (!consumed_first) {
+				wk->h[hi].len = 0; /* shared: not a hole */
+				int save = wk->last_shared;
+				wk->last_shared = ev;
+				if (!match_from(wk, d, n, p, hi + 1, endp, endhi))
+					return 0;
+				wk->last_shared = save;
+				wk->h[hi].len = keep; /* consumed */
+				p += keep;
+				hi++;
+				continue;
+			}
+			/* consumed first, then shared */
+			uint64_t e2;
+			int h2;
+			if (!match_from(wk, d, n, p + keep, hi + 1, &e2, &h2)) {
+				*endp = e2;
+				*endhi = h2;
 				return 0;
-			wk->h[hi].len = keep; /* consumed */
-			p += keep;
-			hi++;
+			}
+			wk->h[hi].len = 0;
 			continue;
 		}
 		size_t run = n;
@@ -1387,6 +1417,8 @@ static int take(walk *wk, const unsigned char *d, size_t n, const char *who)
 	if (!n)
 		return 0;
 	if (match_from(wk, d, n, wk->T, wk->hi, &end, &endhi)) {
+		if (wk->quiet)
+			return -1;
 		size_t off = 0;
 		while (off < n && wk->T + off < wk->c->sent &&
 		       d[off] == sbyte(wk->c->seed, wk->T + off))
@@ -1513,10 +1545,14 @@ static void dump_conn(aq_conn *c)
 	}
 }
 
-static int check_reads(aq_conn *c)
+static int check_reads_walk(aq_conn *c, unsigned char *pref,
+			    int *last_shared)
 {
 	walk wk = {0};
 	wk.c = c;
+	wk.pref = pref;
+	wk.last_shared = -1;
+	wk.quiet = aq_quiet;
 	int ri = 0, rc = 0;
 	uint64_t sigend = 0;
 	int lastgen = -1;
@@ -1584,7 +1620,42 @@ static int check_reads(aq_conn *c)
 		} else {
 			if (a < wk.T)
 				a = wk.T;
-			for (; a + ev->len <= c->sent && !found; a++) {
+			/* A short first chunk of a connection of the signal
+			 * matches at many offsets: place it just before the
+			 * next read-signal chunk when the bytes fit there. */
+			aq_event *nx = NULL;
+			for (int k = e + 1; k < c->nev && !nx; k++)
+				if (c->ev[k].type == EV_SIG)
+					nx = &c->ev[k];
+			/* (also across a reconnection: the signal sees the
+			 * arrival order, and a reconnection in the callback
+			 * leaves no gap) */
+			if (ev->len < 8 && nx && nx->len >= 8) {
+				long long na = -1;
+				for (uint64_t b = a + ev->len;
+				     b + nx->len <= c->sent; b++) {
+					size_t j = 0;
+					while (j < nx->len &&
+					       nx->data[j] == sbyte(c->seed, b + j))
+						j++;
+					if (j == nx->len) {
+						na = (long long)b;
+						break;
+					}
+				}
+				if (na >= (long long)ev->len) {
+					uint64_t cand = (uint64_t)na - ev->len;
+					size_t j = 0;
+					while (j < ev->len &&
+					       ev->data[j] == sbyte(c->seed, cand + j))
+						j++;
+					if (j == ev->len && cand >= a) {
+						a = cand;
+						found = true;
+					}
+				}
+			}
+			for (; !found && a + ev->len <= c->sent; a++) {
 				size_t j = 0;
 				while (j < ev->len &&
 				       ev->data[j] == sbyte(c->seed, a + j))
@@ -1621,7 +1692,7 @@ static int check_reads(aq_conn *c)
 			if (!wk.h)
 				abort();
 		}
-		wk.h[wk.nh++] = (hole){a, ev->len, ev->flag == F_EITHER};
+		wk.h[wk.nh++] = (hole){a, ev->len, ev->flag == F_EITHER, e};
 	}
 	/* Skip the holes at the cursor: the delivered frontier. */
 	while (!rc && wk.hi < wk.nh && wk.h[wk.hi].a <= wk.T) {
@@ -1629,12 +1700,20 @@ static int check_reads(aq_conn *c)
 			wk.T += wk.h[wk.hi].len;
 		wk.hi++;
 	}
-	if (!rc && c->drain_full && wk.T != c->sent)
+	if (!rc && c->drain_full && wk.T != c->sent) {
+		rc = -1;
 		violation(c->run,
 			  "conn %d: after a full drain %llu of %llu bytes were "
 			  "taken: bytes lost",
 			  c->idx, (unsigned long long)wk.T,
 			  (unsigned long long)c->sent);
+	}
+	*last_shared = wk.last_shared;
+	if (aq_quiet) {
+		free(wk.h);
+		free(done);
+		return rc;
+	}
 	vlog(c->run,
 	     "conn %d: sent %llu, taken %llu, %d reads, %d signal events, "
 	     "full drain %d\n",
@@ -1644,6 +1723,28 @@ static int check_reads(aq_conn *c)
 		dump_conn(c);
 	free(wk.h);
 	free(done);
+	return rc;
+}
+
+/* The read check. A chunk the read signal may or may not have taken alone
+ * (a plain thread's call was in flight) is first assumed shared; when the
+ * walk fails later, the last such choice is flipped and the walk redone. */
+static int check_reads(aq_conn *c)
+{
+	unsigned char *pref = calloc((size_t)c->nev + 1, 1);
+	if (!pref)
+		abort();
+	int rc = 0, last = -1;
+	for (int tries = 0; tries < 64; tries++) {
+		aq_quiet = 1;
+		rc = check_reads_walk(c, pref, &last);
+		aq_quiet = 0;
+		if (!rc || last < 0 || pref[last])
+			break;
+		pref[last] = 1;
+	}
+	rc = check_reads_walk(c, pref, &last); /* reports */
+	free(pref);
 	return rc;
 }
 
@@ -2064,6 +2165,7 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 			if (c->chs[j] != c->ch)
 				coil_channel_release(c->chs[j]);
 	}
+	atomic_store(&run->stopping, 1);
 	rc = coil_loop_free(run->loop);
 	if (rc)
 		violation(run, "coil_loop_free: %d", rc);

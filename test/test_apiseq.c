@@ -8,7 +8,7 @@
  *                          with COIL_APISEQ_VERBOSE=1 (2: dump the reads)
  *   COIL_APISEQ_INPUT=f    run the input file f (a libFuzzer artifact of
  *                          fuzz_apiseq) instead
- *   COIL_APISEQ_ITERS=n    run n seeds (default 48; fewer under valgrind)
+ *   COIL_APISEQ_ITERS=n    run n seeds (default 200; 12 under valgrind)
  *   COIL_APISEQ_SECONDS=s  run seeds for s seconds instead (long runs)
  *   COIL_APISEQ_FIRST=n    the first seed (default 1)
  *   COIL_APISEQ_TRACE=1    print each seed before it runs
@@ -68,7 +68,7 @@ static void test_sequences(void)
 		return;
 	}
 	uint64_t first = env_u64("COIL_APISEQ_FIRST", 1);
-	uint64_t iters = env_u64("COIL_APISEQ_ITERS", t_on_valgrind() ? 6 : 48);
+	uint64_t iters = env_u64("COIL_APISEQ_ITERS", t_on_valgrind() ? 12 : 200);
 	uint64_t secs = env_u64("COIL_APISEQ_SECONDS", 0);
 	/* COIL_APISEQ_TRACE=1: name each seed before it runs (a sanitizer
 	 * abort then says which one). */

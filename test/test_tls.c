@@ -6,9 +6,11 @@
  * timeouts, garbage, readline across records, a bulk echo, close_notify and
  * truncation. */
 #include "helpers.h"
+#include "tls_notls.h"
 
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -312,13 +314,18 @@ static void proc_end(proc_t *p)
 	waitpid(p->pid, NULL, 0);
 }
 
-/* s_server on 127.0.0.1, ephemeral port: returns the port. */
-static unsigned s_server(proc_t *p, const char *extra1, const char *extra2)
+/* s_server on 127.0.0.1, ephemeral port: returns the port. www: a status
+ * page; else the default mode (what the client sends is printed, "DONE"
+ * after its close_notify). */
+static unsigned s_server_mode(proc_t *p, int www, const char *extra1,
+			      const char *extra2)
 {
 	char *argv[] = {"openssl", "s_server", "-accept", "127.0.0.1:0",
 			"-cert", path("srv.pem"), "-key", path("srv.key"),
 			"-naccept", "1", "-www", (char *)extra1, (char *)extra2,
 			NULL};
+	if (!www) /* the options after it move up one */
+		memmove(&argv[10], &argv[11], 3 * sizeof(argv[0]));
 	spawn(p, argv, 1);
 	char *s = proc_read_until(p, "ACCEPT", NULL);
 	char *a = strstr(s, "ACCEPT");
@@ -338,6 +345,11 @@ static unsigned s_server(proc_t *p, const char *extra1, const char *extra2)
 	free(s);
 	CU_ASSERT_FATAL(port > 0);
 	return port;
+}
+
+static unsigned s_server(proc_t *p, const char *extra1, const char *extra2)
+{
+	return s_server_mode(p, 1, extra1, extra2);
 }
 
 static void client_vs_s_server(const char *ver, const char *want)
@@ -1103,6 +1115,97 @@ static void test_truncation_is_error(void)
 	coil_tls_ctx_free(sc);
 }
 
+/* coil_socket_shutdown(SHUT_WR) on a TLS channel sends close_notify after
+ * the queued writes, then shuts the socket's write side: the peer reads the
+ * bytes and a clean end of stream (not a truncation), and can still answer,
+ * which the shut side reads up to the peer's own close_notify. A write
+ * after it fails and closes the channel. (Before the hook in
+ * socket.c's shutdown, the peer saw -EPROTO "stream truncated".) */
+static void test_shutdown_sends_close_notify(void)
+{
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	coil_tls_ctx_t *cc = client_ctx(), *sc = server_ctx("srv");
+	handshake_pair(a, cc, "localhost", b, sc);
+	/* Half-closed streams: b answers after the end of a's. */
+	T_ASSERT_OK(coil_channel_set_close_on_eof(b, 0));
+	/* Queued, then the shutdown waits for it. */
+	coil_ip_unref(coil_channel_write(a, "request", 7));
+	ip_done_ok(coil_socket_shutdown(a, SHUT_WR));
+	expect_read(coil_channel_read_exact(b, 7), "request");
+	expect_read(coil_channel_read(b), ""); /* clean end, no -EPROTO */
+	/* The other direction still works, to b's own close_notify. */
+	coil_ip_unref(coil_channel_write(b, "reply", 5));
+	T_ASSERT_OK(coil_channel_close(b, 0));
+	expect_read(coil_channel_read_exact(a, 5), "reply");
+	expect_read(coil_channel_read(a), "");
+	coil_channel_release(a);
+	coil_channel_release(b);
+
+	/* Nothing queued: close_notify at once; then a write fails. SHUT_RDWR
+	 * sends it too. */
+	for (int how = SHUT_WR; how <= SHUT_RDWR; how++) {
+		T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+		handshake_pair(a, cc, "localhost", b, sc);
+		ip_done_ok(coil_socket_shutdown(a, how));
+		if (how == SHUT_WR) {
+			/* Before a can see any end of b's. */
+			/* Before a can see any end of b's. The write
+			 * fails and a closes (as a plain socket does on
+			 * its send's -EPIPE), nothing is sent after the
+			 * close_notify: b still sees a clean end. */
+			coil_ip_t *w = coil_channel_write(a, "late", 4);
+			int e = w_err(w);
+			if (e != -EBADF)
+				fprintf(stderr, "late write: %d %s\n", e,
+					coil_ip_message(w));
+			CU_ASSERT_EQUAL(e, -EBADF);
+			coil_ip_unref(w);
+			CU_ASSERT_EQUAL(coil_channel_alive(a), 0);
+		}
+		expect_read(coil_channel_read(b), "");
+		coil_channel_release(a);
+		coil_channel_release(b);
+	}
+	coil_tls_ctx_free(cc);
+	coil_tls_ctx_free(sc);
+}
+
+/* The same against openssl s_server (default mode: it prints what it
+ * reads, "DONE" on the client's close_notify, then closes with its own). */
+static void shutdown_vs_s_server(const char *ver)
+{
+	proc_t p;
+	unsigned port = s_server_mode(&p, 0, ver, NULL);
+	coil_socket_t *s;
+	T_ASSERT_OK(coil_socket_new(L, &s));
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+	ip_done_ok(coil_socket_connect(s, addr, 0));
+	coil_tls_ctx_t *cc = client_ctx();
+	ip_done_ok(coil_socket_starttls_client(s, cc, "localhost"));
+	coil_ip_unref(coil_channel_write(s, "ping from coil\n", 15));
+	ip_done_ok(coil_socket_shutdown(s, SHUT_WR));
+	char *out = proc_read_until(&p, "DONE", NULL);
+	if (!strstr(out, "DONE"))
+		fprintf(stderr, "s_server said: %s\n", out);
+	CU_ASSERT(strstr(out, "ping from coil") != NULL);
+	CU_ASSERT(strstr(out, "DONE") != NULL);
+	CU_ASSERT(strstr(out, "unexpected eof") == NULL);
+	free(out);
+	/* s_server answers with its close_notify: a clean end here. */
+	expect_read(coil_channel_read(s), "");
+	coil_channel_release(s);
+	coil_tls_ctx_free(cc);
+	proc_end(&p);
+}
+
+static void test_shutdown_vs_s_server(void)
+{
+	shutdown_vs_s_server("-tls1_3");
+	shutdown_vs_s_server("-tls1_2");
+}
+
 /* ---- session resumption ---- */
 
 static void resume_round(coil_tls_ctx_t *cc, coil_tls_ctx_t *sc, int want)
@@ -1445,6 +1548,85 @@ static void test_https_echo_with_curl(void)
 	close(p.out);
 }
 
+/* ---- a build without OpenSSL ---- */
+
+static void show_log(const char *what)
+{
+	char cmd[600];
+	fprintf(stderr, "notls_link: %s; the end of %s:\n", what,
+		path("gen.log"));
+	snprintf(cmd, sizeof(cmd), "tail -20 '%s' >&2", path("gen.log"));
+	if (system(cmd) != 0)
+		fprintf(stderr, "(cannot show it)\n");
+}
+
+/* What `make TLS=0` changes is lib/tls.c's other half: it is compiled here
+ * without COIL_HAVE_OPENSSL (the project's warnings, -Werror, this
+ * variant's sanitizer), linked with this build's libcoil.a and no OpenSSL
+ * libraries (so nothing else in the library needs them: a link error
+ * otherwise), and the program checks every TLS function fails with
+ * -ENOTSUP (test/tls_notls.h, also run by the notls test of a TLS=0
+ * build). `make stress` builds and runs the real TLS=0 test_tls too. */
+static void test_notls_link(void)
+{
+	char bdir[PATH_MAX], tmpl[PATH_MAX + 8];
+	snprintf(tmpl, sizeof(tmpl), "%s/..", exdir);
+	if (!realpath(tmpl, bdir)) {
+		CU_FAIL("cannot find the build directory");
+		return;
+	}
+	char root[PATH_MAX];
+	snprintf(tmpl, sizeof(tmpl), "%s/../..", bdir);
+	char src[PATH_MAX + 16];
+	if (!realpath(tmpl, root) ||
+	    (snprintf(src, sizeof(src), "%s/lib/tls.c", root),
+	     access(src, R_OK))) {
+		printf("\n  note: skipped: no sources next to %s\n", bdir);
+		CU_PASS("skipped");
+		return;
+	}
+	const char *variant = strrchr(bdir, '/') ? strrchr(bdir, '/') + 1 : bdir;
+	/* Keep in step with the Makefile's SAN and JEMALLOC per variant. */
+	const char *san = "", *defs = "-DCOIL_NO_JEMALLOC", *libs = "";
+	if (!strcmp(variant, "asan"))
+		san = "-fsanitize=address,undefined -fno-omit-frame-pointer "
+		      "-fno-sanitize-recover=undefined";
+	else if (!strcmp(variant, "tsan"))
+		san = "-fsanitize=thread -fno-omit-frame-pointer";
+	else if (strcmp(variant, "valgrind"))
+		defs = "", libs = "-ljemalloc";
+	FILE *f = fopen(path("notls_probe.c"), "w");
+	CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+	fputs("#include \"tls_notls.h\"\n"
+	      "int main(void)\n{\n"
+	      "\tcoil_loop_opts_t o;\n\tcoil_loop_opts_init(&o);\n"
+	      "\to.workers = 1;\n\tcoil_loop_t *l;\n"
+	      "\tif (coil_loop_new(&l, &o))\n\t\treturn 2;\n"
+	      "\tint bad = notls_check(l);\n\tcoil_loop_free(l);\n"
+	      "\treturn bad ? 1 : 0;\n}\n",
+	      f);
+	fclose(f);
+	const char *warn = "-std=gnu11 -O1 -g -Wall -Wextra -Werror "
+			   "-Wno-unused-parameter -Wshadow -Wstrict-prototypes";
+	int rc = sh("cc %s %s -D_GNU_SOURCE %s -I'%s/include' -I'%s/lib' "
+		    "-fvisibility=hidden -c '%s' -o tls_notls.o",
+		    warn, san, defs, root, root, src);
+	CU_ASSERT_EQUAL_FATAL(rc, 0);
+	rc = sh("cc %s %s -D_GNU_SOURCE -I'%s/include' -I'%s/test' "
+		"-o notls_probe notls_probe.c tls_notls.o '%s/libcoil.a' "
+		"-luring -lpthread -lm %s",
+		warn, san, root, root, bdir, libs);
+	if (rc)
+		show_log("link failed");
+	CU_ASSERT_EQUAL_FATAL(rc, 0);
+	/* No OpenSSL came along. */
+	CU_ASSERT_NOT_EQUAL(sh("nm notls_probe | grep -q ' SSL_'"), 0);
+	rc = sh("./notls_probe");
+	if (rc)
+		show_log("the probe failed");
+	CU_ASSERT_EQUAL(rc, 0);
+}
+
 static const coil_test_t tests[] = {
 	{"coil_coil", test_coil_coil},
 	{"tls12_alpn_early_writes", test_tls12_alpn_early_writes},
@@ -1464,6 +1646,8 @@ static const coil_test_t tests[] = {
 	{"starttls_errors", test_starttls_errors},
 	{"readline_across_records", test_readline_across_records},
 	{"truncation_is_error", test_truncation_is_error},
+	{"shutdown_sends_close_notify", test_shutdown_sends_close_notify},
+	{"shutdown_vs_s_server", test_shutdown_vs_s_server},
 	{"channel_behaviours_over_tls", test_channel_behaviours_over_tls},
 	{"session_resumption", test_session_resumption},
 	{"listener_first_bytes_with_finished",
@@ -1473,22 +1657,14 @@ static const coil_test_t tests[] = {
 	{"many_clients", test_many_clients},
 	{"bulk_echo", test_bulk_echo},
 	{"https_echo_with_curl", test_https_echo_with_curl},
+	{"notls_link", test_notls_link},
 	{NULL, NULL},
 };
 
+/* A TLS=0 build: every TLS function fails with -ENOTSUP. */
 static void test_notls(void)
 {
-	coil_tls_ctx_t *c = (coil_tls_ctx_t *)1;
-	CU_ASSERT_EQUAL(coil_tls_ctx_new(COIL_TLS_CLIENT, &c), -ENOTSUP);
-	CU_ASSERT_PTR_NULL(c);
-	coil_socket_t *a, *b;
-	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
-	coil_ip_t *ip = coil_socket_starttls_client(a, NULL, "x");
-	T_ASSERT_OK(t_wait(ip));
-	CU_ASSERT_EQUAL(coil_ip_error(ip), -ENOTSUP);
-	coil_ip_unref(ip);
-	coil_channel_release(a);
-	coil_channel_release(b);
+	CU_ASSERT_EQUAL(notls_check(L), 0);
 }
 
 static const coil_test_t notls_tests[] = {

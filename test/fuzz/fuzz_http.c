@@ -83,7 +83,7 @@ static int check_head(const uint8_t *data, size_t size,
 
 	rw = http_parse_request(d, size, 0, &whole, lim);
 	CHECK(rw > 0 || rw == HTTP_INCOMPLETE || rw == HTTP_ERR_BAD ||
-	      rw == HTTP_ERR_HEADERS_TOO_LARGE ||
+	      rw == HTTP_ERR_HEADERS_TOO_LARGE || rw == HTTP_ERR_URI_TOO_LONG ||
 	      rw == HTTP_ERR_BODY_TOO_LARGE ||
 	      rw == HTTP_ERR_NOT_IMPLEMENTED || rw == HTTP_ERR_VERSION);
 	if (rw > 0) {

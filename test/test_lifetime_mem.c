@@ -1,0 +1,277 @@
+/* SPDX-License-Identifier: MIT */
+/* Memory of channels (issue 14): what an idle connection carries, and the
+ * allocations an echoed message costs in steady state, counted by coil
+ * itself (coil__alloc_live / coil__alloc_total, lib/alloc.c: exact counts,
+ * no timing). Links libcoil.a for the internals. */
+#include "helpers.h"
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+static coil_loop_t *L;
+
+/* Sanitizer and valgrind builds have no caches (every allocation is seen). */
+#ifdef COIL_NO_JEMALLOC
+#define CACHES 0
+#else
+#define CACHES 1
+#endif
+
+/* One round trip through the worker, so that what was posted has run. */
+static void settle(void)
+{
+	coil_ip_t *ip = coil_sleep(L, 1);
+	coil_ip_wait(ip, -1);
+	coil_ip_unref(ip);
+}
+
+/* coil__alloc_live() read on the worker, after two round trips through it
+ * (so that what earlier turns freed is freed): each reading includes its
+ * own posted task, so two readings compare exactly. */
+struct live_probe {
+	size_t live;
+	_Atomic int done;
+};
+
+static void live_probe_run(void *p)
+{
+	struct live_probe *lp = p;
+	lp->live = coil__alloc_live();
+	atomic_store(&lp->done, 1);
+}
+
+static size_t live_on_worker(void)
+{
+	struct live_probe lp = {0, 0};
+	for (int round = 0; round < 3; round++) {
+		atomic_store(&lp.done, 0);
+		T_ASSERT_OK(coil_loop_post(L, 0, live_probe_run, &lp));
+		for (int i = 0; i < 10000 && !atomic_load(&lp.done); i++)
+			usleep(1000);
+		CU_ASSERT_FATAL(atomic_load(&lp.done));
+	}
+	return lp.live;
+}
+
+static int raw_pair(int *peer)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+		return -1;
+	struct timeval tv = {.tv_sec = 10};
+	setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(sv[1], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	*peer = sv[1];
+	return sv[0];
+}
+
+/* Blocking 64-byte ping-pong from this thread: 0, or -1 if an echo did not
+ * come back whole. */
+static int pingpong(int fd, long n)
+{
+	char out[64], in[64];
+	memset(out, 'x', sizeof(out));
+	out[63] = '\n';
+	for (long i = 0; i < n; i++) {
+		ssize_t w;
+		do
+			w = write(fd, out, sizeof(out));
+		while (w < 0 && errno == EINTR);
+		if (w != (ssize_t)sizeof(out)) {
+			fprintf(stderr, "pingpong %ld: write: %m\n", i);
+			return -1;
+		}
+		size_t got = 0;
+		while (got < sizeof(in)) {
+			ssize_t r = read(fd, in + got, sizeof(in) - got);
+			if (r < 0 && errno == EINTR)
+				continue; /* a sanitizer's signal */
+			if (r <= 0) {
+				fprintf(stderr, "pingpong %ld: read %zd after %zu "
+					"bytes: %m\n", i, r, got);
+				return -1;
+			}
+			got += (size_t)r;
+		}
+		if (memcmp(in, out, sizeof(in))) {
+			fprintf(stderr, "pingpong %ld: wrong bytes\n", i);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* ---- idle ---- */
+
+static void nop_read(coil_channel_t *ch, const void *d, size_t n, void *ud)
+{
+	(void)ch, (void)d, (void)n, (void)ud;
+}
+
+static void echo_read(coil_channel_t *ch, const void *d, size_t n, void *ud)
+{
+	(void)ud;
+	coil_ip_unref(coil_channel_write_view(ch, d, n));
+}
+
+static void nop_closed(coil_channel_t *ch, int expected, void *ud)
+{
+	(void)ch, (void)expected, (void)ud;
+}
+
+/* The channel was 1016 bytes, every idle connection carrying its write
+ * batch, msghdr, linger timer, relay and steal state and a mutex. An idle
+ * channel set up as echo_server sets up its clients (queue size, read and
+ * closed signals) is now one allocation of at most 320 bytes (a jemalloc
+ * size class), and a write's state is given back once it is sent. */
+static void test_idle_channel_is_small(void)
+{
+	CU_ASSERT(sizeof(struct coil_channel_s) <= 320);
+	enum { N = 200 };
+	static coil_channel_t *chs[N];
+	static int peers[N];
+	size_t live0 = live_on_worker();
+	for (int i = 0; i < N; i++) {
+		int fd = raw_pair(&peers[i]);
+		CU_ASSERT_FATAL(fd >= 0);
+		T_ASSERT_OK(coil_channel_wrap(L, fd, COIL_IO_READ | COIL_IO_WRITE,
+					      &chs[i]));
+		T_ASSERT_OK(coil_channel_set_queue_size(chs[i], 4u << 20));
+		T_ASSERT_OK(coil_channel_on_read(chs[i], i % 2 ? echo_read
+							       : nop_read,
+						 NULL));
+		T_ASSERT_OK(coil_channel_on_closed(chs[i], nop_closed, NULL));
+	}
+	size_t live1 = live_on_worker();
+	CU_ASSERT_EQUAL(live1 - live0, (size_t)N);
+	/* Half of them echo a message; once the echoes are back and sent,
+	 * they are idle again and hold what they held before. */
+	for (int i = 1; i < N; i += 2)
+		CU_ASSERT(pingpong(peers[i], 1) == 0);
+	size_t live2 = live_on_worker();
+	if (CACHES) {
+		CU_ASSERT_EQUAL(live2, live1);
+	} else {
+		CU_ASSERT(live2 <= live1);
+	}
+	if (live2 != live1)
+		fprintf(stderr, "idle: live %zu -> %zu -> %zu\n", live0, live1,
+			live2);
+	for (int i = 0; i < N; i++) {
+		coil_channel_release(chs[i]);
+		close(peers[i]);
+	}
+	settle();
+}
+
+/* ---- allocations per echoed message ---- */
+
+enum { P_SIGNAL, P_READ, P_READLINE };
+
+struct srv {
+	coil_channel_t *ch;
+	int path;
+};
+
+static void srv_start_read(struct srv *s);
+
+static void srv_on_data(coil_ip_t *ip, void *ud)
+{
+	struct srv *s = ud;
+	size_t len = 0;
+	const void *p = coil_ip_bytes(ip, &len);
+	if (coil_ip_state(ip) != COIL_IP_FINISHED || !len)
+		return; /* closed */
+	coil_ip_unref(coil_channel_write(s->ch, p, len));
+	srv_start_read(s);
+}
+
+static void srv_start_read(struct srv *s)
+{
+	coil_ip_t *r = s->path == P_READ ? coil_channel_read(s->ch)
+					 : coil_channel_readline(s->ch);
+	if (!r)
+		return;
+	coil_ip_on_done(r, srv_on_data, s);
+	coil_ip_unref(r);
+}
+
+static void srv_start(void *arg)
+{
+	struct srv *s = arg;
+	if (s->path == P_SIGNAL)
+		coil_channel_on_read(s->ch, echo_read, NULL);
+	else
+		srv_start_read(s);
+}
+
+/* Allocations over n echoed messages after a warm-up, on one path. */
+static uint64_t allocs_for(int path, long n)
+{
+	static struct srv srvs[3]; /* callbacks may run after the release */
+	struct srv *s = &srvs[path];
+	int peer;
+	int fd = raw_pair(&peer);
+	CU_ASSERT_FATAL(fd >= 0);
+	s->path = path;
+	T_ASSERT_OK(coil_channel_wrap(L, fd, COIL_IO_READ | COIL_IO_WRITE,
+				      &s->ch));
+	T_ASSERT_OK(coil_loop_post(L, 0, srv_start, s));
+	CU_ASSERT_FATAL(pingpong(peer, 300) == 0);
+	uint64_t a0 = coil__alloc_total();
+	CU_ASSERT_FATAL(pingpong(peer, n) == 0);
+	uint64_t a1 = coil__alloc_total();
+	close(peer);
+	coil_channel_release(s->ch);
+	settle();
+	return a1 - a0;
+}
+
+/*
+ * Steady state, one message in flight. With the read signal and
+ * write_view, a message cost a write request and the write's handle: the
+ * request now comes from the worker's cache, leaving the handle
+ * (inprogress.c counts its own cache's reuses). With read()/readline() and
+ * write(), 6 became 4: the read's handle, its callback node, its result
+ * bytes and the write's handle; the read request and the write request with
+ * its copy of the bytes come from the caches. Without caches (sanitizer and
+ * valgrind builds) each message also makes and frees the write part.
+ */
+static void test_allocs_per_message(void)
+{
+	long n = t_on_valgrind() ? 200 : 2000;
+	uint64_t sig = allocs_for(P_SIGNAL, n);
+	uint64_t rd = allocs_for(P_READ, n);
+	uint64_t ln = allocs_for(P_READLINE, n);
+	fprintf(stderr, "allocations per message: signal+write_view %.2f, "
+		"read+write %.2f, readline+write %.2f (%s)\n",
+		(double)sig / (double)n, (double)rd / (double)n,
+		(double)ln / (double)n, CACHES ? "caches" : "no caches");
+	/* A message's allocations all happen between its write and its echo:
+	 * the window holds n messages' worth, plus at most one straggler. */
+	uint64_t per_sig = CACHES ? 1 : 3, per_rd = CACHES ? 4 : 7;
+	CU_ASSERT(sig <= per_sig * (uint64_t)n + 2);
+	CU_ASSERT(rd <= per_rd * (uint64_t)n + 4);
+	CU_ASSERT(ln <= per_rd * (uint64_t)n + 4);
+}
+
+static const coil_test_t tests[] = {
+	{"idle_channel_is_small", test_idle_channel_is_small},
+	{"allocs_per_message", test_allocs_per_message},
+	{NULL, NULL},
+};
+
+int main(int argc, char **argv)
+{
+	L = t_loop(1);
+	int rc = coil_test_main("lifetime_mem", tests, argc, argv);
+	coil_loop_free(L);
+	return rc;
+}
