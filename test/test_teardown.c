@@ -59,6 +59,9 @@ struct td {
 	_Atomic int mon_late;
 	_Atomic int sig_late;
 	coil_ip_t *bare; /* a coil_ip_new() handle nobody settles */
+	_Atomic int closed_calls;
+	_Atomic int closed_unexpected;
+	int closed_want;
 };
 
 static char tlsdir[256];
@@ -155,9 +158,26 @@ static unsigned short port_of(coil_socket_t *s)
 
 /* ==== Part 1: coil_loop_free() with everything in every state ==== */
 
+static void closed_cb(coil_channel_t *ch, int expected, void *ud)
+{
+	struct td *t = ud;
+	atomic_fetch_add(&t->closed_calls, 1);
+	if (!expected)
+		atomic_fetch_add(&t->closed_unexpected, 1);
+	if (atomic_load(&t->freed))
+		atomic_fetch_add(&t->sig_late, 1);
+}
+
 static void s_chan_idle(struct td *t)
 {
-	pair(t, NULL);
+	/* Rule 16: the stop closes an unreleased channel and its closed
+	 * callback runs once, expected = 1; a released one's never runs. */
+	coil_socket_t *a = pair(t, NULL);
+	T_ASSERT_OK(coil_channel_on_closed(a, closed_cb, t));
+	t->closed_want = 1;
+	coil_socket_t *b = pair(t, NULL);
+	T_ASSERT_OK(coil_channel_on_closed(b, closed_cb, t));
+	coil_channel_release(b);
 	coil_channel_t *r, *w;
 	T_ASSERT_OK(coil_channel_pipe(t->loop, &r, &w));
 	coil_channel_t *n;
@@ -378,7 +398,8 @@ static void s_sock_fdpass(struct td *t)
 {
 	coil_socket_t *a, *b;
 	T_ASSERT_OK(coil_socketpair(t->loop, AF_UNIX, SOCK_STREAM, &a, &b));
-	track(t, coil_socket_recv_fds(a, 64), A_IO, "recv_fds");
+	/* Finished (empty) when the stop closes its peer b first. */
+	track(t, coil_socket_recv_fds(a, 64), A_IO | A_OK, "recv_fds");
 	T_ASSERT_OK(coil_socketpair(t->loop, AF_UNIX, SOCK_STREAM, &a, &b));
 	/* Fill b -> a so a send_fds on b must wait for room. */
 	static char chunk[65536];
@@ -621,6 +642,11 @@ static void run_free_row(const struct row *r, unsigned workers)
 	check_settled(t, r->name);
 	CU_ASSERT_EQUAL(atomic_load(&t->mon_late), 0);
 	CU_ASSERT_EQUAL(atomic_load(&t->sig_late), 0);
+	if (atomic_load(&t->closed_calls) != t->closed_want)
+		fprintf(stderr, "%s: closed ran %d times\n", r->name,
+			atomic_load(&t->closed_calls));
+	CU_ASSERT_EQUAL(atomic_load(&t->closed_calls), t->closed_want);
+	CU_ASSERT_EQUAL(atomic_load(&t->closed_unexpected), 0);
 	if (t->bare) {
 		CU_ASSERT_EQUAL(coil_ip_state(t->bare), COIL_IP_PENDING);
 		coil_ip_unref(t->bare);
