@@ -62,6 +62,9 @@ struct td {
 	_Atomic int closed_calls;
 	_Atomic int closed_unexpected;
 	int closed_want;
+	pthread_t waiter;
+	int has_waiter;
+	_Atomic int waiter_rc;
 };
 
 static char tlsdir[256];
@@ -166,6 +169,15 @@ static void closed_cb(coil_channel_t *ch, int expected, void *ud)
 		atomic_fetch_add(&t->closed_unexpected, 1);
 	if (atomic_load(&t->freed))
 		atomic_fetch_add(&t->sig_late, 1);
+	/* What a closed callback usually does: let go of the channel. */
+	coil_channel_release(ch);
+}
+
+static void *waiter_run(void *arg)
+{
+	struct td *t = arg;
+	atomic_store(&t->waiter_rc, coil_ip_wait(t->h[0].ip, 10000));
+	return NULL;
 }
 
 static void s_chan_idle(struct td *t)
@@ -176,8 +188,15 @@ static void s_chan_idle(struct td *t)
 	T_ASSERT_OK(coil_channel_on_closed(a, closed_cb, t));
 	t->closed_want = 1;
 	coil_socket_t *b = pair(t, NULL);
+	coil_channel_ref(b);
 	T_ASSERT_OK(coil_channel_on_closed(b, closed_cb, t));
 	coil_channel_release(b);
+	coil_channel_release(b);
+	/* A plain thread blocked in coil_ip_wait() on a read: the stop
+	 * settles the read and wakes it. */
+	track(t, coil_channel_read(a), A_READ, "read waited on");
+	CU_ASSERT_FATAL(pthread_create(&t->waiter, NULL, waiter_run, t) == 0);
+	t->has_waiter = 1;
 	coil_channel_t *r, *w;
 	T_ASSERT_OK(coil_channel_pipe(t->loop, &r, &w));
 	coil_channel_t *n;
@@ -639,6 +658,10 @@ static void run_free_row(const struct row *r, unsigned workers)
 	r->setup(t);
 	T_ASSERT_OK(coil_loop_free(t->loop));
 	atomic_store(&t->freed, 1);
+	if (t->has_waiter) {
+		pthread_join(t->waiter, NULL);
+		CU_ASSERT_EQUAL(atomic_load(&t->waiter_rc), 0);
+	}
 	check_settled(t, r->name);
 	CU_ASSERT_EQUAL(atomic_load(&t->mon_late), 0);
 	CU_ASSERT_EQUAL(atomic_load(&t->sig_late), 0);
