@@ -2030,7 +2030,9 @@ static void finish_close(coil_channel_t *ch)
 static void closed_run(coil_ip_t *ip, void *ud)
 {
 	coil_channel_t *ch = ud;
-	if (ch->on_closed && !ch->user_released)
+	/* A user release disconnects on_closed; a channel the stop released
+	 * for its user keeps it (rule 16: it runs, expected = 1). */
+	if (ch->on_closed)
 		ch->on_closed(ch, ch->close_expected, ch->on_closed_ud);
 	coil__channel_put(ch);
 }
@@ -2047,7 +2049,7 @@ static void emit_closed(coil_channel_t *ch)
 	    ch->send_inflight || ch->wq_head)
 		return;
 	ch->closed_emitted = true;
-	if (!ch->on_closed || ch->user_released)
+	if (!ch->on_closed)
 		return;
 	coil_ip_t *ip = coil__ip_new_on(ch->w);
 	if (!ip)

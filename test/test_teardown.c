@@ -59,6 +59,12 @@ struct td {
 	_Atomic int mon_late;
 	_Atomic int sig_late;
 	coil_ip_t *bare; /* a coil_ip_new() handle nobody settles */
+	_Atomic int closed_calls;
+	_Atomic int closed_unexpected;
+	int closed_want;
+	pthread_t waiter;
+	int has_waiter;
+	_Atomic int waiter_rc;
 };
 
 static char tlsdir[256];
@@ -155,9 +161,42 @@ static unsigned short port_of(coil_socket_t *s)
 
 /* ==== Part 1: coil_loop_free() with everything in every state ==== */
 
+static void closed_cb(coil_channel_t *ch, int expected, void *ud)
+{
+	struct td *t = ud;
+	atomic_fetch_add(&t->closed_calls, 1);
+	if (!expected)
+		atomic_fetch_add(&t->closed_unexpected, 1);
+	if (atomic_load(&t->freed))
+		atomic_fetch_add(&t->sig_late, 1);
+	/* What a closed callback usually does: let go of the channel. */
+	coil_channel_release(ch);
+}
+
+static void *waiter_run(void *arg)
+{
+	struct td *t = arg;
+	atomic_store(&t->waiter_rc, coil_ip_wait(t->h[0].ip, 10000));
+	return NULL;
+}
+
 static void s_chan_idle(struct td *t)
 {
-	pair(t, NULL);
+	/* Rule 16: the stop closes an unreleased channel and its closed
+	 * callback runs once, expected = 1; a released one's never runs. */
+	coil_socket_t *a = pair(t, NULL);
+	T_ASSERT_OK(coil_channel_on_closed(a, closed_cb, t));
+	t->closed_want = 1;
+	coil_socket_t *b = pair(t, NULL);
+	coil_channel_ref(b);
+	T_ASSERT_OK(coil_channel_on_closed(b, closed_cb, t));
+	coil_channel_release(b);
+	coil_channel_release(b);
+	/* A plain thread blocked in coil_ip_wait() on a read: the stop
+	 * settles the read and wakes it. */
+	track(t, coil_channel_read(a), A_READ, "read waited on");
+	CU_ASSERT_FATAL(pthread_create(&t->waiter, NULL, waiter_run, t) == 0);
+	t->has_waiter = 1;
 	coil_channel_t *r, *w;
 	T_ASSERT_OK(coil_channel_pipe(t->loop, &r, &w));
 	coil_channel_t *n;
@@ -378,7 +417,8 @@ static void s_sock_fdpass(struct td *t)
 {
 	coil_socket_t *a, *b;
 	T_ASSERT_OK(coil_socketpair(t->loop, AF_UNIX, SOCK_STREAM, &a, &b));
-	track(t, coil_socket_recv_fds(a, 64), A_IO, "recv_fds");
+	/* Finished (empty) when the stop closes its peer b first. */
+	track(t, coil_socket_recv_fds(a, 64), A_IO | A_OK, "recv_fds");
 	T_ASSERT_OK(coil_socketpair(t->loop, AF_UNIX, SOCK_STREAM, &a, &b));
 	/* Fill b -> a so a send_fds on b must wait for room. */
 	static char chunk[65536];
@@ -618,9 +658,18 @@ static void run_free_row(const struct row *r, unsigned workers)
 	r->setup(t);
 	T_ASSERT_OK(coil_loop_free(t->loop));
 	atomic_store(&t->freed, 1);
+	if (t->has_waiter) {
+		pthread_join(t->waiter, NULL);
+		CU_ASSERT_EQUAL(atomic_load(&t->waiter_rc), 0);
+	}
 	check_settled(t, r->name);
 	CU_ASSERT_EQUAL(atomic_load(&t->mon_late), 0);
 	CU_ASSERT_EQUAL(atomic_load(&t->sig_late), 0);
+	if (atomic_load(&t->closed_calls) != t->closed_want)
+		fprintf(stderr, "%s: closed ran %d times\n", r->name,
+			atomic_load(&t->closed_calls));
+	CU_ASSERT_EQUAL(atomic_load(&t->closed_calls), t->closed_want);
+	CU_ASSERT_EQUAL(atomic_load(&t->closed_unexpected), 0);
 	if (t->bare) {
 		CU_ASSERT_EQUAL(coil_ip_state(t->bare), COIL_IP_PENDING);
 		coil_ip_unref(t->bare);
