@@ -892,6 +892,9 @@ static void test_dup_steal_live(void)
 	 * the count ended one below live0). */
 	for (int i = 0; i < 5000 && coil_live_channels() > live0; i++)
 		usleep(1000);
+	if (coil_live_channels() > live0)
+		fprintf(stderr, "dup_steal_live: %zu live channels, %zu before\n",
+			coil_live_channels(), live0);
 	CU_ASSERT(coil_live_channels() <= live0);
 }
 
