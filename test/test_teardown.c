@@ -192,6 +192,9 @@ static void s_chan_idle(struct td *t)
 	T_ASSERT_OK(coil_channel_on_closed(b, closed_cb, t));
 	coil_channel_release(b);
 	coil_channel_release(b);
+	coil_channel_t *d;
+	T_ASSERT_OK(coil_channel_dup(a, &d));
+	track(t, coil_channel_read(d), A_READ, "read on a dup");
 	/* A plain thread blocked in coil_ip_wait() on a read: the stop
 	 * settles the read and wakes it. */
 	track(t, coil_channel_read(a), A_READ, "read waited on");
@@ -1264,12 +1267,75 @@ static void test_threads_race_worker(void)
 	}
 }
 
+
+/* Monitors freed from a plain thread while their callbacks run on the
+ * worker and another thread flips their registration. */
+struct mon_race {
+	coil_monitor_t *m;
+	int fd;
+	_Atomic int calls;
+	_Atomic int stop;
+};
+
+static void mon_race_cb(coil_monitor_t *m, int fd, int events, void *ud)
+{
+	struct mon_race *mr = ud;
+	atomic_fetch_add(&mr->calls, 1);
+}
+
+static void *mon_flipper(void *arg)
+{
+	struct mon_race *mr = arg;
+	for (int i = 0; i < 50 && !atomic_load(&mr->stop); i++) {
+		coil_monitor_unregister(mr->m);
+		coil_monitor_register(mr->m, mr->fd, COIL_IO_WRITE);
+	}
+	return NULL;
+}
+
+static void test_monitor_free_races(void)
+{
+	int rounds = t_on_valgrind() ? 3 : 30;
+	for (int round = 0; round < rounds; round++) {
+		size_t alloc0 = coil__alloc_live();
+		coil_loop_t *loop = t_loop(1 + round % 2);
+		int p[2];
+		CU_ASSERT_FATAL(pipe(p) == 0);
+		struct mon_race *mr = calloc(1, sizeof(*mr));
+		mr->fd = p[1];
+		T_ASSERT_OK(coil_monitor_new(loop, mon_race_cb, mr, &mr->m));
+		T_ASSERT_OK(coil_monitor_register(mr->m, p[1], COIL_IO_WRITE));
+		WAIT_UNTIL(atomic_load(&mr->calls) > 0);
+		pthread_t th;
+		CU_ASSERT_FATAL(pthread_create(&th, NULL, mon_flipper, mr) == 0);
+		/* The flipper only uses m until it sees stop. */
+		for (int i = 0; i < 10; i++)
+			coil_loop_post(loop, -1, barrier_task, &mr->stop);
+		pthread_join(th, NULL);
+		coil_monitor_free(mr->m);
+		if (round % 3 == 0) {
+			/* Free a second one with the loop. */
+			coil_monitor_t *m2;
+			T_ASSERT_OK(coil_monitor_new(loop, mon_race_cb, mr, &m2));
+			T_ASSERT_OK(coil_monitor_register(m2, p[1], COIL_IO_WRITE));
+		}
+		T_ASSERT_OK(coil_loop_free(loop));
+		int calls = atomic_load(&mr->calls);
+		close(p[0]);
+		close(p[1]);
+		CU_ASSERT_EQUAL(atomic_load(&mr->calls), calls);
+		CU_ASSERT_EQUAL(coil__alloc_live(), alloc0);
+		free(mr);
+	}
+}
+
 /* ==== main ==== */
 
 static const coil_test_t tests[] = {
 	{"free_matrix", test_free_matrix},
 	{"act_in_callbacks", test_act_in_callbacks},
 	{"threads_race_worker", test_threads_race_worker},
+	{"monitor_free_races", test_monitor_free_races},
 	{NULL, NULL},
 };
 
