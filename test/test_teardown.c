@@ -623,7 +623,8 @@ static void check_settled(struct td *t, const char *row)
 		int st = coil_ip_state(s->ip);
 		int bit = st == COIL_IP_PENDING ? 0 : outcome_bit(s->ip);
 		int ran = atomic_load(&s->ran);
-		if (!(bit & s->allow) || ran != 1 || atomic_load(&s->late))
+		if (!(bit & s->allow) || ran != 1 || atomic_load(&s->late) ||
+		    getenv("COIL_TD_VERBOSE"))
 			fprintf(stderr,
 				"%s: %s: state %d error %d (%s) \"%s\", "
 				"on_done ran %d (%d late)\n",
