@@ -1018,6 +1018,35 @@ static void a_tls_read_sig(struct cbx *x)
 	x->other = b;
 }
 
+static void a_done_relay(struct cbx *x)
+{
+	chan_victim(x);
+	x->other = pair(x->t, NULL);
+	witness(x);
+	coil_ip_t *r = coil_channel_relay(x->ch, x->other);
+	track(x->t, r, A_OK, "relay");
+	CU_ASSERT_EQUAL(coil_ip_on_done(r, x_done, x), 0);
+	poke(x, "relayed bytes");
+	shutdown(x->peer, SHUT_WR);
+}
+
+static void a_tls_closed(struct cbx *x)
+{
+	coil_socket_t *b;
+	T_ASSERT_OK(coil_socketpair(x->t->loop, AF_UNIX, SOCK_STREAM, &x->ch,
+				    &b));
+	coil_ip_t *hc = coil_socket_starttls_client(x->ch, cctx, NULL);
+	coil_ip_t *hs = coil_socket_starttls_server(b, sctx);
+	T_ASSERT_OK(t_wait(hc));
+	T_ASSERT_OK(t_wait(hs));
+	track(x->t, hc, A_OK, "client handshake");
+	track(x->t, hs, A_OK, "server handshake");
+	T_ASSERT_OK(coil_channel_on_closed(x->ch, x_closed, x));
+	witness(x);
+	/* close_notify from the server: the client's stream ends. */
+	coil_channel_release(b);
+}
+
 struct cbrow {
 	const char *name;
 	void (*arm)(struct cbx *x);
@@ -1042,7 +1071,9 @@ static const struct cbrow cb_rows[] = {
 	{"new client", a_new_client, 0, 0},
 	{"on_done(recvfrom)", a_done_recvfrom, 0, 0},
 	{"monitor", a_monitor, 1, 0},
+	{"on_done(relay)", a_done_relay, 0, 0},
 	{"on_done(starttls)", a_tls_handshake, 0, 1},
+	{"tls closed", a_tls_closed, 1, 1},
 	{"tls read signal", a_tls_read_sig, 1, 1},
 	{NULL, NULL, 0, 0},
 };
