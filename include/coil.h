@@ -899,7 +899,12 @@ COIL_EXTERN coil_ip_t *coil_socket_shutdown(coil_socket_t *s, int how);
 
 /* kaa buffer_size: SO_SNDBUF and SO_RCVBUF, applied now if live, else when
  * the descriptor is created. Getter returns the kernel's value (or the
- * pending one), -EBADF if none. */
+ * pending one), -EBADF if none. Set small sizes before connect or listen
+ * (accepted sockets inherit the listener's): on an established TCP
+ * connection a receive buffer shrunk below the window already advertised
+ * can stall a socket that stops reading while it writes (a paused read
+ * signal) for good; the kernel then drops the peer's segments, their
+ * acknowledgements included (docs/socket.md). */
 COIL_EXTERN int coil_socket_set_buffer_size(coil_socket_t *s, int bytes);
 COIL_EXTERN int coil_socket_buffer_size(const coil_socket_t *s);
 COIL_EXTERN int coil_socket_set_nodelay(coil_socket_t *s, int on);

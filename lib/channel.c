@@ -614,6 +614,9 @@ static void arm_recv(coil_channel_t *ch)
 	case COIL__RK_RECV:
 		rc = coil__prep_recv_multishot(ch->w, &ch->recv_op, ch->fd);
 		break;
+	case COIL__RK_RECV_ONCE:
+		rc = coil__prep_recv_select(ch->w, &ch->recv_op, ch->fd);
+		break;
 	case COIL__RK_READ_MSHOT:
 		rc = coil__prep_read_multishot(ch->w, &ch->recv_op, ch->fd);
 		break;
@@ -1051,6 +1054,18 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 	 * next bytes, not these again). */
 	bool others = !coil__list_empty(&ch->reads) || ch->on_line;
 	bool shown = false;
+	if (!ch->on_read && sq_len(ch)) {
+		/* Held for a read signal disconnected since, not yet handed
+		 * on (the defer does that at the end of the turn): those bytes
+		 * come first. */
+		struct coil__chext *e = X(ch);
+		if (coil__bufq_append(&ch->rq, coil__bufq_data(&e->sigq),
+				      e->sigq.len)) {
+			set_eof(ch, -ENOMEM);
+			return;
+		}
+		coil__bufq_consume(&e->sigq, e->sigq.len);
+	}
 	if (ch->on_read) {
 		if (sq_len(ch) || signal_paused(ch)) {
 			/* Held for the signal; other consumers get them
@@ -1609,7 +1624,7 @@ static void kick_write(coil_channel_t *ch)
 	wr->send_niov = n;
 	wr->send_op.complete = send_complete;
 	int rc;
-	if (ch->rkind != COIL__RK_RECV) {
+	if (!ch->is_socket) {
 		rc = coil__prep_writev(ch->w, &wr->send_op, ch->fd, wr->iov,
 				       (unsigned)n);
 	} else if (n == 1) {
@@ -2309,15 +2324,34 @@ void coil__channel_register(coil_channel_t *ch)
 	call(ch, CALL_REGISTER, 0, NULL, NULL);
 }
 
-/* Chooses how to read fd: multishot recv for sockets, multishot read for
- * other pollable files when the kernel has it, single reads otherwise. */
+/*
+ * A multishot recv on an AF_UNIX stream socket can miss the end of stream
+ * (Linux 6.17+, apiseq F2): when the peer's shutdown lands while the
+ * receive takes the last bytes, AF_UNIX says no byte is left and the
+ * receive waits for a wakeup the shutdown already gave; no CQE ever comes.
+ * One-shot receives (re-armed after each completion) see it.
+ */
+static int socket_kind(int fd)
+{
+	int dom = 0, type = 0;
+	socklen_t l1 = sizeof(dom), l2 = sizeof(type);
+	if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &l1) == 0 &&
+	    getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &l2) == 0 &&
+	    dom == AF_UNIX && type == SOCK_STREAM)
+		return COIL__RK_RECV_ONCE;
+	return COIL__RK_RECV;
+}
+
+/* Chooses how to read fd: multishot recv for sockets (one-shot on AF_UNIX
+ * streams), multishot read for other pollable files when the kernel has
+ * it, single reads otherwise. */
 static int read_kind(coil__worker *w, int fd, bool is_socket)
 {
 	if (is_socket)
-		return COIL__RK_RECV;
+		return socket_kind(fd);
 	struct stat st;
 	if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode))
-		return COIL__RK_RECV;
+		return socket_kind(fd);
 	if (fstat(fd, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode)) &&
 	    coil__op_supported(w, IORING_OP_READ_MULTISHOT))
 		return COIL__RK_READ_MSHOT;
@@ -2366,7 +2400,8 @@ void coil__channel_attach_fd(coil_channel_t *ch, int fd, int mode,
 	coil__channel_set_fd(ch, fd);
 	ch->mode = mode;
 	ch->rkind = read_kind(ch->w, fd, is_socket);
-	ch->is_socket = ch->rkind == COIL__RK_RECV;
+	ch->is_socket = ch->rkind == COIL__RK_RECV ||
+			ch->rkind == COIL__RK_RECV_ONCE;
 	ch->eof = false;
 	ch->rerr = 0;
 	set_state(ch, COIL__CH_OPEN);
@@ -2433,7 +2468,8 @@ int coil_channel_wrap(coil_loop_t *loop, int fd, int mode,
 	ch->fd = fd;
 	ch->mode = mode;
 	ch->rkind = read_kind(ch->w, fd, false);
-	ch->is_socket = ch->rkind == COIL__RK_RECV;
+	ch->is_socket = ch->rkind == COIL__RK_RECV ||
+			ch->rkind == COIL__RK_RECV_ONCE;
 	set_state(ch, COIL__CH_OPEN);
 	rc = call(ch, CALL_ATTACH, 0, NULL, NULL);
 	if (rc) {

@@ -248,7 +248,7 @@ static void *pc_get(int k)
 		w->ip_cache[k] = *(void **)p;
 		w->ip_cache_n[k]--;
 		memset(p, 0, pc_size(k));
-		coil__alloc_counted(true);
+		coil__alloc_reused(); /* live again, but no heap allocation */
 		return p;
 	}
 #endif

@@ -210,6 +210,8 @@ void coil__defer_cancel(coil__defer *d);
 int coil__prep_recv_multishot(coil__worker *w, coil__op *op, int fd);
 int coil__prep_read_multishot(coil__worker *w, coil__op *op, int fd);
 int coil__prep_read_select(coil__worker *w, coil__op *op, int fd);
+/* One recv into a provided buffer (no multishot). */
+int coil__prep_recv_select(coil__worker *w, coil__op *op, int fd);
 int coil__prep_read(coil__worker *w, coil__op *op, int fd, void *buf,
 		    unsigned len);
 int coil__prep_send(coil__worker *w, coil__op *op, int fd, const void *buf,
@@ -324,7 +326,8 @@ uint64_t coil__now_ms(void);
 #define COIL__IOV_BATCH 16
 
 enum { COIL__CH_NEW, COIL__CH_OPEN, COIL__CH_CLOSING, COIL__CH_CLOSED };
-enum { COIL__RK_RECV, COIL__RK_READ_MSHOT, COIL__RK_READ_ONCE };
+enum { COIL__RK_RECV, COIL__RK_READ_MSHOT, COIL__RK_READ_ONCE,
+       COIL__RK_RECV_ONCE /* AF_UNIX stream: one-shot recv (channel.c) */ };
 
 struct coil__writereq;
 struct coil__sock;

@@ -367,6 +367,15 @@ int coil__prep_recv_multishot(coil__worker *w, coil__op *op, int fd)
 	PREP_END(op);
 }
 
+int coil__prep_recv_select(coil__worker *w, coil__op *op, int fd)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_recv(sqe, fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = COIL__BGID;
+	PREP_END(op);
+}
+
 int coil__prep_read_multishot(coil__worker *w, coil__op *op, int fd)
 {
 	PREP_BEGIN(w, op);

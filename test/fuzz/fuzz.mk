@@ -31,10 +31,6 @@ FUZZ_CFLAGS := -std=gnu11 -g -O1 -fno-omit-frame-pointer \
 	-fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	-D_GNU_SOURCE -DCOIL_NO_JEMALLOC -Iinclude -Ilib -Iexamples/common \
 	-Itest/fuzz $(WARN)
-# lib/fdpass.c's control-message buffer (a union with a flexible cmsghdr,
-# not the last member) is a GNU extension clang warns about; gcc builds of
-# the library do not. Until fdpass.c changes, the fuzz builds accept it.
-FUZZ_CFLAGS += -Wno-gnu-variable-sized-type-not-at-end
 FUZZ_ALL := $(patsubst test/fuzz/fuzz_%.c,%,$(sort $(wildcard test/fuzz/fuzz_*.c)))
 FUZZ_TARGETS ?= $(FUZZ_ALL)
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(FUZZ_B)/fuzz_%)
