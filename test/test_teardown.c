@@ -1109,9 +1109,16 @@ static void run_cb_row(const struct cbrow *r, int action, unsigned workers)
 	t->loop = t_loop(workers);
 	r->arm(x);
 	WAIT_UNTIL(atomic_load(&x->acted) > 0);
-	if (!atomic_load(&x->acted))
-		fprintf(stderr, "%s, %s: the callback never ran\n", r->name,
-			act_name[action]);
+	if (!atomic_load(&x->acted)) {
+		fprintf(stderr, "%s, %s (%u workers): the callback never ran; "
+				"victim alive %d, read queue %zu\n",
+			r->name, act_name[action], workers,
+			x->ch ? coil_channel_alive(x->ch) : -1,
+			x->ch ? coil_channel_read_queue_used(x->ch) : 0);
+		for (int i = 0; i < t->nh; i++)
+			fprintf(stderr, "  %s: state %d\n", t->h[i].what,
+				coil_ip_state(t->h[i].ip));
+	}
 	CU_ASSERT_FATAL(atomic_load(&x->acted) > 0);
 	for (int i = 0; i < t->nh; i++) {
 		int rc = t_wait(t->h[i].ip);
@@ -1156,8 +1163,9 @@ static void run_cb_row(const struct cbrow *r, int action, unsigned workers)
 
 static void test_act_in_callbacks(void)
 {
+	const char *only = getenv("COIL_TD_ROW");
 	for (const struct cbrow *r = cb_rows; r->name; r++) {
-		if (r->tls && !sctx)
+		if ((r->tls && !sctx) || (only && strcmp(only, r->name)))
 			continue;
 		for (int a = 0; a < ACT_N; a++)
 			for (unsigned w = 1; w <= 2; w++)
