@@ -72,8 +72,9 @@ static void conn_finish(struct connector *c, int err, const char *msg)
 		return;
 	c->done = true;
 	struct coil__sock *s = S(c->s);
-	if (s->conn == c)
-		s->conn = NULL;
+	struct coil__sockx *x = coil__sock_xq(s); /* made by connect_local */
+	if (x->conn == c)
+		x->conn = NULL;
 	atomic_store(&s->connecting, 0);
 	atomic_store(&c->s->sock_connecting, false);
 	c->s->connecting = false;
@@ -129,7 +130,7 @@ static void attempt_next(struct connector *c);
  * attempt's descriptor there. On failure records why and returns it. */
 static int bind_first(struct connector *c, struct attempt *a)
 {
-	struct coil__sock *s = S(c->s);
+	struct coil__sockx *s = coil__sock_xq(S(c->s));
 	if (!s->bind_len)
 		return 0;
 	int err = 0;
@@ -320,7 +321,8 @@ static void connect_local(struct sock_call *call)
 		coil__ip_fail_msg(call->ip, rc, addr.error);
 		return;
 	}
-	struct connector *c = coil__calloc(1, sizeof(*c));
+	struct coil__sockx *x = coil__sock_x(ss);
+	struct connector *c = x ? coil__calloc(1, sizeof(*c)) : NULL;
 	if (!c) {
 		coil__ip_fail_msg(call->ip, -ENOMEM, NULL);
 		return;
@@ -329,12 +331,12 @@ static void connect_local(struct sock_call *call)
 	coil__channel_get(s);
 	c->ip = coil_ip_ref(call->ip);
 	c->refs = 1;
-	ss->conn = c;
+	x->conn = c;
 	atomic_store(&ss->connecting, 1);
 	atomic_store(&ss->connected, 0);
 	atomic_store(&s->sock_connecting, true); /* alive, reads wait */
 	s->connecting = true;
-	snprintf(ss->reqhost, sizeof(ss->reqhost), "%s", addr.host);
+	snprintf(x->reqhost, sizeof(x->reqhost), "%s", addr.host);
 	if (atomic_load(&ss->nonblocking)) {
 		/* usocket non-blocking connect: the call says it is in
 		 * progress, the connect goes on (connecting() is 1 until it
@@ -408,6 +410,7 @@ coil_ip_t *coil_socket_connect(coil_socket_t *s, const char *addr, int flags)
 
 void coil__sock_conn_close(struct coil__sock *s, int err, const char *msg)
 {
-	if (s->conn)
-		conn_finish(s->conn, err, msg);
+	struct coil__sockx *x = coil__sock_xq(s);
+	if (x && x->conn)
+		conn_finish(x->conn, err, msg);
 }

@@ -233,7 +233,7 @@ static void handoff_worker_run(coil__task *t)
  * worker) or to the accept() queue on the listener's home worker. */
 static void deliver(struct listener *l, coil_socket_t *client)
 {
-	struct coil__sock *ls = S(l->s);
+	struct coil__sockx *ls = coil__sock_xq(S(l->s)); /* made by listen */
 	coil_new_client_cb cb = atomic_load(&ls->cb);
 	if (atomic_load(&l->closing)) {
 		coil_channel_release(client);
@@ -293,11 +293,12 @@ static void listener_fail_run(coil__task *t)
 		coil__container_of(t, struct listener_fail_task, task);
 	struct listener *l = f->l;
 	coil_socket_t *s = l->s;
-	if (!atomic_load(&l->closing) && S(s)->lst == l) {
+	struct coil__sockx *x = coil__sock_xq(S(s)); /* made by listen */
+	if (!atomic_load(&l->closing) && x->lst == l) {
 		char msg[96];
 		snprintf(msg, sizeof(msg), "accept failed: %s",
 			 coil_strerror(f->err));
-		S(s)->accept_err = f->err;
+		x->accept_err = f->err;
 		while (!coil__list_empty(&l->pending)) {
 			struct accept_req *r = coil__container_of(
 				l->pending.next, struct accept_req, link);
@@ -590,11 +591,12 @@ static int accept_abort(coil_ip_t *ip, void *arg)
 
 static void accept_local(struct sock_call *c)
 {
-	struct listener *l = S(c->s)->lst;
-	if (!l && S(c->s)->accept_err) {
-		coil_ip_fail(c->ip, S(c->s)->accept_err,
+	struct coil__sockx *x = coil__sock_xq(S(c->s));
+	struct listener *l = x ? x->lst : NULL;
+	if (!l && x && x->accept_err) {
+		coil_ip_fail(c->ip, x->accept_err,
 			     "listener stopped: accept failed: %s",
-			     coil_strerror(S(c->s)->accept_err));
+			     coil_strerror(x->accept_err));
 		return;
 	}
 	if (!l || atomic_load(&l->closing)) {
@@ -665,10 +667,11 @@ coil_ip_t *coil_socket_accept_many(coil_socket_t *s, size_t max)
 void coil__sock_listener_close(coil_channel_t *ch)
 {
 	struct coil__sock *s = ch->sock;
-	struct listener *l = s->lst;
+	struct coil__sockx *x = coil__sock_xq(s);
+	struct listener *l = x ? x->lst : NULL;
 	if (!l)
 		return;
-	s->lst = NULL;
+	x->lst = NULL;
 	atomic_store(&s->listening, 0);
 	atomic_store(&ch->listening, false); /* chan: see read_refused */
 	atomic_store(&l->closing, true);
@@ -681,9 +684,9 @@ void coil__sock_listener_close(coil_channel_t *ch)
 		coil__ip_fail_msg(r->ip, -EBADF, "listener closed");
 		accept_req_done(r);
 	}
-	if (s->unix_path[0]) {
-		unlink(s->unix_path);
-		s->unix_path[0] = 0;
+	if (x->unix_path[0]) {
+		unlink(x->unix_path);
+		x->unix_path[0] = 0;
 	}
 	for (size_t i = 0; i < l->nshards; i++) {
 		struct shard *sh = &l->sh[i];
@@ -705,10 +708,9 @@ static int bind_listen(const struct sockaddr *sa, socklen_t len, int backlog,
 			0);
 	if (fd < 0)
 		return -errno;
-	int one = 1, zero = 0;
+	int one = 1, zero = 0, reuse = s->reuseaddr >= 0 ? s->reuseaddr : 1;
 	if (sa->sa_family != AF_UNIX) {
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR,
-			   s->reuseaddr >= 0 ? &s->reuseaddr : &one, sizeof(int));
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(int));
 		if (reuseport)
 			setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 		if (sa->sa_family == AF_INET6)
@@ -810,6 +812,9 @@ static int listen_do(coil_socket_t *s, const char *text, int backlog,
 		     int flags)
 {
 	struct coil__sock *ss = S(s);
+	struct coil__sockx *x = coil__sock_x(ss);
+	if (!x)
+		return -ENOMEM;
 	if (atomic_load(&ss->listening))
 		return -EALREADY;
 	if (atomic_load(&ss->connecting) || atomic_load(&ss->connected) ||
@@ -913,12 +918,12 @@ static int listen_do(coil_socket_t *s, const char *text, int backlog,
 	}
 	ss->family = ss_addr.ss_family;
 	if (is_unix && ((struct sockaddr_un *)&ss_addr)->sun_path[0])
-		snprintf(ss->unix_path, sizeof(ss->unix_path), "%s",
+		snprintf(x->unix_path, sizeof(x->unix_path), "%s",
 			 ((struct sockaddr_un *)&ss_addr)->sun_path);
 	/* Each shard holds a listener reference until its last op is done. */
 	atomic_fetch_add(&l->refs, (int)n);
 	coil__channel_get(s);
-	ss->lst = l;
+	x->lst = l;
 	atomic_store(&ss->listening, 1);
 	/* chan: reads and writes on a listener fail at once (-ENOTCONN). */
 	atomic_store(&s->listening, true);
@@ -1033,8 +1038,11 @@ int coil_socket_on_new_client(coil_socket_t *s, coil_new_client_cb cb,
 		return -EINVAL;
 	if (!S(s))
 		return -ENOTSOCK;
-	S(s)->cb_ud = ud;
-	atomic_store(&S(s)->cb, cb);
+	struct coil__sockx *x = coil__sock_x(S(s));
+	if (!x)
+		return -ENOMEM;
+	x->cb_ud = ud;
+	atomic_store(&x->cb, cb);
 	return 0;
 }
 

@@ -9,15 +9,14 @@
 struct connector;
 struct listener;
 
-struct coil__sock {
-	int family;
-	int type;
-	_Atomic int connecting, connected, listening;
-	int bufsize;       /* pending buffer_size, 0 = kernel default */
-	int nodelay, keepalive, reuseaddr; /* -1: leave as is */
-	int keepidle;      /* TCP_KEEPIDLE seconds, 0 = kernel default */
-	_Atomic unsigned timeout_ms;
-	_Atomic bool nonblocking; /* usocket settimeout(0) / setblocking(0) */
+/*
+ * What only connecting, listening, bound, datagram or shut-down sockets
+ * need, made on first use (coil__sock_x): an accepted client or a wrapped
+ * stream socket never has one, so its socket state stays 32 bytes (issue
+ * 14: idle memory per connection). Fields keep the thread rules they had
+ * in struct coil__sock.
+ */
+struct coil__sockx {
 	char reqhost[256];
 	struct connector *conn;
 	struct listener *lst;
@@ -27,6 +26,7 @@ struct coil__sock {
 	/* shutdown(SHUT_WR) waiting for the write queue */
 	coil_ip_t *shut_ip;
 	int shut_how;
+	int accept_err;    /* the fatal accept error that closed the listener */
 	/* udp.c, home worker: datagrams received for a recvfrom that was
 	 * aborted (or settled) meanwhile, for the next recvfrom, in order. */
 	struct coil__dg_stash *stash_head, **stash_tail;
@@ -35,9 +35,32 @@ struct coil__sock {
 	struct sockaddr_storage bind_ss;
 	socklen_t bind_len;
 	int bind_flags;
-	int accept_err;    /* the fatal accept error that closed the listener */
+};
+
+struct coil__sock {
+	/* The cold part, NULL until first needed; set once (compare and
+	 * exchange, any thread), freed with the socket. */
+	_Atomic(struct coil__sockx *) x;
+	_Atomic unsigned timeout_ms;
+	int bufsize;       /* pending buffer_size, 0 = kernel default */
+	int keepidle;      /* TCP_KEEPIDLE seconds, 0 = kernel default */
+	uint16_t family;
+	uint8_t type;
+	int8_t nodelay, keepalive, reuseaddr; /* -1: leave as is */
+	_Atomic bool connecting, connected, listening;
+	_Atomic bool nonblocking; /* usocket settimeout(0) / setblocking(0) */
 	bool vreg;         /* listed as handed out through a handle (listener.c) */
 };
+
+/* s's cold part, made now if it has none: NULL only when out of memory.
+ * Any thread. */
+COIL__HIDDEN struct coil__sockx *coil__sock_x(struct coil__sock *s);
+/* s's cold part or NULL if it never needed one. Any thread. */
+static inline struct coil__sockx *coil__sock_xq(const struct coil__sock *s)
+{
+	return atomic_load_explicit(&((struct coil__sock *)s)->x,
+				    memory_order_acquire);
+}
 
 struct coil__dg_stash {
 	struct coil__dg_stash *next;

@@ -31,7 +31,11 @@ static void sock_free(coil_channel_t *ch)
 {
 	if (ch->sock->vreg)
 		coil__sock_vreg_forget(ch);
-	coil__sock_stash_free(ch->sock);
+	struct coil__sockx *x = coil__sock_xq(ch->sock);
+	if (x) {
+		coil__sock_stash_free(ch->sock);
+		coil__free(x);
+	}
 	coil__free(ch->sock);
 	ch->sock = NULL;
 }
@@ -41,9 +45,10 @@ static void sock_free(coil_channel_t *ch)
 static void sock_close(coil_channel_t *ch)
 {
 	struct coil__sock *s = ch->sock;
-	if (!s)
-		return;
-	if (s->conn) {
+	struct coil__sockx *x = s ? coil__sock_xq(s) : NULL;
+	if (!x)
+		return; /* never connected, listened, bound nor shut down */
+	if (x->conn) {
 		if (ch->w->stopping)
 			coil__sock_conn_close(s, -ECANCELED,
 					      "connect cancelled: loop stopped");
@@ -51,18 +56,35 @@ static void sock_close(coil_channel_t *ch)
 			coil__sock_conn_close(s, -EBADF,
 					      "socket closed while connecting");
 	}
-	if (s->shut_ip) {
-		coil__ip_fail_msg(s->shut_ip, -EBADF, "socket closed");
-		coil_ip_unref(s->shut_ip);
-		s->shut_ip = NULL;
+	if (x->shut_ip) {
+		coil__ip_fail_msg(x->shut_ip, -EBADF, "socket closed");
+		coil_ip_unref(x->shut_ip);
+		x->shut_ip = NULL;
 	}
 	coil__sock_listener_close(ch);
 	/* A Unix datagram socket's bound path goes with it, as a listener's
 	 * does (it stayed behind). */
-	if (s->unix_path[0]) {
-		unlink(s->unix_path);
-		s->unix_path[0] = 0;
+	if (x->unix_path[0]) {
+		unlink(x->unix_path);
+		x->unix_path[0] = 0;
 	}
+}
+
+struct coil__sockx *coil__sock_x(struct coil__sock *s)
+{
+	struct coil__sockx *x = coil__sock_xq(s);
+	if (x)
+		return x;
+	struct coil__sockx *n = coil__calloc(1, sizeof(*n));
+	if (!n)
+		return NULL;
+	n->stash_tail = &n->stash_head;
+	if (atomic_compare_exchange_strong_explicit(&s->x, &x, n,
+						    memory_order_acq_rel,
+						    memory_order_acquire))
+		return n;
+	coil__free(n); /* another thread made it first: x is theirs */
+	return x;
 }
 
 int coil__sock_alloc(coil_channel_t *ch)
@@ -72,7 +94,6 @@ int coil__sock_alloc(coil_channel_t *ch)
 		return -ENOMEM;
 	s->nodelay = s->keepalive = s->reuseaddr = -1;
 	s->type = SOCK_STREAM;
-	s->stash_tail = &s->stash_head;
 	ch->sock = s;
 	ch->sock_free = sock_free;
 	ch->sock_close = sock_close;
@@ -110,15 +131,14 @@ void coil__sock_apply_opts(struct coil__sock *s, int fd)
 		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &s->bufsize,
 			   sizeof(s->bufsize));
 	}
-	if (s->reuseaddr >= 0)
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &s->reuseaddr,
-			   sizeof(int));
-	if (s->keepalive >= 0)
-		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &s->keepalive,
-			   sizeof(int));
+	int reuse = s->reuseaddr, alive = s->keepalive;
+	int nodelay = s->nodelay >= 0 ? s->nodelay : one;
+	if (reuse >= 0)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, sizeof(int));
+	if (alive >= 0)
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &alive, sizeof(int));
 	if (s->type == SOCK_STREAM && s->family != AF_UNIX)
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY,
-			   s->nodelay >= 0 ? &s->nodelay : &one, sizeof(int));
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof(int));
 	if (s->keepidle > 0 && s->type == SOCK_STREAM && s->family != AF_UNIX)
 		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &s->keepidle,
 			   sizeof(int));
@@ -168,7 +188,7 @@ coil_ip_t *coil__sock_failed_ip(coil_socket_t *s, int err, const char *fmt,
 
 static void do_shutdown(coil_socket_t *s)
 {
-	struct coil__sock *ss = S(s);
+	struct coil__sockx *ss = coil__sock_xq(S(s));
 	/* TLS: close_notify goes out before the write side is shut; this
 	 * runs again when the send carrying it completed. */
 	if (s->fd >= 0 && ss->shut_how != SHUT_RD &&
@@ -191,7 +211,11 @@ static void do_shutdown(coil_socket_t *s)
 static void shutdown_local(struct sock_call *c)
 {
 	coil_socket_t *s = c->s;
-	struct coil__sock *ss = S(s);
+	struct coil__sockx *ss = coil__sock_x(S(s));
+	if (!ss) {
+		coil__ip_fail_msg(c->ip, -ENOMEM, "shutdown: out of memory");
+		return;
+	}
 	if (ss->shut_ip) {
 		coil__ip_fail_msg(c->ip, -EALREADY, "shutdown in progress");
 		return;
@@ -318,9 +342,10 @@ int coil_socket_local(const coil_socket_t *s, coil_sockinfo_t *out)
 int coil_socket_peer(const coil_socket_t *s, coil_sockinfo_t *out)
 {
 	int rc = sockinfo_of(s, out, getpeername);
-	if (!rc && S(s))
+	struct coil__sockx *x = !rc && S(s) ? coil__sock_xq(S(s)) : NULL;
+	if (x)
 		snprintf(out->reqhost, sizeof(out->reqhost), "%s",
-			 S(s)->reqhost);
+			 x->reqhost);
 	return rc;
 }
 

@@ -68,14 +68,16 @@ int coil_socket_buffer_size(const coil_socket_t *s)
 	return rc ? rc : v;
 }
 
-static int set_flag(coil_socket_t *s, int *field, int level, int opt, int on)
+static int set_flag(coil_socket_t *s, int8_t *field, int level, int opt,
+		    int on)
 {
 	if (!s)
 		return -EINVAL;
 	if (!S(s))
 		return -ENOTSOCK;
-	*field = on != 0;
-	int rc = fd_opt(s, 0, level, opt, field, sizeof(int));
+	int v = on != 0;
+	*field = (int8_t)v;
+	int rc = fd_opt(s, 0, level, opt, &v, sizeof(int));
 	return rc == -EBADF ? 0 : rc;
 }
 

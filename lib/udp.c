@@ -73,8 +73,11 @@ struct dgram_op {
 	int flags;           /* MSG_DONTWAIT in non-blocking mode */
 };
 
-void coil__sock_stash_free(struct coil__sock *s)
+void coil__sock_stash_free(struct coil__sock *ss)
 {
+	struct coil__sockx *s = coil__sock_xq(ss);
+	if (!s)
+		return;
 	while (s->stash_head) {
 		struct coil__dg_stash *st = s->stash_head;
 		s->stash_head = st->next;
@@ -84,9 +87,10 @@ void coil__sock_stash_free(struct coil__sock *s)
 	s->stash_tail = &s->stash_head;
 }
 
-void coil__sock_stash_push(struct coil__sock *s, coil_datagram_t *dg)
+void coil__sock_stash_push(struct coil__sock *ss, coil_datagram_t *dg)
 {
-	struct coil__dg_stash *st = coil__malloc(sizeof(*st));
+	struct coil__sockx *s = coil__sock_x(ss);
+	struct coil__dg_stash *st = s ? coil__malloc(sizeof(*st)) : NULL;
 	if (!st) {
 		coil__free(dg); /* out of memory: dropped, as the kernel would */
 		return;
@@ -97,9 +101,10 @@ void coil__sock_stash_push(struct coil__sock *s, coil_datagram_t *dg)
 	s->stash_tail = &st->next;
 }
 
-coil_datagram_t *coil__sock_stash_pop(struct coil__sock *s)
+coil_datagram_t *coil__sock_stash_pop(struct coil__sock *ss)
 {
-	struct coil__dg_stash *st = s->stash_head;
+	struct coil__sockx *s = coil__sock_xq(ss);
+	struct coil__dg_stash *st = s ? s->stash_head : NULL;
 	if (!st)
 		return NULL;
 	s->stash_head = st->next;
@@ -328,13 +333,16 @@ static int dgram_connect_addr(coil_socket_t *s, coil_addr_t *a)
 {
 	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED)
 		return -EBADF;
+	struct coil__sockx *x = coil__sock_x(S(s));
+	if (!x)
+		return -ENOMEM;
 	if (a->ss.ss_family == AF_INET && S(s)->family == AF_INET6)
 		map_v4(a);
 	else if (a->ss.ss_family != S(s)->family)
 		return -EAFNOSUPPORT;
 	if (connect(s->fd, (struct sockaddr *)&a->ss, a->sslen))
 		return -errno;
-	snprintf(S(s)->reqhost, sizeof(S(s)->reqhost), "%s", a->host);
+	snprintf(x->reqhost, sizeof(x->reqhost), "%s", a->host);
 	atomic_store(&S(s)->connected, 1);
 	/* Now the channel may read: only from the peer. */
 	s->mode |= COIL_IO_READ;
@@ -469,9 +477,12 @@ int coil_socket_bind(coil_socket_t *s, const char *addr, int flags)
 			return -EINVAL;
 		if (a.kind == COIL_ADDR_UNIX)
 			return -EOPNOTSUPP;
-		memcpy(&S(s)->bind_ss, &a.ss, a.sslen);
-		S(s)->bind_len = a.sslen;
-		S(s)->bind_flags = flags;
+		struct coil__sockx *x = coil__sock_x(S(s));
+		if (!x)
+			return -ENOMEM;
+		memcpy(&x->bind_ss, &a.ss, a.sslen);
+		x->bind_len = a.sslen;
+		x->bind_flags = flags;
 		return 0;
 	}
 	if (s->fd < 0)
@@ -493,10 +504,14 @@ int coil_socket_bind(coil_socket_t *s, const char *addr, int flags)
 		if (setsockopt(s->fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)))
 			return -errno;
 	}
+	struct coil__sockx *x = a.kind == COIL_ADDR_UNIX ? coil__sock_x(S(s))
+							 : NULL;
+	if (a.kind == COIL_ADDR_UNIX && !x)
+		return -ENOMEM; /* before bind: no path left behind */
 	if (bind(s->fd, (struct sockaddr *)&a.ss, a.sslen))
 		return -errno;
-	if (a.kind == COIL_ADDR_UNIX)
-		snprintf(S(s)->unix_path, sizeof(S(s)->unix_path), "%s",
+	if (x)
+		snprintf(x->unix_path, sizeof(x->unix_path), "%s",
 			 ((struct sockaddr_un *)&a.ss)->sun_path);
 	return 0;
 }

@@ -5,8 +5,10 @@
  * no timing). Links libcoil.a for the internals. */
 #include "helpers.h"
 #include "internal.h"
+#include "sock.h"
 
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -171,6 +173,83 @@ static void test_idle_channel_is_small(void)
 	settle();
 }
 
+/* ---- idle accepted sockets ---- */
+
+/* What echo_server does with a new client: queue size, read and closed
+ * signals; the clients are kept so the test can look at them. */
+enum { NACC = 100 };
+static coil_socket_t *acc[NACC];
+static _Atomic int nacc;
+static _Atomic int acc_cold; /* clients that had a cold socket part */
+
+static void acc_client(coil_socket_t *l, coil_socket_t *c, void *ud)
+{
+	(void)l, (void)ud;
+	int i = atomic_load(&nacc);
+	if (i >= NACC) {
+		coil_channel_release(c);
+		return;
+	}
+	if (coil__sock_xq(S(c)))
+		atomic_fetch_add(&acc_cold, 1);
+	coil_channel_set_queue_size(c, 4u << 20);
+	coil_channel_on_read(c, echo_read, NULL);
+	coil_channel_on_closed(c, nop_closed, NULL);
+	acc[i] = c;
+	atomic_store(&nacc, i + 1);
+}
+
+/*
+ * An accepted TCP client, idle with echo_server's signals connected, is two
+ * allocations: its channel (at most 320 bytes) and its socket state (at
+ * most 32: what only connecting, listening, bound, datagram or shut-down
+ * sockets need is a part made on first use, which an accepted client never
+ * makes). The socket state was 640 bytes (reqhost[256], unix_path[128], the
+ * bind address inline) before the split.
+ */
+static void test_idle_accepted_socket_is_small(void)
+{
+	CU_ASSERT(sizeof(struct coil__sock) <= 32);
+	coil_socket_t *l = NULL;
+	T_ASSERT_OK(coil_socket_new(L, &l));
+	T_ASSERT_OK(coil_socket_on_new_client(l, acc_client, NULL));
+	T_ASSERT_OK(coil_socket_listen(l, "127.0.0.1:0", NACC + 16, 0));
+	coil_sockinfo_t li;
+	T_ASSERT_OK(coil_socket_local(l, &li));
+	CU_ASSERT_PTR_NOT_NULL(coil__sock_xq(S(l))); /* a listener has one */
+	static int fds[NACC + 1];
+	/* One warm-up client (and its echo), then the measured ones. */
+	fds[NACC] = t_connect_tcp4(li.port);
+	CU_ASSERT_FATAL(fds[NACC] >= 0);
+	for (int i = 0; i < 10000 && atomic_load(&nacc) < 1; i++)
+		usleep(1000);
+	CU_ASSERT_FATAL(atomic_load(&nacc) == 1);
+	CU_ASSERT(pingpong(fds[NACC], 1) == 0);
+	size_t live0 = live_on_worker();
+	for (int i = 0; i < NACC - 1; i++) {
+		fds[i] = t_connect_tcp4(li.port);
+		CU_ASSERT_FATAL(fds[i] >= 0);
+	}
+	for (int i = 0; i < 10000 && atomic_load(&nacc) < NACC; i++)
+		usleep(1000);
+	CU_ASSERT_FATAL(atomic_load(&nacc) == NACC);
+	size_t live1 = live_on_worker();
+	fprintf(stderr, "idle accepted sockets: %.2f live allocations each, "
+		"sizeof channel %zu, socket %zu\n",
+		(double)(live1 - live0) / (NACC - 1),
+		sizeof(struct coil_channel_s), sizeof(struct coil__sock));
+	CU_ASSERT_EQUAL(live1 - live0, (size_t)2 * (NACC - 1));
+	CU_ASSERT_EQUAL(atomic_load(&acc_cold), 0);
+	for (int i = 0; i < NACC; i++)
+		CU_ASSERT_PTR_NULL(coil__sock_xq(S(acc[i])));
+	for (int i = 0; i < NACC; i++) {
+		coil_channel_release(acc[i]);
+		close(fds[i]);
+	}
+	coil_channel_release(l);
+	settle();
+}
+
 /* ---- allocations per echoed message ---- */
 
 enum { P_SIGNAL, P_READ, P_READLINE };
@@ -264,6 +343,7 @@ static void test_allocs_per_message(void)
 
 static const coil_test_t tests[] = {
 	{"idle_channel_is_small", test_idle_channel_is_small},
+	{"idle_accepted_socket_is_small", test_idle_accepted_socket_is_small},
 	{"allocs_per_message", test_allocs_per_message},
 	{NULL, NULL},
 };
