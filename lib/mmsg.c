@@ -28,6 +28,7 @@ struct mmsg_op {
 	struct iovec *iov;       /* n vectors */
 	struct sockaddr_storage *to; /* send: n copied addresses */
 	unsigned char *bytes;    /* send: the copied payloads, back to back */
+	struct coil__rx rx;      /* recv: its place in the socket's queue */
 };
 
 static void datagrams_free(void *p)
@@ -42,6 +43,9 @@ static void recv_drop_unfilled(struct mmsg_op *m);
 
 static void mmsg_free(struct mmsg_op *m)
 {
+	/* After mmsg_end settled or stashed: the next receive's turn. */
+	if (m->rx.queued)
+		coil__sock_rx_leave(m->s, &m->rx);
 	if (m->out) {
 		recv_drop_unfilled(m);
 		datagrams_free(m->out);
@@ -221,11 +225,45 @@ static int mmsg_abort(coil_ip_t *ip, void *arg)
 	struct mmsg_op *m = arg;
 	if (!m->inflight) {
 		m->aborted = true;
+		if (m->rx.queued) {
+			/* Waiting its turn: out of the queue now, freed by
+			 * its task (the caller may still use the handle). */
+			coil__sock_rx_leave(m->s, &m->rx);
+			coil__post(m->s->w, &m->task);
+		}
 		return 0;
 	}
 	if (!m->cancelling && coil__prep_cancel(m->s->w, NULL, &m->op) == 0)
 		m->cancelling = true;
 	return m->cancelling ? 1 : -EBUSY;
+}
+
+/* A receive's turn (the head of the socket's queue, udp.c). */
+static void mmsg_rx_start(struct coil__rx *r)
+{
+	struct mmsg_op *m = coil__container_of(r, struct mmsg_op, rx);
+	if (coil_ip_state(m->ip) != COIL_IP_PENDING) {
+		mmsg_free(m);
+		return;
+	}
+	/* Datagrams kept from an aborted receive come first. */
+	coil_datagram_t *dg;
+	while (m->out->count < m->n && (dg = coil__sock_stash_pop(S(m->s)))) {
+		size_t at = m->out->count;
+		coil__free(m->out->dg[at]);
+		if (dg->len > m->max_size)
+			dg->len = m->max_size;
+		recv_fill(m, at, dg);
+	}
+	if (m->done) {
+		mmsg_end(m, 0);
+		return;
+	}
+	if (m->s->w->stopping) {
+		mmsg_end(m, -ECANCELED); /* no new ring op */
+		return;
+	}
+	mmsg_step(m);
 }
 
 static void mmsg_start(coil__task *t)
@@ -238,21 +276,12 @@ static void mmsg_start(coil__task *t)
 		return;
 	}
 	if (!m->send) {
-		/* Datagrams kept from an aborted receive come first. */
-		coil_datagram_t *dg;
-		while (m->out->count < m->n &&
-		       (dg = coil__sock_stash_pop(S(m->s)))) {
-			size_t at = m->out->count;
-			coil__free(m->out->dg[at]);
-			if (dg->len > m->max_size)
-				dg->len = m->max_size;
-			recv_fill(m, at, dg);
-		}
-		if (m->done) {
-			recv_drop_unfilled(m);
-			mmsg_end(m, 0);
-			return;
-		}
+		m->rx.start = mmsg_rx_start;
+		int rc = coil__sock_rx_enter(m->s, &m->rx,
+					     atomic_load(&S(m->s)->nonblocking));
+		if (rc)
+			mmsg_end(m, rc);
+		return;
 	}
 	mmsg_step(m);
 }

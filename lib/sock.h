@@ -30,6 +30,11 @@ struct coil__sockx {
 	/* udp.c, home worker: datagrams received for a recvfrom that was
 	 * aborted (or settled) meanwhile, for the next recvfrom, in order. */
 	struct coil__dg_stash *stash_head, **stash_tail;
+	/* udp.c, home worker: recvfrom/recvfrom_many waiting their turn, in
+	 * call order (struct coil__rx; initialised on first use); only the
+	 * head has a ring receive in flight. */
+	coil__list rxq;
+	bool rx_pumping;
 	/* coil_socket_bind on a stream socket before connect (bind_len 0:
 	 * none): each connect attempt binds there first. Home worker. */
 	struct sockaddr_storage bind_ss;
@@ -77,6 +82,18 @@ COIL__HIDDEN void coil__sock_vreg_forget(coil_channel_t *c);
 COIL__HIDDEN void coil__sock_stash_push(struct coil__sock *s,
 					coil_datagram_t *dg);
 COIL__HIDDEN coil_datagram_t *coil__sock_stash_pop(struct coil__sock *s);
+/* udp.c, home worker: one receive's place in its socket's queue. enter
+ * links r at the tail (0, -ENOMEM, or -EAGAIN when others wait and
+ * dontwait is set) and calls r->start when r becomes the head; the receive
+ * calls leave when done (or aborted while waiting): the next one starts. */
+struct coil__rx {
+	coil__list link;
+	void (*start)(struct coil__rx *r);
+	bool queued, started;
+};
+COIL__HIDDEN int coil__sock_rx_enter(coil_socket_t *s, struct coil__rx *r,
+				     bool dontwait);
+COIL__HIDDEN void coil__sock_rx_leave(coil_socket_t *s, struct coil__rx *r);
 /* udp.c: frees the stashed datagrams (socket free). */
 COIL__HIDDEN void coil__sock_stash_free(struct coil__sock *s);
 

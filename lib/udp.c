@@ -56,6 +56,12 @@ int coil_socket_new_dgram(coil_loop_t *loop, int family, coil_socket_t **out)
  * completion settles the handle). A datagram the kernel delivered to an
  * operation whose handle was settled meanwhile (the abort lost the race)
  * is stashed on the socket and given to the next recvfrom: none is lost.
+ *
+ * Receives (recvfrom and recvfrom_many, mmsg.c) are served in call order
+ * (CPython/usocket): each socket keeps a queue of them (coil__sock_rx_*)
+ * and only its head has a ring receive in flight; the kernel, given several
+ * waiting receives, would wake the newest first. Aborting a waiting one
+ * takes it out of the queue at once.
  */
 struct dgram_op {
 	coil__op op;
@@ -71,7 +77,62 @@ struct dgram_op {
 	bool aborted;        /* aborted before it was submitted */
 	bool cancelling;
 	int flags;           /* MSG_DONTWAIT in non-blocking mode */
+	struct coil__rx rx;  /* recvfrom: its place in the socket's queue */
 };
+
+static coil__list *rx_queue(struct coil__sockx *x)
+{
+	if (!x->rxq.next)
+		coil__list_init(&x->rxq);
+	return &x->rxq;
+}
+
+/* Starts heads until one waits (or the queue is empty). A receive that ends
+ * while starting leaves at once; the loop, not recursion, starts the next. */
+static void rx_pump(struct coil__sockx *x)
+{
+	if (x->rx_pumping)
+		return;
+	x->rx_pumping = true;
+	coil__list *q = rx_queue(x);
+	while (!coil__list_empty(q)) {
+		struct coil__rx *r = coil__container_of(q->next, struct coil__rx,
+							link);
+		if (r->started)
+			break;
+		r->started = true;
+		r->start(r);
+	}
+	x->rx_pumping = false;
+}
+
+int coil__sock_rx_enter(coil_socket_t *s, struct coil__rx *r, bool dontwait)
+{
+	struct coil__sockx *x = coil__sock_x(S(s));
+	if (!x)
+		return -ENOMEM;
+	coil__list *q = rx_queue(x);
+	/* Others wait: the kernel has nothing and the stash is empty. */
+	if (dontwait && !coil__list_empty(q))
+		return -EAGAIN;
+	r->queued = true;
+	r->started = false;
+	coil__list_add_tail(q, &r->link);
+	rx_pump(x);
+	return 0;
+}
+
+void coil__sock_rx_leave(coil_socket_t *s, struct coil__rx *r)
+{
+	if (!r->queued)
+		return;
+	struct coil__sockx *x = coil__sock_xq(S(s));
+	bool head = x->rxq.next == &r->link;
+	coil__list_del(&r->link);
+	r->queued = false;
+	if (head)
+		rx_pump(x);
+}
 
 void coil__sock_stash_free(struct coil__sock *ss)
 {
@@ -152,6 +213,8 @@ static void dgram_complete(coil__op *op, int res, unsigned flags)
 		    coil_ip_finish_ptr(d->ip, d->dg, coil_free))
 			coil__sock_stash_push(S(d->s), d->dg);
 	}
+	/* After the stash: the next receive gets what this one could not. */
+	coil__sock_rx_leave(d->s, &d->rx);
 	dgram_free(d);
 }
 
@@ -160,12 +223,64 @@ static int dgram_abort(coil_ip_t *ip, void *arg)
 	struct dgram_op *d = arg;
 	if (!d->inflight) {
 		d->aborted = true; /* not submitted yet: it never will be */
+		if (d->rx.queued) {
+			/* Waiting its turn: out of the queue now, freed by
+			 * its task (the caller may still use the handle). */
+			coil__sock_rx_leave(d->s, &d->rx);
+			coil__post(d->s->w, &d->task);
+		}
 		return 0;
 	}
 	if (!d->cancelling &&
 	    coil__prep_cancel(d->s->w, NULL, &d->op) == 0)
 		d->cancelling = true;
 	return d->cancelling ? 1 : -EBUSY;
+}
+
+/* A recvfrom's turn (the head of the socket's queue). */
+static void dgram_rx_start(struct coil__rx *r)
+{
+	struct dgram_op *d = coil__container_of(r, struct dgram_op, rx);
+	coil_socket_t *s = d->s;
+	int rc;
+	if (coil_ip_state(d->ip) != COIL_IP_PENDING) {
+		coil__sock_rx_leave(s, &d->rx);
+		coil__free(d->dg);
+		dgram_free(d);
+		return;
+	}
+	coil_datagram_t *dg = coil__sock_stash_pop(S(s));
+	if (dg) {
+		size_t max = d->iov.iov_len;
+		if (dg->len > max)
+			dg->len = max; /* truncated, as recvfrom does */
+		coil__free(d->dg);
+		d->dg = NULL;
+		if (coil_ip_finish_ptr(d->ip, dg, coil_free))
+			coil__sock_stash_push(S(s), dg); /* settled meanwhile */
+		coil__sock_rx_leave(s, &d->rx);
+		dgram_free(d);
+		return;
+	}
+	if (s->w->stopping) {
+		/* Its turn came as the loop stops: no new ring op. */
+		coil__ip_fail_msg(d->ip, -ECANCELED,
+				  "recvfrom: the loop is stopping");
+		coil__free(d->dg);
+		coil__sock_rx_leave(s, &d->rx);
+		dgram_free(d);
+		return;
+	}
+	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED) {
+		rc = -EBADF;
+	} else {
+		d->op.complete = dgram_complete;
+		rc = coil__prep_recvmsg(s->w, &d->op, s->fd, &d->msg, d->flags);
+	}
+	if (rc)
+		dgram_complete(&d->op, rc, 0);
+	else
+		d->inflight = true;
 }
 
 static void dgram_start(coil__task *t)
@@ -179,17 +294,11 @@ static void dgram_start(coil__task *t)
 		return;
 	}
 	if (!d->send) {
-		coil_datagram_t *dg = coil__sock_stash_pop(S(s));
-		if (dg) {
-			size_t max = d->iov.iov_len;
-			if (dg->len > max)
-				dg->len = max; /* truncated, as recvfrom does */
-			coil__free(d->dg);
-			d->dg = NULL;
-			coil_ip_finish_ptr(d->ip, dg, coil_free);
-			dgram_free(d);
-			return;
-		}
+		d->rx.start = dgram_rx_start;
+		rc = coil__sock_rx_enter(s, &d->rx, d->flags & MSG_DONTWAIT);
+		if (rc)
+			dgram_complete(&d->op, rc, 0);
+		return;
 	}
 	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED) {
 		rc = -EBADF;
