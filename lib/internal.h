@@ -118,6 +118,17 @@ typedef struct coil__closer {
 	void (*close)(struct coil__closer *c);
 } coil__closer;
 
+/* A worker's timer queue (timer.c, see "timers" below). */
+typedef struct coil__timerq {
+	coil__list list;     /* coil__timer by deadline (lazily initialised) */
+	coil__op op;         /* the worker's one ring timeout */
+	struct __kernel_timespec ts;
+	uint64_t armed_at;   /* deadline the ring timeout fires at */
+	bool armed;          /* the ring timeout is in flight */
+	coil__defer retry;   /* a re-arm that found no SQE */
+	uint64_t ring_ops;   /* ring ops the timers issued (tests, bench) */
+} coil__timerq;
+
 struct coil__worker {
 	coil_loop_t *loop;
 	unsigned index;
@@ -155,6 +166,8 @@ struct coil__worker {
 	struct coil__bufring *bufring;
 	unsigned pinned;       /* provided buffers lent to zero-copy writes */
 	unsigned rr_next;      /* round-robin cursor for handing out clients */
+	coil__timerq timerq;   /* timer.c: deadline list, one ring timeout */
+	uint64_t sqes;         /* SQEs prepared so far (tests, bench) */
 };
 
 struct coil_loop_s {
@@ -233,6 +246,9 @@ int coil__prep_timeout(coil__worker *w, coil__op *op,
  * the cancel's own completion is then ignored (but still counted). */
 int coil__prep_cancel(coil__worker *w, coil__op *op, coil__op *target);
 int coil__prep_timeout_remove(coil__worker *w, coil__op *op, coil__op *target);
+/* Moves the pending timeout target to expire ts from now (op may be NULL). */
+int coil__prep_timeout_update(coil__worker *w, coil__op *op,
+			      coil__op *target, struct __kernel_timespec *ts);
 int coil__prep_close(coil__worker *w, coil__op *op, int fd);
 int coil__prep_shutdown(coil__worker *w, coil__op *op, int fd, int how);
 /* Whether the kernel supports an opcode (probed once per process) and, for
@@ -280,24 +296,34 @@ int coil__ip_fail_bytes(coil_ip_t *ip, int err, void *data, size_t len,
 			void (*free_fn)(void *));
 
 /* ---- timers (timer.c) */
+/*
+ * A worker's timers sit on one list ordered by deadline (CLOCK_MONOTONIC,
+ * ns), and one ring timeout is armed for the earliest of them. Starting a
+ * timer whose deadline is later than the armed one, and cancelling any
+ * timer, costs no ring operation: the armed timeout is moved earlier (one
+ * timeout-update) only when a new earliest deadline comes before it, and is
+ * re-armed lazily when it fires with later timers left (issue 14).
+ */
 typedef struct coil__timer coil__timer;
 typedef void (*coil__timer_cb)(coil__timer *t, int res);
 struct coil__timer {
-	coil__op op;
-	coil__op cancel_op;
-	struct __kernel_timespec ts;
+	coil__list link;     /* on the worker's deadline list */
+	coil__defer done;    /* runs cb(t, -ECANCELED) after a cancel */
+	uint64_t deadline;   /* CLOCK_MONOTONIC ns */
 	coil__worker *w;
 	coil__timer_cb cb;
-	int res;
-	bool armed;          /* the timeout op is in flight */
-	bool cancelling;     /* a timeout-remove op is in flight */
+	bool listed;         /* on the deadline list */
+	bool cancelling;     /* cancelled, its callback not yet run */
 };
 /* Arms t on w (the calling worker) to fire once after ms. cb(t, 0) runs at
- * expiry, cb(t, -ECANCELED) after coil__timer_cancel; either way exactly once,
- * and only after every ring op of the timer completed, so cb may free t. */
+ * expiry, cb(t, -ECANCELED) after coil__timer_cancel or when the worker
+ * stops; either way exactly once and never from inside coil__timer_start
+ * or coil__timer_cancel, so cb may free t. */
 int coil__timer_start(coil__worker *w, coil__timer *t, uint64_t ms,
 		      coil__timer_cb cb);
 void coil__timer_cancel(coil__timer *t);
+/* Tests: ring operations the timers of w issued so far (w's thread). */
+uint64_t coil__timer_ring_ops(const coil__worker *w);
 
 /* ---- per-loop extensions (loop.c): a part of coil that keeps state in
  * every loop without the loop core knowing it by name registers once per

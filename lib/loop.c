@@ -346,6 +346,7 @@ static struct io_uring_sqe *get_sqe(coil__worker *w, coil__op *op)
 		}
 	}
 	w->ops_inflight++;
+	w->sqes++;
 	(void)op;
 	return sqe;
 }
@@ -463,6 +464,14 @@ int coil__prep_timeout(coil__worker *w, coil__op *op,
 {
 	PREP_BEGIN(w, op);
 	io_uring_prep_timeout(sqe, ts, 0, 0);
+	PREP_END(op);
+}
+
+int coil__prep_timeout_update(coil__worker *w, coil__op *op,
+			      coil__op *target, struct __kernel_timespec *ts)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_timeout_update(sqe, ts, (__u64)(uintptr_t)target, 0);
 	PREP_END(op);
 }
 

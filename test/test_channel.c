@@ -887,9 +887,15 @@ static void test_dup_steal_live(void)
 	coil_channel_release(other);
 	close(peer);
 	coil_channel_release(ch);
-	for (int i = 0; i < 5000 && coil_live_channels() != live0; i++)
+	/* <= : a channel of an earlier test may still have been on its way
+	 * out when live0 was read (seen under valgrind on a loaded machine:
+	 * the count ended one below live0). */
+	for (int i = 0; i < 5000 && coil_live_channels() > live0; i++)
 		usleep(1000);
-	CU_ASSERT_EQUAL(coil_live_channels(), live0);
+	if (coil_live_channels() > live0)
+		fprintf(stderr, "dup_steal_live: %zu live channels, %zu before\n",
+			coil_live_channels(), live0);
+	CU_ASSERT(coil_live_channels() <= live0);
 }
 
 /* steal on the home worker: b takes a's descriptor, a is closed. */

@@ -192,6 +192,9 @@ static void s_chan_idle(struct td *t)
 	T_ASSERT_OK(coil_channel_on_closed(b, closed_cb, t));
 	coil_channel_release(b);
 	coil_channel_release(b);
+	coil_channel_t *d;
+	T_ASSERT_OK(coil_channel_dup(a, &d));
+	track(t, coil_channel_read(d), A_READ, "read on a dup");
 	/* A plain thread blocked in coil_ip_wait() on a read: the stop
 	 * settles the read and wakes it. */
 	track(t, coil_channel_read(a), A_READ, "read waited on");
@@ -620,7 +623,8 @@ static void check_settled(struct td *t, const char *row)
 		int st = coil_ip_state(s->ip);
 		int bit = st == COIL_IP_PENDING ? 0 : outcome_bit(s->ip);
 		int ran = atomic_load(&s->ran);
-		if (!(bit & s->allow) || ran != 1 || atomic_load(&s->late))
+		if (!(bit & s->allow) || ran != 1 || atomic_load(&s->late) ||
+		    getenv("COIL_TD_VERBOSE"))
 			fprintf(stderr,
 				"%s: %s: state %d error %d (%s) \"%s\", "
 				"on_done ran %d (%d late)\n",
@@ -1014,6 +1018,35 @@ static void a_tls_read_sig(struct cbx *x)
 	x->other = b;
 }
 
+static void a_done_relay(struct cbx *x)
+{
+	chan_victim(x);
+	x->other = pair(x->t, NULL);
+	witness(x);
+	coil_ip_t *r = coil_channel_relay(x->ch, x->other);
+	track(x->t, r, A_OK, "relay");
+	CU_ASSERT_EQUAL(coil_ip_on_done(r, x_done, x), 0);
+	poke(x, "relayed bytes");
+	shutdown(x->peer, SHUT_WR);
+}
+
+static void a_tls_closed(struct cbx *x)
+{
+	coil_socket_t *b;
+	T_ASSERT_OK(coil_socketpair(x->t->loop, AF_UNIX, SOCK_STREAM, &x->ch,
+				    &b));
+	coil_ip_t *hc = coil_socket_starttls_client(x->ch, cctx, NULL);
+	coil_ip_t *hs = coil_socket_starttls_server(b, sctx);
+	T_ASSERT_OK(t_wait(hc));
+	T_ASSERT_OK(t_wait(hs));
+	track(x->t, hc, A_OK, "client handshake");
+	track(x->t, hs, A_OK, "server handshake");
+	T_ASSERT_OK(coil_channel_on_closed(x->ch, x_closed, x));
+	witness(x);
+	/* close_notify from the server: the client's stream ends. */
+	coil_channel_release(b);
+}
+
 struct cbrow {
 	const char *name;
 	void (*arm)(struct cbx *x);
@@ -1038,7 +1071,9 @@ static const struct cbrow cb_rows[] = {
 	{"new client", a_new_client, 0, 0},
 	{"on_done(recvfrom)", a_done_recvfrom, 0, 0},
 	{"monitor", a_monitor, 1, 0},
+	{"on_done(relay)", a_done_relay, 0, 0},
 	{"on_done(starttls)", a_tls_handshake, 0, 1},
+	{"tls closed", a_tls_closed, 1, 1},
 	{"tls read signal", a_tls_read_sig, 1, 1},
 	{NULL, NULL, 0, 0},
 };
@@ -1074,9 +1109,16 @@ static void run_cb_row(const struct cbrow *r, int action, unsigned workers)
 	t->loop = t_loop(workers);
 	r->arm(x);
 	WAIT_UNTIL(atomic_load(&x->acted) > 0);
-	if (!atomic_load(&x->acted))
-		fprintf(stderr, "%s, %s: the callback never ran\n", r->name,
-			act_name[action]);
+	if (!atomic_load(&x->acted)) {
+		fprintf(stderr, "%s, %s (%u workers): the callback never ran; "
+				"victim alive %d, read queue %zu\n",
+			r->name, act_name[action], workers,
+			x->ch ? coil_channel_alive(x->ch) : -1,
+			x->ch ? coil_channel_read_queue_used(x->ch) : 0);
+		for (int i = 0; i < t->nh; i++)
+			fprintf(stderr, "  %s: state %d\n", t->h[i].what,
+				coil_ip_state(t->h[i].ip));
+	}
 	CU_ASSERT_FATAL(atomic_load(&x->acted) > 0);
 	for (int i = 0; i < t->nh; i++) {
 		int rc = t_wait(t->h[i].ip);
@@ -1121,8 +1163,9 @@ static void run_cb_row(const struct cbrow *r, int action, unsigned workers)
 
 static void test_act_in_callbacks(void)
 {
+	const char *only = getenv("COIL_TD_ROW");
 	for (const struct cbrow *r = cb_rows; r->name; r++) {
-		if (r->tls && !sctx)
+		if ((r->tls && !sctx) || (only && strcmp(only, r->name)))
 			continue;
 		for (int a = 0; a < ACT_N; a++)
 			for (unsigned w = 1; w <= 2; w++)
@@ -1264,12 +1307,75 @@ static void test_threads_race_worker(void)
 	}
 }
 
+
+/* Monitors freed from a plain thread while their callbacks run on the
+ * worker and another thread flips their registration. */
+struct mon_race {
+	coil_monitor_t *m;
+	int fd;
+	_Atomic int calls;
+	_Atomic int stop;
+};
+
+static void mon_race_cb(coil_monitor_t *m, int fd, int events, void *ud)
+{
+	struct mon_race *mr = ud;
+	atomic_fetch_add(&mr->calls, 1);
+}
+
+static void *mon_flipper(void *arg)
+{
+	struct mon_race *mr = arg;
+	for (int i = 0; i < 50 && !atomic_load(&mr->stop); i++) {
+		coil_monitor_unregister(mr->m);
+		coil_monitor_register(mr->m, mr->fd, COIL_IO_WRITE);
+	}
+	return NULL;
+}
+
+static void test_monitor_free_races(void)
+{
+	int rounds = t_on_valgrind() ? 3 : 30;
+	for (int round = 0; round < rounds; round++) {
+		size_t alloc0 = coil__alloc_live();
+		coil_loop_t *loop = t_loop(1 + round % 2);
+		int p[2];
+		CU_ASSERT_FATAL(pipe(p) == 0);
+		struct mon_race *mr = calloc(1, sizeof(*mr));
+		mr->fd = p[1];
+		T_ASSERT_OK(coil_monitor_new(loop, mon_race_cb, mr, &mr->m));
+		T_ASSERT_OK(coil_monitor_register(mr->m, p[1], COIL_IO_WRITE));
+		WAIT_UNTIL(atomic_load(&mr->calls) > 0);
+		pthread_t th;
+		CU_ASSERT_FATAL(pthread_create(&th, NULL, mon_flipper, mr) == 0);
+		/* The flipper only uses m until it sees stop. */
+		for (int i = 0; i < 10; i++)
+			coil_loop_post(loop, -1, barrier_task, &mr->stop);
+		pthread_join(th, NULL);
+		coil_monitor_free(mr->m);
+		if (round % 3 == 0) {
+			/* Free a second one with the loop. */
+			coil_monitor_t *m2;
+			T_ASSERT_OK(coil_monitor_new(loop, mon_race_cb, mr, &m2));
+			T_ASSERT_OK(coil_monitor_register(m2, p[1], COIL_IO_WRITE));
+		}
+		T_ASSERT_OK(coil_loop_free(loop));
+		int calls = atomic_load(&mr->calls);
+		close(p[0]);
+		close(p[1]);
+		CU_ASSERT_EQUAL(atomic_load(&mr->calls), calls);
+		CU_ASSERT_EQUAL(coil__alloc_live(), alloc0);
+		free(mr);
+	}
+}
+
 /* ==== main ==== */
 
 static const coil_test_t tests[] = {
 	{"free_matrix", test_free_matrix},
 	{"act_in_callbacks", test_act_in_callbacks},
 	{"threads_race_worker", test_threads_race_worker},
+	{"monitor_free_races", test_monitor_free_races},
 	{NULL, NULL},
 };
 
