@@ -2386,7 +2386,7 @@ static void fd_unlock(coil_channel_t *ch)
 void coil__channel_set_fd(coil_channel_t *ch, int fd)
 {
 	fd_lock(ch);
-	ch->fd = fd;
+	__atomic_store_n(&ch->fd, fd, __ATOMIC_RELAXED); /* read by alive() */
 	fd_unlock(ch);
 }
 
@@ -2724,7 +2724,8 @@ int coil_channel_alive(const coil_channel_t *ch)
 {
 	if (ch && state(ch) == COIL__CH_NEW && atomic_load(&ch->sock_connecting))
 		return !atomic_load(&ch->close_req); /* kaa: alive while connecting */
-	return ch && state(ch) == COIL__CH_OPEN && ch->fd >= 0 &&
+	return ch && state(ch) == COIL__CH_OPEN &&
+	       __atomic_load_n(&ch->fd, __ATOMIC_RELAXED) >= 0 &&
 	       !atomic_load(&ch->close_req);
 }
 
