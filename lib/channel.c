@@ -401,6 +401,12 @@ void coil__channel_put(coil_channel_t *ch)
 	coil__post(ch->w, &ch->free_task);
 }
 
+/* The stopped worker ran its last callback: the user's reference goes. */
+static void held_release(coil__closer *c)
+{
+	coil__channel_put(coil__container_of(c, coil_channel_t, closer));
+}
+
 static void closer_close(coil__closer *c)
 {
 	coil_channel_t *ch = coil__container_of(c, coil_channel_t, closer);
@@ -412,11 +418,15 @@ static void closer_close(coil__closer *c)
 			return;
 	} while (!atomic_compare_exchange_weak(&ch->refs, &refs, refs + 1));
 	/* The loop is stopping: close now and drop the user's handle on the
-	 * user's behalf (it is invalid once coil_loop_free returns). */
+	 * user's behalf (it is invalid once coil_loop_free returns). Until
+	 * then callbacks that run during the stop (the failed requests', the
+	 * closed signal) may still call the channel: the stop holds the
+	 * user's reference until the worker has run its last callback
+	 * (apiseq F13: such a call touched a channel the stop had freed). */
 	coil__channel_close_local(ch, true, true);
 	if (!ch->user_released) {
 		ch->user_released = true;
-		coil__channel_put(ch);
+		coil__closer_hold(ch->w, &ch->closer, held_release);
 	}
 	coil__channel_put(ch);
 }

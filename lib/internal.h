@@ -118,6 +118,14 @@ typedef struct coil__closer {
 	void (*close)(struct coil__closer *c);
 } coil__closer;
 
+/* Objects the stop closed but that callbacks may still call during it
+ * (the user's handle stays valid until coil_loop_free returns, rule 16)
+ * hold on with coil__closer_hold: the closer moves to the worker's held
+ * list (no longer counted as open) and fin(c) runs on the worker once it
+ * has run its last callback, before the worker exits. */
+void coil__closer_hold(coil__worker *w, coil__closer *c,
+		       void (*fin)(coil__closer *c));
+
 /* A worker's timer queue (timer.c, see "timers" below). */
 typedef struct coil__timerq {
 	coil__list list;     /* coil__timer by deadline (lazily initialised) */
@@ -162,6 +170,7 @@ struct coil__worker {
 	unsigned ip_cache_n[3];
 	coil__list defers;     /* coil__defer, run before sleeping */
 	coil__list closers;    /* coil__closer: objects to close on stop */
+	coil__list held;       /* coil__closer: closed, released at exit */
 	unsigned long ops_inflight;
 	struct coil__bufring *bufring;
 	unsigned pinned;       /* provided buffers lent to zero-copy writes */
