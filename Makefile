@@ -140,8 +140,10 @@ test-suite: all
 asan:
 	@$(MAKE) --no-print-directory VARIANT=asan test
 
+# test/tsan.supp: interceptor calls from OpenSSL (not built with TSan).
 tsan:
-	@$(MAKE) --no-print-directory VARIANT=tsan test
+	@TSAN_OPTIONS="suppressions=$(CURDIR)/test/tsan.supp $$TSAN_OPTIONS" \
+		$(MAKE) --no-print-directory VARIANT=tsan test
 
 valgrind:
 	@sh scripts/deps.sh build test valgrind

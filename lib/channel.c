@@ -360,10 +360,10 @@ static void channel_free(coil_channel_t *ch)
 		cc_put(CC_WR, WR(ch));
 		ch->iov = NULL;
 	}
-	if (ch->sock_free)
-		ch->sock_free(ch);
+	if (ch->sock)
+		coil__sock_free(ch);
 	if (ch->flt) /* tls.c */
-		ch->flt->free(ch);
+		ch->flt->ops->free(ch);
 	if (ch->registered)
 		coil__closer_del(&ch->closer);
 	coil__defer_cancel(&ch->defer);
@@ -401,6 +401,12 @@ void coil__channel_put(coil_channel_t *ch)
 	coil__post(ch->w, &ch->free_task);
 }
 
+/* The stopped worker ran its last callback: the user's reference goes. */
+static void held_release(coil__closer *c)
+{
+	coil__channel_put(coil__container_of(c, coil_channel_t, closer));
+}
+
 static void closer_close(coil__closer *c)
 {
 	coil_channel_t *ch = coil__container_of(c, coil_channel_t, closer);
@@ -412,11 +418,15 @@ static void closer_close(coil__closer *c)
 			return;
 	} while (!atomic_compare_exchange_weak(&ch->refs, &refs, refs + 1));
 	/* The loop is stopping: close now and drop the user's handle on the
-	 * user's behalf (it is invalid once coil_loop_free returns). */
+	 * user's behalf (it is invalid once coil_loop_free returns). Until
+	 * then callbacks that run during the stop (the failed requests', the
+	 * closed signal) may still call the channel: the stop holds the
+	 * user's reference until the worker has run its last callback
+	 * (apiseq F13: such a call touched a channel the stop had freed). */
 	coil__channel_close_local(ch, true, true);
 	if (!ch->user_released) {
 		ch->user_released = true;
-		coil__channel_put(ch);
+		coil__closer_hold(ch->w, &ch->closer, held_release);
 	}
 	coil__channel_put(ch);
 }
@@ -425,7 +435,13 @@ static void defer_run(coil__defer *d);
 
 int coil__channel_new(coil__worker *w, coil_channel_t **out)
 {
-	coil_channel_t *ch = coil__calloc(1, sizeof(*ch));
+	return coil__channel_new_sized(w, sizeof(coil_channel_t), out);
+}
+
+int coil__channel_new_sized(coil__worker *w, size_t size,
+			    coil_channel_t **out)
+{
+	coil_channel_t *ch = coil__calloc(1, size);
 	if (!ch)
 		return -ENOMEM;
 	ch->w = w;
@@ -587,7 +603,7 @@ static bool want_read(coil_channel_t *ch)
 	struct coil__chext *e = X(ch);
 	if (e && e->steal_wait)
 		return false;
-	if (ch->flt && ch->flt->want_input(ch)) /* tls.c: a handshake */
+	if (ch->flt && ch->flt->ops->want_input(ch)) /* tls.c: a handshake */
 		return true;
 	size_t limit = atomic_load_explicit(&ch->queue_size,
 					    memory_order_relaxed);
@@ -728,7 +744,7 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		/* Bytes that arrive after close are dropped: the user asked
 		 * for the channel to stop. */
 		if (state(ch) == COIL__CH_OPEN && !ch->eof && ch->flt)
-			ch->flt->input(ch, coil__bufring_buf(ch->w, bid),
+			ch->flt->ops->input(ch, coil__bufring_buf(ch->w, bid),
 				       (size_t)res); /* tls.c */
 		else if (state(ch) == COIL__CH_OPEN && !ch->eof)
 			on_bytes(ch, coil__bufring_buf(ch->w, bid), (size_t)res,
@@ -741,7 +757,7 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 	} else if (to) {
 		/* The thief's own receive will see the end or the error. */
 	} else if (res == 0) {
-		set_eof(ch, ch->flt ? ch->flt->eof(ch) : 0); /* tls.c */
+		set_eof(ch, ch->flt ? ch->flt->ops->eof(ch) : 0); /* tls.c */
 	} else if (res == -ENOBUFS) {
 		/* The worker's buffers ran out within one batch. They are all
 		 * recycled by the end of it: re-arm then (from the defer, not
@@ -834,7 +850,7 @@ static void finish_empty(coil_ip_t *ip)
 /* At end of stream with nothing for r: 0 bytes, or the read error. */
 static const char *rerr_msg(const coil_channel_t *ch)
 {
-	return ch->flt ? ch->flt->errtext(ch) : NULL; /* tls.c */
+	return ch->flt ? ch->flt->ops->errtext(ch) : NULL; /* tls.c */
 }
 
 static void req_end(coil_channel_t *ch, readreq *r)
@@ -1596,7 +1612,7 @@ static bool can_send(const coil_channel_t *ch)
 /* tls.c: the filter has bytes of its own to send (or owes them at close). */
 static inline bool flt_pending(const coil_channel_t *ch)
 {
-	return ch->flt && ch->flt->pending(ch);
+	return ch->flt && ch->flt->ops->pending(ch);
 }
 
 static void kick_write(coil_channel_t *ch)
@@ -1617,7 +1633,7 @@ static void kick_write(coil_channel_t *ch)
 		wr->iov[n].iov_len = r->len - r->off;
 		n++;
 	}
-	if (ch->flt && !(n = ch->flt->prep_send(ch, n))) { /* tls.c */
+	if (ch->flt && !(n = ch->flt->ops->prep_send(ch, n))) { /* tls.c */
 		wr_put(ch);
 		return;
 	}
@@ -1659,7 +1675,7 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 	if (done && wr->linger_armed)
 		wr->last_progress_ms = coil__now_ms();
 	if (ch->flt && done) /* tls.c: sent bytes -> plaintext bytes */
-		done = ch->flt->sent(ch, done);
+		done = ch->flt->ops->sent(ch, done);
 	while (ch->wq_head && done) {
 		writereq *r = ch->wq_head;
 		size_t left = r->len - r->off;
@@ -1708,8 +1724,8 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		 * then the channel reads again. */
 		if (ch->on_read)
 			flush_sigq(ch);
-		if (!ch->wq_head && ch->drained_fn)
-			ch->drained_fn(ch);
+		if (!ch->wq_head && ch->sock_drain_wait)
+			coil__sock_drained(ch);
 		drain_check(ch);
 		gate_wake(ch);
 		if (st == COIL__CH_CLOSING && !ch->wq_head && !flt_pending(ch))
@@ -2011,9 +2027,9 @@ static void finish_close(coil_channel_t *ch)
 	process_api(ch);
 	ch->lines_due = false; /* the signal saw what it could: closed now */
 	if (ch->flt) /* tls.c */
-		ch->flt->closed(ch);
-	if (ch->sock_close)
-		ch->sock_close(ch);
+		ch->flt->ops->closed(ch);
+	if (ch->sock)
+		coil__sock_closing(ch);
 	maybe_close_fd(ch);
 	emit_closed(ch);
 	relay_check(ch);
@@ -2134,7 +2150,7 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 		rq_changed(ch);
 	}
 	if (ch->flt) /* tls.c: close_notify is owed, or cannot be sent */
-		immediate = ch->flt->closing(ch, immediate);
+		immediate = ch->flt->ops->closing(ch, immediate);
 	if (!immediate && (ch->wq_head || flt_pending(ch)) && ch->fd >= 0) {
 		/* kaa close(immediate=False): not alive any more, but the
 		 * queued writes drain first. Reading stops now. */
@@ -2380,7 +2396,7 @@ static void fd_unlock(coil_channel_t *ch)
 void coil__channel_set_fd(coil_channel_t *ch, int fd)
 {
 	fd_lock(ch);
-	ch->fd = fd;
+	__atomic_store_n(&ch->fd, fd, __ATOMIC_RELAXED); /* read by alive() */
 	fd_unlock(ch);
 }
 
@@ -2421,8 +2437,8 @@ void coil__channel_connected(coil_channel_t *ch)
 {
 	ch->connecting = false;
 	kick_write(ch);
-	if (!ch->wq_head && !ch->send_inflight && ch->drained_fn)
-		ch->drained_fn(ch);
+	if (!ch->wq_head && !ch->send_inflight && ch->sock_drain_wait)
+		coil__sock_drained(ch);
 }
 
 static int prepare_fd(int fd)
@@ -2718,7 +2734,8 @@ int coil_channel_alive(const coil_channel_t *ch)
 {
 	if (ch && state(ch) == COIL__CH_NEW && atomic_load(&ch->sock_connecting))
 		return !atomic_load(&ch->close_req); /* kaa: alive while connecting */
-	return ch && state(ch) == COIL__CH_OPEN && ch->fd >= 0 &&
+	return ch && state(ch) == COIL__CH_OPEN &&
+	       __atomic_load_n(&ch->fd, __ATOMIC_RELAXED) >= 0 &&
 	       !atomic_load(&ch->close_req);
 }
 

@@ -118,6 +118,14 @@ typedef struct coil__closer {
 	void (*close)(struct coil__closer *c);
 } coil__closer;
 
+/* Objects the stop closed but that callbacks may still call during it
+ * (the user's handle stays valid until coil_loop_free returns, rule 16)
+ * hold on with coil__closer_hold: the closer moves to the worker's held
+ * list (no longer counted as open) and fin(c) runs on the worker once it
+ * has run its last callback, before the worker exits. */
+void coil__closer_hold(coil__worker *w, coil__closer *c,
+		       void (*fin)(coil__closer *c));
+
 /* A worker's timer queue (timer.c, see "timers" below). */
 typedef struct coil__timerq {
 	coil__list list;     /* coil__timer by deadline (lazily initialised) */
@@ -162,6 +170,7 @@ struct coil__worker {
 	unsigned ip_cache_n[3];
 	coil__list defers;     /* coil__defer, run before sleeping */
 	coil__list closers;    /* coil__closer: objects to close on stop */
+	coil__list held;       /* coil__closer: closed, released at exit */
 	unsigned long ops_inflight;
 	struct coil__bufring *bufring;
 	unsigned pinned;       /* provided buffers lent to zero-copy writes */
@@ -427,6 +436,9 @@ struct coil_channel_s {
 	 * callback does not move them. */
 	bool show_rq : 1, show_sigq : 1;
 	bool linger_expired : 1;
+	/* socket.c: a shutdown(SHUT_WR) waits for the write queue to drain
+	 * (coil__sock_drained runs once it is empty). */
+	bool sock_drain_wait : 1;
 	union {
 		struct {
 			coil__op recv_op;
@@ -451,17 +463,27 @@ struct coil_channel_s {
 	struct iovec *iov;
 	_Atomic(struct coil__chext *) ext;
 	void *data;
-	struct coil__sock *sock; /* socket.c state, NULL for plain channels */
-	/* socket.c hooks: on close (listener shards, Unix unlink), on free */
-	void (*sock_close)(coil_channel_t *ch);
-	void (*sock_free)(coil_channel_t *ch);
-	/* socket.c: runs once the write queue is empty (shutdown SHUT_WR) */
-	void (*drained_fn)(coil_channel_t *ch);
+	/* socket.c state, NULL for plain channels: with it set, channel.c
+	 * calls coil__sock_closing (on close: connect, shutdown, listener
+	 * shards, Unix unlink) and coil__sock_free (on free). For a socket
+	 * made by socket.c it lives in the channel's own allocation, right
+	 * after this struct (coil__channel_new_sized). */
+	struct coil__sock *sock;
 	/* tls.c: a stream filter between the ring and the queues (NULL: the
-	 * bytes go through as they are). See coil__filter_ops. */
-	const struct coil__filter_ops *flt;
-	void *flt_state;
+	 * bytes go through as they are): its state, which begins with its
+	 * ops. See coil__filter_ops. */
+	struct coil__filter *flt;
 };
+
+/* A stream filter's state begins with this (tls.c). */
+struct coil__filter {
+	const struct coil__filter_ops *ops;
+};
+
+/* socket.c hooks for channels with ch->sock set (home worker). */
+void coil__sock_closing(coil_channel_t *ch);
+void coil__sock_free(coil_channel_t *ch);
+void coil__sock_drained(coil_channel_t *ch);
 
 /* Home worker or any thread: runs fn(fd, arg) with ch's descriptor held
  * open (the fd lock), or returns -EBADF when it has none or is closed.
@@ -474,6 +496,10 @@ void coil__channel_set_fd(coil_channel_t *ch, int fd);
 /* Allocates a channel homed on w with no descriptor (st NEW), holding the
  * caller's reference. Any thread. */
 int coil__channel_new(coil__worker *w, coil_channel_t **out);
+/* The same with size bytes allocated (at least sizeof the channel): what
+ * follows the struct is zeroed and freed with it (socket state). */
+int coil__channel_new_sized(coil__worker *w, size_t size,
+			    coil_channel_t **out);
 /* Gives ch its descriptor (home worker only): starts reads if anyone wants
  * them, flushes queued writes unless ch->connecting. */
 void coil__channel_attach_fd(coil_channel_t *ch, int fd, int mode,

@@ -157,12 +157,8 @@ static void shard_arm(struct shard *sh)
 static coil_socket_t *client_new(coil__worker *w, int fd, int family)
 {
 	coil_channel_t *ch;
-	if (coil__channel_new(w, &ch))
+	if (coil__sock_channel_new(w, &ch))
 		return NULL;
-	if (sock_alloc(ch)) {
-		coil__channel_put(ch);
-		return NULL;
-	}
 	ch->sock->family = family;
 	atomic_store(&ch->sock->connected, 1);
 	if (family != AF_UNIX) {

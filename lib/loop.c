@@ -670,6 +670,35 @@ void coil__closer_del(coil__closer *c)
 	coil__list_del(&c->link);
 }
 
+/* The held list's entries: the closer's close pointer is reused for fin
+ * (the object is closed already). */
+void coil__closer_hold(coil__worker *w, coil__closer *c,
+		       void (*fin)(coil__closer *c))
+{
+	coil__list_del(&c->link);
+	c->close = fin;
+	coil__list_add_tail(&w->held, &c->link);
+}
+
+/* The worker ran its last callback: what the stop held goes now (each fin
+ * unlists its closer, or the object's free does). */
+static void release_held(coil__worker *w)
+{
+	while (!coil__list_empty(&w->held)) {
+		coil__closer *c = coil__container_of(w->held.next, coil__closer,
+						     link);
+		coil__list_del(&c->link);
+		c->close(c);
+	}
+	/* What those frees settled or deferred still runs (bounded: nothing
+	 * can be in flight any more). */
+	for (int i = 0; i < 16 && (w->ready_head || !coil__list_empty(&w->defers));
+	     i++) {
+		run_ready(w);
+		run_defers(w);
+	}
+}
+
 /* ---- the worker ---- */
 
 static void efd_complete(coil__op *op, int res, unsigned flags);
@@ -962,6 +991,7 @@ static void *worker_main(void *arg)
 	}
 	arm_efd(w);
 	worker_run(w);
+	release_held(w);
 	coil__bufring_free(w);
 	io_uring_queue_exit(w->ring);
 	coil__free(w->ring);
@@ -1129,6 +1159,7 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 		w->index = i;
 		coil__list_init(&w->defers);
 		coil__list_init(&w->closers);
+		coil__list_init(&w->held);
 		coil__defer_init(&w->efd_retry, efd_retry_run);
 		w->efd = eventfd(0, EFD_CLOEXEC);
 		if (w->efd < 0) {

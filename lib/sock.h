@@ -120,8 +120,12 @@ COIL__HIDDEN struct sock_call *coil__sock_call_new(coil_socket_t *s,
 /* A handle that failed at once (bad arguments), never NULL unless OOM. */
 COIL__HIDDEN coil_ip_t *coil__sock_failed_ip(coil_socket_t *s, int err,
 		const char *fmt, const char *arg);
-/* Gives ch its socket state and hooks: 0 or -ENOMEM. */
+/* Gives ch (a channel made without room for it) its socket state as an
+ * allocation of its own: 0 or -ENOMEM. */
 COIL__HIDDEN int coil__sock_alloc(coil_channel_t *ch);
+/* A new channel homed on w with its socket state in the same allocation
+ * (coil__channel_new's rules): 0 or -ENOMEM. */
+COIL__HIDDEN int coil__sock_channel_new(coil__worker *w, coil_channel_t **out);
 /* Applies the remembered options to a fresh descriptor. */
 COIL__HIDDEN void coil__sock_apply_opts(struct coil__sock *s, int fd);
 

@@ -27,7 +27,19 @@
  * own worker, so accepted clients live where they were accepted.
  */
 
-static void sock_free(coil_channel_t *ch)
+/* The socket state of a socket made here lives in the channel's own
+ * allocation, right after the channel (one allocation per socket); a
+ * wrapped channel's is an allocation of its own. */
+static inline struct coil__sock *sock_inline(coil_channel_t *ch)
+{
+	return (struct coil__sock *)(ch + 1);
+}
+
+_Static_assert(sizeof(struct coil_channel_s) % _Alignof(struct coil__sock) == 0,
+	       "the socket state after the channel is aligned");
+
+/* The channel's free hook (ch->sock set). */
+void coil__sock_free(coil_channel_t *ch)
 {
 	if (ch->sock->vreg)
 		coil__sock_vreg_forget(ch);
@@ -36,13 +48,14 @@ static void sock_free(coil_channel_t *ch)
 		coil__sock_stash_free(ch->sock);
 		coil__free(x);
 	}
-	coil__free(ch->sock);
+	if (ch->sock != sock_inline(ch))
+		coil__free(ch->sock);
 	ch->sock = NULL;
 }
 
 /* The channel's close hook: ends a connect, fails a waiting shutdown, then
  * closes the listener part. Runs on the home worker. */
-static void sock_close(coil_channel_t *ch)
+void coil__sock_closing(coil_channel_t *ch)
 {
 	struct coil__sock *s = ch->sock;
 	struct coil__sockx *x = s ? coil__sock_xq(s) : NULL;
@@ -87,16 +100,31 @@ struct coil__sockx *coil__sock_x(struct coil__sock *s)
 	return x;
 }
 
+static void sock_init(coil_channel_t *ch, struct coil__sock *s)
+{
+	s->nodelay = s->keepalive = s->reuseaddr = -1;
+	s->type = SOCK_STREAM;
+	ch->sock = s;
+}
+
 int coil__sock_alloc(coil_channel_t *ch)
 {
 	struct coil__sock *s = coil__calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
-	s->nodelay = s->keepalive = s->reuseaddr = -1;
-	s->type = SOCK_STREAM;
-	ch->sock = s;
-	ch->sock_free = sock_free;
-	ch->sock_close = sock_close;
+	sock_init(ch, s);
+	return 0;
+}
+
+int coil__sock_channel_new(coil__worker *w, coil_channel_t **out)
+{
+	coil_channel_t *ch;
+	int rc = coil__channel_new_sized(
+		w, sizeof(struct coil_channel_s) + sizeof(struct coil__sock), &ch);
+	if (rc)
+		return rc;
+	sock_init(ch, sock_inline(ch));
+	*out = ch;
 	return 0;
 }
 
@@ -105,14 +133,9 @@ int coil_socket_new(coil_loop_t *loop, coil_socket_t **out)
 	if (!loop || !out)
 		return -EINVAL;
 	coil_channel_t *ch;
-	int rc = coil__channel_new(coil__pick_worker(loop), &ch);
+	int rc = coil__sock_channel_new(coil__pick_worker(loop), &ch);
 	if (rc)
 		return rc;
-	rc = sock_alloc(ch);
-	if (rc) {
-		coil__channel_put(ch);
-		return rc;
-	}
 	atomic_store(&ch->sock_unconnected, true); /* reads: -ENOTCONN */
 	/* Listed for loop stop from the start: a socket that is never used,
 	 * or is still connecting, is closed and freed by coil_loop_free. */
@@ -193,12 +216,12 @@ static void do_shutdown(coil_socket_t *s)
 	 * runs again when the send carrying it completed. */
 	if (s->fd >= 0 && ss->shut_how != SHUT_RD &&
 	    coil__tls_shutdown_write(s)) {
-		s->drained_fn = do_shutdown;
+		s->sock_drain_wait = true;
 		return;
 	}
 	coil_ip_t *ip = ss->shut_ip;
 	ss->shut_ip = NULL;
-	s->drained_fn = NULL;
+	s->sock_drain_wait = false;
 	if (s->fd < 0)
 		coil__ip_fail_msg(ip, -ENOTCONN, "shutdown: not connected");
 	else if (shutdown(s->fd, ss->shut_how))
@@ -206,6 +229,12 @@ static void do_shutdown(coil_socket_t *s)
 	else
 		coil_ip_finish_int(ip, 0);
 	coil_ip_unref(ip);
+}
+
+/* The channel's drain hook: the write queue is empty. */
+void coil__sock_drained(coil_channel_t *ch)
+{
+	do_shutdown(ch);
 }
 
 static void shutdown_local(struct sock_call *c)
@@ -225,7 +254,7 @@ static void shutdown_local(struct sock_call *c)
 	if ((c->n == SHUT_WR || c->n == SHUT_RDWR) &&
 	    (s->wq_head || s->send_inflight || s->connecting)) {
 		/* Queued writes leave first: shutdown when the queue drains. */
-		s->drained_fn = do_shutdown;
+		s->sock_drain_wait = true;
 		return;
 	}
 	do_shutdown(s);

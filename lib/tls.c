@@ -76,6 +76,7 @@ typedef struct obuf {
 } obuf;
 
 typedef struct tls_conn {
+	struct coil__filter f; /* first: ch->flt points here */
 	coil_channel_t *ch;
 	coil_tls_ctx_t *ctx;       /* reference */
 	coil_tls_ctx_t *sni_ctx;   /* reference: the context SNI chose */
@@ -680,19 +681,21 @@ static int alpn_select_cb(SSL *ssl, const unsigned char **out,
 
 static const struct coil__filter_ops tls_ops;
 
-/* Any thread: flt is published with a release store after flt_state. */
+/* Home worker: the filter state of a channel whose filter is tls_ops. */
+#define TC(ch) coil__container_of((ch)->flt, tls_conn, f)
+
+/* Any thread: flt is published with a release store after its state. */
 static inline tls_conn *conn_of(const coil_channel_t *ch)
 {
-	if (__atomic_load_n(&ch->flt, __ATOMIC_ACQUIRE) != &tls_ops)
+	struct coil__filter *f = __atomic_load_n(&ch->flt, __ATOMIC_ACQUIRE);
+	if (!f || f->ops != &tls_ops)
 		return NULL;
-	return ch->flt_state;
+	return coil__container_of(f, tls_conn, f);
 }
 
-static void publish(coil_channel_t *ch, const struct coil__filter_ops *ops,
-		    void *state)
+static void publish(coil_channel_t *ch, struct coil__filter *f)
 {
-	ch->flt_state = state;
-	__atomic_store_n(&ch->flt, ops, __ATOMIC_RELEASE);
+	__atomic_store_n(&ch->flt, f, __ATOMIC_RELEASE);
 }
 
 static void obuf_free(obuf *b)
@@ -881,7 +884,7 @@ static void release_held(tls_conn *t)
 
 static void tls_input(coil_channel_t *ch, const char *p, size_t n)
 {
-	tls_conn *t = ch->flt_state;
+	tls_conn *t = TC(ch);
 	coil__channel_get(ch);
 	if (t->held.len) {
 		/* Behind the held ones, in order. */
@@ -914,7 +917,7 @@ static void held_run(coil__defer *d)
 
 static int tls_eof(coil_channel_t *ch)
 {
-	tls_conn *t = ch->flt_state;
+	tls_conn *t = TC(ch);
 	/* Held records first: they may end with the close_notify. */
 	if (t->held.len)
 		release_held(t);
@@ -986,7 +989,7 @@ static size_t encrypt(tls_conn *t, const struct iovec *iov, int n)
 
 static int tls_prep_send(coil_channel_t *ch, int n)
 {
-	tls_conn *t = ch->flt_state;
+	tls_conn *t = TC(ch);
 	if (!t->busy.len) {
 		if (t->hs_done && !t->failed && n && t->wr_shut) {
 			/* A write after shutdown(SHUT_WR): like a plain
@@ -1030,7 +1033,7 @@ static int tls_prep_send(coil_channel_t *ch, int n)
 
 static size_t tls_sent(coil_channel_t *ch, size_t res)
 {
-	tls_conn *t = ch->flt_state;
+	tls_conn *t = TC(ch);
 	t->busy_off += res;
 	if (t->busy_off < t->busy.len)
 		return 0;
@@ -1045,14 +1048,14 @@ static size_t tls_sent(coil_channel_t *ch, size_t res)
 
 static bool tls_pending(const coil_channel_t *ch)
 {
-	const tls_conn *t = ch->flt_state;
+	const tls_conn *t = TC(ch);
 	return t->busy.len || t->fill.len ||
 	       (t->closing && !t->shutdown_sent && t->hs_done && !t->failed);
 }
 
 static bool tls_want_input(const coil_channel_t *ch)
 {
-	tls_conn *t = ch->flt_state;
+	tls_conn *t = TC(ch);
 	if (t->held.len && has_consumer(ch))
 		coil__defer_add(ch->w, &t->held_defer); /* see decrypt */
 	return !t->hs_done && !t->failed;
@@ -1060,7 +1063,7 @@ static bool tls_want_input(const coil_channel_t *ch)
 
 static bool tls_closing(coil_channel_t *ch, bool immediate)
 {
-	tls_conn *t = ch->flt_state;
+	tls_conn *t = TC(ch);
 	/* A handshake cannot finish once reading stops: closing during it
 	 * is immediate. After a fatal error nothing more is sent. */
 	if (!t->hs_done || t->failed)
@@ -1072,7 +1075,7 @@ static bool tls_closing(coil_channel_t *ch, bool immediate)
 
 static void tls_closed(coil_channel_t *ch)
 {
-	tls_conn *t = ch->flt_state;
+	tls_conn *t = TC(ch);
 	if (t->hs_ip) {
 		coil_ip_t *ip = t->hs_ip;
 		t->hs_ip = NULL;
@@ -1084,7 +1087,7 @@ static void tls_closed(coil_channel_t *ch)
 
 static const char *tls_errtext(const coil_channel_t *ch)
 {
-	const tls_conn *t = ch->flt_state;
+	const tls_conn *t = TC(ch);
 	return t->err ? t->errmsg : NULL;
 }
 
@@ -1107,9 +1110,8 @@ static void conn_free(tls_conn *t)
 
 static void tls_free(coil_channel_t *ch)
 {
-	conn_free(ch->flt_state);
+	conn_free(TC(ch));
 	ch->flt = NULL;
-	ch->flt_state = NULL;
 }
 
 /* socket.c, home worker, once the write queue has drained for
@@ -1208,7 +1210,7 @@ static void start_local(tls_conn *t)
 		return;
 	}
 	coil_ip_set_abort(t->hs_ip, hs_abort, t);
-	publish(ch, &tls_ops, t);
+	publish(ch, &t->f);
 	/* Bytes already read past the plaintext part of the protocol (a
 	 * ClientHello pipelined behind STARTTLS) are the first records. */
 	size_t have = ch->rq.len;
@@ -1266,6 +1268,7 @@ static coil_ip_t *starttls(coil_socket_t *s, coil_tls_ctx_t *c,
 		coil_ip_unref(ip);
 		return NULL;
 	}
+	t->f.ops = &tls_ops;
 	t->ch = s;
 	coil__defer_init(&t->held_defer, held_run);
 	t->ctx = coil_tls_ctx_ref(c);
@@ -1359,6 +1362,7 @@ int coil_tls_info(const coil_channel_t *ch, coil_tls_info_t *out)
 /* ---- the TLS listener: clients arrive handshaken ---- */
 
 typedef struct tls_listen {
+	struct coil__filter f; /* first: ch->flt points here */
 	_Atomic int refs;
 	coil_socket_t *listener;
 	coil_tls_ctx_t *ctx;
@@ -1423,9 +1427,8 @@ static void tls_new_client(coil_socket_t *lst, coil_socket_t *client,
 /* The listener's binding is freed with the listener. */
 static void lfilter_free(coil_channel_t *ch)
 {
-	listen_put(ch->flt_state);
+	listen_put(coil__container_of(ch->flt, tls_listen, f));
 	ch->flt = NULL;
-	ch->flt_state = NULL;
 }
 static bool lfilter_no(const coil_channel_t *ch) { return false; }
 static bool lfilter_closing(coil_channel_t *ch, bool immediate)
@@ -1466,13 +1469,13 @@ struct listen_req {
 static void bind_local(struct listen_req *r)
 {
 	coil_socket_t *s = r->s;
-	if (s->flt && s->flt != &listen_ops) {
+	if (s->flt && s->flt->ops != &listen_ops) {
 		r->rc = -EALREADY;
 		return;
 	}
 	if (s->flt)
-		listen_put(s->flt_state);
-	publish(s, &listen_ops, r->l);
+		listen_put(coil__container_of(s->flt, tls_listen, f));
+	publish(s, &r->l->f);
 	r->rc = 0;
 }
 
@@ -1499,6 +1502,7 @@ int coil_socket_on_new_tls_client(coil_socket_t *s, coil_tls_ctx_t *c,
 	tls_listen *l = coil__calloc(1, sizeof(*l));
 	if (!l)
 		return -ENOMEM;
+	l->f.ops = &listen_ops;
 	atomic_init(&l->refs, 1);
 	l->listener = s;
 	l->ctx = coil_tls_ctx_ref(c);

@@ -25,12 +25,8 @@ int coil_socket_new_dgram(coil_loop_t *loop, int family, coil_socket_t **out)
 	if (fd < 0)
 		return -errno;
 	coil_channel_t *ch;
-	int rc = coil__channel_new(coil__pick_worker(loop), &ch);
-	if (!rc)
-		rc = sock_alloc(ch);
+	int rc = coil__sock_channel_new(coil__pick_worker(loop), &ch);
 	if (rc) {
-		if (ch)
-			coil__channel_put(ch);
 		close(fd);
 		return rc;
 	}

@@ -661,6 +661,53 @@ static void test_release_in_deferred_line(void)
 	}
 }
 
+/* A request loop in callback style (readline, then the next readline from
+ * its on_done) on a channel the user never released, when coil_loop_free()
+ * runs: the stop failed the pending readline and freed the channel, and the
+ * callback's next coil_channel_readline() touched freed memory (apiseq F13,
+ * heap-use-after-free under ASan). The channel lives until the stop has run
+ * its last callback; calls made meanwhile fail at once. */
+struct stop_loop {
+	coil_channel_t *ch;
+	_Atomic int calls;
+};
+
+static void stop_loop_done(coil_ip_t *ip, void *ud)
+{
+	struct stop_loop *l = ud;
+	if (atomic_fetch_add(&l->calls, 1) >= 3)
+		return;
+	coil_ip_t *next = coil_channel_readline(l->ch); /* the loop goes on */
+	if (next)
+		coil_ip_on_done(next, stop_loop_done, l);
+	coil_ip_unref(next);
+}
+
+static void test_request_loop_across_stop(void)
+{
+	for (int round = 0; round < 10; round++) {
+		coil_loop_t *loop = t_loop(1 + round % 2);
+		/* Odd rounds: a channel without a descriptor yet, so no ring
+		 * operation of its own keeps it alive through the stop. */
+		int peer = -1;
+		struct stop_loop l = {NULL, 0};
+		if (round % 2)
+			T_ASSERT_OK(coil_channel_new(loop, &l.ch));
+		else
+			l.ch = pair_on(loop, &peer);
+		coil_ip_t *ip = coil_channel_readline(l.ch);
+		CU_ASSERT_FATAL(ip != NULL);
+		T_ASSERT_OK(coil_ip_on_done(ip, stop_loop_done, &l));
+		coil_ip_unref(ip);
+		T_ASSERT_OK(coil_loop_free(loop)); /* ch never released */
+		/* Every readline settled (failed, or 0 bytes: the end of a
+		 * closed channel) and its callback ran, inside the free. */
+		CU_ASSERT_EQUAL(atomic_load(&l.calls), 4);
+		if (peer >= 0)
+			close(peer);
+	}
+}
+
 /* A read callback that replaced itself with coil_channel_on_read() while
  * paused by backpressure got already-delivered bytes again. */
 struct sw {
@@ -1198,6 +1245,7 @@ static const coil_test_t tests[] = {
 	{"steal_moves_every_byte", test_steal_moves_every_byte},
 	{"steal_inside_line_callback", test_steal_inside_line_callback},
 	{"release_in_deferred_line", test_release_in_deferred_line},
+	{"request_loop_across_stop", test_request_loop_across_stop},
 	{"signal_switch_while_paused", test_signal_switch_while_paused},
 	{"signal_disconnect_consumes_chunk",
 	 test_signal_disconnect_consumes_chunk},
