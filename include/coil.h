@@ -813,7 +813,9 @@ typedef struct coil_clients_s {
 COIL_EXTERN coil_ip_t *coil_socket_accept_many(coil_socket_t *s, size_t max);
 
 /* Datagrams. sendto: finishes with the bytes sent (copied first). recvfrom:
- * finishes with a coil_datagram_t (coil_ip_ptr) of up to max bytes. */
+ * finishes with a coil_datagram_t (coil_ip_ptr) of up to max bytes.
+ * Receives on one socket (recvfrom and recvfrom_many) are served in call
+ * order (CPython/usocket): the first call gets the first datagram. */
 typedef struct coil_datagram_s {
 	size_t len;
 	struct sockaddr_storage from;

@@ -252,6 +252,29 @@ static void test_mixed_with_many(void)
 	udp_close(&u);
 }
 
+/* Non-blocking mode (usocket settimeout(0)): a receive behind one that
+ * waits fails with -EAGAIN at once (nothing can be there for it), and the
+ * waiting one still gets the next datagram. */
+static void test_nonblocking_behind_waiting(void)
+{
+	struct udp u;
+	udp_open(&u);
+	coil_ip_t *a = coil_socket_recvfrom(u.s, 2048);
+	T_ASSERT_OK(coil_socket_set_blocking(u.s, 0));
+	coil_ip_t *b = coil_socket_recvfrom(u.s, 2048);
+	coil_ip_t *c = coil_socket_recvfrom_many(u.s, 4, 2048);
+	T_ASSERT_OK(t_wait(b));
+	CU_ASSERT_EQUAL(coil_ip_error(b), -EAGAIN);
+	T_ASSERT_OK(t_wait(c));
+	CU_ASSERT_EQUAL(coil_ip_error(c), -EAGAIN);
+	send_dg(&u, 7);
+	CU_ASSERT_EQUAL(got(a), 7);
+	coil_ip_unref(a);
+	coil_ip_unref(b);
+	coil_ip_unref(c);
+	udp_close(&u);
+}
+
 /* Freeing the loop with receives queued settles them all and frees what
  * they held. */
 static void test_queued_at_loop_free(void)
@@ -283,6 +306,7 @@ static const coil_test_t tests[] = {
 	{"many_from_worker", test_many_from_worker},
 	{"abort_middle", test_abort_middle},
 	{"mixed_with_many", test_mixed_with_many},
+	{"nonblocking_behind_waiting", test_nonblocking_behind_waiting},
 	{"queued_at_loop_free", test_queued_at_loop_free},
 	{NULL, NULL},
 };
