@@ -100,6 +100,9 @@ static void mmsg_complete(coil__op *op, int res, unsigned flags)
 {
 	struct mmsg_op *m = coil__container_of(op, struct mmsg_op, op);
 	m->inflight = false;
+	m->rx.ring = NULL;
+	if (res == -ECANCELED && !m->send)
+		res = coil__sock_rx_cancel_err(m->s, m->cancelling);
 	if (res < 0) {
 		mmsg_end(m, res);
 		return;
@@ -218,6 +221,8 @@ static void mmsg_step(struct mmsg_op *m)
 		return;
 	}
 	m->inflight = true;
+	if (!m->send)
+		m->rx.ring = &m->op;
 }
 
 static int mmsg_abort(coil_ip_t *ip, void *arg)

@@ -89,11 +89,18 @@ COIL__HIDDEN coil_datagram_t *coil__sock_stash_pop(struct coil__sock *s);
 struct coil__rx {
 	coil__list link;
 	void (*start)(struct coil__rx *r);
+	coil__op *ring;   /* the head's ring receive while in flight */
 	bool queued, started;
 };
 COIL__HIDDEN int coil__sock_rx_enter(coil_socket_t *s, struct coil__rx *r,
 				     bool dontwait);
 COIL__HIDDEN void coil__sock_rx_leave(coil_socket_t *s, struct coil__rx *r);
+/* udp.c, socket close (home worker): the head's ring receive is cancelled;
+ * it and the receives behind it fail with -EBADF. */
+COIL__HIDDEN void coil__sock_rx_close(coil_socket_t *s);
+/* udp.c: the error for a receive whose ring op ended with -ECANCELED:
+ * -EBADF if the socket closed (not an abort, not the loop stopping). */
+COIL__HIDDEN int coil__sock_rx_cancel_err(coil_socket_t *s, bool aborting);
 /* udp.c: frees the stashed datagrams (socket free). */
 COIL__HIDDEN void coil__sock_stash_free(struct coil__sock *s);
 

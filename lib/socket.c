@@ -75,6 +75,7 @@ void coil__sock_closing(coil_channel_t *ch)
 		x->shut_ip = NULL;
 	}
 	coil__sock_listener_close(ch);
+	coil__sock_rx_close(ch); /* udp.c: waiting receives */
 	/* A Unix datagram socket's bound path goes with it, as a listener's
 	 * does (it stayed behind). */
 	if (x->unix_path[0]) {

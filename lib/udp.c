@@ -118,6 +118,29 @@ int coil__sock_rx_enter(coil_socket_t *s, struct coil__rx *r, bool dontwait)
 	return 0;
 }
 
+void coil__sock_rx_close(coil_socket_t *s)
+{
+	struct coil__sockx *x = coil__sock_xq(S(s));
+	if (!x || !x->rxq.next || coil__list_empty(&x->rxq) || s->w->stopping)
+		return; /* stopping: the loop cancels every ring op itself */
+	struct coil__rx *r = coil__container_of(x->rxq.next, struct coil__rx,
+						link);
+	/* Its completion (-ECANCELED, read as -EBADF: the socket is closed)
+	 * starts the next, which finds the socket closed, and so on. */
+	if (r->ring)
+		coil__prep_cancel(s->w, NULL, r->ring);
+}
+
+/* A receive's ring op ended with -ECANCELED: its own abort, the loop
+ * stopping, or the socket closing (coil__sock_rx_close). */
+int coil__sock_rx_cancel_err(coil_socket_t *s, bool aborting)
+{
+	return !aborting && !s->w->stopping &&
+			       atomic_load(&s->st) == COIL__CH_CLOSED
+		       ? -EBADF
+		       : -ECANCELED;
+}
+
 void coil__sock_rx_leave(coil_socket_t *s, struct coil__rx *r)
 {
 	if (!r->queued)
@@ -195,7 +218,13 @@ static void dgram_complete(coil__op *op, int res, unsigned flags)
 {
 	struct dgram_op *d = coil__container_of(op, struct dgram_op, op);
 	d->inflight = false;
-	if (res < 0) {
+	d->rx.ring = NULL;
+	if (res == -ECANCELED && !d->send)
+		res = coil__sock_rx_cancel_err(d->s, d->cancelling);
+	if (res == -EBADF && !d->send) {
+		coil__ip_fail_msg(d->ip, res, "recvfrom: socket closed");
+		coil__free(d->dg);
+	} else if (res < 0) {
 		coil__ip_fail_msg(d->ip, res, dgram_what(d, res));
 		coil__free(d->dg);
 	} else if (d->send) {
@@ -273,10 +302,12 @@ static void dgram_rx_start(struct coil__rx *r)
 		d->op.complete = dgram_complete;
 		rc = coil__prep_recvmsg(s->w, &d->op, s->fd, &d->msg, d->flags);
 	}
-	if (rc)
+	if (rc) {
 		dgram_complete(&d->op, rc, 0);
-	else
+	} else {
 		d->inflight = true;
+		d->rx.ring = &d->op;
+	}
 }
 
 static void dgram_start(coil__task *t)

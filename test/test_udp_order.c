@@ -275,6 +275,25 @@ static void test_nonblocking_behind_waiting(void)
 	udp_close(&u);
 }
 
+/* Closing the socket fails the waiting receives with -EBADF (the head's
+ * ring receive is cancelled), none is left pending. */
+static void test_close_fails_queued(void)
+{
+	struct udp u;
+	udp_open(&u);
+	coil_ip_t *ip[6];
+	for (int i = 0; i < 6; i++)
+		ip[i] = i == 2 ? coil_socket_recvfrom_many(u.s, 4, 2048)
+			       : coil_socket_recvfrom(u.s, 2048);
+	T_ASSERT_OK(coil_channel_close(u.s, 0));
+	for (int i = 0; i < 6; i++) {
+		T_ASSERT_OK(t_wait(ip[i]));
+		CU_ASSERT_EQUAL(coil_ip_error(ip[i]), -EBADF);
+		coil_ip_unref(ip[i]);
+	}
+	udp_close(&u);
+}
+
 /* Freeing the loop with receives queued settles them all and frees what
  * they held. */
 static void test_queued_at_loop_free(void)
@@ -307,6 +326,7 @@ static const coil_test_t tests[] = {
 	{"abort_middle", test_abort_middle},
 	{"mixed_with_many", test_mixed_with_many},
 	{"nonblocking_behind_waiting", test_nonblocking_behind_waiting},
+	{"close_fails_queued", test_close_fails_queued},
 	{"queued_at_loop_free", test_queued_at_loop_free},
 	{NULL, NULL},
 };
