@@ -230,7 +230,7 @@ static int mmsg_abort(coil_ip_t *ip, void *arg)
 	struct mmsg_op *m = arg;
 	if (!m->inflight) {
 		m->aborted = true;
-		if (m->rx.queued) {
+		if (m->rx.queued && !m->rx.started) {
 			/* Waiting its turn: out of the queue now, freed by
 			 * its task (the caller may still use the handle). */
 			coil__sock_rx_leave(m->s, &m->rx);

@@ -248,7 +248,7 @@ static int dgram_abort(coil_ip_t *ip, void *arg)
 	struct dgram_op *d = arg;
 	if (!d->inflight) {
 		d->aborted = true; /* not submitted yet: it never will be */
-		if (d->rx.queued) {
+		if (d->rx.queued && !d->rx.started) {
 			/* Waiting its turn: out of the queue now, freed by
 			 * its task (the caller may still use the handle). */
 			coil__sock_rx_leave(d->s, &d->rx);
