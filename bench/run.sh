@@ -537,7 +537,10 @@ if has mem; then
 		for e in "${ECHO_SERVERS[@]}"; do
 			name=${e%%:*}; cmd=${e#*:}
 			port=$((PORT_BASE + (ROUNDS + r - 1) * NSERV + i)); i=$((i + 1))
-			start_server "$name" "$cmd" "$port" || continue
+			# jemalloc (coil) with its page decay off: by default the idle
+			# connections reuse the pages the warm-up freed and the growth
+			# reads low. Other allocators ignore MALLOC_CONF.
+			start_server "$name" "MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0 $cmd" "$port" || continue
 			mem_run "$name" "$port"
 			stop_server
 		done
