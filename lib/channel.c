@@ -236,7 +236,11 @@ static inline struct coil__chwr *WR(const coil_channel_t *ch)
  * and valgrind builds, where every allocation must be seen. A reuse counts
  * as a live allocation but not in coil__alloc_total (alloc.c). */
 enum { CC_READ, CC_WRITE, CC_WR, CC_N };
-#define CC_MAX 64
+/* Per kind: a worker's turn may complete a write per connection (wrk's 100
+ * connections each get an answer per turn), and a cache smaller than that
+ * batch sends the excess through the allocator every turn (as
+ * inprogress.c's PC_MAX). */
+#define CC_MAX 256
 /* Write requests are cached as blocks with room for this many bytes in
  * all, so small copied writes (an echo) need no allocation. */
 #define WREQ_BLOCK 256
@@ -1540,7 +1544,11 @@ static struct coil__chwr *wr_get(coil_channel_t *ch)
 	wr = cc_get(CC_WR, sizeof(*wr));
 	if (!wr)
 		return NULL;
-	memset(wr, 0, sizeof(*wr));
+	/* Not the iovec batch: kick_write (or the filter) fills what a send
+	 * uses. A request-response connection makes its write part once per
+	 * answer, so this is per-message work. */
+	memset((char *)wr + offsetof(struct coil__chwr, ch), 0,
+	       sizeof(*wr) - offsetof(struct coil__chwr, ch));
 	wr->ch = ch;
 	wr->wq_tail = &ch->wq_head;
 	ch->iov = wr->iov;
