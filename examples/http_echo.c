@@ -77,6 +77,10 @@ struct conn {
 	struct conn *prev, *next; /* the worker's list, for timeouts */
 	coil_channel_t *ch;
 	int state;
+	const char *view;          /* set during on_read: the callback's bytes,
+				      parsed where they are (in_off, in_len
+				      index them) until own() copies what is
+				      left into in */
 	char *in;                  /* input buffer; unparsed bytes start at */
 	size_t in_off;             /* in + in_off (consumed bytes are skipped, */
 	size_t in_len, in_cap;     /* and moved out once per read, not per
@@ -376,9 +380,49 @@ static void respond(struct conn *c)
 		conn_close(c);
 }
 
-static char *in_data(struct conn *c)
+static const char *in_data(struct conn *c)
 {
-	return c->in + c->in_off;
+	return (c->view ? c->view : c->in) + c->in_off;
+}
+
+/* Room in c->in for `need` more bytes behind the unparsed ones (which move
+ * to the front first); false when out of memory. */
+static bool reserve(struct conn *c, size_t need)
+{
+	if (c->in_off && c->in_off + c->in_len + need > c->in_cap) {
+		memmove(c->in, c->in + c->in_off, c->in_len); /* once per read */
+		c->in_off = 0;
+	}
+	if (c->in_off + c->in_len + need > c->in_cap) {
+		size_t cap = c->in_cap ? c->in_cap : 4096;
+		while (cap < c->in_len + need)
+			cap *= 2;
+		char *b = realloc(c->in, cap);
+		if (!b)
+			return false;
+		c->in = b;
+		c->in_cap = cap;
+	}
+	return true;
+}
+
+/* The unparsed bytes of a view move into c->in (which is empty then):
+ * before the view goes, and before anything decodes in place. */
+static bool own(struct conn *c)
+{
+	if (!c->view)
+		return true;
+	const char *p = c->view + c->in_off;
+	size_t n = c->in_len;
+	c->view = NULL;
+	c->in_off = c->in_len = 0;
+	if (!n)
+		return true;
+	if (!reserve(c, n))
+		return false;
+	memcpy(c->in, p, n);
+	c->in_len = n;
+	return true;
 }
 
 static void consume(struct conn *c, size_t n)
@@ -505,9 +549,13 @@ static void process(struct conn *c)
 			if (c->chunked) {
 				/* Decoded in place: the data moves to the front of
 				 * the input, anything after the body follows it. */
+				if (!own(c)) { /* decoded in place, below */
+					send_error(c, 500, "out of memory");
+					return;
+				}
 				size_t n = c->in_len;
-				int r = http_chunked_decode(&c->chunked_dec, in_data(c),
-							    &n);
+				int r = http_chunked_decode(&c->chunked_dec,
+							    c->in + c->in_off, &n);
 				char *b = realloc(c->body, c->body_len + n + 1);
 				if (!b) {
 					send_error(c, 500, "out of memory");
@@ -562,23 +610,23 @@ static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
 		send_error(c, 503, "over 4 MiB of requests ahead of its answers");
 		return;
 	}
-	if (c->in_off && c->in_off + c->in_len + len > c->in_cap) {
-		memmove(c->in, in_data(c), c->in_len); /* once per read */
+	if (!c->in_len) {
+		/* Nothing waits: parse the bytes where coil shows them and
+		 * keep only what is left (most reads hold whole requests, and
+		 * leave nothing). */
+		c->view = data;
 		c->in_off = 0;
-	}
-	if (c->in_off + c->in_len + len > c->in_cap) {
-		size_t cap = c->in_cap ? c->in_cap : 4096;
-		while (cap < c->in_len + len)
-			cap *= 2;
-		char *b = realloc(c->in, cap);
-		if (!b) {
+		c->in_len = len;
+		process(c);
+		if (!own(c))
 			send_error(c, 500, "out of memory");
-			return;
-		}
-		c->in = b;
-		c->in_cap = cap;
+		return;
 	}
-	memcpy(in_data(c) + c->in_len, data, len);
+	if (!reserve(c, len)) {
+		send_error(c, 500, "out of memory");
+		return;
+	}
+	memcpy(c->in + c->in_off + c->in_len, data, len);
 	c->in_len += len;
 	process(c);
 	/* Shrink an idle buffer so idle connections hold little memory. */
