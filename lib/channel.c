@@ -236,10 +236,10 @@ static inline struct coil__chwr *WR(const coil_channel_t *ch)
  * and valgrind builds, where every allocation must be seen. A reuse counts
  * as a live allocation but not in coil__alloc_total (alloc.c). */
 enum { CC_READ, CC_WRITE, CC_WR, CC_N };
-/* Per kind: a worker's turn may complete a write per connection (wrk's 100
- * connections each get an answer per turn), and a cache smaller than that
- * batch sends the excess through the allocator every turn (as
- * inprogress.c's PC_MAX). */
+/* Per kind: one turn may free a write per connection (a broadcast, or a
+ * saturated server answering every connection in a turn), and a cache
+ * smaller than that sends the excess through the allocator, which the next
+ * turn pays again (as inprogress.c's PC_MAX; test_hot). */
 #define CC_MAX 256
 /* Write requests are cached as blocks with room for this many bytes in
  * all, so small copied writes (an echo) need no allocation. */
