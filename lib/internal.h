@@ -179,7 +179,9 @@ struct coil__worker {
 	uint64_t sqes;         /* SQEs prepared so far (tests, bench) */
 	uint64_t enters;       /* io_uring_enter calls made (tests, bench) */
 	uint64_t min_waits;    /* of them, waits with the kernel's min-wait */
+	uint64_t min_wait_misses; /* of those, ended by the min-wait (loop.c) */
 	unsigned min_wait_us;  /* batch_wait_us in effect (0: feature off) */
+	unsigned mw_backoff, mw_skip; /* plain waits after misses (loop.c) */
 };
 
 struct coil_loop_s {

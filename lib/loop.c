@@ -36,6 +36,9 @@ __thread coil__worker *coil__tls_worker;
 #define INBOX_BUDGET 256
 /* CQEs copied out of the ring per batch. */
 #define CQE_BATCH 64
+/* Turns with sends that wait plainly, at most, after a batched wait whose
+ * min-wait ran out (see idle_enter). */
+#define MIN_WAIT_BACKOFF 1024
 
 /* ---- kernel feature probe, once per process ----
  *
@@ -999,13 +1002,34 @@ static unsigned queued_sends(const coil__worker *w)
 static int idle_enter(coil__worker *w)
 {
 	unsigned k = w->min_wait_us ? queued_sends(w) : 0;
+	if (k && w->mw_skip) {
+		w->mw_skip--;
+		k = 0;
+	}
 	if (!k)
 		return ring_enter(w, 1, IORING_ENTER_GETEVENTS, NULL);
 	static const struct __kernel_timespec day = {.tv_sec = 86400};
 	struct enter_arg arg = {.min_wait_usec = w->min_wait_us,
 				.ts = (uint64_t)(uintptr_t)&day};
 	w->min_waits++;
-	return ring_enter(w, k + 1, IORING_ENTER_GETEVENTS, &arg);
+	int rc = ring_enter(w, k + 1, IORING_ENTER_GETEVENTS, &arg);
+	/* Fewer than k + 1: the min-wait ran out (or a timer ended it). A
+	 * program whose sends are not followed by other events (a writer
+	 * that waits for each write's completion before the next) would pay
+	 * the whole min-wait on every write: after a miss, the next 1, 2,
+	 * 4 ... up to MIN_WAIT_BACKOFF turns with sends wait plainly, so
+	 * such a program pays it once per MIN_WAIT_BACKOFF writes at most,
+	 * while a connection that keeps answering keeps batching. */
+	if (io_uring_cq_ready(w->ring) < k + 1) {
+		w->min_wait_misses++;
+		w->mw_backoff = w->mw_backoff ? w->mw_backoff * 2 : 1;
+		if (w->mw_backoff > MIN_WAIT_BACKOFF)
+			w->mw_backoff = MIN_WAIT_BACKOFF;
+		w->mw_skip = w->mw_backoff;
+	} else {
+		w->mw_backoff = 0;
+	}
+	return rc;
 }
 
 /* The min-wait a worker uses: the loop's batch_wait_us where the ring has

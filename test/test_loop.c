@@ -285,7 +285,7 @@ static void echo_start(void *arg)
 
 struct enter_counts {
 	coil_loop_t *loop;
-	uint64_t enters, min_waits;
+	uint64_t enters, min_waits, min_wait_misses;
 	_Atomic int done;
 };
 
@@ -295,6 +295,7 @@ static void read_enters(void *arg)
 	coil__worker *w = coil__tls_worker;
 	c->enters = w->enters;
 	c->min_waits = w->min_waits;
+	c->min_wait_misses = w->min_wait_misses;
 	atomic_store(&c->done, 1);
 }
 
@@ -479,6 +480,81 @@ static void test_batch_wait_timer(void)
 	coil_ip_unref(t.sleep);
 	close(sv[1]);
 	coil_channel_release(t.ch);
+	coil_loop_free(loop);
+}
+
+/*
+ * A writer whose sends are followed by nothing else (each write waits for
+ * the previous one's completion; the peer only reads) would pay the whole
+ * min-wait per write: after a batched wait runs out, the next turns with
+ * sends wait plainly, 1, 2, 4... of them. Counted: of 400 chained writes
+ * with a 100 ms min-wait, about log2(400) waits run out, not 400 (which
+ * would also take 40 s: t_wait's 10 s bound fails first). Before the
+ * backoff every one of them ran out.
+ */
+struct lone_writes {
+	coil_channel_t *ch;
+	coil_ip_t *done;
+	int left;
+};
+
+static void lone_write_next(coil_ip_t *ip, void *ud)
+{
+	struct lone_writes *l = ud;
+	if (ip && coil_ip_state(ip) != COIL_IP_FINISHED) {
+		coil_ip_finish_int(l->done, -1);
+		return;
+	}
+	if (!l->left--) {
+		coil_ip_finish_int(l->done, 0);
+		return;
+	}
+	coil_ip_t *w = coil_channel_write(l->ch, "w", 1);
+	coil_ip_on_done(w, lone_write_next, l);
+	coil_ip_unref(w);
+}
+
+static void lone_write_start(void *arg)
+{
+	lone_write_next(NULL, arg);
+}
+
+static void test_batch_wait_lone_writes(void)
+{
+	enum { N = 400 };
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = 1;
+	o.batch_wait_us = 100000;
+	coil_loop_t *loop = NULL;
+	T_ASSERT_OK(coil_loop_new(&loop, &o));
+	if (!loop->workers[0].min_wait_us) {
+		fprintf(stderr, "(no IORING_FEAT_MIN_TIMEOUT) ");
+		coil_loop_free(loop);
+		return;
+	}
+	int sv[2];
+	CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+				   sv) == 0);
+	struct lone_writes l = {.done = coil_ip_new(loop), .left = N};
+	T_ASSERT_OK(coil_channel_wrap(loop, sv[0], COIL_IO_READ | COIL_IO_WRITE,
+				      &l.ch));
+	struct enter_counts a = enter_counts(loop);
+	T_ASSERT_OK(coil_loop_post(loop, 0, lone_write_start, &l));
+	char buf[N];
+	T_ASSERT_OK(t_read_exact(sv[1], buf, N));
+	T_ASSERT_OK(t_wait(l.done));
+	CU_ASSERT_EQUAL(coil_ip_int(l.done), 0);
+	struct enter_counts b = enter_counts(loop);
+	uint64_t waits = b.min_waits - a.min_waits;
+	uint64_t misses = b.min_wait_misses - a.min_wait_misses;
+	fprintf(stderr, "(%llu batched waits, %llu ran out) ",
+		(unsigned long long)waits, (unsigned long long)misses);
+	CU_ASSERT(misses >= 1);
+	CU_ASSERT(misses <= 12);
+	coil_ip_unref(l.done);
+	close(sv[1]);
+	coil_channel_release(l.ch);
 	coil_loop_free(loop);
 }
 
@@ -796,6 +872,7 @@ static const coil_test_t tests[] = {
 	{"timer_fires_while_busy", test_timer_fires_while_busy},
 	{"batch_wait_enters", test_batch_wait_enters},
 	{"batch_wait_timer", test_batch_wait_timer},
+	{"batch_wait_lone_writes", test_batch_wait_lone_writes},
 	{"batch_wait_option", test_batch_wait_option},
 	{"opts_size", test_opts_size},
 	{"missing_feature", test_missing_feature},
