@@ -549,7 +549,8 @@ COIL_EXTERN int coil_channel_close(coil_channel_t *ch, int immediate);
  * bytes) closes at once; its unsent writes fail with -ETIMEDOUT (the first)
  * and -EBADF. ms == 0: a graceful close is immediate. Default
  * COIL_CHANNEL_LINGER_DEFAULT_MS (30 s). Read when the close begins and at
- * each expiry. Returns 0 or -EINVAL. Any thread. */
+ * each expiry. Returns 0, -EINVAL, or -ENOMEM (a time other than the
+ * default lives in a part of the channel made on first use). Any thread. */
 #define COIL_CHANNEL_LINGER_DEFAULT_MS 30000u
 COIL_EXTERN int coil_channel_set_linger(coil_channel_t *ch, unsigned ms);
 COIL_EXTERN unsigned coil_channel_linger(const coil_channel_t *ch);
