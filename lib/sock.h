@@ -57,6 +57,12 @@ struct coil__sock {
 	bool vreg;         /* listed as handed out through a handle (listener.c) */
 };
 
+/* An accepted client is one allocation, its channel with its socket state
+ * right after it (coil__sock_channel_new): it must stay in jemalloc's
+ * 256-byte size class (issue 14: RSS per idle connection, libuv ~262 B). */
+_Static_assert(sizeof(struct coil_channel_s) + sizeof(struct coil__sock) <= 256,
+	       "an accepted socket no longer fits 256 bytes");
+
 /* s's cold part, made now if it has none: NULL only when out of memory.
  * Any thread. */
 COIL__HIDDEN struct coil__sockx *coil__sock_x(struct coil__sock *s);

@@ -316,7 +316,8 @@ static void shutdown_local(struct sock_call *c)
 	ss->shut_ip = coil_ip_ref(c->ip);
 	ss->shut_how = (int)c->n;
 	if ((c->n == SHUT_WR || c->n == SHUT_RDWR) &&
-	    (s->wq_head || s->send_inflight || s->connecting)) {
+	    (coil__channel_writes_queued(s) || s->send_inflight ||
+	     s->connecting)) {
 		/* Queued writes leave first: shutdown when the queue drains. */
 		s->sock_drain_wait = true;
 		return;
