@@ -318,7 +318,9 @@ static int head_fmt(char *buf, size_t n, int status, size_t clen, bool keep,
 	len += nd;
 	memcpy(buf + len, "\r\n", 2);
 	len += 2;
-	size_t nc = strlen(conn);
+	size_t nc = !keep ? sizeof("Connection: close\r\n") - 1
+		    : minor == 0 ? sizeof("Connection: keep-alive\r\n") - 1
+				 : 0;
 	memcpy(buf + len, conn, nc);
 	len += nc;
 	memcpy(buf + len, "\r\n", 2);
@@ -495,7 +497,8 @@ static bool start_request(struct conn *c, const struct http_request *req,
 		c->head_len = head_len;
 	}
 	consume(c, head_len);
-	http_chunked_init(&c->chunked_dec, &limits);
+	if (c->chunked)
+		http_chunked_init(&c->chunked_dec, &limits);
 	size_t want = c->chunked ? 0
 		      : c->content_length > 0 ? (size_t)c->content_length
 					      : 0;
