@@ -181,6 +181,11 @@ struct coil__worker {
 	unsigned rr_next;      /* round-robin cursor for handing out clients */
 	coil__timerq timerq;   /* timer.c: deadline list, one ring timeout */
 	uint64_t sqes;         /* SQEs prepared so far (tests, bench) */
+	uint64_t enters;       /* io_uring_enter calls made (tests, bench) */
+	uint64_t min_waits;    /* of them, waits with the kernel's min-wait */
+	uint64_t min_wait_misses; /* of those, ended by the min-wait (loop.c) */
+	unsigned min_wait_us;  /* batch_wait_us in effect (0: feature off) */
+	unsigned mw_backoff, mw_skip; /* plain waits after misses (loop.c) */
 };
 
 struct coil_loop_s {
@@ -274,6 +279,9 @@ bool coil__op_supported(const coil__worker *w, int opcode);
 #define COIL__FEAT_RECV_MSHOT 0x4u   /* IORING_RECV_MULTISHOT */
 #define COIL__FEAT_ACCEPT_MSHOT 0x8u /* IORING_ACCEPT_MULTISHOT */
 #define COIL__FEAT_READ_MSHOT 0x10u  /* IORING_OP_READ_MULTISHOT (optional) */
+#define COIL__FEAT_MIN_TIMEOUT 0x100u /* IORING_FEAT_MIN_TIMEOUT (optional;
+					* coil__probe_hide only: the ring's
+					* features say) */
 unsigned coil__features(void);
 /* Tests set bits here to make coil behave as if the kernel lacked them. */
 extern unsigned coil__probe_hide;
