@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* fairness - how late a 10 ms coil_sleep() fires while its worker is
  * saturated by callbacks (a task that re-posts itself without end), on each
- * ring mode; beside the same timer on an idle worker.
+ * ring mode; beside the same timer on an idle worker. The batched-wait
+ * cases (batch_wait_us = 100 ms) show that neither a busy worker nor one
+ * whose last turn sent something (so that it waits for one completion
+ * more than the send's, up to 100 ms) holds the timer back: the ring
+ * timeout ends the wait.
  *
  *   fairness [TRIALS]    trials per case (default 21); prints median and max
  *
@@ -13,6 +17,8 @@
 #include <coil.h>
 
 #include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -30,6 +36,7 @@ struct trial {
 	double start, fired;
 	unsigned long spins;
 	int busy;
+	coil_channel_t *ch; /* write a byte in the timer's turn */
 };
 
 static void spin(void *arg)
@@ -66,6 +73,8 @@ static void start(void *arg)
 	t->start = now_ms();
 	t->timer = coil_sleep(t->loop, 10);
 	coil_ip_on_done(t->timer, on_timer, t);
+	if (t->ch)
+		coil_ip_unref(coil_channel_write(t->ch, "x", 1));
 	if (t->busy)
 		spin(t);
 }
@@ -85,12 +94,16 @@ int main(int argc, char **argv)
 		const char *name;
 		unsigned flags;
 		int busy;
+		unsigned batch_wait_us;
+		int write;
 	} cases[] = {
-		{"idle worker, default ring", 0, 0},
-		{"saturated, DEFER_TASKRUN ring", 0, 1},
-		{"saturated, COOP_TASKRUN ring", COIL_LOOP_NO_DEFER_TASKRUN, 1},
+		{"idle worker, default ring", 0, 0, 0, 0},
+		{"saturated, DEFER_TASKRUN ring", 0, 1, 0, 0},
+		{"saturated, COOP_TASKRUN ring", COIL_LOOP_NO_DEFER_TASKRUN, 1, 0, 0},
 		{"saturated, plain ring",
-		 COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_COOP_TASKRUN, 1},
+		 COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_COOP_TASKRUN, 1, 0, 0},
+		{"saturated, batch wait 100 ms", 0, 1, 100000, 0},
+		{"after a send, batch wait 100 ms", 0, 0, 100000, 1},
 	};
 	double *late = calloc((size_t)n, sizeof(*late));
 	struct trial **trials = calloc((size_t)n, sizeof(*trials));
@@ -103,12 +116,21 @@ int main(int argc, char **argv)
 		coil_loop_opts_init(&o);
 		o.workers = 1;
 		o.flags = cases[c].flags;
+		o.batch_wait_us = cases[c].batch_wait_us;
 		coil_loop_t *loop;
 		if (coil_loop_new(&loop, &o)) {
 			printf("%-32s loop: %s\n", cases[c].name,
 			       coil_loop_last_error());
 			continue;
 		}
+		/* The send's peer never reads: n bytes fit its buffer. */
+		coil_channel_t *ch = NULL;
+		int sv[2] = {-1, -1};
+		if (cases[c].write &&
+		    (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) ||
+		     coil_channel_wrap(loop, sv[0], COIL_IO_READ | COIL_IO_WRITE,
+				       &ch)))
+			return 1;
 		int never = 0;
 		unsigned long spins = 0;
 		for (int i = 0; i < n; i++) {
@@ -120,6 +142,7 @@ int main(int argc, char **argv)
 			trials[i] = t;
 			t->loop = loop;
 			t->busy = cases[c].busy;
+			t->ch = ch;
 			t->done = coil_ip_new(loop);
 			if (!t->done || coil_loop_post(loop, 0, start, t))
 				return 1;
@@ -135,7 +158,11 @@ int main(int argc, char **argv)
 		if (cases[c].busy)
 			printf("   (%lu re-posts per trial)", spins / (unsigned long)n);
 		printf("\n");
+		if (ch)
+			coil_channel_release(ch);
 		coil_loop_free(loop);
+		if (sv[1] >= 0)
+			close(sv[1]);
 		for (int i = 0; i < n; i++) {
 			coil_ip_unref(trials[i]->timer);
 			coil_ip_unref(trials[i]->done);

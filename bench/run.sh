@@ -13,6 +13,7 @@
 #   SCENARIOS="echo1 echo50 echo500 echo4k bulk relay http mem counts allocs fairness enter"
 #   UPSTREAM_CPU=$LOAD_CPU   where the relay scenario's upstream echo server runs
 #   COUNT_MSGS=20000 messages per server for the syscall counts (perf stat, else strace -c -f)
+#   BATCH_WAIT=4000  coil_batch's --batch-wait (µs: batch_wait_us, the kernel's min-wait)
 #
 # Every server is started by this script, pinned, waited for (it must accept
 # a connection), measured, then stopped by its PID. The trap kills only the
@@ -34,6 +35,7 @@ PORT_BASE=${PORT_BASE:-19000}
 SCENARIOS=${SCENARIOS:-"echo1 echo50 echo500 echo4k bulk relay http mem counts allocs fairness enter"}
 UPSTREAM_CPU=${UPSTREAM_CPU:-$LOAD_CPU}
 COUNT_MSGS=${COUNT_MSGS:-20000}
+BATCH_WAIT=${BATCH_WAIT:-4000}
 NGINX=${NGINX:-/usr/sbin/nginx}
 LOADGEN=$B/bench/loadgen
 HZ=$(getconf CLK_TCK)
@@ -42,13 +44,15 @@ HZ=$(getconf CLK_TCK)
 # is generated below; leading VAR=value words go to the environment. The
 # first entry of each list is the floor the ratios are computed against,
 # the second the second reference. coil_noreg is coil with one ring feature
-# turned off (COIL_LOOP_FLAGS, see docs/api.md), to measure what it brings.
+# turned off (COIL_LOOP_FLAGS, see docs/api.md), to measure what it brings;
+# coil_batch is coil with batched waits on (batch_wait_us, off by default).
 ECHO_SERVERS=(
 	"uring:$B/bench/uring_echo"
 	"epoll:$B/bench/epoll_echo"
 	"libuv:$B/bench/uv_echo"
 	"coil:$B/examples/echo_server --host 127.0.0.1"
 	"coil_noreg:COIL_LOOP_FLAGS=0x8 $B/examples/echo_server --host 127.0.0.1"
+	"coil_batch:$B/examples/echo_server --host 127.0.0.1 --batch-wait $BATCH_WAIT"
 )
 # The relay scenario: the same bulk stream through bench/relay
 # (coil_channel_relay both ways) to an upstream echo server (@UP: the

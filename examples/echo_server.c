@@ -2,9 +2,11 @@
 /* TCP (or Unix) echo server on coil: every byte read is written back.
  *
  *   echo_server [--host 127.0.0.1] [--port 7000] [--listen ADDR] [--threads N]
+ *               [--batch-wait US]
  *
  * --listen takes any coil address: "127.0.0.1:7000", "[::1]:7000", ":7000",
- * "7000" or a Unix socket path. It runs until SIGINT or SIGTERM.
+ * "7000" or a Unix socket path. --batch-wait sets coil_loop_opts_t's
+ * batch_wait_us (0, the default, is off). It runs until SIGINT or SIGTERM.
  */
 #include <coil.h>
 
@@ -57,7 +59,7 @@ int main(int argc, char **argv)
 {
 	const char *host = "127.0.0.1", *listen_addr = NULL;
 	int port = 7000;
-	unsigned threads = 0;
+	unsigned threads = 0, batch_wait = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--host") && i + 1 < argc)
 			host = argv[++i];
@@ -67,9 +69,12 @@ int main(int argc, char **argv)
 			listen_addr = argv[++i];
 		else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
 			threads = (unsigned)atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--batch-wait") && i + 1 < argc)
+			batch_wait = (unsigned)atoi(argv[++i]);
 		else {
 			fprintf(stderr, "usage: %s [--host H] [--port P] "
-				"[--listen ADDR] [--threads N]\n", argv[0]);
+				"[--listen ADDR] [--threads N] "
+				"[--batch-wait US]\n", argv[0]);
 			return 2;
 		}
 	}
@@ -91,6 +96,7 @@ int main(int argc, char **argv)
 	coil_loop_opts_t o;
 	coil_loop_opts_init(&o);
 	o.workers = threads;
+	o.batch_wait_us = batch_wait;
 	coil_loop_t *loop;
 	int rc = coil_loop_new(&loop, &o);
 	if (rc) {

@@ -671,6 +671,9 @@ static void help(void)
 "                       0.0.0.0 for all interfaces)\n"
 "  --port PORT          TCP port (%d; 0..65535, 0 picks a free one)\n"
 "  --threads N          worker threads (0 = one per CPU; 0..%lu)\n"
+"  --batch-wait US      a worker that submitted N operations waits for N + 1\n"
+"                       completions, at most US (coil_loop_opts_t's\n"
+"                       batch_wait_us; 0 = off, the default; 0..1000000)\n"
 "  --max-head BYTES     request line + headers (%zu; %lu..%lu); a longer\n"
 "                       request line gets 414, a longer head 431\n"
 "  --max-headers N      header fields per request (%zu; 1..%d), else 431\n"
@@ -753,7 +756,7 @@ int main(int argc, char **argv)
 {
 	const char *host = DEF_HOST;
 	int port = DEF_PORT;
-	unsigned threads = 0;
+	unsigned threads = 0, batch_wait = 0;
 	const char *cert = NULL, *key = NULL; /* --cert/--key: HTTPS */
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -780,6 +783,8 @@ int main(int argc, char **argv)
 			port = (int)num_arg(a, v, 0, 65535);
 		else if (!strcmp(a, "--threads"))
 			threads = (unsigned)num_arg(a, v, 0, MAX_THREADS);
+		else if (!strcmp(a, "--batch-wait"))
+			batch_wait = (unsigned)num_arg(a, v, 0, 1000000);
 		else if (!strcmp(a, "--max-head"))
 			limits.max_head = num_arg(a, v, MIN_HEAD, MAX_HEAD);
 		else if (!strcmp(a, "--max-headers"))
@@ -826,6 +831,7 @@ int main(int argc, char **argv)
 	coil_loop_opts_t o;
 	coil_loop_opts_init(&o);
 	o.workers = threads;
+	o.batch_wait_us = batch_wait;
 	int rc = coil_loop_new(&loop, &o);
 	if (rc) {
 		fprintf(stderr, "http_echo: cannot start: %s\n", coil_strerror(rc));

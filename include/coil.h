@@ -92,6 +92,9 @@ typedef struct coil_loop_s coil_loop_t;
 /* Do not register a fixed file table: socket channels' ring ops look their
  * descriptor up each time, as on kernels without one. */
 #define COIL_LOOP_NO_FIXED_FILES 0x10u
+/* Never use the kernel's min-wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12)
+ * for batch_wait_us, as on kernels without it. */
+#define COIL_LOOP_NO_MIN_WAIT 0x20u
 
 /* Loop options. The struct may grow at its end in later versions: always
  * fill it with coil_loop_opts_init(), which sets size, then change fields.
@@ -106,6 +109,21 @@ typedef struct coil_loop_opts_s {
 	unsigned buf_count;  /* provided buffers per worker (power of 2); 0 = 256 */
 	unsigned buf_size;   /* bytes per provided buffer; 0 = 32768 */
 	unsigned flags;      /* COIL_LOOP_* */
+	/* Batched waits: a worker with nothing to run that has just
+	 * submitted k sends or writes waits for k + 1 completions, but at
+	 * most batch_wait_us microseconds before it goes on with what has
+	 * arrived (the kernel's min-wait, Linux 6.12; without it, with
+	 * COIL_LOOP_NO_MIN_WAIT or under COIL_POLL_WAIT/valgrind the option
+	 * does nothing). At one busy connection a send's completion and the
+	 * next receive then come back in one io_uring_enter instead of two.
+	 * The cost: a completion that arrives alone after such a turn (a
+	 * write's, when no other event follows) is handled up to
+	 * batch_wait_us later. Timers are not delayed (a ring timeout ends
+	 * the wait), nor is a busy worker (it never waits). Below the
+	 * kernel's tick (4 ms at HZ=250) each such wait arms a timer the
+	 * CPU must be programmed for, which costs CPU on virtual machines
+	 * (docs/api.md). 0 = off (the default); at most 1000000. */
+	unsigned batch_wait_us;
 } coil_loop_opts_t;
 
 /* Fills *opts with the defaults (all zero) and sets opts->size. Any
@@ -534,7 +552,8 @@ COIL_EXTERN int coil_channel_close(coil_channel_t *ch, int immediate);
  * bytes) closes at once; its unsent writes fail with -ETIMEDOUT (the first)
  * and -EBADF. ms == 0: a graceful close is immediate. Default
  * COIL_CHANNEL_LINGER_DEFAULT_MS (30 s). Read when the close begins and at
- * each expiry. Returns 0 or -EINVAL. Any thread. */
+ * each expiry. Returns 0, -EINVAL, or -ENOMEM (a time other than the
+ * default lives in a part of the channel made on first use). Any thread. */
 #define COIL_CHANNEL_LINGER_DEFAULT_MS 30000u
 COIL_EXTERN int coil_channel_set_linger(coil_channel_t *ch, unsigned ms);
 COIL_EXTERN unsigned coil_channel_linger(const coil_channel_t *ch);

@@ -2,6 +2,7 @@
 /* coil_channel (kaa IOChannel): buffered async read, readline, read_exact
  * and ordered writes on any stream fd, on the channel's home worker. */
 #include "internal.h"
+#include "sock.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -86,6 +87,7 @@ typedef struct coil__writereq {
 struct coil__chwr {
 	struct iovec iov[COIL__IOV_BATCH]; /* first: ch->iov points here */
 	coil_channel_t *ch;
+	writereq *wq_head;    /* the write queue, in call order */
 	writereq **wq_tail;
 	struct msghdr msg;
 	coil__op send_op, send_cancel_op;
@@ -115,14 +117,25 @@ struct coil__chext {
 	 * holds steal_wait > 0 and reads nothing of its own until then). */
 	coil_channel_t *steal_to;
 	int steal_wait;
+	_Atomic unsigned linger_ms; /* drain deadline of a graceful close */
 	/* readline */
 	_Atomic int nlines;   /* readline() calls not yet served */
+	coil_read_cb on_line; /* the readline signal (home worker) */
 	const coil__delims *delims; /* NULL: "\n" */
 	size_t scan;
 	void *on_line_ud;
 	/* read-signal bytes held back by backpressure */
 	coil__bufq sigq;
 	size_t sig_back;      /* tail of the shown chunk the signal left */
+};
+
+/* The read side (see struct coil_channel_s), home worker only: exists
+ * while a byte is queued (or the queue keeps storage for the next ones) or
+ * a read request waits; given back (to the worker's cache) once both are
+ * empty, so an idle channel read by its signal carries none of it. */
+struct coil__chrd {
+	coil__bufq rq;        /* bytes received and not yet consumed */
+	coil__list reads;     /* pending read requests, in call order */
 };
 
 #define CH_CHUNK_DEFAULT ((size_t)1 << 20)
@@ -144,6 +157,7 @@ static struct coil__chext *ext_get(coil_channel_t *ch)
 		return NULL;
 	atomic_init(&e->chunk_size, CH_CHUNK_DEFAULT);
 	atomic_init(&e->low_water, SIZE_MAX);
+	atomic_init(&e->linger_ms, COIL_CHANNEL_LINGER_DEFAULT_MS);
 	coil__bufq_init(&e->sigq);
 	struct coil__chext *seen = NULL;
 	if (!atomic_compare_exchange_strong_explicit(&ch->ext, &seen, e,
@@ -230,12 +244,53 @@ static inline struct coil__chwr *WR(const coil_channel_t *ch)
 		       : NULL;
 }
 
+/* The first queued write (NULL: none, or no write part). */
+static inline writereq *wq_head(const coil_channel_t *ch)
+{
+	struct coil__chwr *wr = WR(ch);
+	return wr ? wr->wq_head : NULL;
+}
+
+static inline coil_read_cb line_cb(const coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	return e ? e->on_line : NULL;
+}
+
+static inline unsigned linger_ms(const coil_channel_t *ch)
+{
+	struct coil__chext *e = X(ch);
+	return e ? atomic_load(&e->linger_ms) : COIL_CHANNEL_LINGER_DEFAULT_MS;
+}
+
+/* The read queue (read only: empty without a read part). */
+static inline const coil__bufq *RQ(const coil_channel_t *ch)
+{
+	return ch->rd ? &ch->rd->rq : &empty_q;
+}
+
+static inline size_t rq_len(const coil_channel_t *ch)
+{
+	return ch->rd ? ch->rd->rq.len : 0;
+}
+
+static inline bool reads_empty(const coil_channel_t *ch)
+{
+	return !ch->rd || coil__list_empty(&ch->rd->reads);
+}
+
+/* The oldest pending read request (the list must not be empty). */
+static inline readreq *reads_first(const coil_channel_t *ch)
+{
+	return coil__container_of(ch->rd->reads.next, readreq, link);
+}
+
 /* ---- per-worker caches of read requests, write requests and write parts:
  * reused by the next allocation on that worker thread without a trip
  * through the allocator (freed when the thread exits). Off in sanitizer
  * and valgrind builds, where every allocation must be seen. A reuse counts
  * as a live allocation but not in coil__alloc_total (alloc.c). */
-enum { CC_READ, CC_WRITE, CC_WR, CC_N };
+enum { CC_READ, CC_WRITE, CC_WR, CC_RD, CC_N };
 #define CC_MAX 64
 /* Write requests are cached as blocks with room for this many bytes in
  * all, so small copied writes (an echo) need no allocation. */
@@ -310,6 +365,51 @@ static void cc_put(int k, void *p)
 	coil__free(p);
 }
 
+/* Home worker: the read part, made if need be (NULL on -ENOMEM). */
+static struct coil__chrd *rd_get(coil_channel_t *ch)
+{
+	struct coil__chrd *rd = ch->rd;
+	if (coil__likely(rd != NULL))
+		return rd;
+	rd = cc_get(CC_RD, sizeof(*rd));
+	if (!rd)
+		return NULL;
+	coil__bufq_init(&rd->rq);
+	coil__list_init(&rd->reads);
+	ch->rd = rd;
+	return rd;
+}
+
+/*
+ * Home worker: gives the read part back if it holds nothing (no byte, no
+ * storage, no request) and no frame is using it. The per-message paths do
+ * not call this: a read served by the bytes that just came is usually
+ * followed by the next one from its callback, and a round trip through the
+ * cache for every message would cost more than the part. It runs at the end
+ * of defer_run instead, which a receive that is no longer wanted always
+ * reaches (to cancel a multishot receive), and on the rare paths (abort,
+ * steal, STARTTLS, freeing). A one-shot receiver (AF_UNIX, pipes) whose
+ * reads stopped may keep an empty part until its next deferred work.
+ */
+static void rd_put(coil_channel_t *ch)
+{
+	struct coil__chrd *rd = ch->rd;
+	if (!rd || rd->rq.buf || !coil__list_empty(&rd->reads) ||
+	    ch->in_process || ch->show_rq)
+		return;
+	ch->rd = NULL;
+	cc_put(CC_RD, rd);
+}
+
+/* Home worker: appends n bytes to the read queue: 0 or -ENOMEM. */
+static int rq_append(coil_channel_t *ch, const void *p, size_t n)
+{
+	if (!n)
+		return 0;
+	struct coil__chrd *rd = rd_get(ch);
+	return rd ? coil__bufq_append(&rd->rq, p, n) : -ENOMEM;
+}
+
 static void process(coil_channel_t *ch);
 static void update_interest(coil_channel_t *ch);
 static void kick_write(coil_channel_t *ch);
@@ -369,7 +469,11 @@ static void channel_free(coil_channel_t *ch)
 	if (ch->registered)
 		coil__closer_del(&ch->closer);
 	coil__defer_cancel(&ch->defer);
-	coil__bufq_free(&ch->rq);
+	if (ch->rd) {
+		coil__bufq_free(&ch->rd->rq);
+		cc_put(CC_RD, ch->rd);
+		ch->rd = NULL;
+	}
 	struct coil__chext *e = X(ch);
 	if (e) {
 		coil__bufq_free(&e->sigq);
@@ -449,14 +553,11 @@ int coil__channel_new_sized(coil__worker *w, size_t size,
 	ch->w = w;
 	atomic_init(&ch->refs, 1);
 	atomic_init(&ch->urefs, 1);
-	atomic_init(&ch->linger_ms, COIL_CHANNEL_LINGER_DEFAULT_MS);
 	atomic_init(&ch->st, COIL__CH_NEW);
 	ch->fd = -1;
 	ch->fslot = -1;
 	ch->close_on_eof = true;
 	ch->close_expected = true;
-	coil__bufq_init(&ch->rq);
-	coil__list_init(&ch->reads);
 	coil__list_init(&ch->closer.link);
 	ch->closer.close = closer_close;
 	coil__defer_init(&ch->defer, defer_run);
@@ -610,18 +711,20 @@ static bool want_read(coil_channel_t *ch)
 		return true;
 	size_t limit = atomic_load_explicit(&ch->queue_size,
 					    memory_order_relaxed);
-	if (!coil__list_empty(&ch->reads)) {
-		readreq *r = coil__container_of(ch->reads.next, readreq, link);
+	struct coil__chrd *rd = ch->rd;
+	bool reads = rd && !coil__list_empty(&rd->reads);
+	if (reads) {
+		readreq *r = reads_first(ch);
 		if ((r->kind == RR_EXACT || r->kind == RR_READV) && r->n > limit)
 			limit = r->n;
 	}
-	if (ch->rq.len >= limit)
+	if (rd && rd->rq.len >= limit)
 		return false;
 	/* A read-signal consumer that writes back (echo, relay) is not fed
 	 * faster than its writes drain (see signal_paused). */
 	if (ch->on_read && (signal_paused(ch) || (e && e->sigq.len)))
 		return false;
-	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads) ||
+	return ch->on_read || (e && e->on_line) || reads ||
 	       atomic_load(&ch->sock_nonblock); /* sock: buffer ahead */
 }
 
@@ -717,6 +820,7 @@ static void defer_run(coil__defer *d)
 		maybe_close_fd(ch);
 	if (ch->w->stopping && ch->registered && !ch->user_released)
 		closer_close(&ch->closer);
+	rd_put(ch);
 	coil__channel_put(ch); /* last: may free the channel */
 }
 
@@ -793,12 +897,13 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 
 static void rq_changed(coil_channel_t *ch)
 {
-	atomic_store_explicit(&ch->rq_used, ch->rq.len, memory_order_relaxed);
+	atomic_store_explicit(&ch->rq_used, rq_len(ch), memory_order_relaxed);
 }
 
 static void rq_consume(coil_channel_t *ch, size_t n)
 {
-	coil__bufq_consume(&ch->rq, n);
+	if (ch->rd)
+		coil__bufq_consume(&ch->rd->rq, n);
 	scan_reset(ch);
 }
 
@@ -834,7 +939,7 @@ static void req_done(coil_channel_t *ch, readreq *r)
 /* Finishes r with the first n bytes of the read queue. */
 static void req_take(coil_channel_t *ch, readreq *r, size_t n, int err)
 {
-	void *p = n ? coil__bufq_take(&ch->rq, n) : NULL;
+	void *p = n ? coil__bufq_take(&ch->rd->rq, n) : NULL;
 	scan_reset(ch);
 	if (n && !p) {
 		coil__ip_fail_msg(r->ip, -ENOMEM, "out of memory for a read");
@@ -889,7 +994,8 @@ static void readv_finish(coil_channel_t *ch, readreq *r, size_t have)
 		return;
 	}
 	char *p = (char *)v + hdr;
-	memcpy(p, coil__bufq_data(&ch->rq), have);
+	if (have)
+		memcpy(p, coil__bufq_data(RQ(ch)), have);
 	rq_consume(ch, have);
 	v->count = count;
 	left = have;
@@ -915,8 +1021,8 @@ static inline bool rq_eof(const coil_channel_t *ch)
  * it completed. */
 static bool serve(coil_channel_t *ch, readreq *r)
 {
-	size_t have = ch->rq.len;
-	const char *d = coil__bufq_data(&ch->rq);
+	size_t have = rq_len(ch);
+	const char *d = coil__bufq_data(RQ(ch));
 	size_t qsize = atomic_load_explicit(&ch->queue_size,
 					    memory_order_relaxed);
 	switch (r->kind) {
@@ -992,17 +1098,17 @@ static void emit_lines(coil_channel_t *ch)
 	size_t qsize = atomic_load_explicit(&ch->queue_size,
 					    memory_order_relaxed);
 	struct coil__chext *e = X(ch); /* on_readline made it */
-	while (ch->on_line && ch->rq.len) {
-		size_t n = coil__find_line(coil__bufq_data(&ch->rq), ch->rq.len,
+	while (e->on_line && rq_len(ch)) {
+		size_t n = coil__find_line(coil__bufq_data(RQ(ch)), rq_len(ch),
 					   delims(ch), &e->scan, rq_eof(ch));
-		if ((!n && ch->rq.len >= qsize) || n > qsize)
+		if ((!n && rq_len(ch) >= qsize) || n > qsize)
 			n = qsize;
 		if (!n && rq_eof(ch))
-			n = ch->rq.len;
+			n = rq_len(ch);
 		if (!n)
 			break;
 		ch->show_rq = true;
-		ch->on_line(ch, coil__bufq_data(&ch->rq), n, e->on_line_ud);
+		e->on_line(ch, coil__bufq_data(RQ(ch)), n, e->on_line_ud);
 		ch->show_rq = false;
 		rq_consume(ch, n);
 	}
@@ -1024,13 +1130,11 @@ static void process(coil_channel_t *ch)
 	coil__channel_get(ch);
 	do {
 		ch->process_again = false;
-		while (!coil__list_empty(&ch->reads)) {
-			readreq *r = coil__container_of(ch->reads.next, readreq,
-							link);
-			if (!serve(ch, r))
+		while (!reads_empty(ch)) {
+			if (!serve(ch, reads_first(ch)))
 				break;
 		}
-		if (ch->on_line)
+		if (line_cb(ch))
 			emit_lines(ch);
 	} while (ch->process_again);
 	ch->in_process = false;
@@ -1047,15 +1151,16 @@ static void process(coil_channel_t *ch)
  */
 static void process_api(coil_channel_t *ch)
 {
-	if (!ch->on_line) {
+	struct coil__chext *e = X(ch);
+	if (!e || !e->on_line) {
 		process(ch);
 		return;
 	}
-	coil_read_cb cb = ch->on_line;
-	ch->on_line = NULL;
+	coil_read_cb cb = e->on_line;
+	e->on_line = NULL;
 	process(ch);
-	ch->on_line = cb;
-	if (ch->rq.len) {
+	e->on_line = cb;
+	if (rq_len(ch)) {
 		ch->lines_due = true;
 		coil__defer_add(ch->w, &ch->defer);
 	}
@@ -1080,15 +1185,14 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 	 * too; without them the signal alone consumed it, even if it
 	 * disconnected itself or issued a read meanwhile (that read gets the
 	 * next bytes, not these again). */
-	bool others = !coil__list_empty(&ch->reads) || ch->on_line;
+	bool others = !reads_empty(ch) || line_cb(ch);
 	bool shown = false;
 	if (!ch->on_read && sq_len(ch)) {
 		/* Held for a read signal disconnected since, not yet handed
 		 * on (the defer does that at the end of the turn): those bytes
 		 * come first. */
 		struct coil__chext *e = X(ch);
-		if (coil__bufq_append(&ch->rq, coil__bufq_data(&e->sigq),
-				      e->sigq.len)) {
+		if (rq_append(ch, coil__bufq_data(&e->sigq), e->sigq.len)) {
 			set_eof(ch, -ENOMEM);
 			return;
 		}
@@ -1141,8 +1245,8 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 	if (shown && !others)
 		return; /* the read signal alone took these bytes */
 	/* Fast path: an empty queue and a plain read at the head. */
-	if (!ch->rq.len && !ch->on_line && !coil__list_empty(&ch->reads)) {
-		readreq *r = coil__container_of(ch->reads.next, readreq, link);
+	if (!rq_len(ch) && !line_cb(ch) && !reads_empty(ch)) {
+		readreq *r = reads_first(ch);
 		size_t chunk = chunk_size(ch);
 		if (r->kind == RR_READ && n <= chunk) {
 			void *copy = coil__malloc(n);
@@ -1155,7 +1259,7 @@ static void on_bytes(coil_channel_t *ch, const char *p, size_t n, int bid)
 			}
 		}
 	}
-	if (coil__bufq_append(&ch->rq, p, n)) {
+	if (rq_append(ch, p, n)) {
 		/* Cannot keep the bytes: end the stream with an error rather
 		 * than lose some silently. */
 		set_eof(ch, -ENOMEM);
@@ -1192,7 +1296,7 @@ again:
 	while (e->sigq.len && ch->on_read && !signal_paused(ch) &&
 	       state(ch) == COIL__CH_OPEN) {
 		size_t n = e->sigq.len < chunk ? e->sigq.len : chunk;
-		bool others = !coil__list_empty(&ch->reads) || ch->on_line;
+		bool others = !reads_empty(ch) || line_cb(ch);
 		e->sig_back = 0;
 		ch->show_sigq = true;
 		ch->on_read(ch, coil__bufq_data(&e->sigq), n, ch->on_read_ud);
@@ -1203,8 +1307,7 @@ again:
 		}
 		if (state(ch) == COIL__CH_OPEN && others) {
 			/* Readers beside the signal see the same bytes. */
-			if (coil__bufq_append(&ch->rq, coil__bufq_data(&e->sigq),
-					      n))
+			if (rq_append(ch, coil__bufq_data(&e->sigq), n))
 				set_eof(ch, -ENOMEM);
 			fed = true;
 		}
@@ -1214,8 +1317,7 @@ again:
 		/* The signal was disconnected before it saw these bytes:
 		 * they belong to read() and readline() now. Everything in
 		 * the read queue arrived before them. */
-		if (coil__bufq_append(&ch->rq, coil__bufq_data(&e->sigq),
-				      e->sigq.len))
+		if (rq_append(ch, coil__bufq_data(&e->sigq), e->sigq.len))
 			set_eof(ch, -ENOMEM);
 		coil__bufq_consume(&e->sigq, e->sigq.len);
 		fed = true;
@@ -1275,7 +1377,7 @@ static int read_abort(coil_ip_t *ip, void *arg)
 		return 0;
 	}
 	if (r->kind == RR_INTO && r->got) {
-		if (coil__bufq_prepend(&ch->rq, r->into, r->got)) {
+		if (coil__bufq_prepend(&ch->rd->rq, r->into, r->got)) {
 			coil__ip_fail_msg(r->ip, -ENOMEM,
 					  "out of memory returning the bytes "
 					  "of an aborted readinto");
@@ -1296,8 +1398,9 @@ static int read_abort(coil_ip_t *ip, void *arg)
 	coil_ip_unref(r->ip);
 	rreq_free(r);
 	/* The next request may be served by what the aborted one left. */
-	if (!coil__list_empty(&ch->reads) && ch->rq.len)
+	if (!reads_empty(ch) && rq_len(ch))
 		process_api(ch);
+	rd_put(ch);
 	update_interest(ch);
 	return 0;
 }
@@ -1338,6 +1441,9 @@ static void read_enqueue(coil_channel_t *ch, readreq *r)
 	do_register(ch);
 	const char *msg = NULL;
 	int err = r->aborted ? -ECANCELED : read_refused(ch, &msg);
+	struct coil__chrd *rd = err ? NULL : rd_get(ch);
+	if (!err && !rd)
+		err = -ENOMEM, msg = "out of memory for a read";
 	if (err) {
 		if (err != -ECANCELED)
 			coil__ip_fail_msg(r->ip, err, msg);
@@ -1348,7 +1454,7 @@ static void read_enqueue(coil_channel_t *ch, readreq *r)
 		return;
 	}
 	r->queued = true;
-	coil__list_add_tail(&ch->reads, &r->link);
+	coil__list_add_tail(&rd->reads, &r->link);
 	if (state(ch) >= COIL__CH_CLOSING)
 		ch->eof = true;
 	coil_ip_t *ip = coil_ip_ref(r->ip);
@@ -1370,11 +1476,12 @@ static void read_task_run(coil__task *t)
  * which close normally prevents). */
 static void fail_all_reads(coil_channel_t *ch, int err, const char *msg)
 {
-	while (!coil__list_empty(&ch->reads)) {
-		readreq *r = coil__container_of(ch->reads.next, readreq, link);
+	while (!reads_empty(ch)) {
+		readreq *r = reads_first(ch);
 		coil__ip_fail_msg(r->ip, err, msg);
 		req_done(ch, r);
 	}
+	rd_put(ch);
 }
 
 static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
@@ -1440,7 +1547,7 @@ static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
 	}
 	/* usocket settimeout: the read fails with -ETIMEDOUT and is aborted,
 	 * which takes nothing from the stream. */
-	unsigned tmo = atomic_load(&ch->read_timeout_ms);
+	unsigned tmo = ch->sock ? atomic_load(&ch->sock->timeout_ms) : 0;
 	if (tmo)
 		ip = coil_ip_timeout(ip, tmo, 1);
 	return ip;
@@ -1552,9 +1659,11 @@ static struct coil__chwr *wr_get(coil_channel_t *ch)
 	wr = cc_get(CC_WR, sizeof(*wr));
 	if (!wr)
 		return NULL;
-	memset(wr, 0, sizeof(*wr));
+	/* All but the iovec batch (256 B), which a send fills before use. */
+	size_t keep = offsetof(struct coil__chwr, ch);
+	memset((char *)wr + keep, 0, sizeof(*wr) - keep);
 	wr->ch = ch;
-	wr->wq_tail = &ch->wq_head;
+	wr->wq_tail = &wr->wq_head;
 	ch->iov = wr->iov;
 	return wr;
 }
@@ -1563,7 +1672,7 @@ static struct coil__chwr *wr_get(coil_channel_t *ch)
 static void wr_put(coil_channel_t *ch)
 {
 	struct coil__chwr *wr = WR(ch);
-	if (!wr || ch->wq_head || ch->send_inflight || ch->send_cancelling ||
+	if (!wr || wr->wq_head || ch->send_inflight || ch->send_cancelling ||
 	    wr->linger_armed)
 		return;
 	ch->iov = NULL;
@@ -1573,10 +1682,12 @@ static void wr_put(coil_channel_t *ch)
 /* Fails every queued write (the one in flight is left to its completion). */
 static void fail_writes(coil_channel_t *ch, int first_err, const char *msg)
 {
-	writereq *r = ch->wq_head;
-	ch->wq_head = NULL;
-	if (WR(ch))
-		WR(ch)->wq_tail = &ch->wq_head;
+	struct coil__chwr *wr = WR(ch);
+	writereq *r = wr ? wr->wq_head : NULL;
+	if (wr) {
+		wr->wq_head = NULL;
+		wr->wq_tail = &wr->wq_head;
+	}
 	int err = first_err;
 	while (r) {
 		writereq *next = r->next;
@@ -1629,7 +1740,7 @@ static inline bool flt_pending(const coil_channel_t *ch)
 
 static void kick_write(coil_channel_t *ch)
 {
-	if (ch->send_inflight || (!ch->wq_head && !flt_pending(ch)) ||
+	if (ch->send_inflight || (!wq_head(ch) && !flt_pending(ch)) ||
 	    !can_send(ch))
 		return;
 	struct coil__chwr *wr = wr_get(ch);
@@ -1639,7 +1750,7 @@ static void kick_write(coil_channel_t *ch)
 		return;
 	}
 	int n = 0, batch = ch->dgram ? 1 : COIL__IOV_BATCH;
-	for (writereq *r = ch->wq_head; r && n < batch; r = r->next) {
+	for (writereq *r = wr->wq_head; r && n < batch; r = r->next) {
 		r->started = true;
 		wr->iov[n].iov_base = r->data + r->off;
 		wr->iov[n].iov_len = r->len - r->off;
@@ -1688,8 +1799,8 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		wr->last_progress_ms = coil__now_ms();
 	if (ch->flt && done) /* tls.c: sent bytes -> plaintext bytes */
 		done = ch->flt->ops->sent(ch, done);
-	while (ch->wq_head && done) {
-		writereq *r = ch->wq_head;
+	while (wr->wq_head && done) {
+		writereq *r = wr->wq_head;
 		size_t left = r->len - r->off;
 		size_t n = done < left ? done : left;
 		r->off += n;
@@ -1700,9 +1811,9 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 			r->started = false;
 			break;
 		}
-		ch->wq_head = r->next;
-		if (!ch->wq_head)
-			wr->wq_tail = &ch->wq_head;
+		wr->wq_head = r->next;
+		if (!wr->wq_head)
+			wr->wq_tail = &wr->wq_head;
 		r->queued = false;
 		/* The bytes are the kernel's now: give the buffer back before
 		 * the handle settles, so a waiter may reuse it at once. */
@@ -1715,7 +1826,7 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		wreq_free(r);
 	}
 	/* The rest of a partial batch was not sent: abortable again. */
-	for (writereq *r = ch->wq_head; r; r = r->next)
+	for (writereq *r = wr->wq_head; r; r = r->next)
 		if (!r->off)
 			r->started = false;
 	int st = state(ch);
@@ -1736,11 +1847,11 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		 * then the channel reads again. */
 		if (ch->on_read)
 			flush_sigq(ch);
-		if (!ch->wq_head && ch->sock_drain_wait)
+		if (ch->sock_drain_wait && !wq_head(ch))
 			coil__sock_drained(ch);
 		drain_check(ch);
 		gate_wake(ch);
-		if (st == COIL__CH_CLOSING && !ch->wq_head && !flt_pending(ch))
+		if (st == COIL__CH_CLOSING && !wq_head(ch) && !flt_pending(ch))
 			finish_close(ch);
 	}
 	emit_closed(ch);
@@ -1780,13 +1891,13 @@ static int write_abort(coil_ip_t *ip, void *arg)
 	}
 	if (r->started || r->off)
 		return -EBUSY;
-	writereq **pp = &ch->wq_head;
+	struct coil__chwr *wr = WR(ch); /* a queued write has one */
+	writereq **pp = &wr->wq_head;
 	while (*pp && *pp != r)
 		pp = &(*pp)->next;
 	if (!*pp)
 		return -EBUSY;
 	*pp = r->next;
-	struct coil__chwr *wr = WR(ch); /* a queued write has one */
 	if (wr->wq_tail == &r->next)
 		wr->wq_tail = pp;
 	r->queued = false;
@@ -1794,7 +1905,8 @@ static int write_abort(coil_ip_t *ip, void *arg)
 	coil__ip_fail_msg(r->ip, -ECANCELED, "aborted");
 	wreq_free(r);
 	gate_wake(ch);
-	if (!ch->wq_head && !ch->send_inflight && state(ch) == COIL__CH_CLOSING)
+	if (!wr->wq_head && !ch->send_inflight &&
+	    state(ch) == COIL__CH_CLOSING)
 		finish_close(ch);
 	wr_put(ch);
 	return 1;
@@ -2074,7 +2186,7 @@ static void closed_run(coil_ip_t *ip, void *ud)
 static void emit_closed(coil_channel_t *ch)
 {
 	if (ch->closed_emitted || state(ch) != COIL__CH_CLOSED ||
-	    ch->send_inflight || ch->wq_head)
+	    ch->send_inflight || wq_head(ch))
 		return;
 	ch->closed_emitted = true;
 	if (!ch->on_closed)
@@ -2098,7 +2210,7 @@ static void linger_fire(coil__timer *t, int res)
 	coil_channel_t *ch = wr->ch;
 	wr->linger_armed = false;
 	if (res == 0 && state(ch) == COIL__CH_CLOSING) {
-		uint64_t ms = atomic_load(&ch->linger_ms);
+		uint64_t ms = linger_ms(ch);
 		uint64_t idle = coil__now_ms() - wr->last_progress_ms;
 		if (idle >= ms) {
 			/* No write progress for the whole linger time: the
@@ -2120,7 +2232,7 @@ static void linger_fire(coil__timer *t, int res)
  * when it cannot run (no memory for the write part). */
 static bool linger_start(coil_channel_t *ch)
 {
-	unsigned ms = atomic_load(&ch->linger_ms);
+	unsigned ms = linger_ms(ch);
 	struct coil__chwr *wr = wr_get(ch);
 	if (!wr)
 		return false;
@@ -2154,8 +2266,7 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	 * bytes like the read queue's: readers get them (after what is
 	 * queued) and then the end of stream. */
 	if (sq_len(ch)) {
-		if (coil__bufq_append(&ch->rq, coil__bufq_data(sq(ch)),
-				      sq_len(ch)))
+		if (rq_append(ch, coil__bufq_data(sq(ch)), sq_len(ch)))
 			ch->rerr = -ENOMEM;
 		sq_free(ch);
 		ch->close_after_sigq = false;
@@ -2163,14 +2274,14 @@ void coil__channel_close_local(coil_channel_t *ch, bool immediate,
 	}
 	if (ch->flt) /* tls.c: close_notify is owed, or cannot be sent */
 		immediate = ch->flt->ops->closing(ch, immediate);
-	if (!immediate && (ch->wq_head || flt_pending(ch)) && ch->fd >= 0) {
+	if (!immediate && (wq_head(ch) || flt_pending(ch)) && ch->fd >= 0) {
 		/* kaa close(immediate=False): not alive any more, but the
 		 * queued writes drain first. Reading stops now. */
 		set_state(ch, COIL__CH_CLOSING);
 		ch->eof = true;
 		process_api(ch);
 		cancel_recv(ch);
-		if (atomic_load(&ch->linger_ms) == 0 || !linger_start(ch)) {
+		if (linger_ms(ch) == 0 || !linger_start(ch)) {
 			ch->linger_expired = true;
 			finish_close(ch);
 		} else if (!ch->connecting) {
@@ -2241,10 +2352,11 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		coil__channel_get(ch);
 		ch->user_released = true;
 		ch->on_read = NULL;
-		ch->on_line = NULL;
 		ch->on_closed = NULL;
-		if (X(ch))
+		if (X(ch)) {
+			X(ch)->on_line = NULL;
 			X(ch)->on_drain = NULL;
+		}
 		atomic_store(&ch->has_line_cb, false);
 		coil__channel_close_local(ch, false, true);
 		coil__channel_put(ch); /* the user's reference */
@@ -2262,9 +2374,10 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		break;
 	case CALL_ON_LINE:
 		do_register(ch);
-		ch->on_line = (coil_read_cb)cb;
-		if (X(ch)) /* made by coil_channel_on_readline */
+		if (X(ch)) { /* made by coil_channel_on_readline */
+			X(ch)->on_line = (coil_read_cb)cb;
 			X(ch)->on_line_ud = ud;
+		}
 		process_api(ch);
 		break;
 	case CALL_ON_DRAIN:
@@ -2455,7 +2568,7 @@ void coil__channel_connected(coil_channel_t *ch)
 {
 	ch->connecting = false;
 	kick_write(ch);
-	if (!ch->wq_head && !ch->send_inflight && ch->sock_drain_wait)
+	if (!wq_head(ch) && !ch->send_inflight && ch->sock_drain_wait)
 		coil__sock_drained(ch);
 }
 
@@ -2638,10 +2751,10 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 		return -EXDEV;
 	if (other->fd < 0 || state(other) == COIL__CH_CLOSED)
 		return -EBADF;
-	if (other->recv_armed || other->send_inflight || other->wq_head) {
+	if (other->recv_armed || other->send_inflight || wq_head(other)) {
 		/* The ring still uses other's fd through ops that will
 		 * complete later: refuse rather than share it. */
-		if (other->send_inflight || other->wq_head)
+		if (other->send_inflight || wq_head(other))
 			return -EBUSY;
 	}
 	if (steal_to(other) || steal_to(ch))
@@ -2668,15 +2781,17 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 	 * go to ch's readers; unshown ones to ch's read signal if it has one
 	 * (through sigq, flushed at the end of the turn), else to its
 	 * readers. */
-	if (coil__bufq_append(&ch->rq, coil__bufq_data(&other->rq),
-			      other->rq.len) ||
+	if (rq_append(ch, coil__bufq_data(RQ(other)), rq_len(other)) ||
 	    (to_sig ? sq_append(ch, coil__bufq_data(sq(other)), sq_len(other))
-		    : coil__bufq_append(&ch->rq, coil__bufq_data(sq(other)),
-					sq_len(other)))) {
+		    : rq_append(ch, coil__bufq_data(sq(other)),
+				sq_len(other)))) {
+		rd_put(ch);
 		close(fd);
 		return -ENOMEM;
 	}
-	coil__bufq_consume(&other->rq, other->rq.len);
+	if (other->rd)
+		coil__bufq_free(&other->rd->rq);
+	rd_put(other);
 	sq_free(other);
 	other->close_after_sigq = false;
 	rq_changed(other);
@@ -2729,6 +2844,33 @@ void coil__channel_kick(coil_channel_t *ch)
 {
 	kick_write(ch);
 	update_interest(ch);
+}
+
+bool coil__channel_has_consumer(const coil_channel_t *ch)
+{
+	return ch->on_read || line_cb(ch) || !reads_empty(ch);
+}
+
+void *coil__channel_take_queued(coil_channel_t *ch, size_t *n)
+{
+	*n = rq_len(ch);
+	void *p = NULL;
+	if (*n) {
+		p = coil__malloc(*n);
+		if (p)
+			memcpy(p, coil__bufq_data(RQ(ch)), *n);
+		rq_consume(ch, *n);
+	}
+	rd_put(ch);
+	rq_changed(ch);
+	return p;
+}
+
+/* ---- socket.c ---- */
+
+bool coil__channel_writes_queued(const coil_channel_t *ch)
+{
+	return wq_head(ch) != NULL;
 }
 
 /* ---- properties ---- */
@@ -2901,13 +3043,19 @@ int coil_channel_set_linger(coil_channel_t *ch, unsigned ms)
 {
 	if (!ch)
 		return -EINVAL;
-	atomic_store(&ch->linger_ms, ms);
+	struct coil__chext *e = X(ch);
+	if (!e && ms == COIL_CHANNEL_LINGER_DEFAULT_MS)
+		return 0; /* the default: no extension needed */
+	e = ext_get(ch);
+	if (!e)
+		return -ENOMEM;
+	atomic_store(&e->linger_ms, ms);
 	return 0;
 }
 
 unsigned coil_channel_linger(const coil_channel_t *ch)
 {
-	return ch ? atomic_load(&ch->linger_ms) : 0;
+	return ch ? linger_ms(ch) : 0;
 }
 
 /* ---- relay: src's bytes into dst, paced by dst's write queue ---- */

@@ -11,14 +11,9 @@
 #include <unistd.h>
 
 struct fd_op {
-	coil__op op;
-	coil__task task;
-	coil_socket_t *s;
-	coil_ip_t *ip;
+	struct coil__sockop h;
 	struct msghdr msg;
 	struct iovec iov;
-	bool send;
-	bool inflight, aborted, cancelling;
 	int nfds;                 /* send: our dups, closed when done */
 	int fds[COIL_FDMSG_MAX];
 	coil_fdmsg_t *m;          /* recv: the result being filled */
@@ -45,8 +40,7 @@ static void fd_op_free(struct fd_op *d)
 {
 	for (int i = 0; i < d->nfds; i++)
 		close(d->fds[i]);
-	coil_ip_unref(d->ip);
-	coil__channel_put(d->s);
+	coil__sockop_release(&d->h);
 	coil__free(d->data);
 	coil__free(d);
 }
@@ -75,22 +69,22 @@ static void take_fds(struct fd_op *d)
 
 static void fd_complete(coil__op *op, int res, unsigned flags)
 {
-	struct fd_op *d = coil__container_of(op, struct fd_op, op);
-	d->inflight = false;
+	struct fd_op *d = coil__container_of(op, struct fd_op, h.op);
+	d->h.inflight = false;
 	if (res < 0) {
-		coil_ip_fail(d->ip, res, "%s: %s",
-			     d->send ? "send_fds" : "recv_fds",
+		coil_ip_fail(d->h.ip, res, "%s: %s",
+			     d->h.send ? "send_fds" : "recv_fds",
 			     res == -ECANCELED ? "aborted" : coil_strerror(res));
 		coil__free(d->m);
-	} else if (d->send) {
-		coil_ip_finish_int(d->ip, res);
+	} else if (d->h.send) {
+		coil_ip_finish_int(d->h.ip, res);
 	} else {
 		coil__mem_defined(d->m->data, (size_t)res);
 		coil__mem_defined(d->ctl.buf, d->msg.msg_controllen);
 		d->m->len = (size_t)res;
 		take_fds(d);
-		if (coil_ip_state(d->ip) != COIL_IP_PENDING ||
-		    coil_ip_finish_ptr(d->ip, d->m, fdmsg_free))
+		if (coil_ip_state(d->h.ip) != COIL_IP_PENDING ||
+		    coil_ip_finish_ptr(d->h.ip, d->m, fdmsg_free))
 			fdmsg_free(d->m); /* settled meanwhile (cannot be: the
 					   * abort hook waits for this) */
 	}
@@ -99,63 +93,36 @@ static void fd_complete(coil__op *op, int res, unsigned flags)
 
 static int fd_abort(coil_ip_t *ip, void *arg)
 {
-	struct fd_op *d = arg;
-	if (!d->inflight) {
-		d->aborted = true;
-		return 0;
-	}
-	if (!d->cancelling && coil__prep_cancel(d->s->w, NULL, &d->op) == 0)
-		d->cancelling = true;
-	return d->cancelling ? 1 : -EBUSY;
+	return coil__sockop_abort(arg);
 }
 
 static void fd_start(coil__task *t)
 {
-	struct fd_op *d = coil__container_of(t, struct fd_op, task);
-	coil_socket_t *s = d->s;
-	if (d->aborted || coil_ip_state(d->ip) != COIL_IP_PENDING) {
+	struct fd_op *d = coil__container_of(t, struct fd_op, h.task);
+	if (d->h.aborted || coil_ip_state(d->h.ip) != COIL_IP_PENDING) {
 		coil__free(d->m);
 		fd_op_free(d);
 		return;
 	}
-	int rc;
-	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED) {
-		rc = -EBADF;
-	} else {
-		d->op.complete = fd_complete;
-		rc = d->send ? coil__prep_sendmsg(s->w, &d->op, s->fd, &d->msg,
-						  MSG_NOSIGNAL)
-			     : coil__prep_recvmsg(s->w, &d->op, s->fd, &d->msg,
-						  MSG_CMSG_CLOEXEC);
-	}
+	int rc = coil__sockop_prep_msg(&d->h, &d->msg,
+				       d->h.send ? 0 : MSG_CMSG_CLOEXEC,
+				       fd_complete);
 	if (rc)
-		fd_complete(&d->op, rc, 0);
-	else
-		d->inflight = true;
+		fd_complete(&d->h.op, rc, 0);
 }
 
 static coil_ip_t *fd_submit(coil_socket_t *s, struct fd_op *d)
 {
-	coil_ip_t *ip = coil__ip_new_on(s->w);
+	d->msg.msg_iov = &d->iov;
+	d->msg.msg_iovlen = 1;
+	coil_ip_t *ip = coil__sockop_submit(s, &d->h, fd_start, fd_abort);
 	if (!ip) {
 		for (int i = 0; i < d->nfds; i++)
 			close(d->fds[i]);
 		coil__free(d->m);
 		coil__free(d->data);
 		coil__free(d);
-		return NULL;
 	}
-	d->ip = coil_ip_ref(ip);
-	d->s = s;
-	coil__channel_get(s);
-	d->msg.msg_iov = &d->iov;
-	d->msg.msg_iovlen = 1;
-	d->task.run = fd_start;
-	coil_ip_set_abort(ip, fd_abort, d);
-	if (coil__on_worker(s->w))
-		fd_start(&d->task);
-	else
-		coil__post(s->w, &d->task);
 	return ip;
 }
 
@@ -184,7 +151,7 @@ coil_ip_t *coil_socket_send_fds(coil_socket_t *s, const int *fds, int nfds,
 	struct fd_op *d = coil__calloc(1, sizeof(*d));
 	if (!d)
 		return NULL;
-	d->send = true;
+	d->h.send = true;
 	/* Our own duplicates: the caller may close its descriptors as soon
 	 * as this returns; ours are closed once the kernel has its own. */
 	for (int i = 0; i < nfds; i++) {

@@ -178,6 +178,11 @@ struct coil__worker {
 	coil__timerq timerq;   /* timer.c: deadline list, one ring timeout */
 	uint64_t sqes;         /* SQEs prepared so far (tests, bench) */
 	struct coil__ftable *ftable; /* ftable.c: fixed files, or NULL */
+	uint64_t enters;       /* io_uring_enter calls made (tests, bench) */
+	uint64_t min_waits;    /* of them, waits with the kernel's min-wait */
+	uint64_t min_wait_misses; /* of those, ended by the min-wait (loop.c) */
+	unsigned min_wait_us;  /* batch_wait_us in effect (0: feature off) */
+	unsigned mw_backoff, mw_skip; /* plain waits after misses (loop.c) */
 };
 
 struct coil_loop_s {
@@ -276,6 +281,9 @@ bool coil__op_supported(const coil__worker *w, int opcode);
 #define COIL__FEAT_RECV_MSHOT 0x4u   /* IORING_RECV_MULTISHOT */
 #define COIL__FEAT_ACCEPT_MSHOT 0x8u /* IORING_ACCEPT_MULTISHOT */
 #define COIL__FEAT_READ_MSHOT 0x10u  /* IORING_OP_READ_MULTISHOT (optional) */
+#define COIL__FEAT_MIN_TIMEOUT 0x100u /* IORING_FEAT_MIN_TIMEOUT (optional;
+					* coil__probe_hide only: the ring's
+					* features say) */
 unsigned coil__features(void);
 /* Tests set bits here to make coil behave as if the kernel lacked them. */
 extern unsigned coil__probe_hide;
@@ -402,16 +410,21 @@ struct coil__sock;
 
 /*
  * A channel is laid out so that an idle connection carries only what idle
- * needs (issue 14): the write side (iovec batch, msghdr, send ops, the
- * queue's tail, the linger timer) lives in struct coil__chwr, allocated when
- * a write is queued and given back once the queue is empty with no send in
- * flight; rarely used state (relay/gate, drained signal, steal, readline
- * delimiters, the read signal's held-back bytes, chunk size, user data) in
- * struct coil__chext, allocated on first use and kept until the channel is
- * freed. Flags only the home worker touches are bits.
+ * needs (issue 14): the write side (the write queue, iovec batch, msghdr,
+ * send ops, the linger timer) lives in struct coil__chwr, allocated when a
+ * write is queued and given back once the queue is empty with no send in
+ * flight; the read queue and the pending read requests in struct
+ * coil__chrd, allocated when a byte is queued or a read waits and given
+ * back once both are empty (a per-worker cache keeps both cheap); rarely
+ * used state (relay/gate, drained signal, steal, the readline signal and
+ * delimiters, the read signal's held-back bytes, chunk size, linger time)
+ * in struct coil__chext, allocated on first use and kept until the channel
+ * is freed. Flags only the home worker touches are bits. An accepted
+ * socket is one 256-byte jemalloc class: 224 B here, 32 B of socket state.
  */
 struct coil__chwr;
 struct coil__chext;
+struct coil__chrd;
 
 struct coil_channel_s {
 	coil__closer closer;
@@ -421,12 +434,10 @@ struct coil_channel_s {
 	/* User references (coil_channel_ref); the last release is the
 	 * release. Together they hold one reference in refs. */
 	_Atomic int urefs;
+	int rerr;             /* read error that ended the stream */
 	int fd;
 	int fslot;            /* fixed file slot mirroring fd, or -1 (ftable.c) */
-	int mode;
-	int rerr;             /* read error that ended the stream */
-	_Atomic unsigned read_timeout_ms; /* socket timeout for reads */
-	_Atomic unsigned linger_ms; /* drain deadline of a graceful close */
+	uint8_t mode;         /* COIL_IO_READ | COIL_IO_WRITE */
 	uint8_t rkind;
 	_Atomic bool close_req; /* close() was called (alive is false) */
 	/* socket.c sets it on a listener: reads and writes on it fail at
@@ -480,20 +491,21 @@ struct coil_channel_s {
 		};
 		coil__task free_task; /* the last put off the home worker */
 	};
-	coil__bufq rq;
-	coil__list reads;     /* pending read requests, in call order */
+	/* The read part (struct coil__chrd: the read queue, the pending
+	 * read requests in call order), home worker only: NULL while no byte
+	 * is queued, no read is pending and the queue holds no storage. */
+	struct coil__chrd *rd;
 	_Atomic size_t rq_used;
 	_Atomic size_t wq_used;
 	_Atomic size_t queue_size;
 	coil_read_cb on_read;
 	void *on_read_ud;
-	coil_read_cb on_line;
 	coil_closed_cb on_closed;
 	void *on_closed_ud;
 	coil__defer defer;    /* interest check, re-arm after -ENOBUFS */
-	struct coil__writereq *wq_head;
 	/* The write part's iovec batch (its first member), NULL while no
-	 * write is queued; tls.c's prep_send rewrites iov[0..n). */
+	 * write is queued (the write queue is in the write part); tls.c's
+	 * prep_send rewrites iov[0..n). */
 	struct iovec *iov;
 	_Atomic(struct coil__chext *) ext;
 	void *data;
@@ -501,13 +513,24 @@ struct coil_channel_s {
 	 * calls coil__sock_closing (on close: connect, shutdown, listener
 	 * shards, Unix unlink) and coil__sock_free (on free). For a socket
 	 * made by socket.c it lives in the channel's own allocation, right
-	 * after this struct (coil__channel_new_sized). */
+	 * after this struct (coil__channel_new_sized). Its timeout_ms is
+	 * the channel's read timeout (usocket settimeout). */
 	struct coil__sock *sock;
 	/* tls.c: a stream filter between the ring and the queues (NULL: the
 	 * bytes go through as they are): its state, which begins with its
 	 * ops. See coil__filter_ops. */
 	struct coil__filter *flt;
 };
+
+/* Home worker: whether a write is queued (not yet fully sent). */
+bool coil__channel_writes_queued(const coil_channel_t *ch);
+/* Home worker: whether anyone wants the channel's bytes (a read signal, a
+ * readline signal, a pending read request). */
+bool coil__channel_has_consumer(const coil_channel_t *ch);
+/* Home worker: takes every byte of the read queue (*n of them) as a
+ * coil__malloc'ed block: NULL with *n == 0 when it is empty, NULL with
+ * *n > 0 on -ENOMEM (the bytes are dropped either way). */
+void *coil__channel_take_queued(coil_channel_t *ch, size_t *n);
 
 /* A stream filter's state begins with this (tls.c). */
 struct coil__filter {

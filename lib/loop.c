@@ -13,12 +13,16 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #ifndef IORING_OP_READ_MULTISHOT
 #define IORING_OP_READ_MULTISHOT 49
+#endif
+#ifndef IORING_FEAT_MIN_TIMEOUT
+#define IORING_FEAT_MIN_TIMEOUT (1U << 15) /* Linux 6.12 */
 #endif
 
 __thread coil__worker *coil__tls_worker;
@@ -32,6 +36,9 @@ __thread coil__worker *coil__tls_worker;
 #define INBOX_BUDGET 256
 /* CQEs copied out of the ring per batch. */
 #define CQE_BATCH 64
+/* Turns with sends that wait plainly, at most, after a batched wait whose
+ * min-wait ran out (see idle_enter). */
+#define MIN_WAIT_BACKOFF 1024
 
 /* ---- kernel feature probe, once per process ----
  *
@@ -338,6 +345,7 @@ static struct io_uring_sqe *get_sqe(coil__worker *w, coil__op *op)
 		if (w->sq_stuck)
 			return NULL;
 		int rc = io_uring_submit(w->ring);
+		w->enters++;
 		sqe = io_uring_get_sqe(w->ring);
 		if (!sqe) {
 			if (rc < 0)
@@ -913,19 +921,150 @@ static bool kernel_has_events(const coil__worker *w)
 }
 
 /*
- * One turn's syscall while the worker is busy (it must not sleep): submit
- * what is queued and, when the kernel flags events it holds for us, have
- * them posted (a plain io_uring_submit does not run DEFER_TASKRUN's task
- * work, so a busy worker would never see a completion). Nothing queued and
- * nothing flagged: no syscall at all.
+ * struct io_uring_getevents_arg as Linux 6.12 has it: liburing 2.3 calls
+ * min_wait_usec "pad" (older kernels want it zero).
+ */
+struct enter_arg {
+	uint64_t sigmask;
+	uint32_t sigmask_sz;
+	uint32_t min_wait_usec;
+	uint64_t ts;
+};
+
+/*
+ * The worker's io_uring_enter, made here rather than through liburing's
+ * submit calls so that a wait can carry the min-wait (liburing 2.3 has no
+ * io_uring_submit_and_wait_min_timeout) and every enter is counted
+ * (w->enters). Publishes the SQEs prepared since the last enter (the SQ
+ * tail, as liburing's flush does: the syscall orders the stores), then
+ * submits them and, with GETEVENTS, waits for wait_nr completions. arg:
+ * NULL, or an extended argument (IORING_ENTER_EXT_ARG). Returns what
+ * io_uring_enter returns, or -errno.
+ */
+static int ring_enter(coil__worker *w, unsigned wait_nr, unsigned flags,
+		      const struct enter_arg *arg)
+{
+	struct io_uring_sq *sq = &w->ring->sq;
+	unsigned tail = sq->sqe_tail;
+	if (sq->sqe_head != tail) {
+		sq->sqe_head = tail;
+		IO_URING_WRITE_ONCE(*sq->ktail, tail);
+	}
+	unsigned submit = tail - IO_URING_READ_ONCE(*sq->khead);
+	int fd = w->ring->ring_fd;
+	if (w->ring_registered) {
+		fd = w->ring->enter_ring_fd;
+		flags |= IORING_ENTER_REGISTERED_RING;
+	}
+	if (arg)
+		flags |= IORING_ENTER_EXT_ARG;
+	w->enters++;
+	long rc = syscall(__NR_io_uring_enter, fd, submit, wait_nr, flags, arg,
+			  arg ? sizeof(*arg) : 0);
+	return rc < 0 ? -errno : (int)rc;
+}
+
+/*
+ * One turn's syscall while the worker is busy (it must not sleep, so never
+ * a min-wait either): submit what is queued and, when the kernel flags
+ * events it holds for us, have them posted (a plain submit does not run
+ * DEFER_TASKRUN's task work, so a busy worker would never see a
+ * completion). Nothing queued and nothing flagged: no syscall at all.
  */
 static int busy_enter(coil__worker *w)
 {
 	if (kernel_has_events(w))
-		return io_uring_submit_and_get_events(w->ring);
+		return ring_enter(w, 0, IORING_ENTER_GETEVENTS, NULL);
 	if (io_uring_sq_ready(w->ring))
-		return io_uring_submit(w->ring);
+		return ring_enter(w, 0, 0, NULL);
 	return 0;
+}
+
+/*
+ * How many of the SQEs about to be submitted are sends or writes: on a
+ * socket with room they complete inline, during the submit itself.
+ */
+static unsigned queued_sends(const coil__worker *w)
+{
+	const struct io_uring_sq *sq = &w->ring->sq;
+	unsigned n = 0;
+	for (unsigned i = IO_URING_READ_ONCE(*sq->khead); i != sq->sqe_tail; i++) {
+		switch (sq->sqes[i & sq->ring_mask].opcode) {
+		case IORING_OP_SEND:
+		case IORING_OP_SENDMSG:
+		case IORING_OP_WRITE:
+		case IORING_OP_WRITEV:
+		case IORING_OP_SEND_ZC:
+		case IORING_OP_SENDMSG_ZC:
+			n++;
+			break;
+		}
+	}
+	return n;
+}
+
+/*
+ * The idle turn's syscall: submit and sleep until a completion arrives.
+ *
+ * A send that completes inline during the submit satisfies a wait for one
+ * completion at once: at one connection every echoed message cost two
+ * enters, one returning with the send's CQE and one waiting for the next
+ * receive. With the min-wait on (w->min_wait_us) and k sends or writes
+ * among the SQEs, it waits for k + 1 completions instead, but at most
+ * min_wait_us: then the kernel returns with whatever has arrived, or, when
+ * nothing has, keeps waiting (the general timeout, a day, only gives the
+ * min-wait something to be shorter than: without one the kernel ends the
+ * wait at min_wait_us even when nothing came). So the next receive comes
+ * back in the same enter as the sends' CQEs. A ring timeout (coil's
+ * timers) ends the wait at once whatever the count: the kernel wakes a
+ * waiter on every timeout. A turn that submitted no send (a re-arm, a
+ * timer, nothing) waits for one completion, as without the option.
+ */
+static int idle_enter(coil__worker *w)
+{
+	unsigned k = w->min_wait_us ? queued_sends(w) : 0;
+	if (k && w->mw_skip) {
+		w->mw_skip--;
+		k = 0;
+	}
+	if (!k)
+		return ring_enter(w, 1, IORING_ENTER_GETEVENTS, NULL);
+	static const struct __kernel_timespec day = {.tv_sec = 86400};
+	struct enter_arg arg = {.min_wait_usec = w->min_wait_us,
+				.ts = (uint64_t)(uintptr_t)&day};
+	w->min_waits++;
+	int rc = ring_enter(w, k + 1, IORING_ENTER_GETEVENTS, &arg);
+	/* Fewer than k + 1: the min-wait ran out (or a timer ended it). A
+	 * program whose sends are not followed by other events (a writer
+	 * that waits for each write's completion before the next) would pay
+	 * the whole min-wait on every write: after a miss, the next 1, 2,
+	 * 4 ... up to MIN_WAIT_BACKOFF turns with sends wait plainly, so
+	 * such a program pays it once per MIN_WAIT_BACKOFF writes at most,
+	 * while a connection that keeps answering keeps batching. */
+	if (io_uring_cq_ready(w->ring) < k + 1) {
+		w->min_wait_misses++;
+		w->mw_backoff = w->mw_backoff ? w->mw_backoff * 2 : 1;
+		if (w->mw_backoff > MIN_WAIT_BACKOFF)
+			w->mw_backoff = MIN_WAIT_BACKOFF;
+		w->mw_skip = w->mw_backoff;
+	} else {
+		w->mw_backoff = 0;
+	}
+	return rc;
+}
+
+/* The min-wait a worker uses: the loop's batch_wait_us where the ring has
+ * IORING_FEAT_MIN_TIMEOUT (6.12), not turned off, and the worker sleeps in
+ * io_uring_enter (not in poll(2): see ring_setup). */
+static unsigned min_wait_us(const coil__worker *w)
+{
+	const coil_loop_opts_t *o = &w->loop->opts;
+	if (!o->batch_wait_us || w->poll_wait ||
+	    (o->flags & COIL_LOOP_NO_MIN_WAIT) ||
+	    !(w->ring->features & IORING_FEAT_MIN_TIMEOUT) ||
+	    (coil__probe_hide & COIL__FEAT_MIN_TIMEOUT))
+		return 0;
+	return o->batch_wait_us;
 }
 
 /*
@@ -936,12 +1075,14 @@ static int busy_enter(coil__worker *w)
  * Stopping: objects on one worker can hold objects on another (a listener
  * and its shards), so a worker leaves only once every worker is drained at
  * the same time; until then it polls for that every few milliseconds while
- * still serving its inbox. Tasks that reach a worker after it left are run
- * by coil_loop_free.
+ * still serving its inbox (a plain wait with a 5 ms timeout: no min-wait).
+ * Tasks that reach a worker after it left are run by coil_loop_free.
  */
 static void worker_run(coil__worker *w)
 {
-	struct __kernel_timespec stop_poll = {.tv_nsec = 5 * 1000 * 1000};
+	static const struct __kernel_timespec stop_poll = {
+		.tv_nsec = 5 * 1000 * 1000};
+	const struct enter_arg stop_arg = {.ts = (uint64_t)(uintptr_t)&stop_poll};
 	for (;;) {
 		drain_inbox(w, INBOX_BUDGET);
 		run_ready(w);
@@ -954,12 +1095,10 @@ static void worker_run(coil__worker *w)
 		}
 		bool busy = w->ready_head || inbox_pending(w) ||
 			    !coil__list_empty(&w->defers);
-		struct io_uring_cqe *cqe;
 		int rc = busy || w->poll_wait ? busy_enter(w)
-		       : w->stopping
-			       ? io_uring_submit_and_wait_timeout(w->ring, &cqe, 1,
-								  &stop_poll, NULL)
-			       : io_uring_submit_and_wait(w->ring, 1);
+		       : w->stopping ? ring_enter(w, 1, IORING_ENTER_GETEVENTS,
+						  &stop_arg)
+				     : idle_enter(w);
 		if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN &&
 		    rc != -ETIME) {
 			fprintf(stderr, "coil: worker %u: io_uring_enter: %s\n",
@@ -1008,6 +1147,8 @@ static void *worker_main(void *arg)
 	/* A fixed file table (ftable.c); without one, plain descriptors. */
 	if (!rc)
 		coil__ftable_init(w);
+	if (!rc)
+		w->min_wait_us = min_wait_us(w);
 	report_start(w, rc);
 	if (rc) {
 		w->dead = true;
@@ -1126,9 +1267,12 @@ static int normalise_opts(coil_loop_opts_t *o)
 		return OPT_BAD("buf_size %u: at most 16 MiB", o->buf_size);
 	if (o->flags & ~(COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_COOP_TASKRUN |
 			 COIL_LOOP_NO_READ_MULTISHOT |
-			 COIL_LOOP_NO_REGISTERED_RING |
+			 COIL_LOOP_NO_REGISTERED_RING | COIL_LOOP_NO_MIN_WAIT |
 			 COIL_LOOP_NO_FIXED_FILES))
 		return OPT_BAD("flags 0x%x: unknown COIL_LOOP_* bits", o->flags);
+	if (o->batch_wait_us > 1000000)
+		return OPT_BAD("batch_wait_us %u: at most 1000000 (1 s)",
+			       o->batch_wait_us);
 	return 0;
 }
 

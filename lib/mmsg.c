@@ -15,12 +15,7 @@
 #define MMSG_MAX 1024
 
 struct mmsg_op {
-	coil__op op;
-	coil__task task;
-	coil_socket_t *s;
-	coil_ip_t *ip;
-	bool send;
-	bool inflight, aborted, cancelling;
+	struct coil__sockop h;
 	size_t n, done;          /* datagrams wanted / handled so far */
 	size_t max_size;         /* recv */
 	coil_datagrams_t *out;   /* recv: the result being filled */
@@ -28,7 +23,6 @@ struct mmsg_op {
 	struct iovec *iov;       /* n vectors */
 	struct sockaddr_storage *to; /* send: n copied addresses */
 	unsigned char *bytes;    /* send: the copied payloads, back to back */
-	struct coil__rx rx;      /* recv: its place in the socket's queue */
 };
 
 static void datagrams_free(void *p)
@@ -44,8 +38,8 @@ static void recv_drop_unfilled(struct mmsg_op *m);
 static void mmsg_free(struct mmsg_op *m)
 {
 	/* After mmsg_end settled or stashed: the next receive's turn. */
-	if (m->rx.queued)
-		coil__sock_rx_leave(m->s, &m->rx);
+	if (m->h.rx.queued)
+		coil__sock_rx_leave(m->h.s, &m->h.rx);
 	if (m->out) {
 		recv_drop_unfilled(m);
 		datagrams_free(m->out);
@@ -54,9 +48,7 @@ static void mmsg_free(struct mmsg_op *m)
 	coil__free(m->iov);
 	coil__free(m->to);
 	coil__free(m->bytes);
-	coil_ip_unref(m->ip);
-	if (m->s)
-		coil__channel_put(m->s);
+	coil__sockop_release(&m->h);
 	coil__free(m);
 }
 
@@ -69,20 +61,20 @@ static void mmsg_end(struct mmsg_op *m, int err)
 	if (m->out)
 		recv_drop_unfilled(m);
 	if (m->done == 0 && err) {
-		coil_ip_fail(m->ip, err, "%s: %s",
-			     m->send ? "sendto_many" : "recvfrom_many",
+		coil_ip_fail(m->h.ip, err, "%s: %s",
+			     m->h.send ? "sendto_many" : "recvfrom_many",
 			     err == -ECANCELED ? "aborted" : coil_strerror(err));
-	} else if (m->send) {
-		coil_ip_finish_int(m->ip, (int64_t)m->done);
+	} else if (m->h.send) {
+		coil_ip_finish_int(m->h.ip, (int64_t)m->done);
 	} else {
 		coil_datagrams_t *d = m->out;
 		m->out = NULL;
-		if (coil_ip_state(m->ip) != COIL_IP_PENDING ||
-		    coil_ip_finish_ptr(m->ip, d, datagrams_free)) {
+		if (coil_ip_state(m->h.ip) != COIL_IP_PENDING ||
+		    coil_ip_finish_ptr(m->h.ip, d, datagrams_free)) {
 			/* Settled meanwhile: the datagrams go to the next
 			 * receive, in order. */
 			for (size_t i = 0; i < d->count; i++)
-				coil__sock_stash_push(S(m->s), d->dg[i]);
+				coil__sock_stash_push(S(m->h.s), d->dg[i]);
 			d->count = 0;
 			datagrams_free(d);
 		}
@@ -98,16 +90,16 @@ static void recv_fill(struct mmsg_op *m, size_t i, coil_datagram_t *dg)
 
 static void mmsg_complete(coil__op *op, int res, unsigned flags)
 {
-	struct mmsg_op *m = coil__container_of(op, struct mmsg_op, op);
-	m->inflight = false;
-	m->rx.ring = NULL;
-	if (res == -ECANCELED && !m->send)
-		res = coil__sock_rx_cancel_err(m->s, m->cancelling);
+	struct mmsg_op *m = coil__container_of(op, struct mmsg_op, h.op);
+	m->h.inflight = false;
+	m->h.rx.ring = NULL;
+	if (res == -ECANCELED && !m->h.send)
+		res = coil__sock_rx_cancel_err(m->h.s, m->h.cancelling);
 	if (res < 0) {
 		mmsg_end(m, res);
 		return;
 	}
-	if (m->send) {
+	if (m->h.send) {
 		m->done++;
 	} else {
 		coil_datagram_t *dg = m->out->dg[m->out->count];
@@ -117,7 +109,7 @@ static void mmsg_complete(coil__op *op, int res, unsigned flags)
 		coil__mem_defined(&dg->from, dg->fromlen);
 		recv_fill(m, m->done, dg);
 	}
-	if (m->aborted || m->cancelling) {
+	if (m->h.aborted || m->h.cancelling) {
 		mmsg_end(m, 0);
 		return;
 	}
@@ -158,16 +150,16 @@ static void recv_drop_unfilled(struct mmsg_op *m)
  * then (if nothing moved) one ring op that waits. */
 static void mmsg_step(struct mmsg_op *m)
 {
-	coil_socket_t *s = m->s;
+	coil_socket_t *s = m->h.s;
 	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED) {
-		if (!m->send)
+		if (!m->h.send)
 			recv_drop_unfilled(m);
 		mmsg_end(m, -EBADF);
 		return;
 	}
 	while (m->done < m->n) {
 		int k;
-		if (m->send)
+		if (m->h.send)
 			k = sendmmsg(s->fd, m->hdr + m->done,
 				     (unsigned)(m->n - m->done),
 				     MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -178,7 +170,7 @@ static void mmsg_step(struct mmsg_op *m)
 		if (k > 0) {
 			for (int i = 0; i < k; i++) {
 				size_t at = m->done;
-				if (m->send) {
+				if (m->h.send) {
 					m->done++;
 					continue;
 				}
@@ -194,7 +186,7 @@ static void mmsg_step(struct mmsg_op *m)
 			mmsg_end(m, err); /* what was done counts */
 			return;
 		}
-		if (!m->send && m->done > 0) {
+		if (!m->h.send && m->done > 0) {
 			mmsg_end(m, 0); /* a receive ends at the first pause */
 			return;
 		}
@@ -209,51 +201,31 @@ static void mmsg_step(struct mmsg_op *m)
 		return;
 	}
 	/* Nothing (more) can move now: wait through the ring for one. */
-	m->op.complete = mmsg_complete;
-	struct msghdr *h = &m->hdr[m->done].msg_hdr;
-	int rc = m->send ? coil__prep_sendmsg(s->w, &m->op, s->fd, h,
-					      MSG_NOSIGNAL)
-			 : coil__prep_recvmsg(s->w, &m->op, s->fd, h, 0);
+	int rc = coil__sockop_prep_msg(&m->h, &m->hdr[m->done].msg_hdr, 0,
+				       mmsg_complete);
 	if (rc) {
-		if (!m->send)
+		if (!m->h.send)
 			recv_drop_unfilled(m);
 		mmsg_end(m, rc);
-		return;
 	}
-	m->inflight = true;
-	if (!m->send)
-		m->rx.ring = &m->op;
 }
 
 static int mmsg_abort(coil_ip_t *ip, void *arg)
 {
-	struct mmsg_op *m = arg;
-	if (!m->inflight) {
-		m->aborted = true;
-		if (m->rx.queued && !m->rx.started) {
-			/* Waiting its turn: out of the queue now, freed by
-			 * its task (the caller may still use the handle). */
-			coil__sock_rx_leave(m->s, &m->rx);
-			coil__post(m->s->w, &m->task);
-		}
-		return 0;
-	}
-	if (!m->cancelling && coil__prep_cancel(m->s->w, NULL, &m->op) == 0)
-		m->cancelling = true;
-	return m->cancelling ? 1 : -EBUSY;
+	return coil__sockop_abort(arg);
 }
 
 /* A receive's turn (the head of the socket's queue, udp.c). */
 static void mmsg_rx_start(struct coil__rx *r)
 {
-	struct mmsg_op *m = coil__container_of(r, struct mmsg_op, rx);
-	if (coil_ip_state(m->ip) != COIL_IP_PENDING) {
+	struct mmsg_op *m = coil__container_of(r, struct mmsg_op, h.rx);
+	if (coil_ip_state(m->h.ip) != COIL_IP_PENDING) {
 		mmsg_free(m);
 		return;
 	}
 	/* Datagrams kept from an aborted receive come first. */
 	coil_datagram_t *dg;
-	while (m->out->count < m->n && (dg = coil__sock_stash_pop(S(m->s)))) {
+	while (m->out->count < m->n && (dg = coil__sock_stash_pop(S(m->h.s)))) {
 		size_t at = m->out->count;
 		coil__free(m->out->dg[at]);
 		if (dg->len > m->max_size)
@@ -264,7 +236,7 @@ static void mmsg_rx_start(struct coil__rx *r)
 		mmsg_end(m, 0);
 		return;
 	}
-	if (m->s->w->stopping) {
+	if (m->h.s->w->stopping) {
 		mmsg_end(m, -ECANCELED); /* no new ring op */
 		return;
 	}
@@ -273,17 +245,17 @@ static void mmsg_rx_start(struct coil__rx *r)
 
 static void mmsg_start(coil__task *t)
 {
-	struct mmsg_op *m = coil__container_of(t, struct mmsg_op, task);
-	if (m->aborted || coil_ip_state(m->ip) != COIL_IP_PENDING) {
-		if (!m->send)
+	struct mmsg_op *m = coil__container_of(t, struct mmsg_op, h.task);
+	if (m->h.aborted || coil_ip_state(m->h.ip) != COIL_IP_PENDING) {
+		if (!m->h.send)
 			recv_drop_unfilled(m);
 		mmsg_free(m);
 		return;
 	}
-	if (!m->send) {
-		m->rx.start = mmsg_rx_start;
-		int rc = coil__sock_rx_enter(m->s, &m->rx,
-					     atomic_load(&S(m->s)->nonblocking));
+	if (!m->h.send) {
+		m->h.rx.start = mmsg_rx_start;
+		int rc = coil__sock_rx_enter(m->h.s, &m->h.rx,
+					     atomic_load(&S(m->h.s)->nonblocking));
 		if (rc)
 			mmsg_end(m, rc);
 		return;
@@ -293,22 +265,12 @@ static void mmsg_start(coil__task *t)
 
 static coil_ip_t *mmsg_submit(coil_socket_t *s, struct mmsg_op *m)
 {
-	coil_ip_t *ip = coil__ip_new_on(s->w);
+	coil_ip_t *ip = coil__sockop_submit(s, &m->h, mmsg_start, mmsg_abort);
 	if (!ip) {
-		if (!m->send)
+		if (!m->h.send)
 			recv_drop_unfilled(m);
 		mmsg_free(m);
-		return NULL;
 	}
-	m->ip = coil_ip_ref(ip);
-	m->s = s;
-	coil__channel_get(s);
-	m->task.run = mmsg_start;
-	coil_ip_set_abort(ip, mmsg_abort, m);
-	if (coil__on_worker(s->w))
-		mmsg_start(&m->task);
-	else
-		coil__post(s->w, &m->task);
 	return ip;
 }
 
@@ -375,7 +337,7 @@ coil_ip_t *coil_socket_sendto_many(coil_socket_t *s,
 	struct mmsg_op *m = mmsg_new(n);
 	if (!m)
 		return NULL;
-	m->send = true;
+	m->h.send = true;
 	m->to = coil__calloc(n, sizeof(*m->to));
 	m->bytes = coil__malloc(total ? total : 1);
 	if (!m->to || !m->bytes) {

@@ -57,6 +57,12 @@ struct coil__sock {
 	bool vreg;         /* listed as handed out through a handle (listener.c) */
 };
 
+/* An accepted client is one allocation, its channel with its socket state
+ * right after it (coil__sock_channel_new): it must stay in jemalloc's
+ * 256-byte size class (issue 14: RSS per idle connection, libuv ~262 B). */
+_Static_assert(sizeof(struct coil_channel_s) + sizeof(struct coil__sock) <= 256,
+	       "an accepted socket no longer fits 256 bytes");
+
 /* s's cold part, made now if it has none: NULL only when out of memory.
  * Any thread. */
 COIL__HIDDEN struct coil__sockx *coil__sock_x(struct coil__sock *s);
@@ -95,6 +101,46 @@ struct coil__rx {
 COIL__HIDDEN int coil__sock_rx_enter(coil_socket_t *s, struct coil__rx *r,
 				     bool dontwait);
 COIL__HIDDEN void coil__sock_rx_leave(coil_socket_t *s, struct coil__rx *r);
+
+/*
+ * The head of one socket operation through the ring on the home worker:
+ * udp.c's sendto/recvfrom, mmsg.c's batches, fdpass.c's descriptor passing
+ * (each embeds it as member h). socket.c serves them all with the helpers
+ * below.
+ */
+struct coil__sockop {
+	coil__op op;
+	coil__task task;     /* runs the start on the home worker */
+	coil_socket_t *s;    /* holds a channel reference */
+	coil_ip_t *ip;       /* holds a handle reference */
+	struct coil__rx rx;  /* receives: their place in the socket's queue */
+	bool send;
+	bool inflight;       /* the ring op is submitted */
+	bool aborted;        /* aborted before it was submitted: it never will be */
+	bool cancelling;     /* a cancel of the ring op is submitted */
+};
+/* Any thread: makes o's handle on s's home worker with abort hook
+ * abort(ip, o), takes a reference on s and on the handle, and runs start
+ * (o->task) there, now if this is it. NULL: out of memory, nothing taken
+ * (the caller frees what o holds). */
+COIL__HIDDEN coil_ip_t *coil__sockop_submit(coil_socket_t *s,
+		struct coil__sockop *o, void (*start)(coil__task *),
+		coil_abort_cb abort);
+/* Home worker, the abort hooks' common part. Not submitted yet: marks o
+ * aborted (a receive waiting its turn leaves the queue and o's task is
+ * posted to free it) and returns 0; in flight: starts a cancel of the ring
+ * op once and returns 1, or -EBUSY if no cancel could be submitted. */
+COIL__HIDDEN int coil__sockop_abort(struct coil__sockop *o);
+/* Home worker: prepares a sendmsg (send: MSG_NOSIGNAL | flags) or a
+ * recvmsg (flags) of msg on o's socket that completes with complete: 0
+ * with o in flight (a receive's rx.ring set), -EBADF when the socket has
+ * no descriptor or is closed, or the prep's error. */
+COIL__HIDDEN int coil__sockop_prep_msg(struct coil__sockop *o,
+		struct msghdr *msg, int flags,
+		void (*complete)(coil__op *, int, unsigned));
+/* Drops the references submit took (any thread). */
+COIL__HIDDEN void coil__sockop_release(struct coil__sockop *o);
+
 /* udp.c, socket close (home worker): the head's ring receive is cancelled;
  * it and the receives behind it fail with -EBADF. */
 COIL__HIDDEN void coil__sock_rx_close(coil_socket_t *s);

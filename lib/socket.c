@@ -208,6 +208,69 @@ coil_ip_t *coil__sock_failed_ip(coil_socket_t *s, int err, const char *fmt,
 		coil_ip_fail(ip, err, fmt, arg);
 	return ip;
 }
+
+/* ---- socket operations through the ring (struct coil__sockop) ---- */
+
+coil_ip_t *coil__sockop_submit(coil_socket_t *s, struct coil__sockop *o,
+			       void (*start)(coil__task *), coil_abort_cb abort)
+{
+	coil_ip_t *ip = coil__ip_new_on(s->w);
+	if (!ip)
+		return NULL;
+	o->ip = coil_ip_ref(ip);
+	o->s = s;
+	coil__channel_get(s);
+	o->task.run = start;
+	coil_ip_set_abort(ip, abort, o);
+	if (coil__on_worker(s->w))
+		start(&o->task);
+	else
+		coil__post(s->w, &o->task);
+	return ip;
+}
+
+int coil__sockop_abort(struct coil__sockop *o)
+{
+	if (!o->inflight) {
+		o->aborted = true;
+		if (o->rx.queued && !o->rx.started) {
+			/* Waiting its turn: out of the queue now, freed by
+			 * its task (the caller may still use the handle). */
+			coil__sock_rx_leave(o->s, &o->rx);
+			coil__post(o->s->w, &o->task);
+		}
+		return 0;
+	}
+	if (!o->cancelling && coil__prep_cancel(o->s->w, NULL, &o->op) == 0)
+		o->cancelling = true;
+	return o->cancelling ? 1 : -EBUSY;
+}
+
+int coil__sockop_prep_msg(struct coil__sockop *o, struct msghdr *msg,
+			  int flags, void (*complete)(coil__op *, int, unsigned))
+{
+	coil_socket_t *s = o->s;
+	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED)
+		return -EBADF;
+	o->op.complete = complete;
+	int rc = o->send ? coil__prep_sendmsg(s->w, &o->op, s->fd, msg,
+					      MSG_NOSIGNAL | flags)
+			 : coil__prep_recvmsg(s->w, &o->op, s->fd, msg, flags);
+	if (rc)
+		return rc;
+	o->inflight = true;
+	if (!o->send)
+		o->rx.ring = &o->op;
+	return 0;
+}
+
+void coil__sockop_release(struct coil__sockop *o)
+{
+	coil_ip_unref(o->ip);
+	if (o->s)
+		coil__channel_put(o->s);
+}
+
 /* ---- shutdown ---- */
 
 static void do_shutdown(coil_socket_t *s)
@@ -253,7 +316,8 @@ static void shutdown_local(struct sock_call *c)
 	ss->shut_ip = coil_ip_ref(c->ip);
 	ss->shut_how = (int)c->n;
 	if ((c->n == SHUT_WR || c->n == SHUT_RDWR) &&
-	    (s->wq_head || s->send_inflight || s->connecting)) {
+	    (coil__channel_writes_queued(s) || s->send_inflight ||
+	     s->connecting)) {
 		/* Queued writes leave first: shutdown when the queue drains. */
 		s->sock_drain_wait = true;
 		return;

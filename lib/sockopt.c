@@ -105,8 +105,7 @@ int coil_socket_set_timeout(coil_socket_t *s, unsigned ms)
 		return -EINVAL;
 	if (!S(s))
 		return -ENOTSOCK;
-	atomic_store(&S(s)->timeout_ms, ms);
-	atomic_store(&s->read_timeout_ms, ms);
+	atomic_store(&S(s)->timeout_ms, ms); /* also the read timeout */
 	return 0;
 }
 

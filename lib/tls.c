@@ -840,7 +840,7 @@ static void read_records(tls_conn *t)
 
 static bool has_consumer(const coil_channel_t *ch)
 {
-	return ch->on_read || ch->on_line || !coil__list_empty(&ch->reads);
+	return coil__channel_has_consumer(ch);
 }
 
 /*
@@ -1194,7 +1194,7 @@ static void start_local(tls_conn *t)
 		   (COIL_IO_READ | COIL_IO_WRITE)) {
 		err = -EINVAL;
 		why = "starttls: the channel must be readable and writable";
-	} else if (ch->wq_head || ch->send_inflight) {
+	} else if (coil__channel_writes_queued(ch) || ch->send_inflight) {
 		err = -EBUSY;
 		why = "starttls: plaintext writes are still queued (wait for "
 		      "them first)";
@@ -1213,15 +1213,8 @@ static void start_local(tls_conn *t)
 	publish(ch, &t->f);
 	/* Bytes already read past the plaintext part of the protocol (a
 	 * ClientHello pipelined behind STARTTLS) are the first records. */
-	size_t have = ch->rq.len;
-	char *early = NULL;
-	if (have) {
-		early = coil__malloc(have);
-		if (early)
-			memcpy(early, coil__bufq_data(&ch->rq), have);
-		coil__bufq_consume(&ch->rq, have);
-		atomic_store(&ch->rq_used, 0);
-	}
+	size_t have;
+	char *early = coil__channel_take_queued(ch, &have);
 	coil__channel_get(ch);
 	handshake_step(t);
 	if (early) {

@@ -60,20 +60,12 @@ int coil_socket_new_dgram(coil_loop_t *loop, int family, coil_socket_t **out)
  * takes it out of the queue at once.
  */
 struct dgram_op {
-	coil__op op;
-	coil__task task;
-	coil_socket_t *s;
-	coil_ip_t *ip;
+	struct coil__sockop h;
 	struct msghdr msg;
 	struct iovec iov;
 	struct sockaddr_storage to;
 	coil_datagram_t *dg; /* recvfrom */
-	bool send;
-	bool inflight;       /* the ring op is submitted */
-	bool aborted;        /* aborted before it was submitted */
-	bool cancelling;
 	int flags;           /* MSG_DONTWAIT in non-blocking mode */
-	struct coil__rx rx;  /* recvfrom: its place in the socket's queue */
 };
 
 static coil__list *rx_queue(struct coil__sockx *x)
@@ -197,9 +189,8 @@ coil_datagram_t *coil__sock_stash_pop(struct coil__sock *ss)
 
 static void dgram_free(struct dgram_op *d)
 {
-	coil_ip_unref(d->ip);
-	coil__channel_put(d->s);
-	if (d->send)
+	coil__sockop_release(&d->h);
+	if (d->h.send)
 		coil__free(d->iov.iov_base);
 	coil__free(d);
 }
@@ -207,69 +198,55 @@ static void dgram_free(struct dgram_op *d)
 static const char *dgram_what(const struct dgram_op *d, int res)
 {
 	if (res == -ECANCELED)
-		return d->send ? "sendto aborted" : "recvfrom aborted";
+		return d->h.send ? "sendto aborted" : "recvfrom aborted";
 	if (res == -EAGAIN)
-		return d->send ? "sendto would block (non-blocking socket)"
+		return d->h.send ? "sendto would block (non-blocking socket)"
 			       : "recvfrom: no datagram (non-blocking socket)";
-	return d->send ? "sendto" : "recvfrom";
+	return d->h.send ? "sendto" : "recvfrom";
 }
 
 static void dgram_complete(coil__op *op, int res, unsigned flags)
 {
-	struct dgram_op *d = coil__container_of(op, struct dgram_op, op);
-	d->inflight = false;
-	d->rx.ring = NULL;
-	if (res == -ECANCELED && !d->send)
-		res = coil__sock_rx_cancel_err(d->s, d->cancelling);
-	if (res == -EBADF && !d->send) {
-		coil__ip_fail_msg(d->ip, res, "recvfrom: socket closed");
+	struct dgram_op *d = coil__container_of(op, struct dgram_op, h.op);
+	d->h.inflight = false;
+	d->h.rx.ring = NULL;
+	if (res == -ECANCELED && !d->h.send)
+		res = coil__sock_rx_cancel_err(d->h.s, d->h.cancelling);
+	if (res == -EBADF && !d->h.send) {
+		coil__ip_fail_msg(d->h.ip, res, "recvfrom: socket closed");
 		coil__free(d->dg);
 	} else if (res < 0) {
-		coil__ip_fail_msg(d->ip, res, dgram_what(d, res));
+		coil__ip_fail_msg(d->h.ip, res, dgram_what(d, res));
 		coil__free(d->dg);
-	} else if (d->send) {
-		coil_ip_finish_int(d->ip, res);
+	} else if (d->h.send) {
+		coil_ip_finish_int(d->h.ip, res);
 	} else {
 		d->dg->len = (size_t)res;
 		d->dg->fromlen = d->msg.msg_namelen;
 		coil__mem_defined(d->dg->data, (size_t)res);
 		coil__mem_defined(d->msg.msg_name, d->msg.msg_namelen);
-		if (coil_ip_state(d->ip) != COIL_IP_PENDING ||
-		    coil_ip_finish_ptr(d->ip, d->dg, coil_free))
-			coil__sock_stash_push(S(d->s), d->dg);
+		if (coil_ip_state(d->h.ip) != COIL_IP_PENDING ||
+		    coil_ip_finish_ptr(d->h.ip, d->dg, coil_free))
+			coil__sock_stash_push(S(d->h.s), d->dg);
 	}
 	/* After the stash: the next receive gets what this one could not. */
-	coil__sock_rx_leave(d->s, &d->rx);
+	coil__sock_rx_leave(d->h.s, &d->h.rx);
 	dgram_free(d);
 }
 
 static int dgram_abort(coil_ip_t *ip, void *arg)
 {
-	struct dgram_op *d = arg;
-	if (!d->inflight) {
-		d->aborted = true; /* not submitted yet: it never will be */
-		if (d->rx.queued && !d->rx.started) {
-			/* Waiting its turn: out of the queue now, freed by
-			 * its task (the caller may still use the handle). */
-			coil__sock_rx_leave(d->s, &d->rx);
-			coil__post(d->s->w, &d->task);
-		}
-		return 0;
-	}
-	if (!d->cancelling &&
-	    coil__prep_cancel(d->s->w, NULL, &d->op) == 0)
-		d->cancelling = true;
-	return d->cancelling ? 1 : -EBUSY;
+	return coil__sockop_abort(arg);
 }
 
 /* A recvfrom's turn (the head of the socket's queue). */
 static void dgram_rx_start(struct coil__rx *r)
 {
-	struct dgram_op *d = coil__container_of(r, struct dgram_op, rx);
-	coil_socket_t *s = d->s;
+	struct dgram_op *d = coil__container_of(r, struct dgram_op, h.rx);
+	coil_socket_t *s = d->h.s;
 	int rc;
-	if (coil_ip_state(d->ip) != COIL_IP_PENDING) {
-		coil__sock_rx_leave(s, &d->rx);
+	if (coil_ip_state(d->h.ip) != COIL_IP_PENDING) {
+		coil__sock_rx_leave(s, &d->h.rx);
 		coil__free(d->dg);
 		dgram_free(d);
 		return;
@@ -281,90 +258,61 @@ static void dgram_rx_start(struct coil__rx *r)
 			dg->len = max; /* truncated, as recvfrom does */
 		coil__free(d->dg);
 		d->dg = NULL;
-		if (coil_ip_finish_ptr(d->ip, dg, coil_free))
+		if (coil_ip_finish_ptr(d->h.ip, dg, coil_free))
 			coil__sock_stash_push(S(s), dg); /* settled meanwhile */
-		coil__sock_rx_leave(s, &d->rx);
+		coil__sock_rx_leave(s, &d->h.rx);
 		dgram_free(d);
 		return;
 	}
 	if (s->w->stopping) {
 		/* Its turn came as the loop stops: no new ring op. */
-		coil__ip_fail_msg(d->ip, -ECANCELED,
+		coil__ip_fail_msg(d->h.ip, -ECANCELED,
 				  "recvfrom: the loop is stopping");
 		coil__free(d->dg);
-		coil__sock_rx_leave(s, &d->rx);
+		coil__sock_rx_leave(s, &d->h.rx);
 		dgram_free(d);
 		return;
 	}
-	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED) {
-		rc = -EBADF;
-	} else {
-		d->op.complete = dgram_complete;
-		rc = coil__prep_recvmsg(s->w, &d->op, s->fd, &d->msg, d->flags);
-	}
-	if (rc) {
-		dgram_complete(&d->op, rc, 0);
-	} else {
-		d->inflight = true;
-		d->rx.ring = &d->op;
-	}
+	rc = coil__sockop_prep_msg(&d->h, &d->msg, d->flags, dgram_complete);
+	if (rc)
+		dgram_complete(&d->h.op, rc, 0);
 }
 
 static void dgram_start(coil__task *t)
 {
-	struct dgram_op *d = coil__container_of(t, struct dgram_op, task);
-	coil_socket_t *s = d->s;
+	struct dgram_op *d = coil__container_of(t, struct dgram_op, h.task);
+	coil_socket_t *s = d->h.s;
 	int rc;
-	if (d->aborted || coil_ip_state(d->ip) != COIL_IP_PENDING) {
+	if (d->h.aborted || coil_ip_state(d->h.ip) != COIL_IP_PENDING) {
 		coil__free(d->dg);
 		dgram_free(d);
 		return;
 	}
-	if (!d->send) {
-		d->rx.start = dgram_rx_start;
-		rc = coil__sock_rx_enter(s, &d->rx, d->flags & MSG_DONTWAIT);
+	if (!d->h.send) {
+		d->h.rx.start = dgram_rx_start;
+		rc = coil__sock_rx_enter(s, &d->h.rx, d->flags & MSG_DONTWAIT);
 		if (rc)
-			dgram_complete(&d->op, rc, 0);
+			dgram_complete(&d->h.op, rc, 0);
 		return;
 	}
-	if (s->fd < 0 || atomic_load(&s->st) == COIL__CH_CLOSED) {
-		rc = -EBADF;
-	} else {
-		d->op.complete = dgram_complete;
-		rc = d->send ? coil__prep_sendmsg(s->w, &d->op, s->fd, &d->msg,
-						  MSG_NOSIGNAL | d->flags)
-			     : coil__prep_recvmsg(s->w, &d->op, s->fd, &d->msg,
-						  d->flags);
-	}
+	rc = coil__sockop_prep_msg(&d->h, &d->msg, d->flags, dgram_complete);
 	if (rc)
-		dgram_complete(&d->op, rc, 0);
-	else
-		d->inflight = true;
+		dgram_complete(&d->h.op, rc, 0);
 }
 
 static coil_ip_t *dgram_submit(coil_socket_t *s, struct dgram_op *d)
 {
-	coil_ip_t *ip = coil__ip_new_on(s->w);
+	d->msg.msg_iov = &d->iov;
+	d->msg.msg_iovlen = 1;
+	if (atomic_load(&S(s)->nonblocking))
+		d->flags = MSG_DONTWAIT;
+	coil_ip_t *ip = coil__sockop_submit(s, &d->h, dgram_start, dgram_abort);
 	if (!ip) {
-		if (d->send)
+		if (d->h.send)
 			coil__free(d->iov.iov_base);
 		coil__free(d->dg);
 		coil__free(d);
-		return NULL;
 	}
-	d->ip = coil_ip_ref(ip);
-	d->s = s;
-	coil__channel_get(s);
-	d->msg.msg_iov = &d->iov;
-	d->msg.msg_iovlen = 1;
-	d->task.run = dgram_start;
-	if (atomic_load(&S(s)->nonblocking))
-		d->flags = MSG_DONTWAIT;
-	coil_ip_set_abort(ip, dgram_abort, d);
-	if (coil__on_worker(s->w))
-		dgram_start(&d->task);
-	else
-		coil__post(s->w, &d->task);
 	return ip;
 }
 
@@ -383,7 +331,7 @@ coil_ip_t *coil_socket_sendto_sa(coil_socket_t *s, const void *data,
 	struct dgram_op *d = coil__calloc(1, sizeof(*d));
 	if (!d)
 		return NULL;
-	d->send = true;
+	d->h.send = true;
 	d->iov.iov_base = coil__malloc(len ? len : 1); /* empty datagrams too */
 	if (!d->iov.iov_base) {
 		coil__free(d);

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -238,12 +239,13 @@ static void start_spin(void *arg)
 	spin_task(c);
 }
 
-static void check_timer_under_load(unsigned flags)
+static void check_timer_under_load(unsigned flags, unsigned batch_wait_us)
 {
 	coil_loop_opts_t o;
 	coil_loop_opts_init(&o);
 	o.workers = 1;
 	o.flags = flags;
+	o.batch_wait_us = batch_wait_us;
 	coil_loop_t *loop = NULL;
 	T_ASSERT_OK(coil_loop_new(&loop, &o));
 	struct spin_ctx c = {.loop = loop, .done = coil_ip_new(loop)};
@@ -259,10 +261,321 @@ static void check_timer_under_load(unsigned flags)
 
 static void test_timer_fires_while_busy(void)
 {
-	check_timer_under_load(0);
-	check_timer_under_load(COIL_LOOP_NO_DEFER_TASKRUN);
+	check_timer_under_load(0, 0);
+	check_timer_under_load(COIL_LOOP_NO_DEFER_TASKRUN, 0);
 	check_timer_under_load(COIL_LOOP_NO_DEFER_TASKRUN |
-			       COIL_LOOP_NO_COOP_TASKRUN);
+			       COIL_LOOP_NO_COOP_TASKRUN, 0);
+	/* With batched waits at their longest: a busy worker never waits. */
+	check_timer_under_load(0, 1000000);
+}
+
+/* ---- batched waits (batch_wait_us, the kernel's min-wait) ---- */
+
+/* A read signal that echoes every chunk back (echo_server's path). */
+static void echo_read(coil_channel_t *ch, const void *data, size_t len,
+		      void *ud)
+{
+	coil_ip_unref(coil_channel_write_view(ch, data, len));
+}
+
+static void echo_start(void *arg)
+{
+	coil_channel_on_read(arg, echo_read, NULL);
+}
+
+struct enter_counts {
+	coil_loop_t *loop;
+	uint64_t enters, min_waits, min_wait_misses;
+	_Atomic int done;
+};
+
+static void read_enters(void *arg)
+{
+	struct enter_counts *c = arg;
+	coil__worker *w = coil__tls_worker;
+	c->enters = w->enters;
+	c->min_waits = w->min_waits;
+	c->min_wait_misses = w->min_wait_misses;
+	atomic_store(&c->done, 1);
+}
+
+static struct enter_counts enter_counts(coil_loop_t *loop)
+{
+	struct enter_counts c = {.loop = loop};
+	T_ASSERT_OK(coil_loop_post(loop, 0, read_enters, &c));
+	for (int i = 0; i < 100000 && !atomic_load(&c.done); i++)
+		usleep(100);
+	CU_ASSERT_FATAL(atomic_load(&c.done));
+	return c;
+}
+
+/* Blocking 64-byte ping-pong: n messages, one in flight. */
+static int ping_pong(int fd, int n)
+{
+	char out[64], in[64];
+	memset(out, 'x', sizeof(out));
+	for (int i = 0; i < n; i++) {
+		if (t_write_all(fd, out, sizeof(out)) ||
+		    t_read_exact(fd, in, sizeof(in)) ||
+		    memcmp(in, out, sizeof(in)))
+			return -1;
+	}
+	return 0;
+}
+
+/* io_uring_enter calls per echoed message on a worker serving one
+ * connection (a socketpair; this thread is the client), counted exactly by
+ * the worker (w->enters). Returns the enters the worker made for `n`
+ * messages; *active: whether it ran with the min-wait on. */
+static long enters_for(unsigned flags, unsigned batch_wait_us, int n,
+		       bool *active, uint64_t *min_waits)
+{
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = 1;
+	o.flags = flags;
+	o.batch_wait_us = batch_wait_us;
+	coil_loop_t *loop = NULL;
+	T_ASSERT_OK(coil_loop_new(&loop, &o));
+	*active = loop->workers[0].min_wait_us != 0;
+	int sv[2];
+	CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+				   sv) == 0);
+	coil_channel_t *ch = NULL;
+	T_ASSERT_OK(coil_channel_wrap(loop, sv[0], COIL_IO_READ | COIL_IO_WRITE,
+				      &ch));
+	T_ASSERT_OK(coil_loop_post(loop, 0, echo_start, ch));
+	long d = -1;
+	if (ping_pong(sv[1], 50) == 0) {
+		struct enter_counts a = enter_counts(loop);
+		if (ping_pong(sv[1], n) == 0) {
+			struct enter_counts b = enter_counts(loop);
+			d = (long)(b.enters - a.enters);
+			*min_waits = b.min_waits - a.min_waits;
+		}
+	}
+	close(sv[1]);
+	coil_channel_release(ch);
+	coil_loop_free(loop);
+	return d;
+}
+
+/*
+ * One enter per message at one connection with batched waits: the send's
+ * CQE (inline, during the submit) and the next receive come back in one
+ * io_uring_enter; without them (the option 0, COIL_LOOP_NO_MIN_WAIT, or a
+ * kernel without IORING_FEAT_MIN_TIMEOUT, simulated by the probe hook)
+ * every message costs two. Counted exactly; the bounds only allow for the
+ * few enters around the two counter reads (each a post that wakes the
+ * worker). The wait is 1 s, so a client thread late by less than that
+ * costs nothing; the counts do not depend on timing otherwise.
+ */
+static void test_batch_wait_enters(void)
+{
+	enum { N = 2000 };
+	bool active = false;
+	uint64_t mw = 0;
+	long off = enters_for(0, 0, N, &active, &mw);
+	CU_ASSERT(!active);
+	CU_ASSERT(off >= 2 * N - 4);
+	CU_ASSERT_EQUAL(mw, 0);
+
+	long flag = enters_for(COIL_LOOP_NO_MIN_WAIT, 1000000, N, &active, &mw);
+	CU_ASSERT(!active);
+	CU_ASSERT(flag >= 2 * N - 4);
+	CU_ASSERT_EQUAL(mw, 0);
+
+	coil__probe_hide = COIL__FEAT_MIN_TIMEOUT;
+	long hidden = enters_for(0, 1000000, N, &active, &mw);
+	coil__probe_hide = 0;
+	CU_ASSERT(!active);
+	CU_ASSERT(hidden >= 2 * N - 4);
+	CU_ASSERT_EQUAL(mw, 0);
+
+	long on = enters_for(0, 1000000, N, &active, &mw);
+	if (!active) {
+		fprintf(stderr, "(no IORING_FEAT_MIN_TIMEOUT: 6.12 needed) ");
+		CU_ASSERT(on >= 2 * N - 4);
+		return;
+	}
+	fprintf(stderr, "(enters per message: %.3f off, %.3f on) ",
+		(double)off / N, (double)on / N);
+	CU_ASSERT(on >= N);
+	CU_ASSERT(on <= N + 4);
+	CU_ASSERT(mw >= (uint64_t)N - 4);
+
+	/* poll(2) sleeps (valgrind's mode) take no min-wait, and serve. */
+	setenv("COIL_POLL_WAIT", "1", 1);
+	long polled = enters_for(0, 1000000, 200, &active, &mw);
+	unsetenv("COIL_POLL_WAIT");
+	CU_ASSERT(!active);
+	CU_ASSERT(polled > 0);
+	CU_ASSERT_EQUAL(mw, 0);
+}
+
+/*
+ * A timer is not delayed by a batched wait. The worker writes (the send
+ * completes inline) and arms a 10 ms sleep in one turn, then waits for two
+ * completions with a min-wait of 1 s: nothing but the timer comes, and the
+ * kernel ends the wait when the ring timeout fires, not after the second.
+ * The bound (0.9 s against a 10 ms timer) only tells the two apart.
+ */
+struct timer_batch {
+	coil_loop_t *loop;
+	coil_channel_t *ch;
+	coil_ip_t *sleep;
+	uint64_t start_ms, fired_ms;
+	_Atomic int done;
+};
+
+static void timer_batch_fired(coil_ip_t *ip, void *ud)
+{
+	struct timer_batch *t = ud;
+	t->fired_ms = t_now_ms();
+	atomic_store(&t->done, 1);
+}
+
+static void timer_batch_start(void *arg)
+{
+	struct timer_batch *t = arg;
+	t->start_ms = t_now_ms();
+	t->sleep = coil_sleep(t->loop, 10);
+	coil_ip_on_done(t->sleep, timer_batch_fired, t);
+	coil_ip_unref(coil_channel_write(t->ch, "x", 1));
+}
+
+static void test_batch_wait_timer(void)
+{
+	coil_loop_t *loop = NULL;
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = 1;
+	o.batch_wait_us = 1000000;
+	T_ASSERT_OK(coil_loop_new(&loop, &o));
+	if (!loop->workers[0].min_wait_us) {
+		fprintf(stderr, "(no IORING_FEAT_MIN_TIMEOUT) ");
+		coil_loop_free(loop);
+		return;
+	}
+	int sv[2];
+	CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+				   sv) == 0);
+	struct timer_batch t = {.loop = loop};
+	T_ASSERT_OK(coil_channel_wrap(loop, sv[0], COIL_IO_READ | COIL_IO_WRITE,
+				      &t.ch));
+	/* Let the worker settle (its first turns), then count. */
+	struct enter_counts a = enter_counts(loop);
+	T_ASSERT_OK(coil_loop_post(loop, 0, timer_batch_start, &t));
+	for (int i = 0; i < 100000 && !atomic_load(&t.done); i++)
+		usleep(100);
+	CU_ASSERT_FATAL(atomic_load(&t.done));
+	struct enter_counts b = enter_counts(loop);
+	/* The write's turn waited with the min-wait... */
+	CU_ASSERT(b.min_waits > a.min_waits);
+	/* ...and the timer ended it. */
+	CU_ASSERT(t.fired_ms - t.start_ms < 900);
+	CU_ASSERT_EQUAL(coil_ip_state(t.sleep), COIL_IP_FINISHED);
+	char c;
+	CU_ASSERT_EQUAL(read(sv[1], &c, 1), 1);
+	coil_ip_unref(t.sleep);
+	close(sv[1]);
+	coil_channel_release(t.ch);
+	coil_loop_free(loop);
+}
+
+/*
+ * A writer whose sends are followed by nothing else (each write waits for
+ * the previous one's completion; the peer only reads) would pay the whole
+ * min-wait per write: after a batched wait runs out, the next turns with
+ * sends wait plainly, 1, 2, 4... of them. Counted: of 400 chained writes
+ * with a 100 ms min-wait, about log2(400) waits run out, not 400 (which
+ * would also take 40 s: t_wait's 10 s bound fails first). Before the
+ * backoff every one of them ran out.
+ */
+struct lone_writes {
+	coil_channel_t *ch;
+	coil_ip_t *done;
+	int left;
+};
+
+static void lone_write_next(coil_ip_t *ip, void *ud)
+{
+	struct lone_writes *l = ud;
+	if (ip && coil_ip_state(ip) != COIL_IP_FINISHED) {
+		coil_ip_finish_int(l->done, -1);
+		return;
+	}
+	if (!l->left--) {
+		coil_ip_finish_int(l->done, 0);
+		return;
+	}
+	coil_ip_t *w = coil_channel_write(l->ch, "w", 1);
+	coil_ip_on_done(w, lone_write_next, l);
+	coil_ip_unref(w);
+}
+
+static void lone_write_start(void *arg)
+{
+	lone_write_next(NULL, arg);
+}
+
+static void test_batch_wait_lone_writes(void)
+{
+	enum { N = 400 };
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = 1;
+	o.batch_wait_us = 100000;
+	coil_loop_t *loop = NULL;
+	T_ASSERT_OK(coil_loop_new(&loop, &o));
+	if (!loop->workers[0].min_wait_us) {
+		fprintf(stderr, "(no IORING_FEAT_MIN_TIMEOUT) ");
+		coil_loop_free(loop);
+		return;
+	}
+	int sv[2];
+	CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0,
+				   sv) == 0);
+	struct lone_writes l = {.done = coil_ip_new(loop), .left = N};
+	T_ASSERT_OK(coil_channel_wrap(loop, sv[0], COIL_IO_READ | COIL_IO_WRITE,
+				      &l.ch));
+	struct enter_counts a = enter_counts(loop);
+	T_ASSERT_OK(coil_loop_post(loop, 0, lone_write_start, &l));
+	char buf[N];
+	T_ASSERT_OK(t_read_exact(sv[1], buf, N));
+	T_ASSERT_OK(t_wait(l.done));
+	CU_ASSERT_EQUAL(coil_ip_int(l.done), 0);
+	struct enter_counts b = enter_counts(loop);
+	uint64_t waits = b.min_waits - a.min_waits;
+	uint64_t misses = b.min_wait_misses - a.min_wait_misses;
+	fprintf(stderr, "(%llu batched waits, %llu ran out) ",
+		(unsigned long long)waits, (unsigned long long)misses);
+	CU_ASSERT(misses >= 1);
+	CU_ASSERT(misses <= 12);
+	coil_ip_unref(l.done);
+	close(sv[1]);
+	coil_channel_release(l.ch);
+	coil_loop_free(loop);
+}
+
+static void test_batch_wait_option(void)
+{
+	coil_loop_t *loop = NULL;
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = 1;
+	o.batch_wait_us = 1000001;
+	CU_ASSERT_EQUAL(coil_loop_new(&loop, &o), -EINVAL);
+	CU_ASSERT_PTR_NOT_NULL(strstr(coil_loop_last_error(), "batch_wait_us"));
+	/* A program built before the field (a smaller size) gets it off. */
+	coil_loop_opts_init(&o);
+	o.workers = 1;
+	o.batch_wait_us = 100;
+	o.size = offsetof(coil_loop_opts_t, batch_wait_us);
+	T_ASSERT_OK(coil_loop_new(&loop, &o));
+	CU_ASSERT_EQUAL(loop->opts.batch_wait_us, 0);
+	CU_ASSERT_EQUAL(loop->workers[0].min_wait_us, 0);
+	coil_loop_free(loop);
 }
 
 /* ---- options ABI and the kernel feature probe ---- */
@@ -286,7 +599,7 @@ static void test_opts_size(void)
 	CU_ASSERT_PTR_NOT_NULL(strstr(coil_loop_last_error(),
 				      "coil_loop_opts_init"));
 	coil_loop_opts_init(&o);
-	o.size = sizeof(o) - 1;
+	o.size = offsetof(coil_loop_opts_t, flags) + sizeof(o.flags) - 1;
 	CU_ASSERT_EQUAL(coil_loop_new(&loop, &o), -EINVAL);
 
 	/* A caller built against a larger, newer struct: fine while the
@@ -557,6 +870,10 @@ static const coil_test_t tests[] = {
 	{"stop_with_work_in_flight", test_stop_with_work_in_flight},
 	{"idle_worker_sleeps", test_idle_worker_sleeps},
 	{"timer_fires_while_busy", test_timer_fires_while_busy},
+	{"batch_wait_enters", test_batch_wait_enters},
+	{"batch_wait_timer", test_batch_wait_timer},
+	{"batch_wait_lone_writes", test_batch_wait_lone_writes},
+	{"batch_wait_option", test_batch_wait_option},
 	{"opts_size", test_opts_size},
 	{"missing_feature", test_missing_feature},
 	{"read_multishot_fallback", test_read_multishot_fallback},
