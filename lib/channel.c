@@ -410,6 +410,52 @@ static int rq_append(coil_channel_t *ch, const void *p, size_t n)
 	return rd ? coil__bufq_append(&rd->rq, p, n) : -ENOMEM;
 }
 
+/*
+ * Home worker: defer_run(ch) runs before the worker sleeps again, once
+ * however often this is called meanwhile. The channels with deferred work
+ * are one list per worker, run by one coil__defer (chd_run), so a channel
+ * carries a pointer for it, not a list node of its own; a queued channel
+ * holds a reference, so it is never freed while listed. Off the home worker
+ * (calls run by coil_loop_free after the worker left) nothing is deferred:
+ * that work would never run.
+ */
+static void chd_run(coil__defer *d);
+
+static void ch_defer(coil_channel_t *ch)
+{
+	coil__worker *w = ch->w;
+	if (ch->dqueued || !coil__on_worker(w))
+		return;
+	if (coil__unlikely(!w->chd_tail)) {
+		coil__defer_init(&w->chd, chd_run);
+		w->chd_tail = &w->chd_head;
+	}
+	ch->dqueued = true;
+	ch->dnext = NULL;
+	coil__channel_get(ch);
+	*w->chd_tail = ch;
+	w->chd_tail = &ch->dnext;
+	coil__defer_add(w, &w->chd);
+}
+
+static void defer_run(coil_channel_t *ch);
+
+/* The worker's deferred channels, in the order they were queued. Work they
+ * defer again while this runs waits for the next turn (a new list). */
+static void chd_run(coil__defer *d)
+{
+	coil__worker *w = coil__container_of(d, coil__worker, chd);
+	coil_channel_t *ch = w->chd_head;
+	w->chd_head = NULL;
+	w->chd_tail = &w->chd_head;
+	while (ch) {
+		coil_channel_t *next = ch->dnext; /* listed: referenced */
+		ch->dqueued = false;
+		defer_run(ch);
+		ch = next;
+	}
+}
+
 static void process(coil_channel_t *ch);
 static void update_interest(coil_channel_t *ch);
 static void kick_write(coil_channel_t *ch);
@@ -460,7 +506,7 @@ static void channel_free(coil_channel_t *ch)
 		cc_put(CC_WR, WR(ch));
 		ch->iov = NULL;
 	}
-	if (ch->sock)
+	if (ch->has_sock)
 		coil__sock_free(ch);
 	if (ch->flt) /* tls.c */
 		ch->flt->ops->free(ch);
@@ -468,7 +514,7 @@ static void channel_free(coil_channel_t *ch)
 		coil__ftable_put(ch->w, ch->fslot);
 	if (ch->registered)
 		coil__closer_del(&ch->closer);
-	coil__defer_cancel(&ch->defer);
+	/* (Never on the deferred list: it holds a reference.) */
 	if (ch->rd) {
 		coil__bufq_free(&ch->rd->rq);
 		cc_put(CC_RD, ch->rd);
@@ -537,7 +583,7 @@ static void closer_close(coil__closer *c)
 	coil__channel_put(ch);
 }
 
-static void defer_run(coil__defer *d);
+static void chd_run(coil__defer *d);
 
 int coil__channel_new(coil__worker *w, coil_channel_t **out)
 {
@@ -560,7 +606,6 @@ int coil__channel_new_sized(coil__worker *w, size_t size,
 	ch->close_expected = true;
 	coil__list_init(&ch->closer.link);
 	ch->closer.close = closer_close;
-	coil__defer_init(&ch->defer, defer_run);
 	atomic_init(&ch->queue_size, 1u << 20);
 	atomic_fetch_add(&live_channels, 1);
 	*out = ch;
@@ -577,7 +622,7 @@ static void do_register(coil_channel_t *ch)
 		 * batch, a call that arrived late): closed at the end of this
 		 * turn, not under the caller's feet. */
 		if (ch->w->stopping)
-			coil__defer_add(ch->w, &ch->defer);
+			ch_defer(ch);
 	}
 }
 
@@ -759,7 +804,7 @@ static void arm_recv(coil_channel_t *ch)
 		/* No SQE even after a submit: try again before sleeping
 		 * (unless the ring is gone for good). */
 		if (rc != -ESHUTDOWN)
-			coil__defer_add(ch->w, &ch->defer);
+			ch_defer(ch);
 		return;
 	}
 	ch->recv_armed = true;
@@ -777,7 +822,7 @@ static void cancel_recv(coil_channel_t *ch)
 		ch->recv_cancelling = true;
 		coil__channel_get(ch);
 	} else if (rc != -ESHUTDOWN) {
-		coil__defer_add(ch->w, &ch->defer);
+		ch_defer(ch);
 	}
 }
 
@@ -788,16 +833,16 @@ static void update_interest(coil_channel_t *ch)
 		if (!ch->recv_armed && !ch->recv_cancelling && !ch->starved)
 			arm_recv(ch);
 	} else if (ch->recv_armed && !ch->recv_cancelling) {
-		coil__defer_add(ch->w, &ch->defer);
+		ch_defer(ch);
 	}
 }
 
-static void defer_run(coil__defer *d)
+/* Runs ch's deferred work; drops the reference the list held. */
+static void defer_run(coil_channel_t *ch)
 {
-	coil_channel_t *ch = coil__container_of(d, coil_channel_t, defer);
-	/* The callbacks run below may release the channel: it lives until
-	 * the end of this run (apiseq F10, a heap-use-after-free). */
-	coil__channel_get(ch);
+	/* The callbacks run below may release the channel: the list's
+	 * reference keeps it until the end of this run (apiseq F10, a
+	 * heap-use-after-free). */
 	ch->starved = false;
 	/* Work an API call left for later so that no user callback runs
 	 * inside it (rule 13): held-back bytes for a new read signal, lines
@@ -880,7 +925,7 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		 * now, or the new recv would find the ring still empty). No
 		 * byte was lost: the bytes wait in the socket. */
 		ch->starved = true;
-		coil__defer_add(ch->w, &ch->defer);
+		ch_defer(ch);
 	} else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
 		set_eof(ch, res);
 	}
@@ -1162,7 +1207,7 @@ static void process_api(coil_channel_t *ch)
 	e->on_line = cb;
 	if (rq_len(ch)) {
 		ch->lines_due = true;
-		coil__defer_add(ch->w, &ch->defer);
+		ch_defer(ch);
 	}
 	update_interest(ch);
 }
@@ -1547,7 +1592,7 @@ static coil_ip_t *read_submit(coil_channel_t *ch, int kind, size_t n,
 	}
 	/* usocket settimeout: the read fails with -ETIMEDOUT and is aborted,
 	 * which takes nothing from the stream. */
-	unsigned tmo = ch->sock ? atomic_load(&ch->sock->timeout_ms) : 0;
+	unsigned tmo = ch->has_sock ? atomic_load(&S(ch)->timeout_ms) : 0;
 	if (tmo)
 		ip = coil_ip_timeout(ip, tmo, 1);
 	return ip;
@@ -1746,7 +1791,7 @@ static void kick_write(coil_channel_t *ch)
 	struct coil__chwr *wr = wr_get(ch);
 	if (!wr) {
 		/* No memory for the write part now: try again later. */
-		coil__defer_add(ch->w, &ch->defer);
+		ch_defer(ch);
 		return;
 	}
 	int n = 0, batch = ch->dgram ? 1 : COIL__IOV_BATCH;
@@ -1780,7 +1825,7 @@ static void kick_write(coil_channel_t *ch)
 	}
 	if (rc) {
 		if (rc != -ESHUTDOWN)
-			coil__defer_add(ch->w, &ch->defer);
+			ch_defer(ch);
 		wr_put(ch);
 		return;
 	}
@@ -2152,7 +2197,7 @@ static void finish_close(coil_channel_t *ch)
 	ch->lines_due = false; /* the signal saw what it could: closed now */
 	if (ch->flt) /* tls.c */
 		ch->flt->ops->closed(ch);
-	if (ch->sock)
+	if (ch->has_sock)
 		coil__sock_closing(ch);
 	maybe_close_fd(ch);
 	emit_closed(ch);
@@ -2369,7 +2414,7 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		/* Held-back bytes go to the new signal, or to readers, at the
 		 * end of the turn: never inside this call (rule 13). */
 		if (sq_len(ch))
-			coil__defer_add(ch->w, &ch->defer);
+			ch_defer(ch);
 		update_interest(ch);
 		break;
 	case CALL_ON_LINE:
@@ -2599,6 +2644,14 @@ int coil_channel_new(coil_loop_t *loop, coil_channel_t **out)
 int coil_channel_wrap(coil_loop_t *loop, int fd, int mode,
 		      coil_channel_t **out)
 {
+	return coil__channel_wrap_sized(loop, fd, mode, sizeof(coil_channel_t),
+					NULL, out);
+}
+
+int coil__channel_wrap_sized(coil_loop_t *loop, int fd, int mode, size_t size,
+			     void (*init)(coil_channel_t *ch),
+			     coil_channel_t **out)
+{
 	if (!loop || !out)
 		return -EINVAL;
 	if (fd < 0)
@@ -2609,9 +2662,11 @@ int coil_channel_wrap(coil_loop_t *loop, int fd, int mode,
 	if (rc)
 		return rc;
 	coil_channel_t *ch;
-	rc = coil__channel_new(coil__pick_worker(loop), &ch);
+	rc = coil__channel_new_sized(coil__pick_worker(loop), size, &ch);
 	if (rc)
 		return rc;
+	if (init)
+		init(ch);
 	ch->fd = fd;
 	ch->mode = mode;
 	ch->rkind = read_kind(ch->w, fd, false);
@@ -2796,7 +2851,7 @@ int coil_channel_steal(coil_channel_t *ch, coil_channel_t *other)
 	other->close_after_sigq = false;
 	rq_changed(other);
 	if (sq_len(ch))
-		coil__defer_add(ch->w, &ch->defer);
+		ch_defer(ch);
 	int mode = other->mode;
 	bool sock = other->is_socket;
 	if (other->recv_armed || (X(other) && X(other)->steal_wait)) {
@@ -3110,7 +3165,7 @@ static void relay_end(struct coil__relay *r, int err, const char *msg)
 	atomic_store(&se->gate_paused, false);
 	/* Held-back bytes now belong to src's readers (end of the turn). */
 	if (se->sigq.len)
-		coil__defer_add(src->w, &src->defer);
+		ch_defer(src);
 	if (err)
 		coil__ip_fail_msg(r->ip, err, msg);
 	else
@@ -3199,7 +3254,7 @@ static void relay_on_read(coil_channel_t *src, const void *data, size_t len,
 	if (!w) {
 		int zero = 0;
 		atomic_compare_exchange_strong(&r->err, &zero, -ENOMEM);
-		coil__defer_add(src->w, &src->defer);
+		ch_defer(src);
 		return;
 	}
 	atomic_fetch_add(&r->pending, 1);
@@ -3249,7 +3304,7 @@ static void relay_start(coil_channel_t *src, struct coil__relay *r)
 	src->on_read = relay_on_read;
 	src->on_read_ud = r;
 	if (sq_len(src))
-		coil__defer_add(src->w, &src->defer);
+		ch_defer(src);
 	update_interest(src);
 	relay_check(src);
 }

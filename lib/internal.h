@@ -169,6 +169,10 @@ struct coil__worker {
 	void *ip_cache[3];     /* freed handles/nodes for reuse (inprogress.c) */
 	unsigned ip_cache_n[3];
 	coil__list defers;     /* coil__defer, run before sleeping */
+	/* channel.c: channels with deferred work, in order (linked through
+	 * their dnext, each holding a reference while queued), run by chd. */
+	struct coil_channel_s *chd_head, **chd_tail;
+	coil__defer chd;
 	coil__list closers;    /* coil__closer: objects to close on stop */
 	coil__list held;       /* coil__closer: closed, released at exit */
 	unsigned long ops_inflight;
@@ -419,8 +423,10 @@ struct coil__sock;
  * used state (relay/gate, drained signal, steal, the readline signal and
  * delimiters, the read signal's held-back bytes, chunk size, linger time)
  * in struct coil__chext, allocated on first use and kept until the channel
- * is freed. Flags only the home worker touches are bits. An accepted
- * socket is one 256-byte jemalloc class: 224 B here, 32 B of socket state.
+ * is freed. Flags only the home worker touches are bits; a channel with
+ * deferred work is on its worker's list through one pointer. An accepted
+ * socket is one allocation in jemalloc's 224-byte class: 192 B here, 32 B
+ * of socket state.
  */
 struct coil__chwr;
 struct coil__chext;
@@ -459,6 +465,13 @@ struct coil_channel_s {
 	 * reused. */
 	_Atomic bool fd_lock;
 	bool is_socket;           /* read by coil_channel_dup on any thread */
+	/* A socket made or wrapped by socket.c: its state (struct
+	 * coil__sock, coil__ch_sock) follows this struct in the channel's
+	 * own allocation. Set before the channel is shared, then read on any
+	 * thread; cleared when it is freed. With it, channel.c calls
+	 * coil__sock_closing (on close: connect, shutdown, listener shards,
+	 * Unix unlink) and coil__sock_free (on free). */
+	bool has_sock;
 	bool connecting;          /* sockets: writes wait for the connect */
 	/* Home worker only. */
 	bool dgram : 1;           /* one datagram per send, no gathering */
@@ -484,6 +497,7 @@ struct coil_channel_s {
 	/* socket.c: a shutdown(SHUT_WR) waits for the write queue to drain
 	 * (coil__sock_drained runs once it is empty). */
 	bool sock_drain_wait : 1;
+	bool dqueued : 1;         /* on the worker's deferred-channel list */
 	union {
 		struct {
 			coil__op recv_op;
@@ -502,20 +516,15 @@ struct coil_channel_s {
 	void *on_read_ud;
 	coil_closed_cb on_closed;
 	void *on_closed_ud;
-	coil__defer defer;    /* interest check, re-arm after -ENOBUFS */
+	/* The worker's deferred-channel list (chd_head): interest check,
+	 * re-arm after -ENOBUFS, work left for the end of the turn. */
+	struct coil_channel_s *dnext;
 	/* The write part's iovec batch (its first member), NULL while no
 	 * write is queued (the write queue is in the write part); tls.c's
 	 * prep_send rewrites iov[0..n). */
 	struct iovec *iov;
 	_Atomic(struct coil__chext *) ext;
 	void *data;
-	/* socket.c state, NULL for plain channels: with it set, channel.c
-	 * calls coil__sock_closing (on close: connect, shutdown, listener
-	 * shards, Unix unlink) and coil__sock_free (on free). For a socket
-	 * made by socket.c it lives in the channel's own allocation, right
-	 * after this struct (coil__channel_new_sized). Its timeout_ms is
-	 * the channel's read timeout (usocket settimeout). */
-	struct coil__sock *sock;
 	/* tls.c: a stream filter between the ring and the queues (NULL: the
 	 * bytes go through as they are): its state, which begins with its
 	 * ops. See coil__filter_ops. */
@@ -537,7 +546,17 @@ struct coil__filter {
 	const struct coil__filter_ops *ops;
 };
 
-/* socket.c hooks for channels with ch->sock set (home worker). */
+/* socket.c state of a socket (NULL for a plain channel), right after the
+ * channel in its allocation (coil__channel_new_sized). Its timeout_ms is
+ * the channel's read timeout (usocket settimeout). Any thread. */
+static inline struct coil__sock *coil__ch_sock(const coil_channel_t *ch)
+{
+	return ch->has_sock ? (struct coil__sock *)(void *)((
+				      coil_channel_t *)ch + 1)
+			    : NULL;
+}
+
+/* socket.c hooks for channels with has_sock set (home worker). */
 void coil__sock_closing(coil_channel_t *ch);
 void coil__sock_free(coil_channel_t *ch);
 void coil__sock_drained(coil_channel_t *ch);
@@ -557,6 +576,11 @@ int coil__channel_new(coil__worker *w, coil_channel_t **out);
  * follows the struct is zeroed and freed with it (socket state). */
 int coil__channel_new_sized(coil__worker *w, size_t size,
 			    coil_channel_t **out);
+/* coil_channel_wrap with size bytes allocated (coil__channel_new_sized) and
+ * init(ch) run before the channel is shared with its worker. */
+int coil__channel_wrap_sized(coil_loop_t *loop, int fd, int mode, size_t size,
+			     void (*init)(coil_channel_t *ch),
+			     coil_channel_t **out);
 /* Gives ch its descriptor (home worker only): starts reads if anyone wants
  * them, flushes queued writes unless ch->connecting. */
 void coil__channel_attach_fd(coil_channel_t *ch, int fd, int mode,

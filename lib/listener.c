@@ -159,8 +159,8 @@ static coil_socket_t *client_new(coil__worker *w, int fd, int family)
 	coil_channel_t *ch;
 	if (coil__sock_channel_new(w, &ch))
 		return NULL;
-	ch->sock->family = family;
-	atomic_store(&ch->sock->connected, 1);
+	S(ch)->family = family;
+	atomic_store(&S(ch)->connected, 1);
 	if (family != AF_UNIX) {
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -662,7 +662,7 @@ coil_ip_t *coil_socket_accept_many(coil_socket_t *s, size_t max)
  * pending accepts, removes the Unix path. Runs on the home worker. */
 void coil__sock_listener_close(coil_channel_t *ch)
 {
-	struct coil__sock *s = ch->sock;
+	struct coil__sock *s = S(ch);
 	struct coil__sockx *x = coil__sock_xq(s);
 	struct listener *l = x ? x->lst : NULL;
 	if (!l)

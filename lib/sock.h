@@ -59,9 +59,11 @@ struct coil__sock {
 
 /* An accepted client is one allocation, its channel with its socket state
  * right after it (coil__sock_channel_new): it must stay in jemalloc's
- * 256-byte size class (issue 14: RSS per idle connection, libuv ~262 B). */
-_Static_assert(sizeof(struct coil_channel_s) + sizeof(struct coil__sock) <= 256,
-	       "an accepted socket no longer fits 256 bytes");
+ * 224-byte size class (issue 14: RSS per idle connection, libuv ~262 B;
+ * the 256-byte class costs 265 B of RSS per object, its 4 KiB slabs'
+ * metadata included, the 224-byte class 226 B). */
+_Static_assert(sizeof(struct coil_channel_s) + sizeof(struct coil__sock) <= 224,
+	       "an accepted socket no longer fits 224 bytes");
 
 /* s's cold part, made now if it has none: NULL only when out of memory.
  * Any thread. */
@@ -152,7 +154,7 @@ COIL__HIDDEN void coil__sock_stash_free(struct coil__sock *s);
 
 static inline struct coil__sock *S(const coil_socket_t *s)
 {
-	return s->sock;
+	return coil__ch_sock(s);
 }
 
 /* ---- forwarding to the home worker (socket.c) */
@@ -173,9 +175,6 @@ COIL__HIDDEN struct sock_call *coil__sock_call_new(coil_socket_t *s,
 /* A handle that failed at once (bad arguments), never NULL unless OOM. */
 COIL__HIDDEN coil_ip_t *coil__sock_failed_ip(coil_socket_t *s, int err,
 		const char *fmt, const char *arg);
-/* Gives ch (a channel made without room for it) its socket state as an
- * allocation of its own: 0 or -ENOMEM. */
-COIL__HIDDEN int coil__sock_alloc(coil_channel_t *ch);
 /* A new channel homed on w with its socket state in the same allocation
  * (coil__channel_new's rules): 0 or -ENOMEM. */
 COIL__HIDDEN int coil__sock_channel_new(coil__worker *w, coil_channel_t **out);
@@ -195,7 +194,6 @@ COIL__HIDDEN int coil__sock_unix_prepare(const struct sockaddr_un *sun,
 
 #define sock_call_new coil__sock_call_new
 #define failed_ip coil__sock_failed_ip
-#define sock_alloc coil__sock_alloc
 #define apply_opts coil__sock_apply_opts
 #define unix_prepare coil__sock_unix_prepare
 

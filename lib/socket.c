@@ -27,9 +27,8 @@
  * own worker, so accepted clients live where they were accepted.
  */
 
-/* The socket state of a socket made here lives in the channel's own
- * allocation, right after the channel (one allocation per socket); a
- * wrapped channel's is an allocation of its own. */
+/* The socket state of a socket made or wrapped here lives in the channel's
+ * own allocation, right after the channel (one allocation per socket). */
 static inline struct coil__sock *sock_inline(coil_channel_t *ch)
 {
 	return (struct coil__sock *)(ch + 1);
@@ -38,26 +37,25 @@ static inline struct coil__sock *sock_inline(coil_channel_t *ch)
 _Static_assert(sizeof(struct coil_channel_s) % _Alignof(struct coil__sock) == 0,
 	       "the socket state after the channel is aligned");
 
-/* The channel's free hook (ch->sock set). */
+/* The channel's free hook (has_sock set). */
 void coil__sock_free(coil_channel_t *ch)
 {
-	if (ch->sock->vreg)
+	struct coil__sock *s = S(ch);
+	if (s->vreg)
 		coil__sock_vreg_forget(ch);
-	struct coil__sockx *x = coil__sock_xq(ch->sock);
+	struct coil__sockx *x = coil__sock_xq(s);
 	if (x) {
-		coil__sock_stash_free(ch->sock);
+		coil__sock_stash_free(s);
 		coil__free(x);
 	}
-	if (ch->sock != sock_inline(ch))
-		coil__free(ch->sock);
-	ch->sock = NULL;
+	ch->has_sock = false;
 }
 
 /* The channel's close hook: ends a connect, fails a waiting shutdown, then
  * closes the listener part. Runs on the home worker. */
 void coil__sock_closing(coil_channel_t *ch)
 {
-	struct coil__sock *s = ch->sock;
+	struct coil__sock *s = S(ch);
 	struct coil__sockx *x = s ? coil__sock_xq(s) : NULL;
 	if (!x)
 		return; /* never connected, listened, bound nor shut down */
@@ -101,20 +99,12 @@ struct coil__sockx *coil__sock_x(struct coil__sock *s)
 	return x;
 }
 
-static void sock_init(coil_channel_t *ch, struct coil__sock *s)
+static void sock_init(coil_channel_t *ch)
 {
+	struct coil__sock *s = sock_inline(ch);
 	s->nodelay = s->keepalive = s->reuseaddr = -1;
 	s->type = SOCK_STREAM;
-	ch->sock = s;
-}
-
-int coil__sock_alloc(coil_channel_t *ch)
-{
-	struct coil__sock *s = coil__calloc(1, sizeof(*s));
-	if (!s)
-		return -ENOMEM;
-	sock_init(ch, s);
-	return 0;
+	ch->has_sock = true;
 }
 
 int coil__sock_channel_new(coil__worker *w, coil_channel_t **out)
@@ -124,7 +114,7 @@ int coil__sock_channel_new(coil__worker *w, coil_channel_t **out)
 		w, sizeof(struct coil_channel_s) + sizeof(struct coil__sock), &ch);
 	if (rc)
 		return rc;
-	sock_init(ch, sock_inline(ch));
+	sock_init(ch);
 	*out = ch;
 	return 0;
 }
@@ -367,20 +357,17 @@ int coil_socket_wrap(coil_loop_t *loop, int fd, coil_socket_t **out)
 	if (getsockname(fd, (struct sockaddr *)&ss, &sl))
 		return -errno;
 	coil_socket_t *s;
-	int rc = coil_channel_wrap(loop, fd, COIL_IO_READ | COIL_IO_WRITE, &s);
+	int rc = coil__channel_wrap_sized(loop, fd, COIL_IO_READ | COIL_IO_WRITE,
+					  sizeof(struct coil_channel_s) +
+					  sizeof(struct coil__sock),
+					  sock_init, &s);
 	if (rc)
 		return rc;
-	rc = sock_alloc(s);
-	if (rc) {
-		s->fd = -1;
-		coil_channel_release(s);
-		return rc;
-	}
-	s->sock->family = ss.ss_family;
-	s->sock->type = type;
+	S(s)->family = ss.ss_family;
+	S(s)->type = type;
 	sl = sizeof(ss);
 	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
-		atomic_store(&s->sock->connected, 1);
+		atomic_store(&S(s)->connected, 1);
 	*out = s;
 	return 0;
 }

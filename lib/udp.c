@@ -30,8 +30,8 @@ int coil_socket_new_dgram(coil_loop_t *loop, int family, coil_socket_t **out)
 		close(fd);
 		return rc;
 	}
-	ch->sock->family = family;
-	ch->sock->type = SOCK_DGRAM;
+	S(ch)->family = family;
+	S(ch)->type = SOCK_DGRAM;
 	ch->fd = fd;
 	/* Datagrams are read with recvfrom, one per call: the channel's
 	 * stream reader must never take them. */

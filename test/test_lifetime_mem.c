@@ -133,13 +133,14 @@ static void nop_closed(coil_channel_t *ch, int expected, void *ud)
 
 /* The channel was 1016 bytes, every idle connection carrying its write
  * batch, msghdr, linger timer, relay and steal state and a mutex, then 288
- * (its read queue, pending-read list, readline signal and write queue head
- * inline). An idle channel set up as echo_server sets up its clients (queue
- * size, read and closed signals) is now one allocation of at most 224
- * bytes, and a write's state (and a read's) is given back once it is done. */
+ * (its read queue, pending-read list, readline signal, write queue head,
+ * a deferred-work node and a socket state pointer inline). An idle channel
+ * set up as echo_server sets up its clients (queue size, read and closed
+ * signals) is now one allocation of at most 192 bytes, and a write's state
+ * (and a read's) is given back once it is done. */
 static void test_idle_channel_is_small(void)
 {
-	CU_ASSERT(sizeof(struct coil_channel_s) <= 224);
+	CU_ASSERT(sizeof(struct coil_channel_s) <= 192);
 	enum { N = 200 };
 	static coil_channel_t *chs[N];
 	static int peers[N];
@@ -205,22 +206,23 @@ static void acc_client(coil_socket_t *l, coil_socket_t *c, void *ud)
 
 /*
  * An accepted TCP client, idle with echo_server's signals connected, is one
- * allocation of at most 256 bytes (jemalloc's 256-byte size class; libuv
- * needs about 262 B per idle connection): its 224-byte channel with its
- * socket state inside (at most 32 bytes: what only connecting, listening,
- * bound, datagram or shut-down sockets need is a part made on first use,
- * which an accepted client never makes). It was two, 320 + 640 bytes
- * (reqhost[256], unix_path[128], the bind address inline), then one of 320.
+ * allocation of at most 224 bytes (jemalloc's 224-byte size class, whose
+ * 28 KiB slabs cost about 2 B per object more; libuv needs about 262 B per
+ * idle connection): its 192-byte channel with its socket state inside (at
+ * most 32 bytes: what only connecting, listening, bound, datagram or
+ * shut-down sockets need is a part made on first use, which an accepted
+ * client never makes). It was two, 320 + 640 bytes (reqhost[256],
+ * unix_path[128], the bind address inline), then one of 320.
  */
 static void test_idle_accepted_socket_is_small(void)
 {
 	CU_ASSERT(sizeof(struct coil__sock) <= 32);
 	CU_ASSERT(sizeof(struct coil_channel_s) + sizeof(struct coil__sock) <=
-		  256);
+		  224);
 #ifndef COIL_NO_JEMALLOC
 	/* The allocation coil__sock_channel_new makes, in jemalloc's terms. */
 	CU_ASSERT_EQUAL(nallocx(sizeof(struct coil_channel_s) +
-				sizeof(struct coil__sock), 0), 256);
+				sizeof(struct coil__sock), 0), 224);
 #endif
 	coil_socket_t *l = NULL;
 	T_ASSERT_OK(coil_socket_new(L, &l));
@@ -266,6 +268,24 @@ static void test_idle_accepted_socket_is_small(void)
 		close(fds[i]);
 	}
 	coil_channel_release(l);
+	settle();
+}
+
+/* A wrapped socket (coil_socket_wrap, coil_socketpair) carries its socket
+ * state inside its channel's allocation too: one allocation per socket (it
+ * was two, the socket state separate). */
+static void test_wrapped_socket_is_one_allocation(void)
+{
+	size_t live0 = live_on_worker();
+	coil_socket_t *a = NULL, *b = NULL;
+	T_ASSERT_OK(coil_socketpair(L, AF_UNIX, SOCK_STREAM, &a, &b));
+	CU_ASSERT_EQUAL(live_on_worker() - live0, 2);
+	CU_ASSERT_PTR_EQUAL(S(a), (void *)(a + 1));
+	CU_ASSERT_PTR_EQUAL(S(b), (void *)(b + 1));
+	CU_ASSERT_EQUAL(S(a)->type, SOCK_STREAM);
+	CU_ASSERT_EQUAL(S(a)->family, AF_UNIX);
+	coil_channel_release(a);
+	coil_channel_release(b);
 	settle();
 }
 
@@ -474,6 +494,8 @@ static void test_allocs_per_message(void)
 static const coil_test_t tests[] = {
 	{"idle_channel_is_small", test_idle_channel_is_small},
 	{"idle_accepted_socket_is_small", test_idle_accepted_socket_is_small},
+	{"wrapped_socket_is_one_allocation",
+	 test_wrapped_socket_is_one_allocation},
 	{"read_part_given_back", test_read_part_given_back},
 	{"allocs_per_message", test_allocs_per_message},
 	{NULL, NULL},

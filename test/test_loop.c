@@ -375,6 +375,16 @@ static void test_batch_wait_enters(void)
 	enum { N = 2000 };
 	bool active = false;
 	uint64_t mw = 0;
+	const char *pw = getenv("COIL_POLL_WAIT");
+	if (t_on_valgrind() || (pw && pw[0] == '1')) {
+		/* Workers sleep in poll(2) there, which enters differently
+		 * and never with a min-wait: it serves, that is all. */
+		long polled = enters_for(0, 1000000, 200, &active, &mw);
+		CU_ASSERT(!active);
+		CU_ASSERT(polled > 0);
+		CU_ASSERT_EQUAL(mw, 0);
+		return;
+	}
 	long off = enters_for(0, 0, N, &active, &mw);
 	CU_ASSERT(!active);
 	CU_ASSERT(off >= 2 * N - 4);
@@ -411,6 +421,7 @@ static void test_batch_wait_enters(void)
 	CU_ASSERT(!active);
 	CU_ASSERT(polled > 0);
 	CU_ASSERT_EQUAL(mw, 0);
+	fprintf(stderr, "(%.3f with poll(2) sleeps) ", (double)polled / 200);
 }
 
 /*
