@@ -11,6 +11,7 @@
 #include "internal.h"
 
 #include <fcntl.h>
+#include <stdlib.h>
 #include <poll.h>
 #include <stdatomic.h>
 #include <sys/socket.h>
@@ -542,6 +543,71 @@ static void test_dgram_send(void)
 	T_ASSERT_OK(coil_loop_free(loop));
 }
 
+/* TLS: the records go out both through the channel's ring sends (slot)
+ * and tls.c's direct sends (descriptor), to the same socket; closing one
+ * end ends the other's read (its FIN arrived). Skipped without TLS or the
+ * openssl command to make a certificate. */
+static void test_tls_channel(void)
+{
+	if (!coil_tls_available())
+		return;
+	char dir[] = "/tmp/coil-fixed-XXXXXX";
+	if (!mkdtemp(dir))
+		return;
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd),
+		 "cd %s && openssl req -x509 -newkey ec -pkeyopt "
+		 "ec_paramgen_curve:P-256 -nodes -keyout k.pem -out c.pem "
+		 "-days 2 -subj /CN=localhost >/dev/null 2>&1",
+		 dir);
+	if (system(cmd) != 0) {
+		fprintf(stderr, "tls_channel: no openssl command, skipped\n");
+		return;
+	}
+	char crt[64], key[64];
+	snprintf(crt, sizeof(crt), "%s/c.pem", dir);
+	snprintf(key, sizeof(key), "%s/k.pem", dir);
+	coil_tls_ctx_t *sc = NULL, *cc = NULL;
+	T_ASSERT_OK(coil_tls_ctx_new(COIL_TLS_SERVER, &sc));
+	T_ASSERT_OK(coil_tls_ctx_use_cert_file(sc, crt, key));
+	T_ASSERT_OK(coil_tls_ctx_new(COIL_TLS_CLIENT, &cc));
+	T_ASSERT_OK(coil_tls_ctx_set_verify(cc, COIL_TLS_VERIFY_NONE));
+	coil_loop_t *loop = t_loop(1);
+	int fa, fb;
+	tcp_pair(&fa, &fb);
+	coil_socket_t *a, *b;
+	T_ASSERT_OK(coil_socket_wrap(loop, fa, &a));
+	T_ASSERT_OK(coil_socket_wrap(loop, fb, &b));
+	coil_ip_t *hc = coil_socket_starttls_client(a, cc, "localhost");
+	coil_ip_t *hs = coil_socket_starttls_server(b, sc);
+	T_ASSERT_OK(t_wait(hc));
+	T_ASSERT_OK(t_wait(hs));
+	T_ASSERT_OK(coil_ip_error(hc));
+	T_ASSERT_OK(coil_ip_error(hs));
+	coil_ip_unref(hc);
+	coil_ip_unref(hs);
+	write_ok(a, "secret");
+	read_expect(b, "secret");
+	write_ok(b, "answer");
+	read_expect(a, "answer");
+	CU_ASSERT(stats(loop, 0, a).fslot >= 0);
+	CU_ASSERT(stats(loop, 0, b).fslot >= 0);
+	coil_ip_t *rd = coil_channel_read(b);
+	coil_channel_close(a, 1);
+	T_ASSERT_OK(t_wait(rd)); /* settles once a's FIN came */
+	coil_ip_unref(rd);
+	coil_channel_close(b, 1);
+	wait_no_slots(loop, 0);
+	coil_channel_release(a);
+	coil_channel_release(b);
+	T_ASSERT_OK(coil_loop_free(loop));
+	coil_tls_ctx_free(sc);
+	coil_tls_ctx_free(cc);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "tls_channel: could not remove %s\n", dir);
+}
+
 static const coil_test_t tests[] = {
 	{"close_peer_sees_eof", test_close_peer_sees_eof},
 	{"close_with_recv_in_flight", test_close_with_recv_in_flight},
@@ -555,6 +621,7 @@ static const coil_test_t tests[] = {
 	{"steal", test_steal},
 	{"loop_free_every_state", test_loop_free_every_state},
 	{"dgram_send", test_dgram_send},
+	{"tls_channel", test_tls_channel},
 	{NULL, NULL},
 };
 
