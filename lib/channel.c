@@ -2392,10 +2392,9 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 		coil__channel_close_local(ch, i != 0, true);
 		break;
 	case CALL_RELEASE:
-		if (ch->user_released)
-			break;
-		coil__channel_get(ch);
-		ch->user_released = true;
+		/* No callback of ch runs after its user's release, also when
+		 * the stop took the user's reference over already (a release
+		 * from a callback that ran during coil_loop_free). */
 		ch->on_read = NULL;
 		ch->on_closed = NULL;
 		if (X(ch)) {
@@ -2403,6 +2402,10 @@ static void call_local(coil_channel_t *ch, int kind, int i, void *cb, void *ud)
 			X(ch)->on_drain = NULL;
 		}
 		atomic_store(&ch->has_line_cb, false);
+		if (ch->user_released)
+			break;
+		coil__channel_get(ch);
+		ch->user_released = true;
 		coil__channel_close_local(ch, false, true);
 		coil__channel_put(ch); /* the user's reference */
 		coil__channel_put(ch);

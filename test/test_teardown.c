@@ -1368,6 +1368,61 @@ static void test_monitor_free_races(void)
 	}
 }
 
+/* ==== release inside a callback of the stop ==== */
+
+/*
+ * apiseq (session 5, ASan, 2 of some thousand sequences): a channel whose
+ * user called coil_channel_release() from a callback that ran during
+ * coil_loop_free() (a pending read failing) still got its closed callback
+ * afterwards: the stop had already taken the user's reference over, so the
+ * release returned early without disconnecting the callbacks. Rule: after
+ * the user's release no callback of that channel runs.
+ */
+struct rel_in_stop {
+	coil_channel_t *ch;
+	_Atomic int released;
+	_Atomic int closed_after;
+	_Atomic int closed_runs;
+};
+
+static void ris_closed(coil_channel_t *ch, int expected, void *ud)
+{
+	struct rel_in_stop *r = ud;
+	atomic_fetch_add(&r->closed_runs, 1);
+	if (atomic_load(&r->released))
+		atomic_fetch_add(&r->closed_after, 1);
+}
+
+static void ris_read_done(coil_ip_t *ip, void *ud)
+{
+	struct rel_in_stop *r = ud;
+	atomic_store(&r->released, 1);
+	coil_channel_release(r->ch);
+}
+
+static void test_release_in_stop_callback(void)
+{
+	for (int round = 0; round < 20; round++) {
+		coil_loop_t *loop = t_loop(1);
+		int sv[2];
+		CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC,
+					   0, sv) == 0);
+		struct rel_in_stop r = {0};
+		coil_socket_t *s = NULL;
+		T_ASSERT_OK(coil_socket_wrap(loop, sv[0], &s));
+		r.ch = s;
+		T_ASSERT_OK(coil_channel_on_closed(s, ris_closed, &r));
+		coil_ip_t *rd = coil_channel_read(s);
+		CU_ASSERT_FATAL(rd != NULL);
+		T_ASSERT_OK(coil_ip_on_done(rd, ris_read_done, &r));
+		coil_ip_unref(rd);
+		coil_loop_free(loop);
+		CU_ASSERT_EQUAL(atomic_load(&r.released), 1);
+		CU_ASSERT_EQUAL(atomic_load(&r.closed_after), 0);
+		close(sv[1]);
+	}
+}
+
 /* ==== main ==== */
 
 static const coil_test_t tests[] = {
@@ -1375,6 +1430,7 @@ static const coil_test_t tests[] = {
 	{"act_in_callbacks", test_act_in_callbacks},
 	{"threads_race_worker", test_threads_race_worker},
 	{"monitor_free_races", test_monitor_free_races},
+	{"release_in_stop_callback", test_release_in_stop_callback},
 	{NULL, NULL},
 };
 
