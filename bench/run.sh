@@ -45,13 +45,15 @@ HZ=$(getconf CLK_TCK)
 # first entry of each list is the floor the ratios are computed against,
 # the second the second reference. coil_noreg is coil with one ring feature
 # turned off (COIL_LOOP_FLAGS, see docs/api.md), to measure what it brings;
-# coil_batch is coil with batched waits on (batch_wait_us, off by default).
+# coil_batch is coil with batched waits on (batch_wait_us, off by default);
+# coil_nofix and http_nofix are coil without its fixed file table.
 ECHO_SERVERS=(
 	"uring:$B/bench/uring_echo"
 	"epoll:$B/bench/epoll_echo"
 	"libuv:$B/bench/uv_echo"
 	"coil:$B/examples/echo_server --host 127.0.0.1"
 	"coil_noreg:COIL_LOOP_FLAGS=0x8 $B/examples/echo_server --host 127.0.0.1"
+	"coil_nofix:COIL_LOOP_FLAGS=0x10 $B/examples/echo_server --host 127.0.0.1"
 	"coil_batch:$B/examples/echo_server --host 127.0.0.1 --batch-wait $BATCH_WAIT"
 )
 # The relay scenario: the same bulk stream through bench/relay
@@ -71,6 +73,7 @@ HTTP_SERVERS=(
 	"nginx:@nginx"
 	"epoll_http:$B/bench/epoll_http"
 	"coil_http:$B/examples/http_echo --host 127.0.0.1"
+	"http_nofix:COIL_LOOP_FLAGS=0x10 $B/examples/http_echo --host 127.0.0.1"
 )
 
 has() { case " $SCENARIOS " in *" $1 "*) return 0 ;; esac; return 1; }

@@ -89,6 +89,9 @@ typedef struct coil_loop_s coil_loop_t;
 #define COIL_LOOP_NO_COOP_TASKRUN 0x2u  /* do not try COOP_TASKRUN */
 #define COIL_LOOP_NO_READ_MULTISHOT 0x4u /* single reads for pipes/ttys */
 #define COIL_LOOP_NO_REGISTERED_RING 0x8u /* do not register the ring fd */
+/* Do not register a fixed file table: socket channels' ring ops look their
+ * descriptor up each time, as on kernels without one. */
+#define COIL_LOOP_NO_FIXED_FILES 0x10u
 /* Never use the kernel's min-wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12)
  * for batch_wait_us, as on kernels without it. */
 #define COIL_LOOP_NO_MIN_WAIT 0x20u

@@ -514,6 +514,8 @@ static void channel_free(coil_channel_t *ch)
 		coil__sock_free(ch);
 	if (ch->flt) /* tls.c */
 		ch->flt->ops->free(ch);
+	if (ch->fslot >= 0) /* a descriptor retired without set_fd */
+		coil__ftable_put(ch->w, ch->fslot);
 	if (ch->registered)
 		coil__closer_del(&ch->closer);
 	/* (Never on the deferred list: it holds a reference.) */
@@ -603,6 +605,7 @@ int coil__channel_new_sized(coil__worker *w, size_t size,
 	atomic_init(&ch->urefs, 1);
 	atomic_init(&ch->st, COIL__CH_NEW);
 	ch->fd = -1;
+	ch->fslot = -1;
 	ch->close_on_eof = true;
 	ch->close_expected = true;
 	coil__list_init(&ch->closer.link);
@@ -774,16 +777,25 @@ static bool want_read(coil_channel_t *ch)
 	       atomic_load(&ch->sock_nonblock); /* sock: buffer ahead */
 }
 
+/* The file a ring op on ch names: a socket's fixed file slot (issue 14,
+ * ftable.c; taken on its first op, mirroring ch->fd), else ch->fd. */
+static inline int ring_fd(coil_channel_t *ch)
+{
+	if (ch->fslot < 0 && ch->is_socket && ch->fd >= 0 && ch->w->ftable)
+		ch->fslot = coil__ftable_get(ch->w, ch->fd);
+	return ch->fslot >= 0 ? coil__fixed_fd(ch->fslot) : ch->fd;
+}
+
 static void arm_recv(coil_channel_t *ch)
 {
 	int rc;
 	ch->recv_op.complete = recv_complete;
 	switch (ch->rkind) {
 	case COIL__RK_RECV:
-		rc = coil__prep_recv_multishot(ch->w, &ch->recv_op, ch->fd);
+		rc = coil__prep_recv_multishot(ch->w, &ch->recv_op, ring_fd(ch));
 		break;
 	case COIL__RK_RECV_ONCE:
-		rc = coil__prep_recv_select(ch->w, &ch->recv_op, ch->fd);
+		rc = coil__prep_recv_select(ch->w, &ch->recv_op, ring_fd(ch));
 		break;
 	case COIL__RK_READ_MSHOT:
 		rc = coil__prep_read_multishot(ch->w, &ch->recv_op, ch->fd);
@@ -1804,7 +1816,7 @@ static void kick_write(coil_channel_t *ch)
 		rc = coil__prep_writev(ch->w, &wr->send_op, ch->fd, wr->iov,
 				       (unsigned)n);
 	} else if (n == 1) {
-		rc = coil__prep_send(ch->w, &wr->send_op, ch->fd,
+		rc = coil__prep_send(ch->w, &wr->send_op, ring_fd(ch),
 				     wr->iov[0].iov_base, wr->iov[0].iov_len,
 				     ch->dgram ? MSG_NOSIGNAL
 					       : MSG_NOSIGNAL | MSG_WAITALL);
@@ -1812,7 +1824,7 @@ static void kick_write(coil_channel_t *ch)
 		memset(&wr->msg, 0, sizeof(wr->msg));
 		wr->msg.msg_iov = wr->iov;
 		wr->msg.msg_iovlen = (size_t)n;
-		rc = coil__prep_sendmsg(ch->w, &wr->send_op, ch->fd, &wr->msg,
+		rc = coil__prep_sendmsg(ch->w, &wr->send_op, ring_fd(ch), &wr->msg,
 					MSG_NOSIGNAL | MSG_WAITALL);
 	}
 	if (rc) {
@@ -2560,6 +2572,12 @@ static void fd_unlock(coil_channel_t *ch)
 
 void coil__channel_set_fd(coil_channel_t *ch, int fd)
 {
+	/* A fixed slot holds its own reference to the file: it goes with the
+	 * number, before the number is closed (ftable.c). */
+	if (ch->fslot >= 0 && fd != ch->fd) {
+		coil__ftable_put(ch->w, ch->fslot);
+		ch->fslot = -1;
+	}
 	fd_lock(ch);
 	__atomic_store_n(&ch->fd, fd, __ATOMIC_RELAXED); /* read by alive() */
 	fd_unlock(ch);

@@ -181,6 +181,7 @@ struct coil__worker {
 	unsigned rr_next;      /* round-robin cursor for handing out clients */
 	coil__timerq timerq;   /* timer.c: deadline list, one ring timeout */
 	uint64_t sqes;         /* SQEs prepared so far (tests, bench) */
+	struct coil__ftable *ftable; /* ftable.c: fixed files, or NULL */
 	uint64_t enters;       /* io_uring_enter calls made (tests, bench) */
 	uint64_t min_waits;    /* of them, waits with the kernel's min-wait */
 	uint64_t min_wait_misses; /* of those, ended by the min-wait (loop.c) */
@@ -268,6 +269,11 @@ int coil__prep_timeout_remove(coil__worker *w, coil__op *op, coil__op *target);
 int coil__prep_timeout_update(coil__worker *w, coil__op *op,
 			      coil__op *target, struct __kernel_timespec *ts);
 int coil__prep_close(coil__worker *w, coil__op *op, int fd);
+/* IORING_OP_FILES_UPDATE of one slot of w's fixed file table to *fd, which
+ * the kernel reads when the SQE is issued (it must stay valid until then;
+ * -1 clears the slot). */
+int coil__prep_files_update(coil__worker *w, coil__op *op, int *fd,
+			    unsigned slot);
 int coil__prep_shutdown(coil__worker *w, coil__op *op, int fd, int how);
 /* Whether the kernel supports an opcode (probed once per process) and, for
  * optional ones, whether w's loop may use it (COIL_LOOP_NO_READ_MULTISHOT).
@@ -287,6 +293,33 @@ unsigned coil__features(void);
 extern unsigned coil__probe_hide;
 /* Tests: the next N eventfd-read arms fail as if no SQE could be had. */
 extern _Atomic unsigned coil__efd_arm_fail;
+
+/* ---- fixed files (ftable.c): a per-worker registered file table whose
+ * slots mirror socket channels' descriptors (issue 14). The fd argument of
+ * the coil__prep_* functions above may name a slot: coil__fixed_fd(slot)
+ * (a value below -1, never a descriptor) makes the SQE use slot with
+ * IOSQE_FIXED_FILE. Worker-only, except where said. */
+static inline int coil__fixed_fd(int slot) { return -2 - slot; }
+/* Registers w's table unless COIL_LOOP_NO_FIXED_FILES, the kernel lacks it
+ * or refuses it (then w->ftable stays NULL); frees it (before ring exit). */
+void coil__ftable_init(coil__worker *w);
+void coil__ftable_free(coil__worker *w);
+/* A slot mirroring fd, its install queued on the ring ahead of any SQE
+ * prepared after this call; -1 when there is none to give (no table, full,
+ * stopping). */
+int coil__ftable_get(coil__worker *w, int fd);
+/* Clears slot (queued, or at once while stopping) and frees it. Off the
+ * worker a no-op: the table's unregistration clears it. */
+void coil__ftable_put(coil__worker *w, int slot);
+typedef struct coil__ftable_stat {
+	unsigned slots, live;
+	uint64_t installs, clears, fails;
+} coil__ftable_stat;
+/* Tests: w's table (zeros without one); w's thread, or after it exited. */
+void coil__ftable_stats(const coil__worker *w, coil__ftable_stat *st);
+/* Tests: slots per table (0: the default, RLIMIT_NOFILE up to 65536); set
+ * before coil_loop_new. */
+extern unsigned coil__ftable_size_override;
 
 /* ---- provided buffers (bufring.c), one group per worker */
 #define COIL__BGID 0
@@ -409,8 +442,7 @@ struct coil_channel_s {
 	_Atomic int urefs;
 	int rerr;             /* read error that ended the stream */
 	int fd;
-	/* (sizeof is 192 with 4 bytes free before the union: one more int
-	 * here keeps it at 192, issue 14.) */
+	int fslot;            /* fixed file slot mirroring fd, or -1 (ftable.c) */
 	uint8_t mode;         /* COIL_IO_READ | COIL_IO_WRITE */
 	uint8_t rkind;
 	_Atomic bool close_req; /* close() was called (alive is false) */

@@ -367,10 +367,20 @@ static struct io_uring_sqe *get_sqe(coil__worker *w, coil__op *op)
 	io_uring_sqe_set_data(sqe, op);   \
 	return 0;
 
+/* An fd argument below -1 names a fixed file slot (coil__fixed_fd). */
+static inline void set_file(struct io_uring_sqe *sqe, int fd)
+{
+	if (fd < -1) {
+		sqe->fd = -2 - fd;
+		sqe->flags |= IOSQE_FIXED_FILE;
+	}
+}
+
 int coil__prep_recv_multishot(coil__worker *w, coil__op *op, int fd)
 {
 	PREP_BEGIN(w, op);
 	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	set_file(sqe, fd);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = COIL__BGID;
 	PREP_END(op);
@@ -380,6 +390,7 @@ int coil__prep_recv_select(coil__worker *w, coil__op *op, int fd)
 {
 	PREP_BEGIN(w, op);
 	io_uring_prep_recv(sqe, fd, NULL, 0, 0);
+	set_file(sqe, fd);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = COIL__BGID;
 	PREP_END(op);
@@ -416,6 +427,7 @@ int coil__prep_send(coil__worker *w, coil__op *op, int fd, const void *buf,
 {
 	PREP_BEGIN(w, op);
 	io_uring_prep_send(sqe, fd, buf, len, flags);
+	set_file(sqe, fd);
 	PREP_END(op);
 }
 
@@ -424,6 +436,7 @@ int coil__prep_sendmsg(coil__worker *w, coil__op *op, int fd,
 {
 	PREP_BEGIN(w, op);
 	io_uring_prep_sendmsg(sqe, fd, msg, (unsigned)flags);
+	set_file(sqe, fd);
 	PREP_END(op);
 }
 
@@ -501,6 +514,14 @@ int coil__prep_close(coil__worker *w, coil__op *op, int fd)
 {
 	PREP_BEGIN(w, op);
 	io_uring_prep_close(sqe, fd);
+	PREP_END(op);
+}
+
+int coil__prep_files_update(coil__worker *w, coil__op *op, int *fd,
+			    unsigned slot)
+{
+	PREP_BEGIN(w, op);
+	io_uring_prep_files_update(sqe, fd, 1, (int)slot);
 	PREP_END(op);
 }
 
@@ -1123,6 +1144,9 @@ static void *worker_main(void *arg)
 	if (!rc && !(w->loop->opts.flags & COIL_LOOP_NO_REGISTERED_RING) &&
 	    io_uring_register_ring_fd(w->ring) == 1)
 		w->ring_registered = true;
+	/* A fixed file table (ftable.c); without one, plain descriptors. */
+	if (!rc)
+		coil__ftable_init(w);
 	if (!rc)
 		w->min_wait_us = min_wait_us(w);
 	report_start(w, rc);
@@ -1133,6 +1157,7 @@ static void *worker_main(void *arg)
 	arm_efd(w);
 	worker_run(w);
 	release_held(w);
+	coil__ftable_free(w);
 	coil__bufring_free(w);
 	io_uring_queue_exit(w->ring);
 	coil__free(w->ring);
@@ -1242,7 +1267,8 @@ static int normalise_opts(coil_loop_opts_t *o)
 		return OPT_BAD("buf_size %u: at most 16 MiB", o->buf_size);
 	if (o->flags & ~(COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_COOP_TASKRUN |
 			 COIL_LOOP_NO_READ_MULTISHOT |
-			 COIL_LOOP_NO_REGISTERED_RING | COIL_LOOP_NO_MIN_WAIT))
+			 COIL_LOOP_NO_REGISTERED_RING | COIL_LOOP_NO_MIN_WAIT |
+			 COIL_LOOP_NO_FIXED_FILES))
 		return OPT_BAD("flags 0x%x: unknown COIL_LOOP_* bits", o->flags);
 	if (o->batch_wait_us > 1000000)
 		return OPT_BAD("batch_wait_us %u: at most 1000000 (1 s)",
