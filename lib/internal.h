@@ -154,6 +154,7 @@ struct coil__worker {
 	coil__defer efd_retry; /* re-arms the eventfd read that found no SQE */
 	bool sq_stuck;         /* SQ full and the kernel said -EBUSY: reap */
 	bool stopping;         /* stop requested: close everything, drain */
+	uint64_t stop_cancel_ms; /* the stop's last cancel-all (coil__now_ms) */
 	_Atomic bool dead;     /* ring gone: preps fail with -ESHUTDOWN */
 	_Atomic bool idle;     /* stopping and found drained (see worker_run) */
 	int start_rc;          /* ring setup result reported to coil_loop_new */

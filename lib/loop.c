@@ -1078,6 +1078,8 @@ static unsigned min_wait_us(const coil__worker *w)
  * still serving its inbox (a plain wait with a 5 ms timeout: no min-wait).
  * Tasks that reach a worker after it left are run by coil_loop_free.
  */
+static void stop_cancel_all(coil__worker *w);
+
 static void worker_run(coil__worker *w)
 {
 	static const struct __kernel_timespec stop_poll = {
@@ -1092,6 +1094,15 @@ static void worker_run(coil__worker *w)
 			atomic_store(&w->idle, d);
 			if (d && all_idle(w->loop))
 				break;
+			/* One cancel-all can miss an operation: a send blocked
+			 * on a full socket whose retry was running as task work
+			 * when the cancel looked (its poll not armed) stayed in
+			 * the kernel and the stop waited for it forever
+			 * (test_teardown free_with_blocked_send). While ops
+			 * stay in flight, cancel again every 50 ms. */
+			if (!d && w->ops_inflight > (w->efd_armed ? 1u : 0u) &&
+			    coil__now_ms() - w->stop_cancel_ms >= 50)
+				stop_cancel_all(w);
 		}
 		bool busy = w->ready_head || inbox_pending(w) ||
 			    !coil__list_empty(&w->defers);
@@ -1168,6 +1179,24 @@ static void *worker_main(void *arg)
 
 /* ---- stop ---- */
 
+/*
+ * Whatever is still in flight (timers, operations of objects that close
+ * asynchronously) is cancelled in one go; the completions arrive with
+ * -ECANCELED and release their memory. The eventfd read is cancelled too
+ * and re-armed by its completion.
+ */
+static void stop_cancel_all(coil__worker *w)
+{
+	struct io_uring_sqe *sqe = get_sqe(w, NULL);
+	if (sqe) {
+		io_uring_prep_cancel(sqe, NULL,
+				     IORING_ASYNC_CANCEL_ANY |
+					     IORING_ASYNC_CANCEL_ALL);
+		io_uring_sqe_set_data(sqe, NULL);
+	}
+	w->stop_cancel_ms = coil__now_ms();
+}
+
 static void stop_task_run(coil__task *t)
 {
 	coil__worker *w = coil__tls_worker;
@@ -1182,17 +1211,7 @@ static void stop_task_run(coil__task *t)
 		c->close(c);
 		pos = next;
 	}
-	/* Whatever is still in flight (timers, operations of objects that
-	 * close asynchronously) is cancelled in one go; the completions arrive
-	 * with -ECANCELED and release their memory. The eventfd read is
-	 * cancelled too and re-armed by its completion. */
-	struct io_uring_sqe *sqe = get_sqe(w, NULL);
-	if (sqe) {
-		io_uring_prep_cancel(sqe, NULL,
-				     IORING_ASYNC_CANCEL_ANY |
-					     IORING_ASYNC_CANCEL_ALL);
-		io_uring_sqe_set_data(sqe, NULL);
-	}
+	stop_cancel_all(w);
 }
 
 /* ---- public API ---- */

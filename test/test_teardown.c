@@ -1423,6 +1423,94 @@ static void test_release_in_stop_callback(void)
 	}
 }
 
+/* ==== coil_loop_free with a send blocked on a full socket ==== */
+
+/*
+ * Found while testing fixed files (session 5): coil_loop_free() hung in a
+ * third to a half of the runs when a send was blocked on a full TCP socket
+ * whose peer never reads: the stop's one cancel-all left the kernel's
+ * IORING_OP_SEND waiting (visible in the ring's fdinfo), and the worker
+ * waited for its completion forever. The test frees the loop on a helper
+ * thread and gives it 30 s (a hang detector, not a timing assertion: the
+ * free takes milliseconds).
+ */
+struct free_job {
+	coil_loop_t *loop;
+	_Atomic int done;
+};
+
+static void *free_job_run(void *arg)
+{
+	struct free_job *j = arg;
+	coil_loop_free(j->loop);
+	atomic_store(&j->done, 1);
+	return NULL;
+}
+
+static void tcp_pair(int *a, int *b)
+{
+	int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CU_ASSERT_FATAL(ls >= 0);
+	struct sockaddr_in sin = {.sin_family = AF_INET,
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof(sin);
+	CU_ASSERT_FATAL(bind(ls, (struct sockaddr *)&sin, sl) == 0);
+	CU_ASSERT_FATAL(listen(ls, 4) == 0);
+	CU_ASSERT_FATAL(getsockname(ls, (struct sockaddr *)&sin, &sl) == 0);
+	*a = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int small = 4096;
+	setsockopt(*a, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+	CU_ASSERT_FATAL(connect(*a, (struct sockaddr *)&sin, sl) == 0);
+	*b = accept4(ls, NULL, NULL, SOCK_CLOEXEC);
+	CU_ASSERT_FATAL(*b >= 0);
+	setsockopt(*b, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+	close(ls);
+}
+
+static void test_free_with_blocked_send(void)
+{
+	int rounds = t_on_valgrind() ? 3 : 12;
+	for (int round = 0; round < rounds; round++) {
+		coil_loop_t *loop = t_loop(round % 2 ? 2 : 1);
+		enum { N = 3 };
+		int peer[N];
+		coil_ip_t *wr[N];
+		static char big[768 * 1024];
+		coil_channel_t *ch[N];
+		/* Variants: the handle kept or released, a graceful close
+		 * behind the write, the free at once or once the sends wait. */
+		int v = round % 4;
+		for (int i = 0; i < N; i++) {
+			int fd;
+			tcp_pair(&fd, &peer[i]);
+			T_ASSERT_OK(coil_channel_wrap(loop, fd,
+						      COIL_IO_READ | COIL_IO_WRITE,
+						      &ch[i]));
+			wr[i] = coil_channel_write(ch[i], big, sizeof(big));
+			CU_ASSERT_FATAL(wr[i] != NULL);
+			if (v == 1)
+				coil_channel_close(ch[i], 0);
+			if (v == 2)
+				coil_channel_release(ch[i]);
+		}
+		if (v >= 2)
+			usleep(20 * 1000); /* the sends wait in the kernel */
+		struct free_job j = {.loop = loop};
+		pthread_t th;
+		CU_ASSERT_FATAL(pthread_create(&th, NULL, free_job_run, &j) == 0);
+		for (int w = 0; w < 30000 && !atomic_load(&j.done); w++)
+			usleep(1000);
+		CU_ASSERT_EQUAL_FATAL(atomic_load(&j.done), 1);
+		pthread_join(th, NULL);
+		for (int i = 0; i < N; i++) {
+			CU_ASSERT_NOT_EQUAL(coil_ip_state(wr[i]), COIL_IP_PENDING);
+			coil_ip_unref(wr[i]);
+			close(peer[i]);
+		}
+		(void)ch;
+	}
+}
+
 /* ==== main ==== */
 
 static const coil_test_t tests[] = {
@@ -1431,6 +1519,7 @@ static const coil_test_t tests[] = {
 	{"threads_race_worker", test_threads_race_worker},
 	{"monitor_free_races", test_monitor_free_races},
 	{"release_in_stop_callback", test_release_in_stop_callback},
+	{"free_with_blocked_send", test_free_with_blocked_send},
 	{NULL, NULL},
 };
 
