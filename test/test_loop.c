@@ -365,10 +365,13 @@ static long enters_for(unsigned flags, unsigned batch_wait_us, int n,
  * CQE (inline, during the submit) and the next receive come back in one
  * io_uring_enter; without them (the option 0, COIL_LOOP_NO_MIN_WAIT, or a
  * kernel without IORING_FEAT_MIN_TIMEOUT, simulated by the probe hook)
- * every message costs two. Counted exactly; the bounds only allow for the
- * few enters around the two counter reads (each a post that wakes the
- * worker). The wait is 1 s, so a client thread late by less than that
- * costs nothing; the counts do not depend on timing otherwise.
+ * every message costs two when the client answers after the worker went
+ * to sleep, and can cost one when the next message is already there when
+ * the worker reaps (a slow worker: CI's ASan run saw it). So the fallback
+ * paths are checked exactly by what they must not do (no min-wait armed,
+ * no min-wait counted) and by the one enter per message that submitting
+ * each echo takes; the batched path by at most about one per message. The
+ * wait is 1 s, so a client thread late by less than that costs nothing.
  */
 static void test_batch_wait_enters(void)
 {
@@ -387,25 +390,25 @@ static void test_batch_wait_enters(void)
 	}
 	long off = enters_for(0, 0, N, &active, &mw);
 	CU_ASSERT(!active);
-	CU_ASSERT(off >= 2 * N - 4);
+	CU_ASSERT(off >= N - 4);
 	CU_ASSERT_EQUAL(mw, 0);
 
 	long flag = enters_for(COIL_LOOP_NO_MIN_WAIT, 1000000, N, &active, &mw);
 	CU_ASSERT(!active);
-	CU_ASSERT(flag >= 2 * N - 4);
+	CU_ASSERT(flag >= N - 4);
 	CU_ASSERT_EQUAL(mw, 0);
 
 	coil__probe_hide = COIL__FEAT_MIN_TIMEOUT;
 	long hidden = enters_for(0, 1000000, N, &active, &mw);
 	coil__probe_hide = 0;
 	CU_ASSERT(!active);
-	CU_ASSERT(hidden >= 2 * N - 4);
+	CU_ASSERT(hidden >= N - 4);
 	CU_ASSERT_EQUAL(mw, 0);
 
 	long on = enters_for(0, 1000000, N, &active, &mw);
 	if (!active) {
 		fprintf(stderr, "(no IORING_FEAT_MIN_TIMEOUT: 6.12 needed) ");
-		CU_ASSERT(on >= 2 * N - 4);
+		CU_ASSERT(on >= N - 4);
 		return;
 	}
 	fprintf(stderr, "(enters per message: %.3f off, %.3f on) ",
