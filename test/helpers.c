@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -145,4 +146,26 @@ long t_rss_kib(void)
 		rss = -1;
 	fclose(f);
 	return rss * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+struct on_worker {
+	void (*fn)(void *);
+	void *arg;
+	_Atomic int done;
+};
+
+static void on_worker_run(void *p)
+{
+	struct on_worker *o = p;
+	o->fn(o->arg);
+	atomic_store(&o->done, 1);
+}
+
+void t_run_on(coil_loop_t *loop, int w, void (*fn)(void *), void *arg)
+{
+	struct on_worker o = {fn, arg, 0};
+	T_ASSERT_OK(coil_loop_post(loop, w, on_worker_run, &o));
+	for (int i = 0; i < 10000 && !atomic_load(&o.done); i++)
+		usleep(1000);
+	CU_ASSERT_FATAL(atomic_load(&o.done));
 }

@@ -30,6 +30,9 @@ coil_loop_t *t_loop(unsigned workers);
 
 /* Waits for ip (at most 10 s: a hang fails instead of blocking the suite). */
 int t_wait(coil_ip_t *ip);
+/* Runs fn(arg) on worker w of loop and waits (10 s at most, then fails the
+ * test) until it returned. */
+void t_run_on(coil_loop_t *loop, int w, void (*fn)(void *), void *arg);
 
 /* Binds a TCP listener on 127.0.0.1 with an ephemeral port; returns fd and
  * sets *port. */

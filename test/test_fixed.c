@@ -19,28 +19,6 @@
 #include <unistd.h>
 
 /* Runs fn(arg) on worker w of loop and waits for it to return. */
-struct on_worker {
-	void (*fn)(void *);
-	void *arg;
-	_Atomic int done;
-};
-
-static void on_worker_run(void *p)
-{
-	struct on_worker *o = p;
-	o->fn(o->arg);
-	atomic_store(&o->done, 1);
-}
-
-static void run_on(coil_loop_t *loop, int w, void (*fn)(void *), void *arg)
-{
-	struct on_worker o = {fn, arg, 0};
-	T_ASSERT_OK(coil_loop_post(loop, w, on_worker_run, &o));
-	for (int i = 0; i < 10000 && !atomic_load(&o.done); i++)
-		usleep(1000);
-	CU_ASSERT_FATAL(atomic_load(&o.done));
-}
-
 static coil_loop_t *loop_flags(unsigned workers, unsigned flags)
 {
 	coil_loop_opts_t o;
@@ -75,7 +53,7 @@ static struct stat_req stats(coil_loop_t *loop, int w, coil_channel_t *ch)
 	struct stat_req r;
 	memset(&r, 0, sizeof(r));
 	r.ch = ch;
-	run_on(loop, w, stat_run, &r);
+	t_run_on(loop, w, stat_run, &r);
 	return r;
 }
 
@@ -468,7 +446,7 @@ static void test_steal(void)
 	write_ok(s.victim, "v");
 	peer_expect(peer, "v");
 	CU_ASSERT(stats(loop, 0, s.victim).fslot >= 0);
-	run_on(loop, 0, steal_run, &s);
+	t_run_on(loop, 0, steal_run, &s);
 	T_ASSERT_OK(s.rc);
 	write_ok(s.thief, "t");
 	peer_expect(peer, "t");

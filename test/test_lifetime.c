@@ -58,28 +58,6 @@ static void small_sndbuf(coil_channel_t *ch)
 }
 
 /* Runs fn(arg) on worker `w` of `loop` and waits for it to return. */
-struct on_worker {
-	void (*fn)(void *);
-	void *arg;
-	_Atomic int done;
-};
-
-static void on_worker_run(void *p)
-{
-	struct on_worker *o = p;
-	o->fn(o->arg);
-	atomic_store(&o->done, 1);
-}
-
-static void run_on(coil_loop_t *loop, int w, void (*fn)(void *), void *arg)
-{
-	struct on_worker o = {fn, arg, 0};
-	T_ASSERT_OK(coil_loop_post(loop, w, on_worker_run, &o));
-	for (int i = 0; i < 10000 && !atomic_load(&o.done); i++)
-		usleep(1000);
-	CU_ASSERT_FATAL(atomic_load(&o.done));
-}
-
 /* Waits (bounded, 10 s) until *v reaches at least want. */
 static int wait_at_least(_Atomic size_t *v, size_t want)
 {
@@ -255,7 +233,7 @@ static void test_no_callback_inside_call(void)
 	for (int i = 0; i < 10000 && coil_channel_read_queue_used(s.ch) < 8; i++)
 		usleep(1000);
 	CU_ASSERT_EQUAL_FATAL(coil_channel_read_queue_used(s.ch), 8);
-	run_on(L, coil_channel_worker(s.ch), readline_signal_on_home, &s);
+	t_run_on(L, coil_channel_worker(s.ch), readline_signal_on_home, &s);
 	CU_ASSERT_EQUAL(s.lines_inside, 0);
 	for (int i = 0; i < 10000 && atomic_load(&s.lines) < 2; i++)
 		usleep(1000);
@@ -263,7 +241,7 @@ static void test_no_callback_inside_call(void)
 	T_ASSERT_OK(t_wait(rx));
 	CU_ASSERT_EQUAL(coil_ip_error(rx), -ECANCELED);
 	coil_ip_unref(rx);
-	run_on(L, coil_channel_worker(s.ch), close_on_home, &s);
+	t_run_on(L, coil_channel_worker(s.ch), close_on_home, &s);
 	CU_ASSERT_EQUAL(s.closed_inside, 0);
 	for (int i = 0; i < 10000 && !atomic_load(&s.closed); i++)
 		usleep(1000);
@@ -311,7 +289,7 @@ static void test_on_read_no_inline_flush(void)
 	usleep(50000);
 	size_t seen = atomic_load(&held_seen);
 	CU_ASSERT_FATAL(seen < TOTAL);
-	run_on(L, coil_channel_worker(s.ch), new_signal_on_home, &s);
+	t_run_on(L, coil_channel_worker(s.ch), new_signal_on_home, &s);
 	CU_ASSERT_EQUAL(s.reads_inside, 0);
 	for (int i = 0; i < 10000 && !atomic_load(&s.reads); i++)
 		usleep(1000);
@@ -652,7 +630,7 @@ static void test_release_in_deferred_line(void)
 		coil_ip_unref(ip);
 		for (int i = 0; i < 2000 && round % 2 && coil_channel_fileno(r.ch) >= 0; i++)
 			usleep(1000);
-		run_on(L, coil_channel_worker(r.ch), connect_line_signal, &r);
+		t_run_on(L, coil_channel_worker(r.ch), connect_line_signal, &r);
 		for (int i = 0; i < 10000 && !atomic_load(&r.calls); i++)
 			usleep(1000);
 		CU_ASSERT_EQUAL(atomic_load(&r.calls), 1); /* released: no more */

@@ -27,28 +27,6 @@ static coil_channel_t *pair(int *peer)
 	return ch;
 }
 
-struct on_worker {
-	void (*fn)(void *);
-	void *arg;
-	_Atomic int done;
-};
-
-static void on_worker_run(void *p)
-{
-	struct on_worker *o = p;
-	o->fn(o->arg);
-	atomic_store(&o->done, 1);
-}
-
-static void run_on(int w, void (*fn)(void *), void *arg)
-{
-	struct on_worker o = {fn, arg, 0};
-	T_ASSERT_OK(coil_loop_post(L, w, on_worker_run, &o));
-	for (int i = 0; i < 10000 && !atomic_load(&o.done); i++)
-		usleep(1000);
-	CU_ASSERT_FATAL(atomic_load(&o.done));
-}
-
 struct ab {
 	coil_ip_t *w;
 	int rc;
@@ -79,7 +57,7 @@ static void test_abort_started_write_refused(void)
 	char first[1024];
 	T_ASSERT_OK(t_read_exact(peer, first, sizeof(first)));
 	struct ab a = {w, 0};
-	run_on(coil_channel_worker(ch), abort_on_home, &a);
+	t_run_on(L, coil_channel_worker(ch), abort_on_home, &a);
 	CU_ASSERT_EQUAL(a.rc, -EBUSY);
 	CU_ASSERT_EQUAL(coil_ip_state(w), COIL_IP_PENDING);
 	char *rest = malloc(big);
