@@ -160,8 +160,9 @@ static void report_unobserved(int err, const char *msg)
 }
 
 /* ---- live loops: a handle whose last reference goes after its loop was
- * freed must not post to the dead worker (loop.c registers and unregisters
- * every loop). Only the rare broken-promise path off the home worker looks. */
+ * freed must not post to the dead worker (every loop is registered once its
+ * workers run and unregistered when it is freed, by the loop extension
+ * ip_ext below). Only the rare broken-promise path off the home worker looks. */
 
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static coil_loop_t **live_loops;
@@ -169,7 +170,7 @@ static size_t live_n, live_cap;
 
 static void pc_drain(coil_loop_t *loop);
 
-void coil__ip_loop_live(coil_loop_t *loop, bool live)
+static void ip_loop_live(coil_loop_t *loop, bool live)
 {
 	if (!live)
 		pc_drain(loop);
@@ -200,6 +201,26 @@ void coil__ip_loop_live(coil_loop_t *loop, bool live)
 		}
 	}
 	pthread_mutex_unlock(&live_lock);
+}
+
+static void ip_loop_started(coil_loop_t *loop)
+{
+	ip_loop_live(loop, true);
+}
+
+static void ip_loop_fini(coil_loop_t *loop)
+{
+	ip_loop_live(loop, false);
+}
+
+/* A loop extension: the loop core runs these for every loop without
+ * knowing InProgress by name. A program that never links this file makes
+ * no handles, so needs no live list. */
+static coil__loop_ext ip_ext = {.started = ip_loop_started,
+				.fini = ip_loop_fini};
+__attribute__((constructor)) static void ip_ext_register(void)
+{
+	coil__loop_ext_register(&ip_ext);
 }
 
 static bool home_alive(const coil__worker *w)

@@ -342,7 +342,6 @@ coil_ip_t *coil__ip_new_on(coil__worker *w);
 int coil__ip_fail_msg(coil_ip_t *ip, int err, const char *msg);
 /* loop.c: a loop was created (live) / is about to be freed (!live); a
  * handle dropped after its loop is gone then never posts to it. */
-void coil__ip_loop_live(coil_loop_t *loop, bool live);
 /* Runs due callbacks; returns how many handles it processed (bounded). */
 unsigned coil__ip_run_ready(coil__worker *w, unsigned budget);
 coil__worker *coil__ip_home(const coil_ip_t *ip);
@@ -382,12 +381,18 @@ uint64_t coil__timer_ring_ops(const coil__worker *w);
 
 /* ---- per-loop extensions (loop.c): a part of coil that keeps state in
  * every loop without the loop core knowing it by name registers once per
- * process (from a constructor, before any loop exists). coil_loop_new runs
- * each init before starting workers; coil_loop_free runs each stop (in
- * reverse order) before stopping them, and so does a failed coil_loop_new. */
+ * process (from a constructor, before any loop exists). Every hook may be
+ * NULL. coil_loop_new runs each init before starting workers and, once
+ * every worker runs, each started; coil_loop_free runs each stop (in
+ * reverse order) before stopping the workers, and each fini (in reverse
+ * order) after they have exited and their last tasks ran, just before the
+ * loop's memory goes. A failed coil_loop_new runs stop (never started nor
+ * fini). */
 typedef struct coil__loop_ext {
 	void (*init)(coil_loop_t *loop);
 	void (*stop)(coil_loop_t *loop);
+	void (*started)(coil_loop_t *loop);
+	void (*fini)(coil_loop_t *loop);
 	struct coil__loop_ext *next;
 } coil__loop_ext;
 void coil__loop_ext_register(coil__loop_ext *e);

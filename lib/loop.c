@@ -668,25 +668,38 @@ void coil__loop_ext_register(coil__loop_ext *e)
 	exts = e;
 }
 
-static void ext_init(coil_loop_t *loop)
+enum ext_hook { EXT_INIT, EXT_STARTED, EXT_STOP, EXT_FINI };
+
+static void ext_call(coil_loop_t *loop, const coil__loop_ext *e,
+		     enum ext_hook h)
 {
-	for (coil__loop_ext *e = exts; e; e = e->next)
-		e->init(loop);
+	void (*fn)(coil_loop_t *) = h == EXT_INIT      ? e->init
+				    : h == EXT_STARTED ? e->started
+				    : h == EXT_STOP    ? e->stop
+						       : e->fini;
+	if (fn)
+		fn(loop);
 }
 
-/* Stops mirror inits: the list is newest first, so inits ran newest first
- * and stops run oldest first (the last initialised stops first). */
-static void ext_stop_from(coil_loop_t *loop, coil__loop_ext *e)
+/* The list is newest first: init and started run in list order, stop and
+ * fini mirror them (the last initialised stops first). */
+static void ext_run_rev(coil_loop_t *loop, const coil__loop_ext *e,
+			enum ext_hook h)
 {
 	if (!e)
 		return;
-	ext_stop_from(loop, e->next);
-	e->stop(loop);
+	ext_run_rev(loop, e->next, h);
+	ext_call(loop, e, h);
 }
 
-static void ext_stop(coil_loop_t *loop)
+static void ext_run(coil_loop_t *loop, enum ext_hook h)
 {
-	ext_stop_from(loop, exts);
+	if (h == EXT_STOP || h == EXT_FINI) {
+		ext_run_rev(loop, exts, h);
+		return;
+	}
+	for (const coil__loop_ext *e = exts; e; e = e->next)
+		ext_call(loop, e, h);
 }
 
 void coil__closer_add(coil__worker *w, coil__closer *c)
@@ -1339,7 +1352,7 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 	}
 	pthread_mutex_init(&loop->start_lock, NULL);
 	pthread_cond_init(&loop->start_cond, NULL);
-	ext_init(loop);
+	ext_run(loop, EXT_INIT);
 
 	unsigned spawned = 0;
 	for (unsigned i = 0; i < loop->nworkers; i++) {
@@ -1390,14 +1403,14 @@ int coil_loop_new(coil_loop_t **out, const coil_loop_opts_t *opts)
 			pthread_join(w->thread, NULL);
 			close(w->efd);
 		}
-		ext_stop(loop);
+		ext_run(loop, EXT_STOP);
 		pthread_mutex_destroy(&loop->start_lock);
 		pthread_cond_destroy(&loop->start_cond);
 		coil__free(loop->workers);
 		coil__free(loop);
 		return rc;
 	}
-	coil__ip_loop_live(loop, true);
+	ext_run(loop, EXT_STARTED);
 	*out = loop;
 	return 0;
 }
@@ -1409,7 +1422,7 @@ int coil_loop_free(coil_loop_t *loop)
 	if (coil__tls_worker && coil__tls_worker->loop == loop)
 		return -EDEADLK;
 	atomic_store(&loop->stopping, 1);
-	ext_stop(loop);
+	ext_run(loop, EXT_STOP);
 	for (unsigned i = 0; i < loop->nworkers; i++) {
 		coil__task *t = coil__malloc(sizeof(*t));
 		if (!t)
@@ -1437,7 +1450,7 @@ int coil_loop_free(coil_loop_t *loop)
 			coil__tls_worker = NULL;
 		}
 	}
-	coil__ip_loop_live(loop, false);
+	ext_run(loop, EXT_FINI);
 	for (unsigned i = 0; i < loop->nworkers; i++)
 		close(loop->workers[i].efd);
 	pthread_mutex_destroy(&loop->start_lock);

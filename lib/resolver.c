@@ -421,8 +421,8 @@ coil_ip_t *coil_reverse_lookup(coil_loop_t *loop, const struct sockaddr *sa,
 
 /* The loop runs coil__resolver_init/stop for every loop (loop.c does not
  * know the resolver by name). */
-static coil__loop_ext resolver_ext = {coil__resolver_init, coil__resolver_stop,
-				      NULL};
+static coil__loop_ext resolver_ext = {.init = coil__resolver_init,
+				      .stop = coil__resolver_stop};
 __attribute__((constructor)) static void resolver_ext_register(void)
 {
 	coil__loop_ext_register(&resolver_ext);
