@@ -1949,8 +1949,19 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 	/* Few, small provided buffers: the ENOBUFS and pause paths. */
 	o.buf_count = (cfg[5] & 1) && !(run->gates & G_SMALL_BUFFERS) ? 16 : 0;
 	o.buf_size = (cfg[5] & 2) && !(run->gates & G_SMALL_BUFFERS) ? 512 : 0;
-	vlog(run, "apiseq: buf_count %u buf_size %u sndbuf %d thread refs %d\n",
-	     o.buf_count, o.buf_size, (cfg[5] & 4) ? 4096 : 0, !!(cfg[5] & 16));
+	/* The ring features' fallbacks and options: no fixed-file table,
+	 * batched waits (a 100 us min-wait), no DEFER_TASKRUN. */
+	if (cfg[5] & 32)
+		o.flags |= COIL_LOOP_NO_FIXED_FILES;
+	if (cfg[5] & 64)
+		o.batch_wait_us = 100;
+	if (cfg[5] & 128)
+		o.flags |= COIL_LOOP_NO_DEFER_TASKRUN;
+	vlog(run,
+	     "apiseq: buf_count %u buf_size %u sndbuf %d thread refs %d "
+	     "loop flags 0x%x batch_wait_us %u\n",
+	     o.buf_count, o.buf_size, (cfg[5] & 4) ? 4096 : 0, !!(cfg[5] & 16),
+	     o.flags, o.batch_wait_us);
 	int rc = coil_loop_new(&run->loop, &o);
 	if (rc) {
 		snprintf(err, errlen, "coil_loop_new: %s", coil_strerror(rc));
