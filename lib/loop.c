@@ -1275,19 +1275,17 @@ static int normalise_opts(coil_loop_opts_t *o)
 	if (o->cq_entries < o->sq_entries || o->cq_entries > 1u << 20)
 		return OPT_BAD("cq_entries %u: from sq_entries (%u) to 1048576",
 			       o->cq_entries, o->sq_entries);
-	if (!o->buf_count)
-		o->buf_count = 256;
+	/* buf_count, buf_size 0: bufring.c picks, once it knows whether the
+	 * kernel consumes buffers incrementally. */
 	if (o->buf_count & (o->buf_count - 1) || o->buf_count > 32768)
 		return OPT_BAD("buf_count %u: a power of two, at most 32768",
 			       o->buf_count);
-	if (!o->buf_size)
-		o->buf_size = 32768;
 	if (o->buf_size > (1u << 24))
 		return OPT_BAD("buf_size %u: at most 16 MiB", o->buf_size);
 	if (o->flags & ~(COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_COOP_TASKRUN |
 			 COIL_LOOP_NO_READ_MULTISHOT |
 			 COIL_LOOP_NO_REGISTERED_RING | COIL_LOOP_NO_MIN_WAIT |
-			 COIL_LOOP_NO_FIXED_FILES))
+			 COIL_LOOP_NO_FIXED_FILES | COIL_LOOP_NO_PBUF_INC))
 		return OPT_BAD("flags 0x%x: unknown COIL_LOOP_* bits", o->flags);
 	if (o->batch_wait_us > 1000000)
 		return OPT_BAD("batch_wait_us %u: at most 1000000 (1 s)",
