@@ -114,7 +114,7 @@ typedef struct coil_loop_opts_s {
 	 * receive of that worker fills. Where the kernel consumes them
 	 * incrementally (Linux 6.12, unless COIL_LOOP_NO_PBUF_INC) receives
 	 * of all connections are packed into one buffer after another, and
-	 * 0 means 64 x 16 KiB (1 MiB); otherwise each receive takes a whole
+	 * 0 means 64 x 32 KiB (2 MiB); otherwise each receive takes a whole
 	 * buffer, and 0 means 256 x 32 KiB (8 MiB). A receive that finds the
 	 * pool empty waits (retried at the end of the completion batch, no
 	 * byte is lost); a bigger pool makes that rarer, a smaller one keeps

@@ -32,13 +32,12 @@
  * here and registered with io_uring_register_buf_ring().
  */
 #define COIL__IOU_PBUF_RING_INC 2u            /* io_uring_buf_reg.flags */
-/* Default pools (coil_loop_opts_t buf_count/buf_size 0). */
-#ifndef COIL__BUF_COUNT_INC /* bench builds may try others */
+/* Default pools (coil_loop_opts_t buf_count/buf_size 0): 2 MiB when
+ * buffers are shared by receives (docs/performance.md), 8 MiB otherwise. */
 #define COIL__BUF_COUNT 256
 #define COIL__BUF_SIZE 32768
 #define COIL__BUF_COUNT_INC 64
-#define COIL__BUF_SIZE_INC 16384
-#endif
+#define COIL__BUF_SIZE_INC 32768
 
 struct coil__bufring {
 	struct io_uring_buf_ring *br;
@@ -65,7 +64,10 @@ static int bufring_register(coil__worker *w, struct coil__bufring *r, bool inc)
 	if (inc) {
 		/* liburing 2.3 names the field pad; the kernel, flags. */
 		reg.pad = COIL__IOU_PBUF_RING_INC;
-		int rc = io_uring_register_buf_ring(w->ring, &reg, 0);
+		/* Tests hide the flag as a kernel before 6.12 refuses it. */
+		int rc = coil__probe_hide & COIL__FEAT_PBUF_INC
+				 ? -EINVAL
+				 : io_uring_register_buf_ring(w->ring, &reg, 0);
 		if (rc != -EINVAL)
 			return rc ? rc : 1;
 		/* Before 6.12: an unknown flag. The plain ring then. */
@@ -84,19 +86,14 @@ static void bufring_unmap(struct coil__bufring *r)
 	coil__free(r);
 }
 
-int coil__bufring_init(coil__worker *w, unsigned count, unsigned size)
+/* count/size 0: the default for inc. */
+static int bufring_new(coil__worker *w, unsigned count, unsigned size,
+		       bool inc)
 {
-	bool inc = !(w->loop->opts.flags & COIL_LOOP_NO_PBUF_INC) &&
-		   !(coil__probe_hide & COIL__FEAT_PBUF_INC);
-	if (!count || !size) {
-		/* The defaults: see coil_loop_opts_t. If the kernel then
-		 * refuses incremental use, the small pool stays (a bigger one
-		 * would need a second registration). */
-		if (!count)
-			count = inc ? COIL__BUF_COUNT_INC : COIL__BUF_COUNT;
-		if (!size)
-			size = inc ? COIL__BUF_SIZE_INC : COIL__BUF_SIZE;
-	}
+	if (!count)
+		count = inc ? COIL__BUF_COUNT_INC : COIL__BUF_COUNT;
+	if (!size)
+		size = inc ? COIL__BUF_SIZE_INC : COIL__BUF_SIZE;
 	if (!count || (count & (count - 1)) || count > 32768 || !size)
 		return -EINVAL;
 	struct coil__bufring *r = coil__calloc(1, sizeof(*r));
@@ -124,6 +121,13 @@ int coil__bufring_init(coil__worker *w, unsigned count, unsigned size)
 		return rc;
 	}
 	r->inc = rc == 1;
+	if (inc && !r->inc && !w->loop->opts.buf_count) {
+		/* A kernel before 6.12 with the small default pool: make it
+		 * the whole-buffer default (a second registration). */
+		io_uring_unregister_buf_ring(w->ring, COIL__BGID);
+		bufring_unmap(r);
+		return bufring_new(w, 0, w->loop->opts.buf_size, false);
+	}
 	for (unsigned i = 0; i < count; i++) {
 		io_uring_buf_ring_add(r->br, r->bufs + (size_t)i * size, size,
 				      (unsigned short)i, (int)r->mask, (int)i);
@@ -132,6 +136,12 @@ int coil__bufring_init(coil__worker *w, unsigned count, unsigned size)
 	io_uring_buf_ring_advance(r->br, (int)count);
 	w->bufring = r;
 	return 0;
+}
+
+int coil__bufring_init(coil__worker *w, unsigned count, unsigned size)
+{
+	bool inc = !(w->loop->opts.flags & COIL_LOOP_NO_PBUF_INC);
+	return bufring_new(w, count, size, inc);
 }
 
 void coil__bufring_free(coil__worker *w)

@@ -192,15 +192,19 @@ static void test_default_pool(void)
 {
 	coil_loop_t *loop = loop_mode(M_INC, 0, 0);
 	coil__bufring_stat st = stats(loop);
-	if (st.inc) {
-		CU_ASSERT_EQUAL(st.count, 64);
-		CU_ASSERT_EQUAL(st.size, 16384);
-	} else {
-		/* A kernel before 6.12 (the small pool stays). */
-		CU_ASSERT_EQUAL(st.count, 64);
-	}
+	/* 2 MiB shared, or (a kernel before 6.12) the whole-buffer 8 MiB. */
+	CU_ASSERT_EQUAL(st.count, st.inc ? 64 : 256);
+	CU_ASSERT_EQUAL(st.size, 32768);
 	T_ASSERT_OK(coil_loop_free(loop));
 	loop = loop_mode(M_FLAG, 0, 0);
+	st = stats(loop);
+	CU_ASSERT(!st.inc);
+	CU_ASSERT_EQUAL(st.count, 256);
+	CU_ASSERT_EQUAL(st.size, 32768);
+	T_ASSERT_OK(coil_loop_free(loop));
+	/* Hidden: the registration falls back, with the whole-buffer
+	 * default pool, or the one asked for. */
+	loop = loop_mode(M_HIDDEN, 0, 0);
 	st = stats(loop);
 	CU_ASSERT(!st.inc);
 	CU_ASSERT_EQUAL(st.count, 256);
