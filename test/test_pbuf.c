@@ -29,13 +29,7 @@ static coil_loop_t *loop_mode(enum mode m, unsigned count, unsigned size)
 	o.buf_size = size;
 	o.flags = m == M_FLAG ? COIL_LOOP_NO_PBUF_INC : 0;
 	coil__probe_hide = m == M_HIDDEN ? COIL__FEAT_PBUF_INC : 0;
-	coil_loop_t *loop = NULL;
-	int rc = coil_loop_new(&loop, &o);
-	if (rc)
-		fprintf(stderr, "coil_loop_new: %s: %s\n", coil_strerror(rc),
-			coil_loop_last_error());
-	CU_ASSERT_FATAL(rc == 0);
-	return loop;
+	return t_loop_opts(&o);
 }
 
 static void stat_run(void *p)
