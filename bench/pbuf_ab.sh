@@ -4,7 +4,10 @@
 # "Incremental buffer consumption"): echo_server --threads 1 pinned to CPU 0
 # under perf stat (task-clock, SQEs, CQEs and -ENOBUFS completions from the
 # io_uring tracepoints: needs root or perf_event_paranoid -1), loadgen
-# pinned to CPU 1 for a fixed number of messages; variants alternate.
+# pinned to CPU 1 for a fixed number of messages; variants alternate. The
+# enobufs count includes the one -ENOBUFS completion of coil's kernel probe
+# (the multishot recv cap's test) where the kernel has that cap. KEEP=FILE
+# keeps the last perf output.
 #
 #   bench/pbuf_ab.sh [ROUNDS] [COUNT]     (defaults 10 300000)
 #   LGARGS="--mode bulk --conns 1" bench/pbuf_ab.sh 5 20000
@@ -18,7 +21,7 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 port=19800
 one() {
-	local name=$1 flags=$2 out=$TMP/perf ppid spid lg hwm
+	local name=$1 flags=$2 out=${KEEP:-$TMP/perf} ppid spid lg hwm
 	shift 2
 	COIL_LOOP_FLAGS=$flags taskset -c 0 perf stat -x, -o "$out" \
 		-e task-clock -e io_uring:io_uring_submit_req \

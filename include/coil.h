@@ -98,6 +98,11 @@ typedef struct coil_loop_s coil_loop_t;
 /* Do not consume provided buffers incrementally (IOU_PBUF_RING_INC, Linux
  * 6.12): every receive takes a whole buffer, as on kernels without it. */
 #define COIL_LOOP_NO_PBUF_INC 0x40u
+/* Do not cap multishot receives (sqe->len, Linux 6.16): without the cap a
+ * receive that fills a buffer is followed at once by the next from the
+ * same socket, up to 32 in a row; with it (buf_size bytes) a full receive
+ * gives the other connections their turn first. */
+#define COIL_LOOP_NO_RECV_CAP 0x80u
 
 /* Loop options. The struct may grow at its end in later versions: always
  * fill it with coil_loop_opts_init(), which sets size, then change fields.

@@ -187,6 +187,7 @@ struct coil__worker {
 	uint64_t min_waits;    /* of them, waits with the kernel's min-wait */
 	uint64_t min_wait_misses; /* of those, ended by the min-wait (loop.c) */
 	unsigned min_wait_us;  /* batch_wait_us in effect (0: feature off) */
+	unsigned recv_cap;     /* multishot recv's per-receive cap (0: none) */
 	unsigned mw_backoff, mw_skip; /* plain waits after misses (loop.c) */
 };
 
@@ -289,6 +290,8 @@ bool coil__op_supported(const coil__worker *w, int opcode);
 #define COIL__FEAT_PBUF_INC 0x200u   /* IOU_PBUF_RING_INC (optional;
 					* coil__probe_hide only: the
 					* registration says) */
+#define COIL__FEAT_RECV_CAP 0x400u   /* multishot recv's per-receive cap
+					* (optional; Linux 6.16) */
 #define COIL__FEAT_MIN_TIMEOUT 0x100u /* IORING_FEAT_MIN_TIMEOUT (optional;
 					* coil__probe_hide only: the ring's
 					* features say) */

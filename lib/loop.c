@@ -156,6 +156,28 @@ static int probe_live(struct io_uring *r)
 			close(sv[1]);
 			/* The op may stay armed; ring exit cancels it. */
 		}
+		/* The per-receive cap of multishot recv (sqe->len, Linux
+		 * 6.16; before, -EINVAL): two bytes wait, the first CQE may
+		 * carry one. Takes the ring's second buffer. */
+		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
+			transient = -errno;
+		} else {
+			int res = 0;
+			unsigned fl = 0;
+			struct io_uring_sqe *sqe = io_uring_get_sqe(r);
+			if (write(sv[1], "xy", 2) == 2 && sqe) {
+				io_uring_prep_recv_multishot(sqe, sv[0], NULL, 1, 0);
+				sqe->flags |= IOSQE_BUFFER_SELECT;
+				sqe->buf_group = 0;
+				sqe->user_data = 3;
+				io_uring_submit(r);
+				if (probe_wait(r, 3, &res, &fl) > 0 && res == 1 &&
+				    (fl & IORING_CQE_F_MORE))
+					probe_have |= COIL__FEAT_RECV_CAP;
+			}
+			close(sv[0]);
+			close(sv[1]);
+		}
 	}
 	/* Multishot accept (5.19), on an autobound abstract Unix listener. */
 	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -379,7 +401,10 @@ static inline void set_file(struct io_uring_sqe *sqe, int fd)
 int coil__prep_recv_multishot(coil__worker *w, coil__op *op, int fd)
 {
 	PREP_BEGIN(w, op);
-	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	/* w->recv_cap (0: none) bounds each receive, and a receive that
+	 * reaches it ends the kernel's retry loop for this turn, so one fast
+	 * connection cannot take a run of buffers at once. */
+	io_uring_prep_recv_multishot(sqe, fd, NULL, w->recv_cap, 0);
 	set_file(sqe, fd);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = COIL__BGID;
@@ -1160,6 +1185,9 @@ static void *worker_main(void *arg)
 		coil__ftable_init(w);
 	if (!rc)
 		w->min_wait_us = min_wait_us(w);
+	if (!rc && (coil__features() & COIL__FEAT_RECV_CAP) &&
+	    !(w->loop->opts.flags & COIL_LOOP_NO_RECV_CAP))
+		w->recv_cap = coil__bufring_size(w);
 	report_start(w, rc);
 	if (rc) {
 		w->dead = true;
@@ -1285,7 +1313,8 @@ static int normalise_opts(coil_loop_opts_t *o)
 	if (o->flags & ~(COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_COOP_TASKRUN |
 			 COIL_LOOP_NO_READ_MULTISHOT |
 			 COIL_LOOP_NO_REGISTERED_RING | COIL_LOOP_NO_MIN_WAIT |
-			 COIL_LOOP_NO_FIXED_FILES | COIL_LOOP_NO_PBUF_INC))
+			 COIL_LOOP_NO_FIXED_FILES | COIL_LOOP_NO_PBUF_INC |
+			 COIL_LOOP_NO_RECV_CAP))
 		return OPT_BAD("flags 0x%x: unknown COIL_LOOP_* bits", o->flags);
 	if (o->batch_wait_us > 1000000)
 		return OPT_BAD("batch_wait_us %u: at most 1000000 (1 s)",

@@ -326,6 +326,51 @@ static void test_loop_free_busy(void)
 		close(peers[i]);
 }
 
+/* The per-receive cap of multishot recv (Linux 6.16): buf_size where the
+ * kernel takes it; none with COIL_LOOP_NO_RECV_CAP or the probe hidden.
+ * The same traffic runs with and without. */
+static void cap_run(void *p)
+{
+	*(unsigned *)p = coil__tls_worker->recv_cap;
+}
+
+static unsigned recv_cap(coil_loop_t *loop)
+{
+	unsigned cap = 0;
+	t_run_on(loop, 0, cap_run, &cap);
+	return cap;
+}
+
+static void cap_echo(unsigned flags, unsigned hide, unsigned want)
+{
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = 1;
+	o.buf_count = 8;
+	o.buf_size = 1000;
+	o.flags = flags;
+	coil__probe_hide = hide;
+	coil_loop_t *loop = t_loop_opts(&o);
+	CU_ASSERT_EQUAL(recv_cap(loop), want);
+	size_t total = t_on_valgrind() ? 16384 : 131072;
+	CU_ASSERT_EQUAL(run_echo(loop, 8, total, 3000, 8192, echo_view, 0),
+			8 * total);
+	wait_all_back(loop);
+	T_ASSERT_OK(coil_loop_free(loop));
+	coil__probe_hide = 0;
+}
+
+static void test_recv_cap(void)
+{
+	bool have = coil__features() & COIL__FEAT_RECV_CAP;
+	if (!have)
+		fprintf(stderr, "pbuf: no multishot recv cap (Linux 6.16)\n");
+	cap_echo(0, 0, have ? 1000 : 0);
+	cap_echo(COIL_LOOP_NO_RECV_CAP, 0, 0);
+	cap_echo(0, COIL__FEAT_RECV_CAP, 0);
+	cap_echo(COIL_LOOP_NO_PBUF_INC, 0, have ? 1000 : 0);
+}
+
 static const coil_test_t tests[] = {
 	{"default_pool", test_default_pool},
 	{"packing", test_packing},
@@ -336,6 +381,7 @@ static const coil_test_t tests[] = {
 	{"many_fallback_hidden", test_many_fallback_hidden},
 	{"close_midstream", test_close_midstream},
 	{"loop_free_busy", test_loop_free_busy},
+	{"recv_cap", test_recv_cap},
 	{NULL, NULL},
 };
 
