@@ -98,6 +98,31 @@ static int probe_wait(struct io_uring *r, uint64_t tag, int *res,
 	}
 }
 
+/* Arms a multishot recv of at most len bytes per CQE (0: no cap) from buffer
+ * group 0 on a socketpair holding the bytes of `data`, and waits for its
+ * first CQE (probe_wait's result; -errno if the pair cannot be made). The
+ * op may stay armed: ring exit cancels it. */
+static int probe_recv(struct io_uring *r, const char *data, unsigned len,
+		      uint64_t tag, int *res, unsigned *fl)
+{
+	int sv[2], w = 0;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+		return -errno;
+	size_t n = strlen(data);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(r);
+	if (write(sv[1], data, n) == (ssize_t)n && sqe) {
+		io_uring_prep_recv_multishot(sqe, sv[0], NULL, len, 0);
+		sqe->flags |= IOSQE_BUFFER_SELECT;
+		sqe->buf_group = 0;
+		sqe->user_data = tag;
+		io_uring_submit(r);
+		w = probe_wait(r, tag, res, fl);
+	}
+	close(sv[0]);
+	close(sv[1]);
+	return w;
+}
+
 /*
  * Runs the op-flag features for real. Only a definitive answer from the
  * kernel (-EINVAL for the registration, a failed or single-shot CQE) marks
@@ -134,50 +159,21 @@ static int probe_live(struct io_uring *r)
 					      io_uring_buf_ring_mask(2), i);
 		io_uring_buf_ring_advance(br, 2);
 		/* Multishot recv (6.0): a byte waits, so the CQE is at once. */
-		int sv[2];
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
-			transient = -errno;
-		} else {
-			int res = 0;
-			unsigned fl = 0;
-			struct io_uring_sqe *sqe = io_uring_get_sqe(r);
-			if (write(sv[1], "x", 1) == 1 && sqe) {
-				io_uring_prep_recv_multishot(sqe, sv[0], NULL, 0, 0);
-				sqe->flags |= IOSQE_BUFFER_SELECT;
-				sqe->buf_group = 0;
-				sqe->user_data = 1;
-				io_uring_submit(r);
-				int w = probe_wait(r, 1, &res, &fl);
-				if (w > 0 && (res != 1 ||
-					      !(fl & IORING_CQE_F_MORE)))
-					probe_have &= ~COIL__FEAT_RECV_MSHOT;
-			}
-			close(sv[0]);
-			close(sv[1]);
-			/* The op may stay armed; ring exit cancels it. */
-		}
+		int res = 0;
+		unsigned fl = 0;
+		int w = probe_recv(r, "x", 0, 1, &res, &fl);
+		if (w < 0)
+			transient = w;
+		if (w > 0 && (res != 1 || !(fl & IORING_CQE_F_MORE)))
+			probe_have &= ~COIL__FEAT_RECV_MSHOT;
 		/* The per-receive cap of multishot recv (sqe->len, Linux
 		 * 6.16; before, -EINVAL): two bytes wait, the first CQE may
 		 * carry one. Takes the ring's second buffer. */
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
-			transient = -errno;
-		} else {
-			int res = 0;
-			unsigned fl = 0;
-			struct io_uring_sqe *sqe = io_uring_get_sqe(r);
-			if (write(sv[1], "xy", 2) == 2 && sqe) {
-				io_uring_prep_recv_multishot(sqe, sv[0], NULL, 1, 0);
-				sqe->flags |= IOSQE_BUFFER_SELECT;
-				sqe->buf_group = 0;
-				sqe->user_data = 3;
-				io_uring_submit(r);
-				if (probe_wait(r, 3, &res, &fl) > 0 && res == 1 &&
-				    (fl & IORING_CQE_F_MORE))
-					probe_have |= COIL__FEAT_RECV_CAP;
-			}
-			close(sv[0]);
-			close(sv[1]);
-		}
+		w = probe_recv(r, "xy", 1, 3, &res, &fl);
+		if (w < 0)
+			transient = w;
+		if (w > 0 && res == 1 && (fl & IORING_CQE_F_MORE))
+			probe_have |= COIL__FEAT_RECV_CAP;
 	}
 	/* Multishot accept (5.19), on an autobound abstract Unix listener. */
 	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
