@@ -17,7 +17,8 @@
  * has it and COIL_LOOP_NO_PBUF_INC is not set: the kernel packs successive
  * receives (of any connection) into the head buffer at increasing offsets
  * and takes the next buffer only once the head one is full, so a small pool
- * serves many connections and the bytes stay in cache. A completion then
+ * serves many connections (a smaller footprint for the kernel's copies; not
+ * counted: no PMU here, docs/performance.md). A completion then
  * names its buffer but not the offset: the ring tracks each buffer's fill
  * (off), which advances by each completion's length in completion order,
  * the order the kernel filled it in. A buffer has holders (refs): the
