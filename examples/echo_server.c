@@ -2,11 +2,13 @@
 /* TCP (or Unix) echo server on coil: every byte read is written back.
  *
  *   echo_server [--host 127.0.0.1] [--port 7000] [--listen ADDR] [--threads N]
- *               [--batch-wait US]
+ *               [--batch-wait US] [--bufs COUNTxSIZE]
  *
  * --listen takes any coil address: "127.0.0.1:7000", "[::1]:7000", ":7000",
  * "7000" or a Unix socket path. --batch-wait sets coil_loop_opts_t's
- * batch_wait_us (0, the default, is off). It runs until SIGINT or SIGTERM.
+ * batch_wait_us (0, the default, is off); --bufs its receive pool, e.g.
+ * 64x16384 (buf_count x buf_size; the default: 0x0). It runs until SIGINT
+ * or SIGTERM.
  */
 #include <coil.h>
 
@@ -59,7 +61,7 @@ int main(int argc, char **argv)
 {
 	const char *host = "127.0.0.1", *listen_addr = NULL;
 	int port = 7000;
-	unsigned threads = 0, batch_wait = 0;
+	unsigned threads = 0, batch_wait = 0, buf_count = 0, buf_size = 0;
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--host") && i + 1 < argc)
 			host = argv[++i];
@@ -71,10 +73,14 @@ int main(int argc, char **argv)
 			threads = (unsigned)atoi(argv[++i]);
 		else if (!strcmp(argv[i], "--batch-wait") && i + 1 < argc)
 			batch_wait = (unsigned)atoi(argv[++i]);
+		else if (!strcmp(argv[i], "--bufs") && i + 1 < argc &&
+			 sscanf(argv[i + 1], "%ux%u", &buf_count, &buf_size) == 2)
+			i++;
 		else {
 			fprintf(stderr, "usage: %s [--host H] [--port P] "
 				"[--listen ADDR] [--threads N] "
-				"[--batch-wait US]\n", argv[0]);
+				"[--batch-wait US] [--bufs COUNTxSIZE]\n",
+				argv[0]);
 			return 2;
 		}
 	}
@@ -97,6 +103,8 @@ int main(int argc, char **argv)
 	coil_loop_opts_init(&o);
 	o.workers = threads;
 	o.batch_wait_us = batch_wait;
+	o.buf_count = buf_count;
+	o.buf_size = buf_size;
 	coil_loop_t *loop;
 	int rc = coil_loop_new(&loop, &o);
 	if (rc) {

@@ -95,6 +95,14 @@ typedef struct coil_loop_s coil_loop_t;
 /* Never use the kernel's min-wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12)
  * for batch_wait_us, as on kernels without it. */
 #define COIL_LOOP_NO_MIN_WAIT 0x20u
+/* Do not consume provided buffers incrementally (IOU_PBUF_RING_INC, Linux
+ * 6.12): every receive takes a whole buffer, as on kernels without it. */
+#define COIL_LOOP_NO_PBUF_INC 0x40u
+/* Do not cap multishot receives (sqe->len, Linux 6.16): without the cap a
+ * receive that fills a buffer is followed at once by the next from the
+ * same socket, up to 32 in a row; with it (buf_size bytes) a full receive
+ * gives the other connections their turn first. */
+#define COIL_LOOP_NO_RECV_CAP 0x80u
 
 /* Loop options. The struct may grow at its end in later versions: always
  * fill it with coil_loop_opts_init(), which sets size, then change fields.
@@ -106,8 +114,18 @@ typedef struct coil_loop_opts_s {
 	unsigned workers;    /* worker threads; 0 = online CPUs */
 	unsigned sq_entries; /* SQ size per ring; 0 = 256 */
 	unsigned cq_entries; /* CQ size per ring; 0 = 16 * sq_entries */
-	unsigned buf_count;  /* provided buffers per worker (power of 2); 0 = 256 */
-	unsigned buf_size;   /* bytes per provided buffer; 0 = 32768 */
+	/* Receive buffers: one pool of buf_count buffers (a power of 2, at
+	 * most 32768) of buf_size bytes per worker, which every socket
+	 * receive of that worker fills. Where the kernel consumes them
+	 * incrementally (Linux 6.12, unless COIL_LOOP_NO_PBUF_INC) receives
+	 * of all connections are packed into one buffer after another, and
+	 * 0 means 64 x 32 KiB (2 MiB); otherwise each receive takes a whole
+	 * buffer, and 0 means 256 x 32 KiB (8 MiB). A receive that finds the
+	 * pool empty waits (retried at the end of the completion batch, no
+	 * byte is lost); a bigger pool makes that rarer, a smaller one keeps
+	 * the bytes in cache. */
+	unsigned buf_count;  /* 0 = the default above */
+	unsigned buf_size;   /* 0 = the default above; at most 16 MiB */
 	unsigned flags;      /* COIL_LOOP_* */
 	/* Batched waits: a worker with nothing to run that has just
 	 * submitted k sends or writes waits for k + 1 completions, but at

@@ -893,32 +893,43 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 	bool more = flags & IORING_CQE_F_MORE;
 	if (!more)
 		ch->recv_armed = false;
+	/* A provided buffer: this completion holds it until the put below
+	 * (or a zero-copy write's end). Incrementally consumed buffers also
+	 * come with res 0 (the kernel may name the one it stops at). */
+	unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+	char *buf = NULL;
+	if (flags & IORING_CQE_F_BUFFER) {
+		buf = coil__bufring_take(ch->w, flags, res);
+		if (res <= 0) {
+			coil__bufring_put(ch->w, bid);
+			buf = NULL;
+		}
+	}
 	coil_channel_t *to = steal_to(ch);
 	if (res > 0 && to) {
 		/* Stolen: what the old receive still takes belongs to the
 		 * thief, in order, before anything it reads itself. */
-		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 		while (steal_to(to)) /* the thief was stolen in turn */
 			to = steal_to(to);
-		if (state(to) == COIL__CH_OPEN && !to->eof)
-			on_bytes(to, coil__bufring_buf(ch->w, bid), (size_t)res,
-				 -1);
-		coil__bufring_recycle(ch->w, bid);
-	} else if (res > 0) {
-		unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+		if (buf && state(to) == COIL__CH_OPEN && !to->eof)
+			on_bytes(to, buf, (size_t)res, -1);
+		if (buf)
+			coil__bufring_put(ch->w, bid);
+	} else if (res > 0 && buf) {
 		/* Bytes that arrive after close are dropped: the user asked
 		 * for the channel to stop. */
 		if (state(ch) == COIL__CH_OPEN && !ch->eof && ch->flt)
-			ch->flt->ops->input(ch, coil__bufring_buf(ch->w, bid),
-				       (size_t)res); /* tls.c */
+			ch->flt->ops->input(ch, buf, (size_t)res); /* tls.c */
 		else if (state(ch) == COIL__CH_OPEN && !ch->eof)
-			on_bytes(ch, coil__bufring_buf(ch->w, bid), (size_t)res,
-				 (int)bid);
-		/* Recycled now, unless a zero-copy write kept it. */
+			on_bytes(ch, buf, (size_t)res, (int)bid);
+		/* Given back now, unless a zero-copy write kept it. */
 		if (ch->cur_kept)
 			ch->cur_kept = false;
 		else
-			coil__bufring_recycle(ch->w, bid);
+			coil__bufring_put(ch->w, bid);
+	} else if (res > 0) {
+		/* Bytes without a buffer: not from coil's receives. */
+		set_eof(ch, -EIO);
 	} else if (to) {
 		/* The thief's own receive will see the end or the error. */
 	} else if (res == 0) {
@@ -928,6 +939,7 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 		 * recycled by the end of it: re-arm then (from the defer, not
 		 * now, or the new recv would find the ring still empty). No
 		 * byte was lost: the bytes wait in the socket. */
+		coil__bufring_enobufs(ch->w);
 		ch->starved = true;
 		ch_defer(ch);
 	} else if (res != -ECANCELED && res != -EINTR && res != -EAGAIN) {
@@ -1659,7 +1671,7 @@ static void wreq_return_buffer(writereq *r)
 	if (r->bid < 0)
 		return;
 	if (w->bufring) {
-		coil__bufring_recycle(w, (unsigned)r->bid);
+		coil__bufring_put(w, (unsigned)r->bid);
 		coil__bufring_flush(w);
 	}
 	w->pinned--;
@@ -2103,7 +2115,7 @@ coil_ip_t *coil_channel_write_view(coil_channel_t *ch, const void *data,
 	struct showing *f = showing;
 	if (!on_home(ch) || !f || f->ch->w != ch->w || f->bid < 0 ||
 	    f->kept || !len || d < f->buf || d + len > f->buf + f->len ||
-	    ch->w->pinned >= coil__bufring_count(ch->w) / 2)
+	    !coil__bufring_may_lend(ch->w))
 		return coil_channel_write(ch, data, len);
 	writereq *r = wreq_alloc(0);
 	if (!r)

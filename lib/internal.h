@@ -187,6 +187,7 @@ struct coil__worker {
 	uint64_t min_waits;    /* of them, waits with the kernel's min-wait */
 	uint64_t min_wait_misses; /* of those, ended by the min-wait (loop.c) */
 	unsigned min_wait_us;  /* batch_wait_us in effect (0: feature off) */
+	unsigned recv_cap;     /* multishot recv's per-receive cap (0: none) */
 	unsigned mw_backoff, mw_skip; /* plain waits after misses (loop.c) */
 };
 
@@ -286,6 +287,11 @@ bool coil__op_supported(const coil__worker *w, int opcode);
 #define COIL__FEAT_RECV_MSHOT 0x4u   /* IORING_RECV_MULTISHOT */
 #define COIL__FEAT_ACCEPT_MSHOT 0x8u /* IORING_ACCEPT_MULTISHOT */
 #define COIL__FEAT_READ_MSHOT 0x10u  /* IORING_OP_READ_MULTISHOT (optional) */
+#define COIL__FEAT_PBUF_INC 0x200u   /* IOU_PBUF_RING_INC (optional;
+					* coil__probe_hide only: the
+					* registration says) */
+#define COIL__FEAT_RECV_CAP 0x400u   /* multishot recv's per-receive cap
+					* (optional; Linux 6.16) */
 #define COIL__FEAT_MIN_TIMEOUT 0x100u /* IORING_FEAT_MIN_TIMEOUT (optional;
 					* coil__probe_hide only: the ring's
 					* features say) */
@@ -322,18 +328,37 @@ void coil__ftable_stats(const coil__worker *w, coil__ftable_stat *st);
  * before coil_loop_new. */
 extern unsigned coil__ftable_size_override;
 
-/* ---- provided buffers (bufring.c), one group per worker */
+/* ---- provided buffers (bufring.c), one group per worker; worker-only */
 #define COIL__BGID 0
+#define COIL__CQE_F_BUF_MORE (1u << 4) /* IORING_CQE_F_BUF_MORE (6.12) */
+/* count/size 0: the defaults (which depend on incremental consumption). */
 int coil__bufring_init(coil__worker *w, unsigned count, unsigned size);
 void coil__bufring_free(coil__worker *w);
-/* Address of buffer bid. */
-void *coil__bufring_buf(coil__worker *w, unsigned bid);
-/* Gives buffer bid back to the kernel (made visible at the end of the batch). */
-void coil__bufring_recycle(coil__worker *w, unsigned bid);
+/* A completion that carries IORING_CQE_F_BUFFER: where its res bytes are.
+ * The completion then holds the buffer (bid = flags >> the buffer shift)
+ * until coil__bufring_put(w, bid), which every such completion must get
+ * exactly once (at once when res <= 0), after its bytes are used. */
+char *coil__bufring_take(coil__worker *w, unsigned flags, int res);
+/* Drops one hold on buffer bid; the last gives it back to the kernel (made
+ * visible at the end of the batch). */
+void coil__bufring_put(coil__worker *w, unsigned bid);
 /* Publishes recycled buffers; called once per completion batch. */
 void coil__bufring_flush(coil__worker *w);
+/* Whether a write may keep a received buffer (write_view): so that slow
+ * peers cannot hold the ring, at most half of it is kept that way. */
+bool coil__bufring_may_lend(const coil__worker *w);
+/* Counts a receive that found the ring empty (-ENOBUFS). */
+void coil__bufring_enobufs(coil__worker *w);
 unsigned coil__bufring_size(const coil__worker *w);
 unsigned coil__bufring_count(const coil__worker *w);
+typedef struct coil__bufring_stat {
+	unsigned count, size;
+	bool inc;      /* incremental consumption in use */
+	unsigned out;  /* buffers out of the ring now */
+	uint64_t enobufs, reuses;
+} coil__bufring_stat;
+/* Tests, bench: w's ring (zeros without one); w's thread. */
+void coil__bufring_stats(const coil__worker *w, coil__bufring_stat *st);
 
 /* ---- InProgress internals used by I/O objects (inprogress.c) */
 coil_ip_t *coil__ip_new_on(coil__worker *w);

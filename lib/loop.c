@@ -98,6 +98,31 @@ static int probe_wait(struct io_uring *r, uint64_t tag, int *res,
 	}
 }
 
+/* Arms a multishot recv of at most len bytes per CQE (0: no cap) from buffer
+ * group 0 on a socketpair holding the bytes of `data`, and waits for its
+ * first CQE (probe_wait's result; -errno if the pair cannot be made). The
+ * op may stay armed: ring exit cancels it. */
+static int probe_recv(struct io_uring *r, const char *data, unsigned len,
+		      uint64_t tag, int *res, unsigned *fl)
+{
+	int sv[2], w = 0;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+		return -errno;
+	size_t n = strlen(data);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(r);
+	if (write(sv[1], data, n) == (ssize_t)n && sqe) {
+		io_uring_prep_recv_multishot(sqe, sv[0], NULL, len, 0);
+		sqe->flags |= IOSQE_BUFFER_SELECT;
+		sqe->buf_group = 0;
+		sqe->user_data = tag;
+		io_uring_submit(r);
+		w = probe_wait(r, tag, res, fl);
+	}
+	close(sv[0]);
+	close(sv[1]);
+	return w;
+}
+
 /*
  * Runs the op-flag features for real. Only a definitive answer from the
  * kernel (-EINVAL for the registration, a failed or single-shot CQE) marks
@@ -134,28 +159,21 @@ static int probe_live(struct io_uring *r)
 					      io_uring_buf_ring_mask(2), i);
 		io_uring_buf_ring_advance(br, 2);
 		/* Multishot recv (6.0): a byte waits, so the CQE is at once. */
-		int sv[2];
-		if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) {
-			transient = -errno;
-		} else {
-			int res = 0;
-			unsigned fl = 0;
-			struct io_uring_sqe *sqe = io_uring_get_sqe(r);
-			if (write(sv[1], "x", 1) == 1 && sqe) {
-				io_uring_prep_recv_multishot(sqe, sv[0], NULL, 0, 0);
-				sqe->flags |= IOSQE_BUFFER_SELECT;
-				sqe->buf_group = 0;
-				sqe->user_data = 1;
-				io_uring_submit(r);
-				int w = probe_wait(r, 1, &res, &fl);
-				if (w > 0 && (res != 1 ||
-					      !(fl & IORING_CQE_F_MORE)))
-					probe_have &= ~COIL__FEAT_RECV_MSHOT;
-			}
-			close(sv[0]);
-			close(sv[1]);
-			/* The op may stay armed; ring exit cancels it. */
-		}
+		int res = 0;
+		unsigned fl = 0;
+		int w = probe_recv(r, "x", 0, 1, &res, &fl);
+		if (w < 0)
+			transient = w;
+		if (w > 0 && (res != 1 || !(fl & IORING_CQE_F_MORE)))
+			probe_have &= ~COIL__FEAT_RECV_MSHOT;
+		/* The per-receive cap of multishot recv (sqe->len, Linux
+		 * 6.16; before, -EINVAL): two bytes wait, the first CQE may
+		 * carry one. Takes the ring's second buffer. */
+		w = probe_recv(r, "xy", 1, 3, &res, &fl);
+		if (w < 0)
+			transient = w;
+		if (w > 0 && res == 1 && (fl & IORING_CQE_F_MORE))
+			probe_have |= COIL__FEAT_RECV_CAP;
 	}
 	/* Multishot accept (5.19), on an autobound abstract Unix listener. */
 	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -379,7 +397,10 @@ static inline void set_file(struct io_uring_sqe *sqe, int fd)
 int coil__prep_recv_multishot(coil__worker *w, coil__op *op, int fd)
 {
 	PREP_BEGIN(w, op);
-	io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
+	/* w->recv_cap (0: none) bounds each receive, and a receive that
+	 * reaches it ends the kernel's retry loop for this turn, so one fast
+	 * connection cannot take a run of buffers at once. */
+	io_uring_prep_recv_multishot(sqe, fd, NULL, w->recv_cap, 0);
 	set_file(sqe, fd);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = COIL__BGID;
@@ -1173,6 +1194,9 @@ static void *worker_main(void *arg)
 		coil__ftable_init(w);
 	if (!rc)
 		w->min_wait_us = min_wait_us(w);
+	if (!rc && (coil__features() & COIL__FEAT_RECV_CAP) &&
+	    !(w->loop->opts.flags & COIL_LOOP_NO_RECV_CAP))
+		w->recv_cap = coil__bufring_size(w);
 	report_start(w, rc);
 	if (rc) {
 		w->dead = true;
@@ -1288,19 +1312,18 @@ static int normalise_opts(coil_loop_opts_t *o)
 	if (o->cq_entries < o->sq_entries || o->cq_entries > 1u << 20)
 		return OPT_BAD("cq_entries %u: from sq_entries (%u) to 1048576",
 			       o->cq_entries, o->sq_entries);
-	if (!o->buf_count)
-		o->buf_count = 256;
+	/* buf_count, buf_size 0: bufring.c picks, once it knows whether the
+	 * kernel consumes buffers incrementally. */
 	if (o->buf_count & (o->buf_count - 1) || o->buf_count > 32768)
 		return OPT_BAD("buf_count %u: a power of two, at most 32768",
 			       o->buf_count);
-	if (!o->buf_size)
-		o->buf_size = 32768;
 	if (o->buf_size > (1u << 24))
 		return OPT_BAD("buf_size %u: at most 16 MiB", o->buf_size);
 	if (o->flags & ~(COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_COOP_TASKRUN |
 			 COIL_LOOP_NO_READ_MULTISHOT |
 			 COIL_LOOP_NO_REGISTERED_RING | COIL_LOOP_NO_MIN_WAIT |
-			 COIL_LOOP_NO_FIXED_FILES))
+			 COIL_LOOP_NO_FIXED_FILES | COIL_LOOP_NO_PBUF_INC |
+			 COIL_LOOP_NO_RECV_CAP))
 		return OPT_BAD("flags 0x%x: unknown COIL_LOOP_* bits", o->flags);
 	if (o->batch_wait_us > 1000000)
 		return OPT_BAD("batch_wait_us %u: at most 1000000 (1 s)",

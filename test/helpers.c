@@ -39,18 +39,24 @@ int coil_test_main(const char *suite, const coil_test_t *tests, int argc,
 	return failed ? 1 : 0;
 }
 
+coil_loop_t *t_loop_opts(const coil_loop_opts_t *o)
+{
+	coil_loop_t *loop = NULL;
+	int rc = coil_loop_new(&loop, o);
+	if (rc) {
+		fprintf(stderr, "coil_loop_new: %s: %s\n", coil_strerror(rc),
+			coil_loop_last_error());
+		abort();
+	}
+	return loop;
+}
+
 coil_loop_t *t_loop(unsigned workers)
 {
 	coil_loop_opts_t o;
 	coil_loop_opts_init(&o);
 	o.workers = workers;
-	coil_loop_t *loop = NULL;
-	int rc = coil_loop_new(&loop, &o);
-	if (rc) {
-		fprintf(stderr, "coil_loop_new: %s\n", coil_strerror(rc));
-		abort();
-	}
-	return loop;
+	return t_loop_opts(&o);
 }
 
 int t_wait(coil_ip_t *ip)

@@ -27,6 +27,8 @@ int coil_test_main(const char *suite, const coil_test_t *tests, int argc,
 /* A loop with `workers` workers; fails the test (and aborts the program) if
  * it cannot be created. */
 coil_loop_t *t_loop(unsigned workers);
+/* The same with options (filled by coil_loop_opts_init first). */
+coil_loop_t *t_loop_opts(const coil_loop_opts_t *o);
 
 /* Waits for ip (at most 10 s: a hang fails instead of blocking the suite). */
 int t_wait(coil_ip_t *ip);

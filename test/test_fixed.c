@@ -25,13 +25,7 @@ static coil_loop_t *loop_flags(unsigned workers, unsigned flags)
 	coil_loop_opts_init(&o);
 	o.workers = workers;
 	o.flags = flags;
-	coil_loop_t *loop = NULL;
-	int rc = coil_loop_new(&loop, &o);
-	if (rc)
-		fprintf(stderr, "coil_loop_new: %s: %s\n", coil_strerror(rc),
-			coil_loop_last_error());
-	CU_ASSERT_FATAL(rc == 0);
-	return loop;
+	return t_loop_opts(&o);
 }
 
 struct stat_req {

@@ -486,8 +486,14 @@ static void test_allocs_per_message(void)
 	/* A message's allocations all happen between its write and its echo:
 	 * the window holds n messages' worth, plus at most one straggler. */
 	uint64_t per_sig = CACHES ? 0 : 3, per_rd = CACHES ? 1 : 8;
-	CU_ASSERT(sig <= per_sig * (uint64_t)n + 2);
-	CU_ASSERT(rd <= per_rd * (uint64_t)n + 4);
+	/* The read signal and read() get what one receive brought: where
+	 * the kernel packs receives into shared buffers (incremental
+	 * consumption, 32 KiB buffers by default) a message that meets a
+	 * buffer's end comes in two, shown or read twice (and, without
+	 * caches, echoed by two writes): one in 512 of the 64-byte messages. */
+	uint64_t splits = (uint64_t)n * 64 / 32768 + 1;
+	CU_ASSERT(sig <= per_sig * ((uint64_t)n + splits) + 2);
+	CU_ASSERT(rd <= per_rd * ((uint64_t)n + splits) + 4);
 	CU_ASSERT(ln <= per_rd * (uint64_t)n + 4);
 }
 
