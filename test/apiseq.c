@@ -1957,6 +1957,12 @@ int apiseq_run(const uint8_t *data, size_t len, int verbose, char *err,
 		o.batch_wait_us = 100;
 	if (cfg[5] & 128)
 		o.flags |= COIL_LOOP_NO_DEFER_TASKRUN;
+	/* Whole-buffer receives and no per-receive cap (config byte 1's
+	 * high bits; its low four pick the queue sizes). */
+	if (cfg[1] & 16)
+		o.flags |= COIL_LOOP_NO_PBUF_INC;
+	if (cfg[1] & 32)
+		o.flags |= COIL_LOOP_NO_RECV_CAP;
 	vlog(run,
 	     "apiseq: buf_count %u buf_size %u sndbuf %d thread refs %d "
 	     "loop flags 0x%x batch_wait_us %u\n",
