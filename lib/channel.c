@@ -1671,7 +1671,8 @@ static void wreq_free(writereq *r)
 	wreq_return_buffer(r);
 	if (r->free_fn)
 		r->free_fn(r->data);
-	coil_ip_unref(r->ip);
+	if (r->ip)
+		coil_ip_unref(r->ip);
 	if (r->cached)
 		cc_put(CC_WRITE, r);
 	else
@@ -1871,7 +1872,8 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 			r->free_fn = NULL;
 		}
 		wreq_return_buffer(r);
-		coil_ip_finish_int(r->ip, (int64_t)r->len);
+		if (r->ip)
+			coil_ip_finish_int(r->ip, (int64_t)r->len);
 		wreq_free(r);
 	}
 	/* The rest of a partial batch was not sent: abortable again. */
@@ -1961,7 +1963,8 @@ static int write_abort(coil_ip_t *ip, void *arg)
 	return 1;
 }
 
-static void write_enqueue(coil_channel_t *ch, writereq *r)
+/* Home worker: queues r (0), or fails and frees it (the -errno). */
+static int write_enqueue(coil_channel_t *ch, writereq *r)
 {
 	do_register(ch);
 	const char *msg = NULL;
@@ -1983,7 +1986,7 @@ static void write_enqueue(coil_channel_t *ch, writereq *r)
 			coil__ip_fail_msg(r->ip, err, msg);
 		wreq_free(r);
 		gate_wake(ch);
-		return;
+		return err;
 	}
 	r->queued = true;
 	*wr->wq_tail = r;
@@ -1991,14 +1994,40 @@ static void write_enqueue(coil_channel_t *ch, writereq *r)
 	if (atomic_load(&ch->wq_used) > low_water(ch))
 		atomic_store(&ch->drain_armed, true);
 	kick_write(ch);
+	return 0;
 }
 
 static void write_task_run(coil__task *t)
 {
 	writereq *r = coil__container_of(t, writereq, task);
 	coil_channel_t *ch = r->ch;
-	write_enqueue(ch, r);
+	bool told = r->ip != NULL;
+	int err = write_enqueue(ch, r);
+	/* A handle-less write (coil_channel_send) the home worker could not
+	 * queue has no one to tell: rather than leave a hole in the stream,
+	 * the channel closes (the closed signal, expected = 0). A channel
+	 * already closing needs nothing more. */
+	if (err == -ENOMEM && !told)
+		coil__channel_close_local(ch, true, false);
 	coil__channel_put(ch);
+}
+
+/* Reserves len bytes of ch's write queue in the caller's thread: true, or
+ * false with nothing reserved (*used: the bytes in use then). */
+static bool wq_reserve(coil_channel_t *ch, size_t len, size_t *used)
+{
+	size_t qsize = atomic_load(&ch->queue_size);
+	*used = atomic_load(&ch->wq_used);
+	do {
+		/* kaa: the write queue never exceeds queue_size; a write that
+		 * would take it past fails whole, with nothing queued. */
+		if (*used + len > qsize || *used + len < *used) {
+			if (*used)
+				atomic_store(&ch->drain_armed, true);
+			return false;
+		}
+	} while (!atomic_compare_exchange_weak(&ch->wq_used, used, *used + len));
+	return true;
 }
 
 /*
@@ -2026,23 +2055,15 @@ static coil_ip_t *write_submit(coil_channel_t *ch, writereq *r)
 		wreq_free(r);
 		return ip;
 	}
-	size_t qsize = atomic_load(&ch->queue_size);
-	size_t used = atomic_load(&ch->wq_used);
-	do {
-		/* kaa: the write queue never exceeds queue_size; a write that
-		 * would take it past fails whole, with nothing queued. */
-		if (used + r->len > qsize || used + r->len < used) {
-			coil_ip_fail(ip, -ENOBUFS,
-				     "write of %zu bytes would take the write "
-				     "queue past queue_size (%zu of %zu bytes "
-				     "used)", r->len, used, qsize);
-			if (used)
-				atomic_store(&ch->drain_armed, true);
-			wreq_free(r);
-			return ip;
-		}
-	} while (!atomic_compare_exchange_weak(&ch->wq_used, &used,
-					       used + r->len));
+	size_t used;
+	if (!wq_reserve(ch, r->len, &used)) {
+		coil_ip_fail(ip, -ENOBUFS,
+			     "write of %zu bytes would take the write queue "
+			     "past queue_size (%zu of %zu bytes used)",
+			     r->len, used, atomic_load(&ch->queue_size));
+		wreq_free(r);
+		return ip;
+	}
 	/* Set before anyone else sees ip, so an abort always finds it. */
 	coil_ip_set_abort(ip, write_abort, r);
 	if (on_home(ch)) {
@@ -2055,10 +2076,83 @@ static coil_ip_t *write_submit(coil_channel_t *ch, writereq *r)
 	return ip;
 }
 
+/*
+ * write_submit without a handle (coil_channel_send): nothing to make,
+ * settle or abort. What would fail the handle at once is the result; on
+ * the home worker that includes write_enqueue's refusals.
+ */
+static int send_submit(coil_channel_t *ch, writereq *r)
+{
+	r->ch = ch;
+	int err = 0;
+	size_t used;
+	if (!r->len)
+		err = 0;
+	else if (state(ch) >= COIL__CH_CLOSING)
+		err = -EBADF;
+	else if (atomic_load(&ch->listening))
+		err = -ENOTCONN;
+	else if (!wq_reserve(ch, r->len, &used))
+		err = -ENOBUFS;
+	else if (coil__likely(on_home(ch)))
+		return write_enqueue(ch, r);
+	else {
+		r->task.run = write_task_run;
+		coil__channel_get(ch);
+		coil__post(ch->w, &r->task);
+		return 0;
+	}
+	wreq_free(r);
+	return err;
+}
+
+/* A write request holding a copy of len bytes; NULL on -ENOMEM. */
+static writereq *wreq_copy(const void *data, size_t len)
+{
+	writereq *r = wreq_alloc(len);
+	if (r) {
+		r->data = (char *)(r + 1);
+		r->len = len;
+		if (len)
+			memcpy(r->data, data, len);
+	}
+	return r;
+}
+
 coil_ip_t *coil_channel_write(coil_channel_t *ch, const void *data, size_t len)
 {
-	struct iovec iov = {(void *)data, len};
-	return coil_channel_writev(ch, &iov, 1);
+	if (!ch || (!data && len))
+		return NULL;
+	writereq *r = wreq_copy(data, len);
+	return r ? write_submit(ch, r) : NULL;
+}
+
+int coil_channel_send(coil_channel_t *ch, const void *data, size_t len)
+{
+	if (!ch || (!data && len))
+		return -EINVAL;
+	writereq *r = wreq_copy(data, len);
+	return r ? send_submit(ch, r) : -ENOMEM;
+}
+
+int coil_channel_send_owned(coil_channel_t *ch, void *data, size_t len,
+			    void (*free_fn)(void *))
+{
+	if (!ch || (!data && len)) {
+		if (free_fn && data)
+			free_fn(data);
+		return -EINVAL;
+	}
+	writereq *r = wreq_alloc(0);
+	if (!r) {
+		if (free_fn)
+			free_fn(data);
+		return -ENOMEM;
+	}
+	r->data = data;
+	r->len = len;
+	r->free_fn = free_fn;
+	return send_submit(ch, r);
 }
 
 coil_ip_t *coil_channel_writev(coil_channel_t *ch, const struct iovec *iov,
