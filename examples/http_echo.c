@@ -466,10 +466,21 @@ static bool view_eq(const char *p, size_t n, const char *lit)
 static bool start_request(struct conn *c, const struct http_request *req,
 			  size_t head_len)
 {
-	keep_reqline(c, in_data(c), head_len);
+	const char *head = in_data(c); /* valid until this returns */
+	bool body = req->chunked || req->content_length > 0;
+	/* The request line is for the logs of what may still happen to this
+	 * request: its access-log line, an error now or while its body comes.
+	 * A request without a body is answered at once: the line is only
+	 * cleared (copying it was about 300 instructions of a /hello
+	 * request's 2,400). */
+	if (access_log || body)
+		keep_reqline(c, head, head_len);
+	else
+		c->reqline[0] = 0;
 	c->minor = req->minor;
 	if (req->minor >= 1 && !req->host) {
 		/* RFC 9112 3.2: a 1.1 request without Host is a 400. */
+		keep_reqline(c, head, head_len);
 		send_error(c, 400, "HTTP/1.1 request without Host");
 		return false;
 	}
@@ -483,6 +494,7 @@ static bool start_request(struct conn *c, const struct http_request *req,
 	if (!c->hello) {
 		c->head = malloc(head_len);
 		if (!c->head) {
+			keep_reqline(c, head, head_len);
 			send_error(c, 500, "out of memory");
 			return false;
 		}

@@ -545,8 +545,9 @@ COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
  * InProgress to make, settle and free per write. Returns 0 once the write
  * is queued (len == 0: nothing to do), or the -errno a handle would have
  * failed with at once, nothing queued: -EINVAL (ch NULL, data NULL with
- * len), -EBADF (after close; on the home worker also a channel not open
- * for writing), -ENOTCONN (listening socket), -ENOBUFS (queue_size; the
+ * len), -EBADF (after close: from another thread once the close reached
+ * the home worker, a send before that is dropped with the queued writes;
+ * on the home worker also a channel not open for writing), -ENOTCONN (listening socket), -ENOBUFS (queue_size; the
  * drained signal is armed as for a write), -ENOMEM. A send error later
  * fails the writes and closes the channel (closed signal, expected = 0)
  * as with handles; writes after it fail with -EBADF. Not abortable. Off

@@ -754,13 +754,20 @@ static bool want_read(coil_channel_t *ch)
 	    state(ch) != COIL__CH_OPEN || ch->w->stopping)
 		return false;
 	struct coil__chext *e = X(ch);
+	struct coil__chrd *rd = ch->rd;
+	if (coil__likely(!e && !rd && !ch->flt)) {
+		/* The common case, the rest below without what is absent:
+		 * no read waits, nothing is queued or held back, no gate. */
+		if (ch->on_read)
+			return !queue_high(ch);
+		return atomic_load(&ch->sock_nonblock);
+	}
 	if (e && e->steal_wait)
 		return false;
 	if (ch->flt && ch->flt->ops->want_input(ch)) /* tls.c: a handshake */
 		return true;
 	size_t limit = atomic_load_explicit(&ch->queue_size,
 					    memory_order_relaxed);
-	struct coil__chrd *rd = ch->rd;
 	bool reads = rd && !coil__list_empty(&rd->reads);
 	if (reads) {
 		readreq *r = reads_first(ch);
@@ -1895,8 +1902,13 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 	} else {
 		kick_write(ch);
 		/* Writes drained: a paused read signal gets its waiting bytes,
-		 * then the channel reads again. */
-		if (ch->on_read)
+		 * then the channel reads again. With nothing held back (no
+		 * extension) and the receive still armed below the pause
+		 * mark, there is nothing to resume: the completion only
+		 * shrank the queue, and every other reason to stop reading
+		 * re-evaluates the interest where it arises. */
+		if (ch->on_read && (X(ch) || !ch->recv_armed ||
+				    ch->recv_cancelling || queue_high(ch)))
 			flush_sigq(ch);
 		if (ch->sock_drain_wait && !wq_head(ch))
 			coil__sock_drained(ch);
