@@ -330,11 +330,23 @@ static void cc_init(void)
 }
 #endif
 
-static void *cc_get(int k, size_t size)
+#ifndef COIL_NO_JEMALLOC
+/* A worker's first put: the cache is given back when its thread exits. */
+static __attribute__((noinline, cold)) void cc_first_put(struct ccache *c)
+{
+	pthread_once(&cc_once, cc_init);
+	pthread_setspecific(cc_key, c);
+	c->keyed = true;
+}
+#endif
+
+/* Inlined (once per answer each, for a request and a write part): k is a
+ * constant at every call site. */
+static inline __attribute__((always_inline)) void *cc_get(int k, size_t size)
 {
 #ifndef COIL_NO_JEMALLOC
 	struct ccache *c = &ccache;
-	if (coil__tls_worker && c->head[k]) {
+	if (coil__likely(coil__tls_worker && c->head[k])) {
 		void *p = c->head[k];
 		c->head[k] = *(void **)p;
 		c->n[k]--;
@@ -347,16 +359,13 @@ static void *cc_get(int k, size_t size)
 	return coil__malloc(size);
 }
 
-static void cc_put(int k, void *p)
+static inline __attribute__((always_inline)) void cc_put(int k, void *p)
 {
 #ifndef COIL_NO_JEMALLOC
 	struct ccache *c = &ccache;
-	if (coil__tls_worker && c->n[k] < CC_MAX) {
-		if (!c->keyed) {
-			pthread_once(&cc_once, cc_init);
-			pthread_setspecific(cc_key, c);
-			c->keyed = true;
-		}
+	if (coil__likely(coil__tls_worker && c->n[k] < CC_MAX)) {
+		if (coil__unlikely(!c->keyed))
+			cc_first_put(c);
 		*(void **)p = c->head[k];
 		c->head[k] = p;
 		c->n[k]++;
@@ -462,7 +471,7 @@ static void chd_run(coil__defer *d)
 
 static void process(coil_channel_t *ch);
 static void update_interest(coil_channel_t *ch);
-static void kick_write(coil_channel_t *ch);
+static inline void kick_write(coil_channel_t *ch);
 static void finish_close(coil_channel_t *ch);
 static void maybe_close_fd(coil_channel_t *ch);
 static void flush_sigq(coil_channel_t *ch);
@@ -1795,7 +1804,18 @@ static inline bool flt_pending(const coil_channel_t *ch)
 	return ch->flt && ch->flt->ops->pending(ch);
 }
 
-static void kick_write(coil_channel_t *ch)
+static void kick_write_now(coil_channel_t *ch);
+
+/* Sends what is queued, unless a send is in flight (inline: send_complete
+ * and a write to a busy channel mostly stop here). */
+static inline void kick_write(coil_channel_t *ch)
+{
+	if (ch->send_inflight || (!wq_head(ch) && !ch->flt))
+		return;
+	kick_write_now(ch);
+}
+
+static void kick_write_now(coil_channel_t *ch)
 {
 	if (ch->send_inflight || (!wq_head(ch) && !flt_pending(ch)) ||
 	    !can_send(ch))
@@ -1917,8 +1937,10 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		if (st == COIL__CH_CLOSING && !wq_head(ch) && !flt_pending(ch))
 			finish_close(ch);
 	}
-	emit_closed(ch);
-	maybe_close_fd(ch);
+	if (state(ch) == COIL__CH_CLOSED) { /* both need it */
+		emit_closed(ch);
+		maybe_close_fd(ch);
+	}
 	wr_put(ch); /* wr may be gone from here on */
 	coil__channel_put(ch);
 }
