@@ -90,17 +90,9 @@ static int round_trip(const int *peers)
 	return rc;
 }
 
-/*
- * The worker's caches must hold what one turn frees: they held 64 blocks
- * per kind, so a turn that freed N > 64 write requests and write parts
- * sent the excess through the allocator, and the next turn allocated them
- * again (2 x (N - 64) heap allocations per round here; http_echo under
- * callgrind, where wrk's 100 connections pile up, 0.67 per request).
- * Steady state now costs at most the round's posted task.
- */
-static void test_many_connections_one_turn(void)
+/* chs[i] on one end of a socketpair, peers[i] the other (raw). */
+static void open_pairs(int *peers)
 {
-	static int peers[N];
 	for (int i = 0; i < N; i++) {
 		int sv[2];
 		CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC,
@@ -112,6 +104,20 @@ static void test_many_connections_one_turn(void)
 					      &chs[i]));
 		T_ASSERT_OK(coil_channel_on_closed(chs[i], nop_closed, NULL));
 	}
+}
+
+/*
+ * The worker's caches must hold what one turn frees: they held 64 blocks
+ * per kind, so a turn that freed N > 64 write requests and write parts
+ * sent the excess through the allocator, and the next turn allocated them
+ * again (2 x (N - 64) heap allocations per round here; http_echo under
+ * callgrind, where wrk's 100 connections pile up, 0.67 per request).
+ * Steady state now costs at most the round's posted task.
+ */
+static void test_many_connections_one_turn(void)
+{
+	static int peers[N];
+	open_pairs(peers);
 	/* Warm-up: caches filled. */
 	for (int r = 0; r < 3; r++)
 		CU_ASSERT_FATAL(round_trip(peers) == 0);
@@ -159,17 +165,7 @@ static void send_then_write(void *arg)
 static void test_send_makes_no_handle(void)
 {
 	static int peers[N];
-	for (int i = 0; i < N; i++) {
-		int sv[2];
-		CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC,
-					   0, sv) == 0);
-		struct timeval tv = {.tv_sec = 10};
-		setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		peers[i] = sv[1];
-		T_ASSERT_OK(coil_channel_wrap(L, sv[0], COIL_IO_READ | COIL_IO_WRITE,
-					      &chs[i]));
-		T_ASSERT_OK(coil_channel_on_closed(chs[i], nop_closed, NULL));
-	}
+	open_pairs(peers);
 	t_run_on(L, 0, send_then_write, NULL);
 	CU_ASSERT_EQUAL(sends_live, 2u * (N / 2));
 	CU_ASSERT_EQUAL(writes_live, 3u * (N / 2));
