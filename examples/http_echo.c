@@ -96,7 +96,9 @@ struct conn {
 	struct http_chunked chunked_dec;
 	uint64_t last_active, req_start, body_start;
 	bool drain_on;             /* the drained signal is connected */
-	char reqline[REQLINE_MAX]; /* for the logs ("" when they are off) */
+	char reqline[REQLINE_MAX]; /* for the logs ("" when they are off,
+				      and for a request answered at once
+				      while the access log is off) */
 	char *peer;                /* the client's address, once logged */
 };
 
