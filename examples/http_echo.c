@@ -95,10 +95,10 @@ struct conn {
 	size_t body_len;
 	struct http_chunked chunked_dec;
 	uint64_t last_active, req_start, body_start;
-	coil_ip_t *last_write;     /* newest response write, to await drain */
-	bool waiting;              /* a drain callback holds this conn */
-	bool dead;                 /* closed while waiting: freed by it */
-	char reqline[REQLINE_MAX]; /* for the logs ("" when they are off) */
+	bool drain_on;             /* the drained signal is connected */
+	char reqline[REQLINE_MAX]; /* for the logs ("" when they are off,
+				      and for a request answered at once
+				      while the access log is off) */
 	char *peer;                /* the client's address, once logged */
 };
 
@@ -234,7 +234,6 @@ static void log_reject(struct conn *c, int status, const char *what)
 
 static void conn_free(struct conn *c)
 {
-	coil_ip_unref(c->last_write);
 	free(c->in);
 	free(c->head);
 	free(c->body);
@@ -242,23 +241,16 @@ static void conn_free(struct conn *c)
 	free(c);
 }
 
-/* Keeps the newest write's handle. A write refused at once (write queue
- * full, channel closed) ends the connection: an answer is never dropped
- * while later ones go out. */
-static void queued(struct conn *c, coil_ip_t *w)
+/* The result of a write (coil_channel_send: no handle per answer, a send
+ * error closes the channel). A write refused at once (write queue full,
+ * channel closed) ends the connection: an answer is never dropped while
+ * later ones go out. */
+static void queued(struct conn *c, int rc)
 {
-	if (!w || coil_ip_state(w) == COIL_IP_FAILED) {
-		if (w)
-			coil_ip_error(w); /* seen: not an unobserved failure */
-		coil_ip_unref(w);
-		if (c->state != ST_CLOSING) {
-			c->state = ST_CLOSING;
-			coil_channel_close(c->ch, 1);
-		}
-		return;
+	if (rc && c->state != ST_CLOSING) {
+		c->state = ST_CLOSING;
+		coil_channel_close(c->ch, 1);
 	}
-	coil_ip_unref(c->last_write);
-	c->last_write = w;
 }
 
 static void conn_close(struct conn *c)
@@ -337,7 +329,7 @@ static void send_error(struct conn *c, int status, const char *what)
 	n += snprintf(buf + n, sizeof(buf) - (size_t)n, "%s\n", r);
 	log_reject(c, status, what);
 	log_access(c, status, strlen(r) + 1);
-	queued(c, coil_channel_write(c->ch, buf, (size_t)n));
+	queued(c, coil_channel_send(c->ch, buf, (size_t)n));
 	conn_close(c);
 }
 
@@ -355,7 +347,7 @@ static void respond(struct conn *c)
 			memcpy(buf + n, "hello\n", 6);
 			n += 6;
 		}
-		queued(c, coil_channel_write(c->ch, buf, (size_t)n));
+		queued(c, coil_channel_send(c->ch, buf, (size_t)n));
 	} else {
 		char *out = malloc(blen + 256);
 		if (!out) {
@@ -366,8 +358,8 @@ static void respond(struct conn *c)
 		memcpy(out + n, c->head, c->head_len);
 		if (c->body_len)
 			memcpy(out + n + c->head_len, c->body, c->body_len);
-		queued(c, coil_channel_write_owned(c->ch, out, (size_t)n + blen,
-						   free));
+		queued(c, coil_channel_send_owned(c->ch, out, (size_t)n + blen,
+						  free));
 	}
 	log_access(c, 200, c->is_head ? 0 : blen);
 	if (c->head || c->body) { /* /hello has neither: no free() per request */
@@ -437,28 +429,31 @@ static void consume(struct conn *c, size_t n)
 
 static void process(struct conn *c);
 
-static void drained(coil_ip_t *w, void *ud)
+/* The drained signal: never after on_closed (which releases the
+ * channel), so c is alive. */
+static void drained(coil_channel_t *ch, void *ud)
 {
-	struct conn *c = ud;
-	c->waiting = false;
-	if (c->dead)
-		conn_free(c);
-	else
-		process(c);
+	process(ud);
 }
 
 /* A client that pipelines faster than it reads: answer more once the
- * queued answers drain (the newest write settles when all have gone out).
- * Half the queue is also where coil stops showing it new bytes. */
+ * queued answers drained to the low-water mark (a quarter of the queue;
+ * the drained signal, connected the first time: most connections never
+ * need it). Half the queue is also where coil stops showing it new
+ * bytes. */
 static bool backlogged(struct conn *c)
 {
 	if (coil_channel_write_queue_used(c->ch) <
 	    coil_channel_queue_size(c->ch) / 2)
 		return false;
-	if (!c->waiting && c->last_write) {
-		c->waiting = true;
-		if (coil_ip_on_done(c->last_write, drained, c))
-			c->waiting = false;
+	if (!c->drain_on) {
+		if (coil_channel_on_drain(c->ch, drained, c)) {
+			/* No memory for it: stop reading, answer what is
+			 * queued, close. */
+			conn_close(c);
+			return true;
+		}
+		c->drain_on = true;
 	}
 	return true;
 }
@@ -473,10 +468,21 @@ static bool view_eq(const char *p, size_t n, const char *lit)
 static bool start_request(struct conn *c, const struct http_request *req,
 			  size_t head_len)
 {
-	keep_reqline(c, in_data(c), head_len);
+	const char *head = in_data(c); /* valid until this returns */
+	bool body = req->chunked || req->content_length > 0;
+	/* The request line is for the logs of what may still happen to this
+	 * request: its access-log line, an error now or while its body comes.
+	 * A request without a body is answered at once: the line is only
+	 * cleared (copying it was about 300 instructions of a /hello
+	 * request's 2,400). */
+	if (access_log || body)
+		keep_reqline(c, head, head_len);
+	else
+		c->reqline[0] = 0;
 	c->minor = req->minor;
 	if (req->minor >= 1 && !req->host) {
 		/* RFC 9112 3.2: a 1.1 request without Host is a 400. */
+		keep_reqline(c, head, head_len);
 		send_error(c, 400, "HTTP/1.1 request without Host");
 		return false;
 	}
@@ -490,6 +496,7 @@ static bool start_request(struct conn *c, const struct http_request *req,
 	if (!c->hello) {
 		c->head = malloc(head_len);
 		if (!c->head) {
+			keep_reqline(c, head, head_len);
 			send_error(c, 500, "out of memory");
 			return false;
 		}
@@ -511,7 +518,7 @@ static bool start_request(struct conn *c, const struct http_request *req,
 		/* 100-continue means nothing to an HTTP/1.0 client (RFC 9110
 		 * 10.1.1); sent only when the body has not started yet. */
 		if (req->expect_continue && req->minor >= 1 && c->in_len == 0)
-			queued(c, coil_channel_write_owned(
+			queued(c, coil_channel_send_owned(
 				c->ch, (void *)"HTTP/1.1 100 Continue\r\n\r\n", 25,
 				NULL));
 	}
@@ -650,10 +657,7 @@ static void on_closed(coil_channel_t *ch, int expected, void *ud)
 		ws->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	if (c->waiting)
-		c->dead = true; /* drained() frees it */
-	else
-		conn_free(c);
+	conn_free(c);
 	coil_channel_release(ch);
 	atomic_fetch_sub(&open_conns, 1);
 }

@@ -557,6 +557,30 @@ COIL_EXTERN coil_ip_t *coil_channel_write_owned(coil_channel_t *ch, void *data,
 COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
 					       const void *data, size_t len);
 
+/* Handle-less writes, for a caller that would drop the handle (a server
+ * answering requests): the same queue, order, queue_size rule and close
+ * behaviour as coil_channel_write / coil_channel_write_owned, without an
+ * InProgress to make, settle and free per write. Returns 0 once the write
+ * is queued (len == 0: nothing to do), or the -errno a handle would have
+ * failed with at once, nothing queued: -EINVAL (ch NULL, data NULL with
+ * len), -EBADF (after close: from another thread once the close reached
+ * the home worker, a send before that is dropped with the queued writes;
+ * on the home worker also a channel not open for writing), -ENOTCONN (listening socket), -ENOBUFS (queue_size; the
+ * drained signal is armed as for a write), -ENOMEM. A send error later
+ * fails the writes and closes the channel (closed signal, expected = 0)
+ * as with handles; writes after it fail with -EBADF. Not abortable. Off
+ * the home worker the write is queued there; if the home worker then has
+ * no memory for it, the channel closes at once (closed signal) rather than
+ * leave a hole in the stream. send_owned: ownership of data passes to coil
+ * whatever the result (free_fn(data) runs once the bytes are sent, or
+ * before it returns an error); with free_fn NULL the caller keeps data
+ * valid until the bytes are sent (write_queue_used falls, or the closed
+ * signal). Callbacks never run inside these calls. Any thread. */
+COIL_EXTERN int coil_channel_send(coil_channel_t *ch, const void *data,
+				  size_t len);
+COIL_EXTERN int coil_channel_send_owned(coil_channel_t *ch, void *data,
+					size_t len, void (*free_fn)(void *));
+
 /* kaa close(immediate). Not immediate: alive becomes false at once, queued
  * writes drain, then the descriptor closes. Immediate: queued writes fail with
  * -EBADF. Either way pending reads get what is buffered (or 0 bytes),

@@ -27,26 +27,19 @@
  * behind. Live = allocations - frees over all threads, so a block freed on
  * another thread than the one that allocated it is counted right.
  */
-struct acount {
-	_Atomic uint64_t allocs, frees;
-	_Atomic uint64_t reused; /* of allocs: served by a cache (channel.c) */
-	struct acount *next, **pprev;
-	int state; /* 0 unregistered, 1 listed, 2 thread exiting */
-};
-
 static pthread_mutex_t acount_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct acount *acount_list;
+static struct coil__acount *acount_list;
 /* Counts of exited threads, and of allocations made while a thread exits. */
 static _Atomic uint64_t acount_gone_allocs, acount_gone_frees;
 static _Atomic uint64_t acount_gone_reused;
 static pthread_key_t acount_key;
 static pthread_once_t acount_once = PTHREAD_ONCE_INIT;
-static __thread struct acount tls_acount;
+__thread struct coil__acount coil__tls_acount;
 
 /* Thread exit: fold this thread's counts into the shared remainder. */
 static void acount_exit(void *arg)
 {
-	struct acount *a = arg;
+	struct coil__acount *a = arg;
 	pthread_mutex_lock(&acount_lock);
 	*a->pprev = a->next;
 	if (a->next)
@@ -63,7 +56,7 @@ static void acount_init(void)
 	pthread_key_create(&acount_key, acount_exit);
 }
 
-static void acount_register(struct acount *a)
+static void acount_register(struct coil__acount *a)
 {
 	pthread_once(&acount_once, acount_init);
 	pthread_mutex_lock(&acount_lock);
@@ -77,39 +70,30 @@ static void acount_register(struct acount *a)
 	pthread_setspecific(acount_key, a);
 }
 
-static void acount_slow(bool is_free)
+void coil__acount_slow(bool is_free, bool reused)
 {
-	struct acount *a = &tls_acount;
+	struct coil__acount *a = &coil__tls_acount;
 	if (a->state == 0) {
 		acount_register(a);
 		atomic_fetch_add(is_free ? &a->frees : &a->allocs, 1);
+		if (reused)
+			atomic_fetch_add(&a->reused, 1);
 		return;
 	}
 	/* The thread is exiting (its record is folded already). */
 	atomic_fetch_add(is_free ? &acount_gone_frees : &acount_gone_allocs, 1);
-}
-
-/* Single writer: a relaxed load and store are enough. */
-static inline void acount_bump(_Atomic uint64_t *c)
-{
-	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
-			      memory_order_relaxed);
+	if (reused)
+		atomic_fetch_add(&acount_gone_reused, 1);
 }
 
 static inline void acount_alloc(void)
 {
-	if (coil__likely(tls_acount.state == 1))
-		acount_bump(&tls_acount.allocs);
-	else
-		acount_slow(false);
+	coil__alloc_counted(true);
 }
 
 static inline void acount_free(void)
 {
-	if (coil__likely(tls_acount.state == 1))
-		acount_bump(&tls_acount.frees);
-	else
-		acount_slow(true);
+	coil__alloc_counted(false);
 }
 
 static void acount_sum(uint64_t *allocs, uint64_t *frees)
@@ -117,21 +101,13 @@ static void acount_sum(uint64_t *allocs, uint64_t *frees)
 	pthread_mutex_lock(&acount_lock);
 	uint64_t al = atomic_load(&acount_gone_allocs);
 	uint64_t fr = atomic_load(&acount_gone_frees);
-	for (struct acount *a = acount_list; a; a = a->next) {
+	for (struct coil__acount *a = acount_list; a; a = a->next) {
 		al += atomic_load_explicit(&a->allocs, memory_order_relaxed);
 		fr += atomic_load_explicit(&a->frees, memory_order_relaxed);
 	}
 	pthread_mutex_unlock(&acount_lock);
 	*allocs = al;
 	*frees = fr;
-}
-
-void coil__alloc_counted(bool alloc)
-{
-	if (alloc)
-		acount_alloc();
-	else
-		acount_free();
 }
 
 size_t coil__alloc_live(void)
@@ -146,22 +122,13 @@ uint64_t coil__alloc_total(void)
 	pthread_mutex_lock(&acount_lock);
 	uint64_t al = atomic_load(&acount_gone_allocs);
 	uint64_t re = atomic_load(&acount_gone_reused);
-	for (struct acount *a = acount_list; a; a = a->next) {
+	for (struct coil__acount *a = acount_list; a; a = a->next) {
 		/* reused first: a reuse bumps allocs before reused */
 		re += atomic_load_explicit(&a->reused, memory_order_relaxed);
 		al += atomic_load_explicit(&a->allocs, memory_order_relaxed);
 	}
 	pthread_mutex_unlock(&acount_lock);
 	return al > re ? al - re : 0;
-}
-
-void coil__alloc_reused(void)
-{
-	acount_alloc();
-	if (coil__likely(tls_acount.state == 1))
-		acount_bump(&tls_acount.reused);
-	else
-		atomic_fetch_add(&acount_gone_reused, 1);
 }
 
 void *coil__malloc(size_t n)

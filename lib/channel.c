@@ -83,7 +83,8 @@ typedef struct coil__writereq {
 } writereq;
 
 /* The write side (see struct coil_channel_s): exists while a write is queued,
- * a send or its cancel is in flight, or the linger timer runs. */
+ * a send or its cancel is in flight, or the linger timer runs. Not zeroed
+ * when made: wr_get sets what must start known. */
 struct coil__chwr {
 	struct iovec iov[COIL__IOV_BATCH]; /* first: ch->iov points here */
 	coil_channel_t *ch;
@@ -330,11 +331,23 @@ static void cc_init(void)
 }
 #endif
 
-static void *cc_get(int k, size_t size)
+#ifndef COIL_NO_JEMALLOC
+/* A worker's first put: the cache is given back when its thread exits. */
+static __attribute__((noinline, cold)) void cc_first_put(struct ccache *c)
+{
+	pthread_once(&cc_once, cc_init);
+	pthread_setspecific(cc_key, c);
+	c->keyed = true;
+}
+#endif
+
+/* Inlined (once per answer each, for a request and a write part): k is a
+ * constant at every call site. */
+static inline __attribute__((always_inline)) void *cc_get(int k, size_t size)
 {
 #ifndef COIL_NO_JEMALLOC
 	struct ccache *c = &ccache;
-	if (coil__tls_worker && c->head[k]) {
+	if (coil__likely(coil__tls_worker && c->head[k])) {
 		void *p = c->head[k];
 		c->head[k] = *(void **)p;
 		c->n[k]--;
@@ -347,16 +360,13 @@ static void *cc_get(int k, size_t size)
 	return coil__malloc(size);
 }
 
-static void cc_put(int k, void *p)
+static inline __attribute__((always_inline)) void cc_put(int k, void *p)
 {
 #ifndef COIL_NO_JEMALLOC
 	struct ccache *c = &ccache;
-	if (coil__tls_worker && c->n[k] < CC_MAX) {
-		if (!c->keyed) {
-			pthread_once(&cc_once, cc_init);
-			pthread_setspecific(cc_key, c);
-			c->keyed = true;
-		}
+	if (coil__likely(coil__tls_worker && c->n[k] < CC_MAX)) {
+		if (coil__unlikely(!c->keyed))
+			cc_first_put(c);
 		*(void **)p = c->head[k];
 		c->head[k] = p;
 		c->n[k]++;
@@ -462,7 +472,7 @@ static void chd_run(coil__defer *d)
 
 static void process(coil_channel_t *ch);
 static void update_interest(coil_channel_t *ch);
-static void kick_write(coil_channel_t *ch);
+static inline void kick_write(coil_channel_t *ch);
 static void finish_close(coil_channel_t *ch);
 static void maybe_close_fd(coil_channel_t *ch);
 static void flush_sigq(coil_channel_t *ch);
@@ -754,13 +764,20 @@ static bool want_read(coil_channel_t *ch)
 	    state(ch) != COIL__CH_OPEN || ch->w->stopping)
 		return false;
 	struct coil__chext *e = X(ch);
+	struct coil__chrd *rd = ch->rd;
+	if (coil__likely(!e && !rd && !ch->flt)) {
+		/* The common case, the rest below without what is absent:
+		 * no read waits, nothing is queued or held back, no gate. */
+		if (ch->on_read)
+			return !queue_high(ch);
+		return atomic_load(&ch->sock_nonblock);
+	}
 	if (e && e->steal_wait)
 		return false;
 	if (ch->flt && ch->flt->ops->want_input(ch)) /* tls.c: a handshake */
 		return true;
 	size_t limit = atomic_load_explicit(&ch->queue_size,
 					    memory_order_relaxed);
-	struct coil__chrd *rd = ch->rd;
 	bool reads = rd && !coil__list_empty(&rd->reads);
 	if (reads) {
 		readreq *r = reads_first(ch);
@@ -1683,7 +1700,8 @@ static void wreq_free(writereq *r)
 	wreq_return_buffer(r);
 	if (r->free_fn)
 		r->free_fn(r->data);
-	coil_ip_unref(r->ip);
+	if (r->ip)
+		coil_ip_unref(r->ip);
 	if (r->cached)
 		cc_put(CC_WRITE, r);
 	else
@@ -1720,9 +1738,16 @@ static struct coil__chwr *wr_get(coil_channel_t *ch)
 	wr = cc_get(CC_WR, sizeof(*wr));
 	if (!wr)
 		return NULL;
-	/* All but the iovec batch (256 B), which a send fills before use. */
-	size_t keep = offsetof(struct coil__chwr, ch);
-	memset((char *)wr + keep, 0, sizeof(*wr) - keep);
+	/* Only what is read before it is written (once per answer: a clear
+	 * of the whole part was a third of this): the queue, the linger
+	 * state and the timer's two flags (coil__timer_start sets the
+	 * rest). The iovec batch, msg, the ops' callbacks and send_niov are
+	 * set by each send, last_progress_ms when linger starts. A field
+	 * added here that must start at zero is cleared here too. */
+	wr->wq_head = NULL;
+	wr->linger_armed = false;
+	wr->linger_timer.listed = false;
+	wr->linger_timer.cancelling = false;
 	wr->ch = ch;
 	wr->wq_tail = &wr->wq_head;
 	ch->iov = wr->iov;
@@ -1799,7 +1824,18 @@ static inline bool flt_pending(const coil_channel_t *ch)
 	return ch->flt && ch->flt->ops->pending(ch);
 }
 
-static void kick_write(coil_channel_t *ch)
+static void kick_write_now(coil_channel_t *ch);
+
+/* Sends what is queued, unless a send is in flight (inline: send_complete
+ * and a write to a busy channel mostly stop here). */
+static inline void kick_write(coil_channel_t *ch)
+{
+	if (ch->send_inflight || (!wq_head(ch) && !ch->flt))
+		return;
+	kick_write_now(ch);
+}
+
+static void kick_write_now(coil_channel_t *ch)
 {
 	if (ch->send_inflight || (!wq_head(ch) && !flt_pending(ch)) ||
 	    !can_send(ch))
@@ -1883,7 +1919,8 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 			r->free_fn = NULL;
 		}
 		wreq_return_buffer(r);
-		coil_ip_finish_int(r->ip, (int64_t)r->len);
+		if (r->ip)
+			coil_ip_finish_int(r->ip, (int64_t)r->len);
 		wreq_free(r);
 	}
 	/* The rest of a partial batch was not sent: abortable again. */
@@ -1905,8 +1942,13 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 	} else {
 		kick_write(ch);
 		/* Writes drained: a paused read signal gets its waiting bytes,
-		 * then the channel reads again. */
-		if (ch->on_read)
+		 * then the channel reads again. With nothing held back (no
+		 * extension) and the receive still armed below the pause
+		 * mark, there is nothing to resume: the completion only
+		 * shrank the queue, and every other reason to stop reading
+		 * re-evaluates the interest where it arises. */
+		if (ch->on_read && (X(ch) || !ch->recv_armed ||
+				    ch->recv_cancelling || queue_high(ch)))
 			flush_sigq(ch);
 		if (ch->sock_drain_wait && !wq_head(ch))
 			coil__sock_drained(ch);
@@ -1915,8 +1957,10 @@ static void send_complete(coil__op *op, int res, unsigned flags)
 		if (st == COIL__CH_CLOSING && !wq_head(ch) && !flt_pending(ch))
 			finish_close(ch);
 	}
-	emit_closed(ch);
-	maybe_close_fd(ch);
+	if (state(ch) == COIL__CH_CLOSED) { /* both need it */
+		emit_closed(ch);
+		maybe_close_fd(ch);
+	}
 	wr_put(ch); /* wr may be gone from here on */
 	coil__channel_put(ch);
 }
@@ -1973,7 +2017,8 @@ static int write_abort(coil_ip_t *ip, void *arg)
 	return 1;
 }
 
-static void write_enqueue(coil_channel_t *ch, writereq *r)
+/* Home worker: queues r (0), or fails and frees it (the -errno). */
+static int write_enqueue(coil_channel_t *ch, writereq *r)
 {
 	do_register(ch);
 	const char *msg = NULL;
@@ -1995,7 +2040,7 @@ static void write_enqueue(coil_channel_t *ch, writereq *r)
 			coil__ip_fail_msg(r->ip, err, msg);
 		wreq_free(r);
 		gate_wake(ch);
-		return;
+		return err;
 	}
 	r->queued = true;
 	*wr->wq_tail = r;
@@ -2003,14 +2048,40 @@ static void write_enqueue(coil_channel_t *ch, writereq *r)
 	if (atomic_load(&ch->wq_used) > low_water(ch))
 		atomic_store(&ch->drain_armed, true);
 	kick_write(ch);
+	return 0;
 }
 
 static void write_task_run(coil__task *t)
 {
 	writereq *r = coil__container_of(t, writereq, task);
 	coil_channel_t *ch = r->ch;
-	write_enqueue(ch, r);
+	bool told = r->ip != NULL;
+	int err = write_enqueue(ch, r);
+	/* A handle-less write (coil_channel_send) the home worker could not
+	 * queue has no one to tell: rather than leave a hole in the stream,
+	 * the channel closes (the closed signal, expected = 0). A channel
+	 * already closing needs nothing more. */
+	if (err == -ENOMEM && !told)
+		coil__channel_close_local(ch, true, false);
 	coil__channel_put(ch);
+}
+
+/* Reserves len bytes of ch's write queue in the caller's thread: true, or
+ * false with nothing reserved (*used: the bytes in use then). */
+static bool wq_reserve(coil_channel_t *ch, size_t len, size_t *used)
+{
+	size_t qsize = atomic_load(&ch->queue_size);
+	*used = atomic_load(&ch->wq_used);
+	do {
+		/* kaa: the write queue never exceeds queue_size; a write that
+		 * would take it past fails whole, with nothing queued. */
+		if (*used + len > qsize || *used + len < *used) {
+			if (*used)
+				atomic_store(&ch->drain_armed, true);
+			return false;
+		}
+	} while (!atomic_compare_exchange_weak(&ch->wq_used, used, *used + len));
+	return true;
 }
 
 /*
@@ -2038,23 +2109,15 @@ static coil_ip_t *write_submit(coil_channel_t *ch, writereq *r)
 		wreq_free(r);
 		return ip;
 	}
-	size_t qsize = atomic_load(&ch->queue_size);
-	size_t used = atomic_load(&ch->wq_used);
-	do {
-		/* kaa: the write queue never exceeds queue_size; a write that
-		 * would take it past fails whole, with nothing queued. */
-		if (used + r->len > qsize || used + r->len < used) {
-			coil_ip_fail(ip, -ENOBUFS,
-				     "write of %zu bytes would take the write "
-				     "queue past queue_size (%zu of %zu bytes "
-				     "used)", r->len, used, qsize);
-			if (used)
-				atomic_store(&ch->drain_armed, true);
-			wreq_free(r);
-			return ip;
-		}
-	} while (!atomic_compare_exchange_weak(&ch->wq_used, &used,
-					       used + r->len));
+	size_t used;
+	if (!wq_reserve(ch, r->len, &used)) {
+		coil_ip_fail(ip, -ENOBUFS,
+			     "write of %zu bytes would take the write queue "
+			     "past queue_size (%zu of %zu bytes used)",
+			     r->len, used, atomic_load(&ch->queue_size));
+		wreq_free(r);
+		return ip;
+	}
 	/* Set before anyone else sees ip, so an abort always finds it. */
 	coil_ip_set_abort(ip, write_abort, r);
 	if (on_home(ch)) {
@@ -2067,10 +2130,83 @@ static coil_ip_t *write_submit(coil_channel_t *ch, writereq *r)
 	return ip;
 }
 
+/*
+ * write_submit without a handle (coil_channel_send): nothing to make,
+ * settle or abort. What would fail the handle at once is the result; on
+ * the home worker that includes write_enqueue's refusals.
+ */
+static int send_submit(coil_channel_t *ch, writereq *r)
+{
+	r->ch = ch;
+	int err = 0;
+	size_t used;
+	if (!r->len)
+		err = 0;
+	else if (state(ch) >= COIL__CH_CLOSING)
+		err = -EBADF;
+	else if (atomic_load(&ch->listening))
+		err = -ENOTCONN;
+	else if (!wq_reserve(ch, r->len, &used))
+		err = -ENOBUFS;
+	else if (coil__likely(on_home(ch)))
+		return write_enqueue(ch, r);
+	else {
+		r->task.run = write_task_run;
+		coil__channel_get(ch);
+		coil__post(ch->w, &r->task);
+		return 0;
+	}
+	wreq_free(r);
+	return err;
+}
+
+/* A write request holding a copy of len bytes; NULL on -ENOMEM. */
+static writereq *wreq_copy(const void *data, size_t len)
+{
+	writereq *r = wreq_alloc(len);
+	if (r) {
+		r->data = (char *)(r + 1);
+		r->len = len;
+		if (len)
+			memcpy(r->data, data, len);
+	}
+	return r;
+}
+
 coil_ip_t *coil_channel_write(coil_channel_t *ch, const void *data, size_t len)
 {
-	struct iovec iov = {(void *)data, len};
-	return coil_channel_writev(ch, &iov, 1);
+	if (!ch || (!data && len))
+		return NULL;
+	writereq *r = wreq_copy(data, len);
+	return r ? write_submit(ch, r) : NULL;
+}
+
+int coil_channel_send(coil_channel_t *ch, const void *data, size_t len)
+{
+	if (!ch || (!data && len))
+		return -EINVAL;
+	writereq *r = wreq_copy(data, len);
+	return r ? send_submit(ch, r) : -ENOMEM;
+}
+
+int coil_channel_send_owned(coil_channel_t *ch, void *data, size_t len,
+			    void (*free_fn)(void *))
+{
+	if (!ch || (!data && len)) {
+		if (free_fn && data)
+			free_fn(data);
+		return -EINVAL;
+	}
+	writereq *r = wreq_alloc(0);
+	if (!r) {
+		if (free_fn)
+			free_fn(data);
+		return -ENOMEM;
+	}
+	r->data = data;
+	r->len = len;
+	r->free_fn = free_fn;
+	return send_submit(ch, r);
 }
 
 coil_ip_t *coil_channel_writev(coil_channel_t *ch, const struct iovec *iov,

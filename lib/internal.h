@@ -51,13 +51,50 @@ char *coil__strdup(const char *s);
  * call them directly (static link). */
 size_t coil__alloc_live(void);
 uint64_t coil__alloc_total(void);
+/* The calling thread's counts (alloc.c), here so that the caches above
+ * the seam count inline: written only by their thread (a relaxed load and
+ * store, no locked instruction); state 1 once listed for the readers. */
+struct coil__acount {
+	_Atomic uint64_t allocs, frees;
+	_Atomic uint64_t reused; /* of allocs: served by a cache (channel.c) */
+	struct coil__acount *next, **pprev;
+	int state; /* 0 unregistered, 1 listed, 2 thread exiting */
+};
+extern __thread struct coil__acount coil__tls_acount;
+/* A thread's first count (registers its record) or one made while it
+ * exits (goes to the shared remainder). */
+void coil__acount_slow(bool is_free, bool reused);
+
+static inline void coil__acount_bump(_Atomic uint64_t *c)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+			      memory_order_relaxed);
+}
+
 /* Counts an allocation (alloc) or a free that a cache above the seam made
  * without calling it, so the counters stay true. Calling thread. */
-void coil__alloc_counted(bool alloc);
+static inline void coil__alloc_counted(bool alloc)
+{
+	struct coil__acount *a = &coil__tls_acount;
+	if (coil__likely(a->state == 1))
+		coil__acount_bump(alloc ? &a->allocs : &a->frees);
+	else
+		coil__acount_slow(!alloc, false);
+}
+
 /* Counts an object a cache above the seam handed out again (channel.c's
  * request caches): live like an allocation, but not in coil__alloc_total,
  * which counts trips through the allocator. Calling thread. */
-void coil__alloc_reused(void);
+static inline void coil__alloc_reused(void)
+{
+	struct coil__acount *a = &coil__tls_acount;
+	if (coil__likely(a->state == 1)) {
+		coil__acount_bump(&a->allocs);
+		coil__acount_bump(&a->reused);
+	} else {
+		coil__acount_slow(false, true);
+	}
+}
 
 /* ---- doubly linked intrusive list */
 typedef struct coil__list {

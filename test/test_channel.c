@@ -694,6 +694,122 @@ static void test_peer_reset_during_write(void)
 	coil_channel_release(ch);
 }
 
+/* coil_channel_send / send_owned (no handle): the same queue, order and
+ * bounds as the writes with handles, results as -errno, and a send error
+ * told by the closed signal. */
+struct home_send {
+	coil_channel_t *ch;
+	int rc[3];
+};
+
+static void home_send_run(void *arg)
+{
+	struct home_send *h = arg;
+	h->rc[0] = coil_channel_send(h->ch, "home,", 5);
+	h->rc[1] = coil_channel_send_owned(h->ch, (void *)"owned,", 6, NULL);
+	h->rc[2] = coil_channel_send(h->ch, "", 0);
+}
+
+static void pipe_send_run(void *arg)
+{
+	struct home_send *h = arg;
+	h->rc[0] = coil_channel_send(h->ch, "x", 1);
+}
+
+static void close_send_run(void *arg)
+{
+	struct home_send *h = arg;
+	h->rc[0] = coil_channel_close(h->ch, 1);
+	h->rc[1] = coil_channel_send(h->ch, "x", 1);
+}
+
+static void test_send_without_handle(void)
+{
+	CU_ASSERT_EQUAL(coil_channel_send(NULL, "x", 1), -EINVAL);
+	atomic_store(&owned_freed, 0);
+	CU_ASSERT_EQUAL(coil_channel_send_owned(NULL, malloc(4), 4, owned_free),
+			-EINVAL);
+	CU_ASSERT_EQUAL(atomic_load(&owned_freed), 1);
+
+	/* Order across send, send_owned and write, from this thread and
+	 * from the home worker. */
+	int peer;
+	coil_channel_t *ch = pair(&peer);
+	CU_ASSERT_EQUAL(coil_channel_send(ch, NULL, 1), -EINVAL);
+	CU_ASSERT_EQUAL(coil_channel_send(ch, "", 0), 0);
+	CU_ASSERT_EQUAL(coil_channel_send(ch, "one,", 4), 0);
+	coil_ip_t *w = coil_channel_write(ch, "two,", 4);
+	char *three = strdup("three,");
+	CU_ASSERT_EQUAL(coil_channel_send_owned(ch, three, 6, owned_free), 0);
+	struct home_send h = {ch, {1, 1, 1}};
+	t_run_on(L, coil_channel_worker(ch), home_send_run, &h);
+	CU_ASSERT_EQUAL(h.rc[0], 0);
+	CU_ASSERT_EQUAL(h.rc[1], 0);
+	CU_ASSERT_EQUAL(h.rc[2], 0);
+	const char want[] = "one,two,three,home,owned,";
+	char got[sizeof(want)] = {0};
+	T_ASSERT_OK(t_read_exact(peer, got, sizeof(want) - 1));
+	CU_ASSERT_STRING_EQUAL(got, want);
+	T_ASSERT_OK(t_wait(w));
+	CU_ASSERT_EQUAL(coil_ip_int(w), 4);
+	coil_ip_unref(w);
+	for (int i = 0; i < 1000 && atomic_load(&owned_freed) < 2; i++)
+		usleep(1000);
+	CU_ASSERT_EQUAL(atomic_load(&owned_freed), 2);
+
+	/* A send error closes the channel (expected = 0); later sends get
+	 * -EBADF at once. */
+	struct sig s = {0};
+	T_ASSERT_OK(coil_channel_on_closed(ch, on_closed_cb, &s));
+	size_t big = 8u << 20;
+	T_ASSERT_OK(coil_channel_set_queue_size(ch, big));
+	char *data = calloc(1, big);
+	CU_ASSERT_EQUAL(coil_channel_send_owned(ch, data, big, owned_free), 0);
+	char buf[4096];
+	T_ASSERT_OK(t_read_exact(peer, buf, sizeof(buf)));
+	close(peer);
+	for (int i = 0; i < 5000 && !atomic_load(&s.closed); i++)
+		usleep(1000);
+	CU_ASSERT_EQUAL(atomic_load(&s.closed), 1);
+	CU_ASSERT_EQUAL(atomic_load(&s.expected), 0);
+	CU_ASSERT_EQUAL(atomic_load(&owned_freed), 3);
+	CU_ASSERT_EQUAL(coil_channel_send(ch, "x", 1), -EBADF);
+	CU_ASSERT_EQUAL(coil_channel_write_queue_used(ch), 0);
+	coil_channel_release(ch);
+
+	/* kaa's bound, exact on a channel without a descriptor: nothing
+	 * queued past queue_size; -EBADF after close. */
+	static char small[4097];
+	coil_channel_t *q;
+	T_ASSERT_OK(coil_channel_new(L, &q));
+	T_ASSERT_OK(coil_channel_set_queue_size(q, 4096));
+	CU_ASSERT_EQUAL(coil_channel_send(q, small, 4097), -ENOBUFS);
+	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 0);
+	CU_ASSERT_EQUAL(coil_channel_send(q, small, 4000), 0);
+	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 4000);
+	CU_ASSERT_EQUAL(coil_channel_send_owned(q, small, 97, NULL), -ENOBUFS);
+	CU_ASSERT_EQUAL(coil_channel_send_owned(q, small, 96, NULL), 0);
+	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 4096);
+	/* On the home worker the close takes effect at once (from another
+	 * thread, once it got there: a send before is dropped with the
+	 * queue, as a write's handle would fail then). */
+	struct home_send hq = {q, {1, 1, 1}};
+	t_run_on(L, coil_channel_worker(q), close_send_run, &hq);
+	CU_ASSERT_EQUAL(hq.rc[0], 0);
+	CU_ASSERT_EQUAL(hq.rc[1], -EBADF);
+	CU_ASSERT_EQUAL(coil_channel_write_queue_used(q), 0);
+	coil_channel_release(q);
+
+	/* On the home worker, a channel not open for writing is -EBADF. */
+	coil_channel_t *r, *pw;
+	T_ASSERT_OK(coil_channel_pipe(L, &r, &pw));
+	struct home_send hp = {r, {1, 1, 1}};
+	t_run_on(L, coil_channel_worker(r), pipe_send_run, &hp);
+	CU_ASSERT_EQUAL(hp.rc[0], -EBADF);
+	coil_channel_release(pw);
+	coil_channel_release(r);
+}
+
 /* Pipes: multishot read for the read end, writev for the write end; a
  * write to a pipe whose reader is gone fails with -EPIPE, no SIGPIPE. */
 static void test_pipe(void)
@@ -1157,6 +1273,7 @@ static const coil_test_t tests[] = {
 	{"close_immediate_in_flight", test_close_immediate_in_flight},
 	{"flow_control_8mib", test_flow_control_8mib},
 	{"peer_reset_during_write", test_peer_reset_during_write},
+	{"send_without_handle", test_send_without_handle},
 	{"pipe", test_pipe},
 	{"bufring_exhaustion", test_bufring_exhaustion},
 	{"foreign_thread_writes", test_foreign_thread_writes},

@@ -90,17 +90,9 @@ static int round_trip(const int *peers)
 	return rc;
 }
 
-/*
- * The worker's caches must hold what one turn frees: they held 64 blocks
- * per kind, so a turn that freed N > 64 write requests and write parts
- * sent the excess through the allocator, and the next turn allocated them
- * again (2 x (N - 64) heap allocations per round here; http_echo under
- * callgrind, where wrk's 100 connections pile up, 0.67 per request).
- * Steady state now costs at most the round's posted task.
- */
-static void test_many_connections_one_turn(void)
+/* chs[i] on one end of a socketpair, peers[i] the other (raw). */
+static void open_pairs(int *peers)
 {
-	static int peers[N];
 	for (int i = 0; i < N; i++) {
 		int sv[2];
 		CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC,
@@ -112,6 +104,20 @@ static void test_many_connections_one_turn(void)
 					      &chs[i]));
 		T_ASSERT_OK(coil_channel_on_closed(chs[i], nop_closed, NULL));
 	}
+}
+
+/*
+ * The worker's caches must hold what one turn frees: they held 64 blocks
+ * per kind, so a turn that freed N > 64 write requests and write parts
+ * sent the excess through the allocator, and the next turn allocated them
+ * again (2 x (N - 64) heap allocations per round here; http_echo under
+ * callgrind, where wrk's 100 connections pile up, 0.67 per request).
+ * Steady state now costs at most the round's posted task.
+ */
+static void test_many_connections_one_turn(void)
+{
+	static int peers[N];
+	open_pairs(peers);
 	/* Warm-up: caches filled. */
 	for (int r = 0; r < 3; r++)
 		CU_ASSERT_FATAL(round_trip(peers) == 0);
@@ -133,8 +139,51 @@ static void test_many_connections_one_turn(void)
 	}
 }
 
+/* On the worker, in one callback (nothing completes meanwhile): an
+ * answer to each of N / 2 idle channels with coil_channel_send and to the
+ * other half with coil_channel_write, counted in live allocations (a
+ * cache's reuse counts as one): a send makes its request and the
+ * channel's write part, no InProgress; a write makes the handle too. */
+size_t coil__alloc_live(void);
+static size_t sends_live, writes_live;
+
+static void send_then_write(void *arg)
+{
+	static const char msg[MSG] = "broadcast";
+	size_t l0 = coil__alloc_live();
+	for (int i = 0; i < N / 2; i++)
+		if (coil_channel_send(chs[i], msg, sizeof(msg)))
+			return;
+	size_t l1 = coil__alloc_live();
+	for (int i = N / 2; i < N; i++)
+		writes[i] = coil_channel_write(chs[i], msg, sizeof(msg));
+	size_t l2 = coil__alloc_live();
+	sends_live = l1 - l0;
+	writes_live = l2 - l1;
+}
+
+static void test_send_makes_no_handle(void)
+{
+	static int peers[N];
+	open_pairs(peers);
+	t_run_on(L, 0, send_then_write, NULL);
+	CU_ASSERT_EQUAL(sends_live, 2u * (N / 2));
+	CU_ASSERT_EQUAL(writes_live, 3u * (N / 2));
+	char in[MSG];
+	for (int i = 0; i < N; i++) {
+		CU_ASSERT_FATAL(read_full(peers[i], in, sizeof(in)) == 0);
+		CU_ASSERT(i < N / 2 ||
+			  (writes[i] && coil_ip_wait(writes[i], 10000) == 0));
+		coil_ip_unref(writes[i]);
+		writes[i] = NULL;
+		close(peers[i]);
+		coil_channel_release(chs[i]);
+	}
+}
+
 static const coil_test_t tests[] = {
 	{"many_connections_one_turn", test_many_connections_one_turn},
+	{"send_makes_no_handle", test_send_makes_no_handle},
 	{NULL, NULL},
 };
 
