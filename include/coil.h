@@ -458,7 +458,11 @@ COIL_EXTERN int coil_channel_pipe(coil_loop_t *loop, coil_channel_t **rd,
  * recvfrom on them). */
 COIL_EXTERN int coil_socketpair(coil_loop_t *loop, int domain, int type,
 				coil_socket_t **a, coil_socket_t **b);
-/* dup(2) of the descriptor as a new channel on the same home worker. */
+/* dup(2) of the descriptor as a new channel on the same home worker; the
+ * new descriptor belongs to the new channel (closed on its home worker after
+ * its release: a loop of dups and releases can run ahead of those closes and
+ * fill RLIMIT_NOFILE). -EMFILE when the table is full, -EBADF once ch is
+ * closed. Any thread. */
 COIL_EXTERN int coil_channel_dup(coil_channel_t *ch, coil_channel_t **out);
 /* kaa steal(): ch takes over other's descriptor (a dup of it) and every
  * byte other received and did not deliver, in order: its read queue, bytes
