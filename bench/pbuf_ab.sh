@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.." || exit 1
 B=build/rel
 R=${1:-10} C=${2:-300000}
 LGARGS=${LGARGS:---mode echo --conns 50 --size 4096 --depth 4}
-VARIANTS=${VARIANTS:-"noinc|0x40| inc64x32k|0| inc128x16k|0|--bufs,128x16384 inc64x16k|0|--bufs,64x16384"}
+VARIANTS=${VARIANTS:-"noinc|0| inc64x32k|0x40| inc128x16k|0x40|--bufs,128x16384 inc64x16k|0x40|--bufs,64x16384"}
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 port=19800

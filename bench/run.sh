@@ -47,8 +47,8 @@ HZ=$(getconf CLK_TCK)
 # turned off (COIL_LOOP_FLAGS, see docs/api.md), to measure what it brings;
 # coil_batch is coil with batched waits on (batch_wait_us, off by default);
 # coil_nofix and http_nofix are coil without its fixed file table;
-# coil_noinc is coil with whole-buffer receives (no incremental provided
-# buffer consumption, and the 8 MiB receive pool that goes with it).
+# coil_inc is coil with incremental provided buffer consumption (opt in,
+# COIL_LOOP_PBUF_INC) and the 2 MiB receive pool that goes with it.
 ECHO_SERVERS=(
 	"uring:$B/bench/uring_echo"
 	"epoll:$B/bench/epoll_echo"
@@ -56,7 +56,7 @@ ECHO_SERVERS=(
 	"coil:$B/examples/echo_server --host 127.0.0.1"
 	"coil_noreg:COIL_LOOP_FLAGS=0x8 $B/examples/echo_server --host 127.0.0.1"
 	"coil_nofix:COIL_LOOP_FLAGS=0x10 $B/examples/echo_server --host 127.0.0.1"
-	"coil_noinc:COIL_LOOP_FLAGS=0x40 $B/examples/echo_server --host 127.0.0.1"
+	"coil_inc:COIL_LOOP_FLAGS=0x40 $B/examples/echo_server --host 127.0.0.1"
 	"coil_batch:$B/examples/echo_server --host 127.0.0.1 --batch-wait $BATCH_WAIT"
 )
 # The relay scenario: the same bulk stream through bench/relay

@@ -95,9 +95,14 @@ typedef struct coil_loop_s coil_loop_t;
 /* Never use the kernel's min-wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12)
  * for batch_wait_us, as on kernels without it. */
 #define COIL_LOOP_NO_MIN_WAIT 0x20u
-/* Do not consume provided buffers incrementally (IOU_PBUF_RING_INC, Linux
- * 6.12): every receive takes a whole buffer, as on kernels without it. */
-#define COIL_LOOP_NO_PBUF_INC 0x40u
+/* Opt in to incremental consumption of provided buffers
+ * (IOU_PBUF_RING_INC, Linux 6.12): receives of all connections of a worker
+ * are packed into one buffer after another, so a 2 MiB pool serves what
+ * takes 8 MiB otherwise. Experimental, off by default: one randomised run
+ * in 63,538 delivered one wrong byte with it (docs/reliability.md F17, not
+ * yet explained), and no benchmark showed it faster. Without the flag, or
+ * on kernels without the feature, every receive takes a whole buffer. */
+#define COIL_LOOP_PBUF_INC 0x40u
 /* Do not cap multishot receives (sqe->len, Linux 6.16): without the cap a
  * receive that fills a buffer is followed at once by the next from the
  * same socket, up to 32 in a row; with it (buf_size bytes) a full receive
@@ -116,11 +121,11 @@ typedef struct coil_loop_opts_s {
 	unsigned cq_entries; /* CQ size per ring; 0 = 16 * sq_entries */
 	/* Receive buffers: one pool of buf_count buffers (a power of 2, at
 	 * most 32768) of buf_size bytes per worker, which every socket
-	 * receive of that worker fills. Where the kernel consumes them
-	 * incrementally (Linux 6.12, unless COIL_LOOP_NO_PBUF_INC) receives
-	 * of all connections are packed into one buffer after another, and
-	 * 0 means 64 x 32 KiB (2 MiB); otherwise each receive takes a whole
-	 * buffer, and 0 means 256 x 32 KiB (8 MiB). A receive that finds the
+	 * receive of that worker fills. Each receive takes a whole buffer,
+	 * and 0 means 256 x 32 KiB (8 MiB); with COIL_LOOP_PBUF_INC, where
+	 * the kernel consumes them incrementally (Linux 6.12), receives of
+	 * all connections are packed into one buffer after another, and 0
+	 * means 64 x 32 KiB (2 MiB). A receive that finds the
 	 * pool empty waits (retried at the end of the completion batch, no
 	 * byte is lost); a bigger pool makes that rarer, a smaller one keeps
 	 * the bytes in cache. */

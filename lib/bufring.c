@@ -14,7 +14,7 @@
  * the ring entry, coil__bufring_flush() publishes the new tail once per batch.
  *
  * Incremental consumption (IOU_PBUF_RING_INC, Linux 6.12), when the kernel
- * has it and COIL_LOOP_NO_PBUF_INC is not set: the kernel packs successive
+ * has it and COIL_LOOP_PBUF_INC asks for it (off by default, F17): the kernel packs successive
  * receives (of any connection) into the head buffer at increasing offsets
  * and takes the next buffer only once the head one is full, so a small pool
  * serves many connections (a smaller footprint for the kernel's copies; not
@@ -141,7 +141,7 @@ static int bufring_new(coil__worker *w, unsigned count, unsigned size,
 
 int coil__bufring_init(coil__worker *w, unsigned count, unsigned size)
 {
-	bool inc = !(w->loop->opts.flags & COIL_LOOP_NO_PBUF_INC);
+	bool inc = w->loop->opts.flags & COIL_LOOP_PBUF_INC;
 	return bufring_new(w, count, size, inc);
 }
 
@@ -165,13 +165,37 @@ char *coil__bufring_take(coil__worker *w, unsigned flags, int res)
 		return p;
 	}
 	p += r->off[bid];
-	if (res > 0)
-		r->off[bid] += (unsigned)res;
+	r->off[bid] += (unsigned)res;
 	if (flags & COIL__CQE_F_BUF_MORE)
 		r->refs[bid]++; /* the kernel keeps filling it */
 	else
 		r->out++; /* the kernel's hold passes to this completion */
 	return p;
+}
+
+/*
+ * A completion that names a buffer but carries no bytes (res <= 0): what
+ * the kernel did with the buffer depends on the result, not on the flags
+ * (io_kbuf_commit in io_uring/kbuf.c):
+ * - res < 0: nothing was committed; the buffer is still in the ring for
+ *   both kinds. Giving it back would put it in the ring twice.
+ * - res == 0, whole buffers: the ring's head moved past it (consumed):
+ *   it goes back.
+ * - res == 0, incremental: nothing was consumed, the buffer stays at the
+ *   ring's head at its current fill. Kernels before the fix "io_uring/kbuf:
+ *   don't consume buffer for a zero length transfer" (liburing issue 1553)
+ *   report it without IORING_CQE_F_BUF_MORE all the same; treating that as
+ *   the end of the kernel's hold put the buffer back at offset 0 while the
+ *   kernel kept filling it further on, so later completions showed stale
+ *   bytes (apiseq seed 8000049, an EOF with 512-byte buffers).
+ */
+void coil__bufring_unused(coil__worker *w, unsigned flags, int res)
+{
+	struct coil__bufring *r = w->bufring;
+	if (res != 0 || r->inc)
+		return;
+	r->out++;
+	coil__bufring_put(w, flags >> IORING_CQE_BUFFER_SHIFT);
 }
 
 void coil__bufring_put(coil__worker *w, unsigned bid)

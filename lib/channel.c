@@ -910,18 +910,16 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 	bool more = flags & IORING_CQE_F_MORE;
 	if (!more)
 		ch->recv_armed = false;
-	/* A provided buffer: this completion holds it until the put below
-	 * (or a zero-copy write's end). Incrementally consumed buffers also
-	 * come with res 0 (the kernel may name the one it stops at). */
+	/* A provided buffer with bytes: this completion holds it until the
+	 * put below (or a zero-copy write's end). One named without bytes
+	 * (an end of stream, an error) goes back only if the kernel consumed
+	 * it (coil__bufring_unused). */
 	unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 	char *buf = NULL;
-	if (flags & IORING_CQE_F_BUFFER) {
+	if ((flags & IORING_CQE_F_BUFFER) && res > 0)
 		buf = coil__bufring_take(ch->w, flags, res);
-		if (res <= 0) {
-			coil__bufring_put(ch->w, bid);
-			buf = NULL;
-		}
-	}
+	else if (flags & IORING_CQE_F_BUFFER)
+		coil__bufring_unused(ch->w, flags, res);
 	coil_channel_t *to = steal_to(ch);
 	if (res > 0 && to) {
 		/* Stolen: what the old receive still takes belongs to the

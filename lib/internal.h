@@ -371,11 +371,15 @@ extern unsigned coil__ftable_size_override;
 /* count/size 0: the defaults (which depend on incremental consumption). */
 int coil__bufring_init(coil__worker *w, unsigned count, unsigned size);
 void coil__bufring_free(coil__worker *w);
-/* A completion that carries IORING_CQE_F_BUFFER: where its res bytes are.
- * The completion then holds the buffer (bid = flags >> the buffer shift)
- * until coil__bufring_put(w, bid), which every such completion must get
- * exactly once (at once when res <= 0), after its bytes are used. */
+/* A completion that carries IORING_CQE_F_BUFFER and res > 0 bytes: where
+ * they are. The completion then holds the buffer (bid = flags >> the buffer
+ * shift) until coil__bufring_put(w, bid), which every such completion must
+ * get exactly once, after its bytes are used. */
 char *coil__bufring_take(coil__worker *w, unsigned flags, int res);
+/* A completion that carries IORING_CQE_F_BUFFER and res <= 0 (no bytes):
+ * gives the buffer back if, and only if, the kernel consumed it. Instead of
+ * take/put. */
+void coil__bufring_unused(coil__worker *w, unsigned flags, int res);
 /* Drops one hold on buffer bid; the last gives it back to the kernel (made
  * visible at the end of the batch). */
 void coil__bufring_put(coil__worker *w, unsigned bid);

@@ -1322,7 +1322,7 @@ static int normalise_opts(coil_loop_opts_t *o)
 	if (o->flags & ~(COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_COOP_TASKRUN |
 			 COIL_LOOP_NO_READ_MULTISHOT |
 			 COIL_LOOP_NO_REGISTERED_RING | COIL_LOOP_NO_MIN_WAIT |
-			 COIL_LOOP_NO_FIXED_FILES | COIL_LOOP_NO_PBUF_INC |
+			 COIL_LOOP_NO_FIXED_FILES | COIL_LOOP_PBUF_INC |
 			 COIL_LOOP_NO_RECV_CAP))
 		return OPT_BAD("flags 0x%x: unknown COIL_LOOP_* bits", o->flags);
 	if (o->batch_wait_us > 1000000)
