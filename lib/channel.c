@@ -2082,6 +2082,18 @@ static bool wq_reserve(coil_channel_t *ch, size_t len, size_t *used)
 	return true;
 }
 
+/* Queues r (its queue space reserved) on the home worker now, returning
+ * write_enqueue's result, or posts it there (0). */
+static int write_route(coil_channel_t *ch, writereq *r)
+{
+	if (coil__likely(on_home(ch)))
+		return write_enqueue(ch, r);
+	r->task.run = write_task_run;
+	coil__channel_get(ch);
+	coil__post(ch->w, &r->task);
+	return 0;
+}
+
 /*
  * Common path of every write: settle at once what can be settled (empty,
  * closed, queue full), else reserve queue space in the caller's thread, so
@@ -2118,13 +2130,7 @@ static coil_ip_t *write_submit(coil_channel_t *ch, writereq *r)
 	}
 	/* Set before anyone else sees ip, so an abort always finds it. */
 	coil_ip_set_abort(ip, write_abort, r);
-	if (on_home(ch)) {
-		write_enqueue(ch, r);
-	} else {
-		r->task.run = write_task_run;
-		coil__channel_get(ch);
-		coil__post(ch->w, &r->task);
-	}
+	write_route(ch, r); /* a refusal fails ip */
 	return ip;
 }
 
@@ -2146,14 +2152,8 @@ static int send_submit(coil_channel_t *ch, writereq *r)
 		err = -ENOTCONN;
 	else if (!wq_reserve(ch, r->len, &used))
 		err = -ENOBUFS;
-	else if (coil__likely(on_home(ch)))
-		return write_enqueue(ch, r);
-	else {
-		r->task.run = write_task_run;
-		coil__channel_get(ch);
-		coil__post(ch->w, &r->task);
-		return 0;
-	}
+	else
+		return write_route(ch, r);
 	wreq_free(r);
 	return err;
 }
