@@ -144,30 +144,63 @@ static void make_pipe(int p[2])
 	T_ASSERT_OK(pipe2(p, O_NONBLOCK | O_CLOEXEC));
 }
 
+/* What most tests share: a loop, a callback context, two pipes (p is the
+ * watched one, q a second) and a monitor on the context, not registered. */
+struct fx {
+	coil_loop_t *loop;
+	struct ctx c;
+	int p[2], q[2];
+	coil_monitor_t *m;
+};
+
+static void fx_open(struct fx *f, unsigned workers, int target, int action)
+{
+	f->loop = t_loop(workers);
+	ctx_init(&f->c, f->loop, target, action);
+	make_pipe(f->p);
+	make_pipe(f->q);
+	f->m = NULL;
+	T_ASSERT_OK(coil_monitor_new(f->loop, mon_cb, &f->c, &f->m));
+}
+
+/* Closes one of the fixture's descriptors early (fx_close skips it). */
+static void fx_closefd(int *fd)
+{
+	close(*fd);
+	*fd = -1;
+}
+
+/* Frees the monitor (unless the test did and set it NULL), then the loop,
+ * the handle and what is left of the pipes. */
+static void fx_close(struct fx *f)
+{
+	if (f->m)
+		coil_monitor_free(f->m);
+	T_ASSERT_OK(coil_loop_free(f->loop));
+	coil_ip_unref(f->c.ip);
+	for (int i = 0; i < 2; i++) {
+		if (f->p[i] >= 0)
+			close(f->p[i]);
+		if (f->q[i] >= 0)
+			close(f->q[i]);
+	}
+}
+
 static void test_readable_pipe(void)
 {
-	coil_loop_t *loop = t_loop(1);
-	struct ctx c;
-	ctx_init(&c, loop, 1, ACT_DRAIN);
-	int p[2];
-	make_pipe(p);
-	coil_monitor_t *m = NULL;
-	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-	CU_ASSERT_EQUAL(coil_monitor_active(m), 0);
-	T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
-	CU_ASSERT_EQUAL(coil_monitor_active(m), 1);
-	T_ASSERT_OK(t_write_all(p[1], "x", 1));
-	T_ASSERT_OK(t_wait(c.ip));
-	CU_ASSERT_EQUAL(atomic_load(&c.events), COIL_IO_READ);
-	CU_ASSERT_EQUAL(atomic_load(&c.last_fd), p[0]);
-	CU_ASSERT_EQUAL(atomic_load(&c.worker), 0);
-	CU_ASSERT_EQUAL(atomic_load(&c.wrong_worker), 0);
-	CU_ASSERT_EQUAL(atomic_load(&c.last_err), 0);
-	coil_monitor_free(m);
-	T_ASSERT_OK(coil_loop_free(loop));
-	coil_ip_unref(c.ip);
-	close(p[0]);
-	close(p[1]);
+	struct fx f;
+	fx_open(&f, 1, 1, ACT_DRAIN);
+	CU_ASSERT_EQUAL(coil_monitor_active(f.m), 0);
+	T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
+	CU_ASSERT_EQUAL(coil_monitor_active(f.m), 1);
+	T_ASSERT_OK(t_write_all(f.p[1], "x", 1));
+	T_ASSERT_OK(t_wait(f.c.ip));
+	CU_ASSERT_EQUAL(atomic_load(&f.c.events), COIL_IO_READ);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.last_fd), f.p[0]);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.worker), 0);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.wrong_worker), 0);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.last_err), 0);
+	fx_close(&f);
 }
 
 static void test_writable_socket(void)
@@ -211,32 +244,23 @@ static void test_writable_socket(void)
  * triggered). Drained on call 5: it stops. */
 static void test_level_triggered(void)
 {
-	coil_loop_t *loop = t_loop(1);
-	struct ctx c;
-	ctx_init(&c, loop, 5, ACT_NONE);
-	c.drain_at = 5;
-	int p[2];
-	make_pipe(p);
-	T_ASSERT_OK(t_write_all(p[1], "z", 1));
-	coil_monitor_t *m = NULL;
-	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-	T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
-	T_ASSERT_OK(t_wait(c.ip));
-	round_trips(loop, 0, 5);
-	CU_ASSERT_EQUAL(atomic_load(&c.calls), 5);
-	CU_ASSERT_EQUAL(coil_monitor_active(m), 1);
+	struct fx f;
+	fx_open(&f, 1, 5, ACT_NONE);
+	f.c.drain_at = 5;
+	T_ASSERT_OK(t_write_all(f.p[1], "z", 1));
+	T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
+	T_ASSERT_OK(t_wait(f.c.ip));
+	round_trips(f.loop, 0, 5);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.calls), 5);
+	CU_ASSERT_EQUAL(coil_monitor_active(f.m), 1);
 	/* New data: fires again (edge after a quiet period). */
-	ctx_next(&c, 6, ACT_DRAIN);
-	T_ASSERT_OK(t_write_all(p[1], "w", 1));
-	T_ASSERT_OK(t_wait(c.ip));
-	round_trips(loop, 0, 3);
-	CU_ASSERT_EQUAL(atomic_load(&c.calls), 6);
-	CU_ASSERT_EQUAL(atomic_load(&c.wrong_worker), 0);
-	coil_monitor_free(m);
-	T_ASSERT_OK(coil_loop_free(loop));
-	coil_ip_unref(c.ip);
-	close(p[0]);
-	close(p[1]);
+	ctx_next(&f.c, 6, ACT_DRAIN);
+	T_ASSERT_OK(t_write_all(f.p[1], "w", 1));
+	T_ASSERT_OK(t_wait(f.c.ip));
+	round_trips(f.loop, 0, 3);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.calls), 6);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.wrong_worker), 0);
+	fx_close(&f);
 }
 
 static void noop_cb(coil_monitor_t *m, int fd, int events, void *ud)
@@ -300,76 +324,55 @@ static void test_bad_args(void)
  * the home worker), new data brings no callback. */
 static void test_unregister_stops(void)
 {
-	coil_loop_t *loop = t_loop(1);
-	struct ctx c;
-	ctx_init(&c, loop, 1, ACT_DRAIN);
-	int p[2];
-	make_pipe(p);
-	coil_monitor_t *m = NULL;
-	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-	T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
-	T_ASSERT_OK(t_write_all(p[1], "a", 1));
-	T_ASSERT_OK(t_wait(c.ip));
-	T_ASSERT_OK(coil_monitor_unregister(m));
-	CU_ASSERT_EQUAL(coil_monitor_active(m), 0);
-	round_trips(loop, 0, 2);
-	int before = atomic_load(&c.calls);
-	T_ASSERT_OK(t_write_all(p[1], "bcd", 3));
-	round_trips(loop, 0, 5);
-	CU_ASSERT_EQUAL(atomic_load(&c.calls), before);
+	struct fx f;
+	fx_open(&f, 1, 1, ACT_DRAIN);
+	T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
+	T_ASSERT_OK(t_write_all(f.p[1], "a", 1));
+	T_ASSERT_OK(t_wait(f.c.ip));
+	T_ASSERT_OK(coil_monitor_unregister(f.m));
+	CU_ASSERT_EQUAL(coil_monitor_active(f.m), 0);
+	round_trips(f.loop, 0, 2);
+	int before = atomic_load(&f.c.calls);
+	T_ASSERT_OK(t_write_all(f.p[1], "bcd", 3));
+	round_trips(f.loop, 0, 5);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.calls), before);
 	/* The data is still there: nobody read it. */
 	char buf[8];
-	CU_ASSERT_EQUAL(read(p[0], buf, sizeof(buf)), 3);
-	coil_monitor_free(m);
-	T_ASSERT_OK(coil_loop_free(loop));
-	coil_ip_unref(c.ip);
-	close(p[0]);
-	close(p[1]);
+	CU_ASSERT_EQUAL(read(f.p[0], buf, sizeof(buf)), 3);
+	fx_close(&f);
 }
 
 /* Re-register right after unregister, before the old poll's cancellation
  * can have completed, on the same fd and then on another one. */
 static void test_reregister(void)
 {
-	coil_loop_t *loop = t_loop(1);
-	struct ctx c;
-	ctx_init(&c, loop, 1, ACT_DRAIN);
-	int p[2], q[2];
-	make_pipe(p);
-	make_pipe(q);
-	coil_monitor_t *m = NULL;
-	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-	T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
-	T_ASSERT_OK(t_write_all(p[1], "1", 1));
-	T_ASSERT_OK(t_wait(c.ip));
+	struct fx f;
+	fx_open(&f, 1, 1, ACT_DRAIN);
+	T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
+	T_ASSERT_OK(t_write_all(f.p[1], "1", 1));
+	T_ASSERT_OK(t_wait(f.c.ip));
 
 	for (int i = 0; i < 20; i++) {
-		T_ASSERT_OK(coil_monitor_unregister(m));
-		T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
+		T_ASSERT_OK(coil_monitor_unregister(f.m));
+		T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
 	}
-	ctx_next(&c, atomic_load(&c.calls) + 1, ACT_DRAIN);
-	T_ASSERT_OK(t_write_all(p[1], "2", 1));
-	T_ASSERT_OK(t_wait(c.ip));
-	CU_ASSERT_EQUAL(atomic_load(&c.last_fd), p[0]);
+	ctx_next(&f.c, atomic_load(&f.c.calls) + 1, ACT_DRAIN);
+	T_ASSERT_OK(t_write_all(f.p[1], "2", 1));
+	T_ASSERT_OK(t_wait(f.c.ip));
+	CU_ASSERT_EQUAL(atomic_load(&f.c.last_fd), f.p[0]);
 
-	T_ASSERT_OK(coil_monitor_unregister(m));
-	T_ASSERT_OK(coil_monitor_register(m, q[0], COIL_IO_READ));
-	ctx_next(&c, atomic_load(&c.calls) + 1, ACT_DRAIN);
-	T_ASSERT_OK(t_write_all(q[1], "3", 1));
-	T_ASSERT_OK(t_wait(c.ip));
-	CU_ASSERT_EQUAL(atomic_load(&c.last_fd), q[0]);
+	T_ASSERT_OK(coil_monitor_unregister(f.m));
+	T_ASSERT_OK(coil_monitor_register(f.m, f.q[0], COIL_IO_READ));
+	ctx_next(&f.c, atomic_load(&f.c.calls) + 1, ACT_DRAIN);
+	T_ASSERT_OK(t_write_all(f.q[1], "3", 1));
+	T_ASSERT_OK(t_wait(f.c.ip));
+	CU_ASSERT_EQUAL(atomic_load(&f.c.last_fd), f.q[0]);
 	/* The old fd is no longer watched. */
-	int before = atomic_load(&c.calls);
-	T_ASSERT_OK(t_write_all(p[1], "4", 1));
-	round_trips(loop, 0, 4);
-	CU_ASSERT_EQUAL(atomic_load(&c.calls), before);
-	coil_monitor_free(m);
-	T_ASSERT_OK(coil_loop_free(loop));
-	coil_ip_unref(c.ip);
-	close(p[0]);
-	close(p[1]);
-	close(q[0]);
-	close(q[1]);
+	int before = atomic_load(&f.c.calls);
+	T_ASSERT_OK(t_write_all(f.p[1], "4", 1));
+	round_trips(f.loop, 0, 4);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.calls), before);
+	fx_close(&f);
 }
 
 struct pair_args {
@@ -440,125 +443,92 @@ static void test_unregister_other_in_callback(void)
 /* Unregister and re-register to another fd from inside the callback. */
 static void test_switch_in_callback(void)
 {
-	coil_loop_t *loop = t_loop(1);
-	struct ctx c;
-	ctx_init(&c, loop, 2, ACT_SWITCH);
-	int p[2], q[2];
-	make_pipe(p);
-	make_pipe(q);
-	c.switch_fd = q[0];
-	coil_monitor_t *m = NULL;
-	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-	T_ASSERT_OK(t_write_all(p[1], "p", 1));
-	T_ASSERT_OK(t_write_all(q[1], "q", 1));
-	T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
-	T_ASSERT_OK(t_wait(c.ip));
-	CU_ASSERT_EQUAL(atomic_load(&c.switch_rc), 0);
-	CU_ASSERT_EQUAL(atomic_load(&c.last_fd), q[0]);
-	round_trips(loop, 0, 3);
+	struct fx f;
+	fx_open(&f, 1, 2, ACT_SWITCH);
+	f.c.switch_fd = f.q[0];
+	T_ASSERT_OK(t_write_all(f.p[1], "p", 1));
+	T_ASSERT_OK(t_write_all(f.q[1], "q", 1));
+	T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
+	T_ASSERT_OK(t_wait(f.c.ip));
+	CU_ASSERT_EQUAL(atomic_load(&f.c.switch_rc), 0);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.last_fd), f.q[0]);
+	round_trips(f.loop, 0, 3);
 	/* p still holds its unread byte, but p is not watched any more. */
-	CU_ASSERT_EQUAL(atomic_load(&c.calls), 2);
-	coil_monitor_free(m);
-	T_ASSERT_OK(coil_loop_free(loop));
-	coil_ip_unref(c.ip);
-	close(p[0]);
-	close(p[1]);
-	close(q[0]);
-	close(q[1]);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.calls), 2);
+	fx_close(&f);
 }
 
 /* Free from inside the callback with data left unread (the level re-check
  * would fire again): exactly one call, and ASan sees no use after free. */
 static void test_free_in_callback(void)
 {
-	coil_loop_t *loop = t_loop(1);
-	struct ctx c;
-	ctx_init(&c, loop, 1, ACT_FREE);
-	int p[2];
-	make_pipe(p);
-	coil_monitor_t *m = NULL;
-	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-	T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
-	T_ASSERT_OK(t_write_all(p[1], "f", 1));
-	T_ASSERT_OK(t_wait(c.ip));
-	T_ASSERT_OK(t_write_all(p[1], "g", 1));
-	round_trips(loop, 0, 5);
-	CU_ASSERT_EQUAL(atomic_load(&c.calls), 1);
-	T_ASSERT_OK(coil_loop_free(loop));
-	coil_ip_unref(c.ip);
-	close(p[0]);
-	close(p[1]);
+	struct fx f;
+	fx_open(&f, 1, 1, ACT_FREE);
+	T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
+	T_ASSERT_OK(t_write_all(f.p[1], "f", 1));
+	T_ASSERT_OK(t_wait(f.c.ip));
+	f.m = NULL; /* freed by the callback */
+	T_ASSERT_OK(t_write_all(f.p[1], "g", 1));
+	round_trips(f.loop, 0, 5);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.calls), 1);
+	fx_close(&f);
 }
 
 /* Free while the poll is in flight, from this thread, then at once free the
  * loop; and a second monitor freed with no round trip at all. */
 static void test_free_inflight(void)
 {
-	coil_loop_t *loop = t_loop(1);
-	struct ctx c;
-	ctx_init(&c, loop, 1, ACT_DRAIN);
-	int p[2];
-	make_pipe(p);
-	coil_monitor_t *m = NULL;
-	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-	T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
-	round_trips(loop, 0, 2); /* the poll is armed now */
-	coil_monitor_free(m);
-	T_ASSERT_OK(t_write_all(p[1], "x", 1));
-	round_trips(loop, 0, 3);
-	CU_ASSERT_EQUAL(atomic_load(&c.calls), 0);
+	struct fx f;
+	fx_open(&f, 1, 1, ACT_DRAIN);
+	T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
+	round_trips(f.loop, 0, 2); /* the poll is armed now */
+	coil_monitor_free(f.m);
+	T_ASSERT_OK(t_write_all(f.p[1], "x", 1));
+	round_trips(f.loop, 0, 3);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.calls), 0);
 
 	for (int i = 0; i < 50; i++) {
-		T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-		T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
-		coil_monitor_free(m);
+		T_ASSERT_OK(coil_monitor_new(f.loop, mon_cb, &f.c, &f.m));
+		T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
+		coil_monitor_free(f.m);
 	}
-	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-	T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
-	coil_monitor_free(m);
-	T_ASSERT_OK(coil_loop_free(loop));
-	coil_ip_unref(c.ip);
-	close(p[0]);
-	close(p[1]);
+	/* The last one is freed by fx_close, right before the loop. */
+	T_ASSERT_OK(coil_monitor_new(f.loop, mon_cb, &f.c, &f.m));
+	T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
+	fx_close(&f);
 }
 
 /* A hung-up pipe reads as READ (EOF); an fd that is not open fails the poll
  * with -EBADF and leaves the monitor unregistered. */
 static void test_hup_and_bad_fd(void)
 {
-	coil_loop_t *loop = t_loop(1);
-	struct ctx c;
-	ctx_init(&c, loop, 1, ACT_UNREGISTER);
-	int p[2];
-	make_pipe(p);
-	coil_monitor_t *m = NULL;
-	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-	T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
+	struct fx f;
+	fx_open(&f, 1, 1, ACT_UNREGISTER);
+	coil_loop_t *loop = f.loop;
+	T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
 	round_trips(loop, 0, 1);
-	close(p[1]);
-	T_ASSERT_OK(t_wait(c.ip));
-	CU_ASSERT_EQUAL(atomic_load(&c.events), COIL_IO_READ);
-	CU_ASSERT_EQUAL(atomic_load(&c.last_err), 0);
+	fx_closefd(&f.p[1]);
+	T_ASSERT_OK(t_wait(f.c.ip));
+	CU_ASSERT_EQUAL(atomic_load(&f.c.events), COIL_IO_READ);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.last_err), 0);
 	round_trips(loop, 0, 3);
-	CU_ASSERT_EQUAL(atomic_load(&c.calls), 1);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.calls), 1);
 
 	/* A write-only monitor on a pipe whose reader has gone hears it. */
-	int q[2];
-	make_pipe(q);
 	struct ctx cw;
 	ctx_init(&cw, loop, 1, ACT_UNREGISTER);
 	coil_monitor_t *mw = NULL;
 	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &cw, &mw));
-	close(q[0]);
-	T_ASSERT_OK(coil_monitor_register(mw, q[1], COIL_IO_WRITE));
+	fx_closefd(&f.q[0]);
+	T_ASSERT_OK(coil_monitor_register(mw, f.q[1], COIL_IO_WRITE));
 	T_ASSERT_OK(t_wait(cw.ip));
 	CU_ASSERT_EQUAL(atomic_load(&cw.events), COIL_IO_WRITE);
-	close(q[1]);
+	fx_closefd(&f.q[1]);
 
 	/* A closed descriptor number. */
 	struct ctx cb;
 	ctx_init(&cb, loop, 1, ACT_NONE);
-	int bad = dup(p[0]);
+	int bad = dup(f.p[0]);
 	CU_ASSERT_FATAL(bad >= 0);
 	close(bad);
 	coil_monitor_t *mb = NULL;
@@ -582,15 +552,12 @@ static void test_hup_and_bad_fd(void)
 	CU_ASSERT_EQUAL(atomic_load(&cf.calls), 1);
 	coil_ip_unref(cf.ip);
 	/* Usable again afterwards. */
-	T_ASSERT_OK(coil_monitor_register(mb, p[0], COIL_IO_READ));
+	T_ASSERT_OK(coil_monitor_register(mb, f.p[0], COIL_IO_READ));
 	coil_monitor_free(mb);
 	coil_monitor_free(mw);
-	coil_monitor_free(m);
-	T_ASSERT_OK(coil_loop_free(loop));
-	coil_ip_unref(c.ip);
+	fx_close(&f);
 	coil_ip_unref(cw.ip);
 	coil_ip_unref(cb.ip);
-	close(p[0]);
 }
 
 /* The loop is freed with monitors still registered and never freed: one
@@ -732,32 +699,23 @@ static void *toggle_thread(void *arg)
 
 static void test_toggle_race(void)
 {
-	coil_loop_t *loop = t_loop(2);
-	struct ctx c;
-	ctx_init(&c, loop, 1000000, ACT_NONE);
-	int p[2];
-	make_pipe(p);
-	T_ASSERT_OK(t_write_all(p[1], "r", 1)); /* stays unread: level fires */
-	coil_monitor_t *m = NULL;
-	T_ASSERT_OK(coil_monitor_new(loop, mon_cb, &c, &m));
-	struct toggle_args a = {.m = m, .fd = p[0]};
+	struct fx f;
+	fx_open(&f, 2, 1000000, ACT_NONE);
+	T_ASSERT_OK(t_write_all(f.p[1], "r", 1)); /* stays unread: level fires */
+	struct toggle_args a = {.m = f.m, .fd = f.p[0]};
 	pthread_t th[3];
 	for (int i = 0; i < 3; i++)
 		T_ASSERT_OK(pthread_create(&th[i], NULL, toggle_thread, &a));
 	for (int i = 0; i < 3; i++)
 		pthread_join(th[i], NULL);
 	CU_ASSERT_EQUAL(atomic_load(&a.ok), 3 * 2000);
-	CU_ASSERT_EQUAL(atomic_load(&c.wrong_worker), 0);
-	CU_ASSERT_EQUAL(coil_monitor_active(m), 0);
+	CU_ASSERT_EQUAL(atomic_load(&f.c.wrong_worker), 0);
+	CU_ASSERT_EQUAL(coil_monitor_active(f.m), 0);
 	/* Still works after the storm. */
-	ctx_next(&c, atomic_load(&c.calls) + 1, ACT_UNREGISTER);
-	T_ASSERT_OK(coil_monitor_register(m, p[0], COIL_IO_READ));
-	T_ASSERT_OK(t_wait(c.ip));
-	coil_monitor_free(m);
-	T_ASSERT_OK(coil_loop_free(loop));
-	coil_ip_unref(c.ip);
-	close(p[0]);
-	close(p[1]);
+	ctx_next(&f.c, atomic_load(&f.c.calls) + 1, ACT_UNREGISTER);
+	T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
+	T_ASSERT_OK(t_wait(f.c.ip));
+	fx_close(&f);
 }
 
 static const coil_test_t tests[] = {
