@@ -451,10 +451,17 @@ static void consume(struct conn *c, size_t n)
 
 static void process(struct conn *c);
 
+/* now_ms() when the callback that runs process() began (on_read,
+ * drained): the times process() records (a request's start, its body's)
+ * read it instead of the clock, once per read rather than three times
+ * per request. */
+static __thread uint64_t cb_ms;
+
 /* The drained signal: never after on_closed (which releases the
  * channel), so c is alive. */
 static void drained(coil_channel_t *ch, void *ud)
 {
+	cb_ms = now_ms();
 	process(ud);
 }
 
@@ -544,7 +551,7 @@ static bool start_request(struct conn *c, const struct http_request *req,
 				c->ch, (void *)"HTTP/1.1 100 Continue\r\n\r\n", 25,
 				NULL));
 	}
-	c->body_start = now_ms();
+	c->body_start = cb_ms;
 	c->state = ST_BODY;
 	return true;
 }
@@ -558,7 +565,7 @@ static void process(struct conn *c)
 			if (!c->in_len || backlogged(c))
 				return;
 			if (!c->req_start)
-				c->req_start = now_ms();
+				c->req_start = cb_ms;
 			/* The parsed request lives on the stack: a connection
 			 * keeps only what framing and the answer need. */
 			struct http_request req;
@@ -634,7 +641,7 @@ static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
 	struct conn *c = ud;
 	if (c->state == ST_CLOSING)
 		return;
-	c->last_active = now_ms();
+	c->last_active = cb_ms = now_ms();
 	/* Bound what waits unparsed: a head longer than the limit is refused
 	 * by the parser; body bytes are consumed as they come; requests
 	 * waiting behind unread answers are capped. */
