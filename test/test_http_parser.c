@@ -222,6 +222,55 @@ static void test_first_look_equals_search(void)
 	CU_ASSERT_EQUAL(differ, 0);
 }
 
+/* Header names are matched case-insensitively, exactly: "Host" and
+ * "Content-Length" with each byte in turn replaced by every byte value are
+ * recognised when it is the literal's byte in either case (a non-tchar
+ * byte is 400, a colon makes a shorter name, an LF first ends the head),
+ * never for another byte that differs from it by 0x20 only ('-' and CR,
+ * '^' and '~'). */
+static void test_header_names_exact(void)
+{
+	static const char *const names[] = {"host", "content-length"};
+	char s[128];
+	int bad = 0;
+
+	for (int j = 0; j < 2; j++) {
+		size_t n = strlen(names[j]);
+		for (size_t i = 0; i < n; i++) {
+			for (int b = 0; b < 256; b++) {
+				char name[32];
+				struct http_request r;
+				memcpy(name, names[j], n + 1);
+				int len = snprintf(s, sizeof(s),
+						   "GET / HTTP/1.0\r\n%s: 0\r\n\r\n",
+						   name);
+				s[16 + i] = (char)b;
+				int rc = http_parse_request(s, (size_t)len, 0, &r,
+							    &lim);
+				bool tok = (b >= 'a' && b <= 'z') ||
+					   (b >= 'A' && b <= 'Z') ||
+					   (b >= '0' && b <= '9') ||
+					   (b && strchr("!#$%&'*+-.^_`|~", b));
+				bool same = b == names[j][i] ||
+					    b == names[j][i] - ('a' - 'A');
+				bool hit = j == 0 ? rc > 0 && r.host != NULL
+						  : rc > 0 && r.content_length == 0;
+				if (b == ':' && i > 0) /* a shorter name */
+					tok = true, same = false;
+				if (b == '\n' && i == 0) /* the head's end */
+					continue;
+				if (!tok ? rc != HTTP_ERR_BAD
+					 : rc != len || hit != same) {
+					fprintf(stderr, "%s[%zu] = 0x%02x: %d\n",
+						names[j], i, b, rc);
+					bad++;
+				}
+			}
+		}
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+}
+
 static void test_pipelined(void)
 {
 	const char *s = "POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
@@ -719,6 +768,7 @@ static const coil_test_t tests[] = {
 	{"header_views", test_header_views},
 	{"values_every_byte", test_values_every_byte},
 	{"first_look_equals_search", test_first_look_equals_search},
+	{"header_names_exact", test_header_names_exact},
 	{"pipelined", test_pipelined},
 	{"bytewise_equals_whole", test_bytewise_equals_whole},
 	{"truncated_at_guard_page", test_truncated_at_guard_page},

@@ -101,9 +101,25 @@ static bool next_element(const char *v, size_t n, size_t *pos,
 	return true;
 }
 
+/*
+ * A header name (tchar bytes only) against a literal of n lower-case letters
+ * and '-', ieq's answer without its per-byte case test: on those bytes
+ * setting bit 0x20 is lower(). The only tchar bytes it turns into a letter
+ * are that letter in either case, and none into '-' but '-' (0x0d, CR, is
+ * not a tchar).
+ */
+static bool name_eq(const char *s, const char *lit, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (((unsigned char)s[i] | 0x20) != (unsigned char)lit[i])
+			return false;
+	return true;
+}
+
 /* A header name against a lower-case literal, the length first. */
 #define NAME_IS(h, lit)                                                        \
-	((h)->name_len == sizeof(lit) - 1 && ieq((h)->name, (h)->name_len, lit))
+	((h)->name_len == sizeof(lit) - 1 &&                                   \
+	 name_eq((h)->name, lit, sizeof(lit) - 1))
 
 static bool all_tchar(const char *s, size_t n)
 {
