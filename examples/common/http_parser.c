@@ -215,7 +215,8 @@ static int eat_eol(const char **p)
 
 /*
  * Parses a complete head buf[0..end), whose request line (method already
- * checked) starts at buf + start and whose last line is the blank one, and
+ * checked, the space after it at buf + sp) starts at buf + start and whose
+ * last line is the blank one, and
  * returns its length (end) or an HTTP_ERR_* code. Every line in it ends in
  * LF, which is what keeps the byte-wise scans below inside the buffer
  * without a length check per byte.
@@ -226,7 +227,7 @@ static int eat_eol(const char **p)
  * before it parses. Any other result (an error, HTTP_INCOMPLETE when the
  * bytes ran out first) means only that this shortcut did not apply.
  */
-static int parse_head(const char *buf, size_t start, size_t end,
+static int parse_head(const char *buf, size_t start, size_t sp, size_t end,
 		      bool open_end, struct http_request *req,
 		      const struct http_limits *lim)
 {
@@ -251,9 +252,8 @@ static int parse_head(const char *buf, size_t start, size_t end,
 
 	/* method SP target SP HTTP-version EOL, single spaces. */
 	req->method = p;
-	while (*p != ' ')
-		p++;
-	req->method_len = (size_t)(p - req->method);
+	req->method_len = sp - start;
+	p = buf + sp;
 	req->target = ++p;
 	while ((unsigned char)*p > 0x20 && (unsigned char)*p < 0x7f)
 		p++;
@@ -395,23 +395,23 @@ int http_parse_request(const char *buf, size_t len, size_t last_len,
 		return HTTP_ERR_BAD;
 
 	/*
-	 * The blank line is an LF followed by LF or CRLF. A previous call that
-	 * saw last_len bytes found none ending inside them, so a match can only
-	 * start in its last two bytes or later. It cannot start before the
-	 * space after the method either: no LF was there.
-	 */
-	/*
 	 * First look at bytes that end in LF (a whole request in one read,
 	 * the common case): parse straight to the first blank line, which is
 	 * the one the search below would find, so a success is its answer;
 	 * anything else, and every later look, takes the search.
 	 */
 	if (!last_len && buf[win - 1] == '\n') {
-		int rc = parse_head(buf, m0, win, true, req, lim);
+		int rc = parse_head(buf, m0, i, win, true, req, lim);
 
 		if (rc > 0)
 			return rc;
 	}
+	/*
+	 * The blank line is an LF followed by LF or CRLF. A previous call that
+	 * saw last_len bytes found none ending inside them, so a match can only
+	 * start in its last two bytes or later. It cannot start before the
+	 * space after the method either: no LF was there.
+	 */
 	if (last_len > len)
 		last_len = len;
 	from = last_len > 3 ? last_len - 3 : 0;
@@ -425,9 +425,9 @@ int http_parse_request(const char *buf, size_t len, size_t last_len,
 			break;
 		p = (size_t)(lf - buf);
 		if (p + 1 < win && buf[p + 1] == '\n')
-			return parse_head(buf, m0, p + 2, false, req, lim);
+			return parse_head(buf, m0, i, p + 2, false, req, lim);
 		if (p + 2 < win && buf[p + 1] == '\r' && buf[p + 2] == '\n')
-			return parse_head(buf, m0, p + 3, false, req, lim);
+			return parse_head(buf, m0, i, p + 3, false, req, lim);
 		from = p + 1;
 	}
 	/* A full window without a line end holds only the request line: its
