@@ -90,10 +90,10 @@ static int round_trip(const int *peers)
 	return rc;
 }
 
-/* chs[i] on one end of a socketpair, peers[i] the other (raw). */
-static void open_pairs(int *peers)
+/* ch[i] on one end of a socketpair, peers[i] the other (raw), n of them. */
+static void open_n_pairs(coil_channel_t **ch, int *peers, int n)
 {
-	for (int i = 0; i < N; i++) {
+	for (int i = 0; i < n; i++) {
 		int sv[2];
 		CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC,
 					   0, sv) == 0);
@@ -101,9 +101,14 @@ static void open_pairs(int *peers)
 		setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 		peers[i] = sv[1];
 		T_ASSERT_OK(coil_channel_wrap(L, sv[0], COIL_IO_READ | COIL_IO_WRITE,
-					      &chs[i]));
-		T_ASSERT_OK(coil_channel_on_closed(chs[i], nop_closed, NULL));
+					      &ch[i]));
+		T_ASSERT_OK(coil_channel_on_closed(ch[i], nop_closed, NULL));
 	}
+}
+
+static void open_pairs(int *peers)
+{
+	open_n_pairs(chs, peers, N);
 }
 
 /*
@@ -213,17 +218,7 @@ static void send_after_close(void *arg)
 static void test_send_inline_one_at_a_time(void)
 {
 	int peers[NB];
-	for (int i = 0; i < NB; i++) {
-		int sv[2];
-		CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC,
-					   0, sv) == 0);
-		struct timeval tv = {.tv_sec = 10};
-		setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-		peers[i] = sv[1];
-		T_ASSERT_OK(coil_channel_wrap(L, sv[0], COIL_IO_READ | COIL_IO_WRITE,
-					      &busy_ch[i]));
-		T_ASSERT_OK(coil_channel_on_closed(busy_ch[i], nop_closed, NULL));
-	}
+	open_n_pairs(busy_ch, peers, NB);
 	busy_live = SIZE_MAX;
 	t_run_on(L, 0, send_twice, NULL);
 	CU_ASSERT_EQUAL(busy_live, 2u * NB);
