@@ -265,6 +265,9 @@ static void conn_close(struct conn *c)
  * rebuilt once a second, per worker thread (a 200 is the one
  * answer worth keeping printf out of: it costs more than the rest of a
  * small request). */
+static __thread char hello_buf[192]; /* see hello_answer */
+static __thread size_t hello_len;
+
 static size_t ok_prefix(const char **out)
 {
 	static __thread time_t sec = -1;
@@ -276,10 +279,25 @@ static size_t ok_prefix(const char **out)
 				       "HTTP/1.1 200 OK\r\nDate: %s\r\n"
 				       "Content-Type: text/plain\r\nContent-Length: ",
 				       http_date());
+		memcpy(hello_buf, buf, len);
+		memcpy(hello_buf + len, "6\r\n\r\nhello\n", 11);
+		hello_len = len + 11;
 		sec = t;
 	}
 	*out = buf;
 	return len;
+}
+
+/* The whole answer to a GET /hello that keeps an HTTP/1.1 connection
+ * open (the common request), rebuilt with ok_prefix: the same bytes
+ * head_fmt and respond would put together, without putting them together
+ * per request. */
+static size_t hello_answer(const char **out)
+{
+	const char *pre;
+	ok_prefix(&pre);
+	*out = hello_buf;
+	return hello_len;
 }
 
 /* The status line and headers of an answer with a body of clen bytes.
@@ -340,7 +358,11 @@ static void respond(struct conn *c)
 {
 	bool keep = c->keep_alive && !atomic_load(&stopping);
 	size_t blen = c->hello ? 6 : c->head_len + c->body_len;
-	if (c->hello || c->is_head) {
+	if (c->hello && !c->is_head && keep && c->minor) {
+		const char *a;
+		size_t n = hello_answer(&a);
+		queued(c, coil_channel_send(c->ch, a, n));
+	} else if (c->hello || c->is_head) {
 		char buf[512];
 		int n = head_fmt(buf, sizeof(buf), 200, blen, keep, c->minor);
 		if (!c->is_head) {
@@ -429,10 +451,17 @@ static void consume(struct conn *c, size_t n)
 
 static void process(struct conn *c);
 
+/* now_ms() when the callback that runs process() began (on_read,
+ * drained): the times process() records (a request's start, its body's)
+ * read it instead of the clock, once per read rather than three times
+ * per request. */
+static __thread uint64_t cb_ms;
+
 /* The drained signal: never after on_closed (which releases the
  * channel), so c is alive. */
 static void drained(coil_channel_t *ch, void *ud)
 {
+	cb_ms = now_ms();
 	process(ud);
 }
 
@@ -522,7 +551,7 @@ static bool start_request(struct conn *c, const struct http_request *req,
 				c->ch, (void *)"HTTP/1.1 100 Continue\r\n\r\n", 25,
 				NULL));
 	}
-	c->body_start = now_ms();
+	c->body_start = cb_ms;
 	c->state = ST_BODY;
 	return true;
 }
@@ -536,7 +565,7 @@ static void process(struct conn *c)
 			if (!c->in_len || backlogged(c))
 				return;
 			if (!c->req_start)
-				c->req_start = now_ms();
+				c->req_start = cb_ms;
 			/* The parsed request lives on the stack: a connection
 			 * keeps only what framing and the answer need. */
 			struct http_request req;
@@ -612,7 +641,7 @@ static void on_read(coil_channel_t *ch, const void *data, size_t len, void *ud)
 	struct conn *c = ud;
 	if (c->state == ST_CLOSING)
 		return;
-	c->last_active = now_ms();
+	c->last_active = cb_ms = now_ms();
 	/* Bound what waits unparsed: a head longer than the limit is refused
 	 * by the parser; body bytes are consumed as they come; requests
 	 * waiting behind unread answers are capped. */

@@ -584,7 +584,10 @@ COIL_EXTERN coil_ip_t *coil_channel_write_view(coil_channel_t *ch,
  * whatever the result (free_fn(data) runs once the bytes are sent, or
  * before it returns an error); with free_fn NULL the caller keeps data
  * valid until the bytes are sent (write_queue_used falls, or the closed
- * signal). Callbacks never run inside these calls. Any thread. */
+ * signal). Callbacks never run inside these calls. Any thread. On the
+ * home worker a send of up to 224 bytes while no other such send is queued
+ * costs no allocation beyond the channel's write part (the copy goes into
+ * the part itself). */
 COIL_EXTERN int coil_channel_send(coil_channel_t *ch, const void *data,
 				  size_t len);
 COIL_EXTERN int coil_channel_send_owned(coil_channel_t *ch, void *data,

@@ -90,10 +90,10 @@ static int round_trip(const int *peers)
 	return rc;
 }
 
-/* chs[i] on one end of a socketpair, peers[i] the other (raw). */
-static void open_pairs(int *peers)
+/* ch[i] on one end of a socketpair, peers[i] the other (raw), n of them. */
+static void open_n_pairs(coil_channel_t **ch, int *peers, int n)
 {
-	for (int i = 0; i < N; i++) {
+	for (int i = 0; i < n; i++) {
 		int sv[2];
 		CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC,
 					   0, sv) == 0);
@@ -101,9 +101,14 @@ static void open_pairs(int *peers)
 		setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 		peers[i] = sv[1];
 		T_ASSERT_OK(coil_channel_wrap(L, sv[0], COIL_IO_READ | COIL_IO_WRITE,
-					      &chs[i]));
-		T_ASSERT_OK(coil_channel_on_closed(chs[i], nop_closed, NULL));
+					      &ch[i]));
+		T_ASSERT_OK(coil_channel_on_closed(ch[i], nop_closed, NULL));
 	}
+}
+
+static void open_pairs(int *peers)
+{
+	open_n_pairs(chs, peers, N);
 }
 
 /*
@@ -142,8 +147,9 @@ static void test_many_connections_one_turn(void)
 /* On the worker, in one callback (nothing completes meanwhile): an
  * answer to each of N / 2 idle channels with coil_channel_send and to the
  * other half with coil_channel_write, counted in live allocations (a
- * cache's reuse counts as one): a send makes its request and the
- * channel's write part, no InProgress; a write makes the handle too. */
+ * cache's reuse counts as one): a small send makes only the channel's
+ * write part (its request is the part's own), no InProgress; a write
+ * makes its request and the handle too. */
 size_t coil__alloc_live(void);
 static size_t sends_live, writes_live;
 
@@ -167,7 +173,7 @@ static void test_send_makes_no_handle(void)
 	static int peers[N];
 	open_pairs(peers);
 	t_run_on(L, 0, send_then_write, NULL);
-	CU_ASSERT_EQUAL(sends_live, 2u * (N / 2));
+	CU_ASSERT_EQUAL(sends_live, 1u * (N / 2));
 	CU_ASSERT_EQUAL(writes_live, 3u * (N / 2));
 	char in[MSG];
 	for (int i = 0; i < N; i++) {
@@ -181,9 +187,61 @@ static void test_send_makes_no_handle(void)
 	}
 }
 
+/* The write part's own request serves one send at a time: a second send
+ * while it is queued takes a request of its own (2 live allocations for
+ * the two), the bytes go in call order, and a send refused on the home
+ * worker (closed channel) gives back the part it was made in (live count
+ * unchanged). */
+#define NB 4
+static coil_channel_t *busy_ch[NB];
+static size_t busy_live, refused_live;
+static int refused_rc;
+
+static void send_twice(void *arg)
+{
+	size_t l0 = coil__alloc_live();
+	for (int i = 0; i < NB; i++)
+		if (coil_channel_send(busy_ch[i], "first,", 6) ||
+		    coil_channel_send(busy_ch[i], "second", 6))
+			return;
+	busy_live = coil__alloc_live() - l0;
+}
+
+static void send_after_close(void *arg)
+{
+	coil_channel_t *ch = arg;
+	size_t l0 = coil__alloc_live();
+	refused_rc = coil_channel_send(ch, "late", 4);
+	refused_live = coil__alloc_live() - l0;
+}
+
+static void test_send_inline_one_at_a_time(void)
+{
+	int peers[NB];
+	open_n_pairs(busy_ch, peers, NB);
+	busy_live = SIZE_MAX;
+	t_run_on(L, 0, send_twice, NULL);
+	CU_ASSERT_EQUAL(busy_live, 2u * NB);
+	for (int i = 0; i < NB; i++) {
+		char in[13] = {0};
+		CU_ASSERT_FATAL(read_full(peers[i], in, 12) == 0);
+		CU_ASSERT_STRING_EQUAL(in, "first,second");
+	}
+	T_ASSERT_OK(coil_channel_close(busy_ch[0], 1));
+	refused_live = SIZE_MAX;
+	t_run_on(L, 0, send_after_close, busy_ch[0]);
+	CU_ASSERT_EQUAL(refused_rc, -EBADF);
+	CU_ASSERT_EQUAL(refused_live, 0u);
+	for (int i = 0; i < NB; i++) {
+		close(peers[i]);
+		coil_channel_release(busy_ch[i]);
+	}
+}
+
 static const coil_test_t tests[] = {
 	{"many_connections_one_turn", test_many_connections_one_turn},
 	{"send_makes_no_handle", test_send_makes_no_handle},
+	{"send_inline_one_at_a_time", test_send_inline_one_at_a_time},
 	{NULL, NULL},
 };
 

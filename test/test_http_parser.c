@@ -146,6 +146,131 @@ static void test_header_views(void)
 	CU_ASSERT(r.headers[0].name == s + strlen("PUT /x HTTP/1.1\r\n"));
 }
 
+/* Every byte value at every offset of a 24-byte value is judged as the
+ * rule says, on the one-pass first look (the request ends in LF): HTAB,
+ * SP..0x7e and obs-text are value bytes, any other control byte or DEL is
+ * 400; CR or LF inside breaks the line (400 too). Connection is matched
+ * case-insensitively on the way. */
+static void test_values_every_byte(void)
+{
+	struct http_request r;
+	char s[128];
+	int bad = 0;
+
+	for (int b = 0; b < 256; b++) {
+		for (int k = 1; k < 23; k++) {
+			int n = snprintf(s, sizeof(s), "GET / HTTP/1.1\r\n"
+				"cOnNeCtIoN: %.*s\r\nx: %s\r\n\r\n", k,
+				"close", "aaaaaaaaaaaaaaaaaaaaaaaa");
+			/* b goes in afterwards: printf would stop at a NUL. */
+			strstr(s, "\nx: ")[4 + k] = (char)b;
+			bool ok = b == '\t' || (b >= 0x20 && b != 0x7f);
+			int rc = http_parse_request(s, (size_t)n, 0, &r, &lim);
+			if (ok ? (rc != n || r.headers[1].value_len != 24 ||
+				  r.headers[1].value[k] != (char)b ||
+				  r.keep_alive != (k < 5))
+			       : rc != HTTP_ERR_BAD)
+				bad++;
+		}
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+}
+
+/* A first look (last_len 0) at bytes ending in LF parses straight to the
+ * first blank line; last_len 1 asks for the same bytes through the search
+ * (it starts at the method's end either way). Every prefix of each input
+ * (ending at a guard page: no read past it) gets the same answer and the
+ * same request both ways: complete, pipelined, incomplete, malformed, too
+ * large. */
+static void test_first_look_equals_search(void)
+{
+	static const char *const in[] = {
+		"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+		"GET / HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+		"POST /a HTTP/1.0\nContent-Length: 3\nConnection: keep-alive\n\nabc\n",
+		"\r\nGET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"GET / HTTP/1.1\r\nBad Header: x\r\nHost: h\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+		"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+		"GET / HTTP/1.1\r\n\r\r\n\r\n",
+		"GET / HTTP/2.0\r\nHost: h\r\n\r\n",
+		"GET /a\nb HTTP/1.1\r\n\r\n",
+		"GET / HTTP/1.1\r\n X: folded\r\n\r\n",
+		"GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+	};
+	struct http_limits small = {48, 2, 1u << 20};
+	const struct http_limits *lims[] = {&lim, &small};
+	int differ = 0;
+
+	for (size_t l = 0; l < 2; l++) {
+		for (size_t j = 0; j < sizeof(in) / sizeof(in[0]); j++) {
+			size_t len = strlen(in[j]);
+			for (size_t k = 1; k <= len; k++) {
+				struct guard g;
+				char *p = guard_place(&g, in[j], k);
+				struct http_request a, b;
+				int ra = http_parse_request(p, k, 0, &a, lims[l]);
+				int rb = http_parse_request(p, k, 1, &b, lims[l]);
+				if (ra != rb)
+					differ++;
+				else if (ra > 0)
+					assert_same(&a, p, &b, p);
+				guard_free(&g);
+			}
+		}
+	}
+	CU_ASSERT_EQUAL(differ, 0);
+}
+
+/* Header names are matched case-insensitively, exactly: "Host" and
+ * "Content-Length" with each byte in turn replaced by every byte value are
+ * recognised when it is the literal's byte in either case (a non-tchar
+ * byte is 400, a colon makes a shorter name, an LF first ends the head),
+ * never for another byte that differs from it by 0x20 only ('-' and CR,
+ * '^' and '~'). */
+static void test_header_names_exact(void)
+{
+	static const char *const names[] = {"host", "content-length"};
+	char s[128];
+	int bad = 0;
+
+	for (int j = 0; j < 2; j++) {
+		size_t n = strlen(names[j]);
+		for (size_t i = 0; i < n; i++) {
+			for (int b = 0; b < 256; b++) {
+				char name[32];
+				struct http_request r;
+				memcpy(name, names[j], n + 1);
+				int len = snprintf(s, sizeof(s),
+						   "GET / HTTP/1.0\r\n%s: 0\r\n\r\n",
+						   name);
+				s[16 + i] = (char)b;
+				int rc = http_parse_request(s, (size_t)len, 0, &r,
+							    &lim);
+				bool tok = (b >= 'a' && b <= 'z') ||
+					   (b >= 'A' && b <= 'Z') ||
+					   (b >= '0' && b <= '9') ||
+					   (b && strchr("!#$%&'*+-.^_`|~", b));
+				bool same = b == names[j][i] ||
+					    b == names[j][i] - ('a' - 'A');
+				bool hit = j == 0 ? rc > 0 && r.host != NULL
+						  : rc > 0 && r.content_length == 0;
+				if (b == ':' && i > 0) /* a shorter name */
+					tok = true, same = false;
+				if (b == '\n' && i == 0) /* the head's end */
+					continue;
+				if (!tok ? rc != HTTP_ERR_BAD
+					 : rc != len || hit != same) {
+					fprintf(stderr, "%s[%zu] = 0x%02x: %d\n",
+						names[j], i, b, rc);
+					bad++;
+				}
+			}
+		}
+	}
+	CU_ASSERT_EQUAL(bad, 0);
+}
+
 static void test_pipelined(void)
 {
 	const char *s = "POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
@@ -641,6 +766,9 @@ static void test_chunked_errors(void)
 static const coil_test_t tests[] = {
 	{"simple_get", test_simple_get},
 	{"header_views", test_header_views},
+	{"values_every_byte", test_values_every_byte},
+	{"first_look_equals_search", test_first_look_equals_search},
+	{"header_names_exact", test_header_names_exact},
 	{"pipelined", test_pipelined},
 	{"bytewise_equals_whole", test_bytewise_equals_whole},
 	{"truncated_at_guard_page", test_truncated_at_guard_page},

@@ -101,9 +101,25 @@ static bool next_element(const char *v, size_t n, size_t *pos,
 	return true;
 }
 
+/*
+ * A header name (tchar bytes only) against a literal of n lower-case letters
+ * and '-', ieq's answer without its per-byte case test: on those bytes
+ * setting bit 0x20 is lower(). The only tchar bytes it turns into a letter
+ * are that letter in either case, and none into '-' but '-' (0x0d, CR, is
+ * not a tchar).
+ */
+static bool name_eq(const char *s, const char *lit, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (((unsigned char)s[i] | 0x20) != (unsigned char)lit[i])
+			return false;
+	return true;
+}
+
 /* A header name against a lower-case literal, the length first. */
 #define NAME_IS(h, lit)                                                        \
-	((h)->name_len == sizeof(lit) - 1 && ieq((h)->name, (h)->name_len, lit))
+	((h)->name_len == sizeof(lit) - 1 &&                                   \
+	 name_eq((h)->name, lit, sizeof(lit) - 1))
 
 static bool all_tchar(const char *s, size_t n)
 {
@@ -199,12 +215,21 @@ static int eat_eol(const char **p)
 
 /*
  * Parses a complete head buf[0..end), whose request line (method already
- * checked) starts at buf + start and whose last line is the blank one.
- * Every line in it ends in LF, which is what keeps the byte-wise scans
- * below inside the buffer without a length check per byte.
+ * checked, the space after it at buf + sp) starts at buf + start and whose
+ * last line is the blank one, and
+ * returns its length (end) or an HTTP_ERR_* code. Every line in it ends in
+ * LF, which is what keeps the byte-wise scans below inside the buffer
+ * without a length check per byte.
+ *
+ * open_end: the head's end is not known yet, only that buf[end - 1] is an
+ * LF (which stops every scan as well): the head is taken to end with the
+ * first blank line, and its length is returned if one is there and all
+ * before it parses. Any other result (an error, HTTP_INCOMPLETE when the
+ * bytes ran out first) means only that this shortcut did not apply.
  */
-static int parse_head(const char *buf, size_t start, size_t end,
-		      struct http_request *req, const struct http_limits *lim)
+static int parse_head(const char *buf, size_t start, size_t sp, size_t end,
+		      bool open_end, struct http_request *req,
+		      const struct http_limits *lim)
 {
 	const char *p = buf + start, *e = buf + end, *ver;
 	size_t max_headers = lim->max_headers;
@@ -227,9 +252,8 @@ static int parse_head(const char *buf, size_t start, size_t end,
 
 	/* method SP target SP HTTP-version EOL, single spaces. */
 	req->method = p;
-	while (*p != ' ')
-		p++;
-	req->method_len = (size_t)(p - req->method);
+	req->method_len = sp - start;
+	p = buf + sp;
 	req->target = ++p;
 	while ((unsigned char)*p > 0x20 && (unsigned char)*p < 0x7f)
 		p++;
@@ -253,8 +277,10 @@ static int parse_head(const char *buf, size_t start, size_t end,
 		struct http_header *h;
 		const char *v;
 
+		if (p == e) /* (open_end only: the bytes ended first) */
+			return HTTP_INCOMPLETE;
 		if (*p == '\r' || *p == '\n') {
-			if (eat_eol(&p) || p != e)
+			if (eat_eol(&p) || (p != e && !open_end))
 				return HTTP_ERR_BAD;
 			break;
 		}
@@ -306,16 +332,7 @@ static int parse_head(const char *buf, size_t start, size_t end,
 		req->keep_alive = !st.conn_close;
 	else
 		req->keep_alive = st.conn_keep_alive && !st.conn_close;
-	return 0;
-}
-
-/* Parses the complete head buf[0..end) and returns its length or an error. */
-static int finish(const char *buf, size_t start, size_t end,
-		  struct http_request *req, const struct http_limits *lim)
-{
-	int rc = parse_head(buf, start, end, req, lim);
-
-	return rc ? rc : (int)end;
+	return (int)(p - buf);
 }
 
 /*
@@ -333,7 +350,9 @@ static int need_more(bool window_full)
  * See http_parser.h. Three steps, all on the window: skip a few empty
  * lines, check the method (so a non-HTTP peer fails fast), then search for
  * the blank line from where the previous call stopped. Only when it is
- * found is the whole head parsed, once.
+ * found is the whole head parsed, once. On a first look at bytes ending in
+ * LF the search is skipped when parsing up to the first blank line
+ * succeeds (the same answer, one pass instead of two).
  */
 int http_parse_request(const char *buf, size_t len, size_t last_len,
 		       struct http_request *req, const struct http_limits *lim)
@@ -376,6 +395,18 @@ int http_parse_request(const char *buf, size_t len, size_t last_len,
 		return HTTP_ERR_BAD;
 
 	/*
+	 * First look at bytes that end in LF (a whole request in one read,
+	 * the common case): parse straight to the first blank line, which is
+	 * the one the search below would find, so a success is its answer;
+	 * anything else, and every later look, takes the search.
+	 */
+	if (!last_len && buf[win - 1] == '\n') {
+		int rc = parse_head(buf, m0, i, win, true, req, lim);
+
+		if (rc > 0)
+			return rc;
+	}
+	/*
 	 * The blank line is an LF followed by LF or CRLF. A previous call that
 	 * saw last_len bytes found none ending inside them, so a match can only
 	 * start in its last two bytes or later. It cannot start before the
@@ -394,9 +425,9 @@ int http_parse_request(const char *buf, size_t len, size_t last_len,
 			break;
 		p = (size_t)(lf - buf);
 		if (p + 1 < win && buf[p + 1] == '\n')
-			return finish(buf, m0, p + 2, req, lim);
+			return parse_head(buf, m0, i, p + 2, false, req, lim);
 		if (p + 2 < win && buf[p + 1] == '\r' && buf[p + 2] == '\n')
-			return finish(buf, m0, p + 3, req, lim);
+			return parse_head(buf, m0, i, p + 3, false, req, lim);
 		from = p + 1;
 	}
 	/* A full window without a line end holds only the request line: its
