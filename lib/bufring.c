@@ -4,6 +4,7 @@
 
 #include <liburing.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -212,6 +213,20 @@ void coil__bufring_free(coil__worker *w)
 	struct coil__bufring *r = w->bufring;
 	if (!r)
 		return;
+#ifdef COIL_PBUF_TRACE
+	/* Debug builds: COIL_PBUF_TRACE_DUMP=file appends the trace of every
+	 * ring freed (apiseq replays: the failing run's last loop). */
+	const char *dump = getenv("COIL_PBUF_TRACE_DUMP");
+	FILE *df = dump ? fopen(dump, "a") : NULL;
+	if (df) {
+		fprintf(df, "worker %p: nobytes err %llu zero %llu nomore %llu\n",
+			(void *)w, (unsigned long long)r->nobytes_err,
+			(unsigned long long)r->nobytes_zero,
+			(unsigned long long)r->nobytes_nomore);
+		coil__bufring_trace_dump(w, df);
+		fclose(df);
+	}
+#endif
 	io_uring_unregister_buf_ring(w->ring, COIL__BGID);
 	bufring_unmap(r);
 	w->bufring = NULL;
