@@ -216,14 +216,19 @@ void coil__bufring_free(coil__worker *w)
 #ifdef COIL_PBUF_TRACE
 	/* Debug builds: COIL_PBUF_TRACE_DUMP=file appends the trace of every
 	 * ring freed (apiseq replays: the failing run's last loop). */
+	/* COIL_PBUF_TRACE_COUNTS=file: only the counts, one line a ring. */
 	const char *dump = getenv("COIL_PBUF_TRACE_DUMP");
-	FILE *df = dump ? fopen(dump, "a") : NULL;
+	const char *counts = getenv("COIL_PBUF_TRACE_COUNTS");
+	FILE *df = dump ? fopen(dump, "a") : counts ? fopen(counts, "a") : NULL;
 	if (df) {
-		fprintf(df, "worker %p: nobytes err %llu zero %llu nomore %llu\n",
-			(void *)w, (unsigned long long)r->nobytes_err,
+		fprintf(df, "ring inc %d events %llu: nobytes err %llu zero %llu "
+			    "nomore %llu\n",
+			r->inc, (unsigned long long)r->nev,
+			(unsigned long long)r->nobytes_err,
 			(unsigned long long)r->nobytes_zero,
 			(unsigned long long)r->nobytes_nomore);
-		coil__bufring_trace_dump(w, df);
+		if (dump)
+			coil__bufring_trace_dump(w, df);
 		fclose(df);
 	}
 #endif
