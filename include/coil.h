@@ -98,9 +98,9 @@ typedef struct coil_loop_s coil_loop_t;
 /* Opt in to incremental consumption of provided buffers
  * (IOU_PBUF_RING_INC, Linux 6.12): receives of all connections of a worker
  * are packed into one buffer after another, so a 2 MiB pool serves what
- * takes 8 MiB otherwise. Experimental, off by default: one randomised run
- * in 63,538 delivered one wrong byte with it (docs/reliability.md F17, not
- * yet explained), and no benchmark showed it faster. Without the flag, or
+ * takes 8 MiB otherwise. Experimental, off by default: no benchmark
+ * showed it faster (docs/performance.md); the wrong byte once blamed on it
+ * (docs/reliability.md F17) was a test oracle's ambiguity. Without the flag, or
  * on kernels without the feature, every receive takes a whole buffer. */
 #define COIL_LOOP_PBUF_INC 0x40u
 /* Do not cap multishot receives (sqe->len, Linux 6.16): without the cap a

@@ -3,6 +3,8 @@
 #include "internal.h"
 
 #include <liburing.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -52,7 +54,68 @@ struct coil__bufring {
 	uint32_t *off;  /* inc: bytes the kernel has put in each buffer */
 	unsigned out; /* buffers out of the ring (the kernel is done) */
 	uint64_t enobufs, reuses;
+	uint64_t nobytes_err, nobytes_zero, nobytes_nomore; /* F17 counts */
+#ifdef COIL_PBUF_TRACE
+	struct coil__pbuf_ev {
+		uint64_t seq;
+		const void *who;
+		int res;
+		unsigned flags, bid, off0, off1, refs;
+		char op; /* T take, U unused, P put, R re-added */
+	} ev[COIL_PBUF_TRACE_N];
+	uint64_t nev;
+	const void *who;
+#endif
 };
+
+#ifdef COIL_PBUF_TRACE
+/* The debug trace (F17): the last COIL_PBUF_TRACE_N events of this ring. */
+static void trace(struct coil__bufring *r, char op, unsigned bid, int res,
+		  unsigned flags, unsigned off0)
+{
+	struct coil__pbuf_ev *e = &r->ev[r->nev % COIL_PBUF_TRACE_N];
+	*e = (struct coil__pbuf_ev){r->nev++, r->who, res, flags, bid, off0,
+				    r->inc ? r->off[bid] : 0,
+				    r->inc ? r->refs[bid] : 0, op};
+}
+#define TRACE(r, op, bid, res, flags, off0) trace(r, op, bid, res, flags, off0)
+#else
+#define TRACE(r, op, bid, res, flags, off0) ((void)0)
+#endif
+
+#ifdef COIL_PBUF_TRACE
+void coil__bufring_trace_who(coil__worker *w, const void *who)
+{
+	if (w->bufring)
+		w->bufring->who = who;
+}
+#endif
+
+int coil__bufring_trace_dump(const coil__worker *w, FILE *f)
+{
+#ifdef COIL_PBUF_TRACE
+	const struct coil__bufring *r = w->bufring;
+	if (!r)
+		return 0;
+	uint64_t first = r->nev > COIL_PBUF_TRACE_N ? r->nev - COIL_PBUF_TRACE_N
+						    : 0;
+	fprintf(f, "pbuf trace: %llu events, last %llu (seq op bid res flags "
+		   "off_before off_after refs who)\n",
+		(unsigned long long)r->nev,
+		(unsigned long long)(r->nev - first));
+	for (uint64_t i = first; i < r->nev; i++) {
+		const struct coil__pbuf_ev *e = &r->ev[i % COIL_PBUF_TRACE_N];
+		fprintf(f, "%llu %c %u %d 0x%x %u %u %u %p\n",
+			(unsigned long long)e->seq, e->op, e->bid, e->res,
+			e->flags, e->off0, e->off1, e->refs, e->who);
+	}
+	return 1;
+#else
+	(void)w;
+	(void)f;
+	return 0;
+#endif
+}
 
 /* Registers r's ring, incremental if wanted and the kernel takes it. */
 static int bufring_register(coil__worker *w, struct coil__bufring *r, bool inc)
@@ -150,6 +213,25 @@ void coil__bufring_free(coil__worker *w)
 	struct coil__bufring *r = w->bufring;
 	if (!r)
 		return;
+#ifdef COIL_PBUF_TRACE
+	/* Debug builds: COIL_PBUF_TRACE_DUMP=file appends the trace of every
+	 * ring freed (apiseq replays: the failing run's last loop). */
+	/* COIL_PBUF_TRACE_COUNTS=file: only the counts, one line a ring. */
+	const char *dump = getenv("COIL_PBUF_TRACE_DUMP");
+	const char *counts = getenv("COIL_PBUF_TRACE_COUNTS");
+	FILE *df = dump ? fopen(dump, "a") : counts ? fopen(counts, "a") : NULL;
+	if (df) {
+		fprintf(df, "ring inc %d events %llu: nobytes err %llu zero %llu "
+			    "nomore %llu\n",
+			r->inc, (unsigned long long)r->nev,
+			(unsigned long long)r->nobytes_err,
+			(unsigned long long)r->nobytes_zero,
+			(unsigned long long)r->nobytes_nomore);
+		if (dump)
+			coil__bufring_trace_dump(w, df);
+		fclose(df);
+	}
+#endif
 	io_uring_unregister_buf_ring(w->ring, COIL__BGID);
 	bufring_unmap(r);
 	w->bufring = NULL;
@@ -164,12 +246,14 @@ char *coil__bufring_take(coil__worker *w, unsigned flags, int res)
 		r->out++;
 		return p;
 	}
-	p += r->off[bid];
+	unsigned off0 = r->off[bid];
+	p += off0;
 	r->off[bid] += (unsigned)res;
 	if (flags & COIL__CQE_F_BUF_MORE)
 		r->refs[bid]++; /* the kernel keeps filling it */
 	else
 		r->out++; /* the kernel's hold passes to this completion */
+	TRACE(r, 'T', bid, res, flags, off0);
 	return p;
 }
 
@@ -192,21 +276,35 @@ char *coil__bufring_take(coil__worker *w, unsigned flags, int res)
 void coil__bufring_unused(coil__worker *w, unsigned flags, int res)
 {
 	struct coil__bufring *r = w->bufring;
+	unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+	/* Counted (cold path): what the handling before 485efdc gave back. */
+	if (res < 0)
+		r->nobytes_err++;
+	else
+		r->nobytes_zero++;
+	if (r->inc && !(flags & COIL__CQE_F_BUF_MORE))
+		r->nobytes_nomore++;
+	TRACE(r, 'U', bid, res, flags, r->inc ? r->off[bid] : 0);
 	if (res != 0 || r->inc)
 		return;
 	r->out++;
-	coil__bufring_put(w, flags >> IORING_CQE_BUFFER_SHIFT);
+	coil__bufring_put(w, bid);
 }
 
 void coil__bufring_put(coil__worker *w, unsigned bid)
 {
 	struct coil__bufring *r = w->bufring;
-	if (r->inc && --r->refs[bid])
+	unsigned off0 = r->inc ? r->off[bid] : 0;
+	(void)off0; /* the trace's */
+	if (r->inc && --r->refs[bid]) {
+		TRACE(r, 'P', bid, 0, 0, off0);
 		return;
+	}
 	if (r->inc) {
 		r->refs[bid] = 1;
 		r->off[bid] = 0;
 	}
+	TRACE(r, 'R', bid, 0, 0, off0);
 	r->out--;
 	r->reuses++;
 	io_uring_buf_ring_add(r->br, r->bufs + (size_t)bid * r->size, r->size,
@@ -257,4 +355,7 @@ void coil__bufring_stats(const coil__worker *w, coil__bufring_stat *st)
 	st->out = r->out;
 	st->enobufs = r->enobufs;
 	st->reuses = r->reuses;
+	st->nobytes_err = r->nobytes_err;
+	st->nobytes_zero = r->nobytes_zero;
+	st->nobytes_nomore = r->nobytes_nomore;
 }

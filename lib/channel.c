@@ -935,6 +935,7 @@ static void recv_complete(coil__op *op, int res, unsigned flags)
 	 * it (coil__bufring_unused). */
 	unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
 	char *buf = NULL;
+	coil__bufring_trace_who(ch->w, ch); /* -DCOIL_PBUF_TRACE only */
 	if ((flags & IORING_CQE_F_BUFFER) && res > 0)
 		buf = coil__bufring_take(ch->w, flags, res);
 	else if (flags & IORING_CQE_F_BUFFER)

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <linux/time_types.h>
 
 #include "coil.h"
@@ -397,9 +398,27 @@ typedef struct coil__bufring_stat {
 	bool inc;      /* incremental consumption in use */
 	unsigned out;  /* buffers out of the ring now */
 	uint64_t enobufs, reuses;
+	/* Completions naming a buffer without bytes (coil__bufring_unused):
+	 * res < 0, res == 0, and incremental ones without BUF_MORE (those
+	 * the handling before 485efdc put back at offset 0: F17). */
+	uint64_t nobytes_err, nobytes_zero, nobytes_nomore;
 } coil__bufring_stat;
 /* Tests, bench: w's ring (zeros without one); w's thread. */
 void coil__bufring_stats(const coil__worker *w, coil__bufring_stat *st);
+/* Debug trace (F17), compiled in with -DCOIL_PBUF_TRACE only (nothing
+ * otherwise): the last COIL_PBUF_TRACE_N take/unused/put events of w's ring
+ * (bid, res, flags, offset before and after, holders, the channel named by
+ * the last coil__bufring_trace_who). dump prints them to f on w's thread and
+ * returns 1, or 0 when the trace is not compiled in. */
+#ifndef COIL_PBUF_TRACE_N
+#define COIL_PBUF_TRACE_N 4096
+#endif
+#ifdef COIL_PBUF_TRACE
+void coil__bufring_trace_who(coil__worker *w, const void *who);
+#else
+#define coil__bufring_trace_who(w, who) ((void)0)
+#endif
+int coil__bufring_trace_dump(const coil__worker *w, FILE *f);
 
 /* ---- InProgress internals used by I/O objects (inprogress.c) */
 coil_ip_t *coil__ip_new_on(coil__worker *w);

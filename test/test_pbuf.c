@@ -14,8 +14,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 enum mode { M_INC, M_FLAG, M_HIDDEN };
@@ -434,6 +436,482 @@ static void test_recv_cap(void)
 	cap_echo(COIL_LOOP_PBUF_INC, 0, have ? 1000 : 0);
 }
 
+
+/*
+ * The F17 oracle: many connections (socketpairs and TCP on 127.0.0.1) on
+ * one or two workers with a tiny incremental pool; plain peer threads
+ * write a deterministic stream pat(conn, offset) in random pieces with
+ * random pauses, then shut down writing. The coil side checks every byte
+ * of every read-signal chunk at once, in order, and mixes in what touches
+ * buffers: write_view echoes (the buffer is lent), copied echoes,
+ * backpressure (small queues, peers that stop draining: the signal pauses,
+ * the multishot recv is cancelled and re-armed), readinto / read_exact /
+ * read between chunks (the signal disconnected meanwhile), end of stream,
+ * close and release mid-stream. Each round picks DEFER_TASKRUN, the recv
+ * cap and fixed files on or off. Bounded in make test (about a second);
+ * COIL_PBUF_ORACLE_SECONDS=n runs rounds for n seconds. A wrong byte
+ * prints the connection, offset and chunk and, in a -DCOIL_PBUF_TRACE
+ * build, the worker's buffer trace.
+ */
+#define OR_MAX 48
+
+struct or_conn {
+	int id;
+	coil_channel_t *ch;
+	int peer;
+	bool tcp;
+	size_t total;
+	/* coil side, its home worker only */
+	size_t pos;
+	unsigned rng;
+	bool in_read, eof, gone, finished;
+	size_t close_at; /* 0: never */
+	size_t rlen;
+	int rkind;
+	char rbuf[1024];
+	/* peer side */
+	size_t sent;
+	bool shut, dead;
+	unsigned stall; /* rounds the peer does not drain */
+};
+
+static struct or_conn or_c[OR_MAX];
+static _Atomic int or_finished, or_bad;
+static _Atomic unsigned long long or_bytes, or_chunks, or_reads, or_views,
+	or_closes, or_paused;
+
+static unsigned or_rand(unsigned *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 17;
+	*s ^= *s << 5;
+	return *s;
+}
+
+static void or_read_next(struct or_conn *c);
+static coil_loop_t *or_loop;
+static void or_finish(struct or_conn *c);
+static void or_on_read(coil_channel_t *ch, const void *data, size_t len,
+		       void *ud);
+
+/* Bytes queued for read() are not shown to a new signal: read them first;
+ * so does a closed channel, up to its 0 bytes. */
+static void or_resume(void *p)
+{
+	struct or_conn *c = p;
+	c->in_read = false;
+	if (c->finished)
+		return;
+	if (c->gone) {
+		or_finish(c);
+		return;
+	}
+	if (coil_channel_read_queue_used(c->ch) || c->eof) {
+		or_read_next(c);
+		return;
+	}
+	T_ASSERT_OK(coil_channel_on_read(c->ch, or_on_read, c));
+}
+static void or_on_read(coil_channel_t *ch, const void *data, size_t len,
+		       void *ud);
+
+/* Checks n bytes at the stream's offset c->pos and moves on. */
+static void or_check(struct or_conn *c, const unsigned char *p, size_t n,
+		     const char *how)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (p[i] == pat((size_t)c->id, c->pos + i))
+			continue;
+		if (atomic_fetch_add(&or_bad, 1) < 3) {
+			fprintf(stderr,
+				"pbuf oracle: conn %d (%s, ch %p) %s chunk of "
+				"%zu at offset %zu: byte %zu is %u, not %u\n",
+				c->id, c->tcp ? "tcp" : "unix", (void *)c->ch,
+				how, n, c->pos, i, p[i],
+				pat((size_t)c->id, c->pos + i));
+			for (size_t k = 0; k < n && k < 64; k++)
+				fprintf(stderr, " %u/%u", p[k],
+					pat((size_t)c->id, c->pos + k));
+			fprintf(stderr, "\n");
+			if (coil__tls_worker)
+				coil__bufring_trace_dump(coil__tls_worker,
+							 stderr);
+		}
+		break;
+	}
+	c->pos += n;
+	atomic_fetch_add_explicit(&or_bytes, n, memory_order_relaxed);
+}
+
+static void or_finish(struct or_conn *c)
+{
+	if (c->finished)
+		return;
+	c->finished = true;
+	if (!c->gone && c->pos != c->total) {
+		fprintf(stderr, "pbuf oracle: conn %d ended at %zu of %zu\n",
+			c->id, c->pos, c->total);
+		atomic_fetch_add(&or_bad, 1);
+	}
+	if (!c->gone) {
+		c->gone = true;
+		coil_channel_release(c->ch);
+	}
+	atomic_fetch_add(&or_finished, 1);
+}
+
+static void or_read_done(coil_ip_t *ip, void *ud)
+{
+	struct or_conn *c = ud;
+	size_t n = 0;
+	const void *b = NULL;
+	int err = coil_ip_error(ip);
+	if (c->rkind == 0) {
+		n = err ? 0 : (size_t)coil_ip_int(ip);
+		b = c->rbuf;
+	} else {
+		b = coil_ip_bytes(ip, &n);
+	}
+	or_check(c, b, n, c->rkind == 0 ? "readinto" : c->rkind == 1 ?
+		 "read_exact" : "read");
+	atomic_fetch_add_explicit(&or_reads, 1, memory_order_relaxed);
+	bool end = err || n == 0 || (c->rkind != 2 && n < c->rlen);
+	coil_ip_unref(ip);
+	c->in_read = false;
+	if (c->finished)
+		return;
+	if (c->gone) { /* closed by us meanwhile */
+		or_finish(c);
+		return;
+	}
+	if (end) {
+		or_finish(c);
+		return;
+	}
+	if (c->close_at && c->pos >= c->close_at) {
+		atomic_fetch_add_explicit(&or_closes, 1, memory_order_relaxed);
+		c->gone = true;
+		coil_channel_close(c->ch, (int)(or_rand(&c->rng) & 1));
+		coil_channel_release(c->ch);
+		or_finish(c);
+		return;
+	}
+	if (c->eof || (or_rand(&c->rng) & 3) == 0) {
+		or_read_next(c);
+		return;
+	}
+	/* Back to the signal from a task of its own: inside this callback
+	 * the read queue's count is the snapshot from before the bytes that
+	 * served the read were queued. in_read stays set until then. */
+	c->in_read = true;
+	T_ASSERT_OK(coil_loop_post(or_loop, -1, or_resume, c));
+}
+
+static void or_read_next(struct or_conn *c)
+{
+	unsigned r = or_rand(&c->rng);
+	c->rkind = (int)(r % 3);
+	c->rlen = 1 + (r >> 8) % (c->rkind == 2 ? 1 : sizeof(c->rbuf));
+	coil_ip_t *ip = c->rkind == 0 ? coil_channel_readinto(c->ch, c->rbuf,
+							      c->rlen)
+		      : c->rkind == 1 ? coil_channel_read_exact(c->ch, c->rlen)
+				      : coil_channel_read(c->ch);
+	CU_ASSERT_FATAL(ip != NULL);
+	c->in_read = true;
+	T_ASSERT_OK(coil_ip_on_done(ip, or_read_done, c));
+}
+
+static void or_on_read(coil_channel_t *ch, const void *data, size_t len,
+		       void *ud)
+{
+	struct or_conn *c = ud;
+	atomic_fetch_add_explicit(&or_chunks, 1, memory_order_relaxed);
+	or_check(c, data, len, "read-signal");
+	size_t used = coil_channel_write_queue_used(ch);
+	size_t qs = coil_channel_queue_size(ch);
+	unsigned r = or_rand(&c->rng) % 16;
+	if (c->close_at && c->pos >= c->close_at) {
+		atomic_fetch_add_explicit(&or_closes, 1, memory_order_relaxed);
+		c->gone = true;
+		if (r & 1)
+			coil_channel_close(ch, (int)(r & 2));
+		coil_channel_release(ch);
+		or_finish(c);
+		return;
+	}
+	if (r < 9 && used + len <= qs) {
+		atomic_fetch_add_explicit(&or_views, 1, memory_order_relaxed);
+		coil_ip_unref(coil_channel_write_view(ch, data, len));
+	} else if (r < 11 && used + len <= qs) {
+		coil_ip_unref(coil_channel_write(ch, data, len));
+	} else if (r < 13) {
+		T_ASSERT_OK(coil_channel_on_read(ch, NULL, NULL));
+		or_read_next(c);
+		return;
+	}
+	/* The echo took the queue to its half: the signal pauses. */
+	if (coil_channel_write_queue_used(ch) >= qs / 2)
+		atomic_fetch_add_explicit(&or_paused, 1, memory_order_relaxed);
+}
+
+static void or_on_closed(coil_channel_t *ch, int expected, void *ud)
+{
+	struct or_conn *c = ud;
+	c->eof = true;
+	if (!c->in_read && !c->finished)
+		or_finish(c);
+}
+
+static void or_nop(void *p)
+{
+}
+
+static _Atomic bool or_stop;
+
+/* The peers: one thread drives them all, non-blocking. */
+static void *or_peer(void *arg)
+{
+	int n = *(int *)arg;
+	unsigned s = 0x9e3779b9u ^ (unsigned)n;
+	unsigned char out[2048], in[8192];
+	while (!atomic_load(&or_stop) && atomic_load(&or_finished) < n) {
+		bool busy = false;
+		for (int i = 0; i < n; i++) {
+			struct or_conn *c = &or_c[i];
+			if (c->dead)
+				continue;
+			if (c->stall) {
+				c->stall--;
+			} else {
+				ssize_t r = read(c->peer, in, sizeof(in));
+				if (r > 0)
+					busy = true;
+				if ((or_rand(&s) & 15) == 0)
+					c->stall = 1 + or_rand(&s) % 400;
+			}
+			if (c->shut || (or_rand(&s) & 7) == 0)
+				continue;
+			size_t k = 1 + or_rand(&s) % ((or_rand(&s) & 3) ? 64
+								   : 1500);
+			if (k > c->total - c->sent)
+				k = c->total - c->sent;
+			for (size_t j = 0; j < k; j++)
+				out[j] = pat((size_t)i, c->sent + j);
+			ssize_t w = send(c->peer, out, k, MSG_NOSIGNAL);
+			if (w > 0) {
+				c->sent += (size_t)w;
+				busy = true;
+			} else if (w < 0 && errno != EAGAIN) {
+				c->dead = true; /* closed by coil */
+			}
+			if (c->sent == c->total) {
+				shutdown(c->peer, SHUT_WR);
+				c->shut = true;
+			}
+		}
+		unsigned p = or_rand(&s) & 31;
+		if (!busy || p == 0)
+			usleep(p == 0 ? or_rand(&s) % 300 : 50);
+	}
+	return NULL;
+}
+
+struct or_cfg {
+	unsigned flags, workers, count, size;
+};
+
+static void or_stat_add(coil_loop_t *loop, unsigned workers,
+			coil__bufring_stat *sum)
+{
+	memset(sum, 0, sizeof(*sum));
+	for (unsigned w = 0; w < workers; w++) {
+		coil__bufring_stat st;
+		t_run_on(loop, (int)w, stat_run, &st);
+		sum->inc |= st.inc;
+		sum->out += st.out;
+		sum->enobufs += st.enobufs;
+		sum->reuses += st.reuses;
+		sum->nobytes_err += st.nobytes_err;
+		sum->nobytes_zero += st.nobytes_zero;
+		sum->nobytes_nomore += st.nobytes_nomore;
+	}
+}
+
+static unsigned long long or_nobytes, or_nomore, or_rounds, or_enobufs,
+	or_reuses;
+
+/* One round: n connections of total bytes each. */
+static void or_round(const struct or_cfg *cfg, unsigned seed, int n,
+		     size_t total)
+{
+	coil_loop_opts_t o;
+	coil_loop_opts_init(&o);
+	o.workers = cfg->workers;
+	o.buf_count = cfg->count;
+	o.buf_size = cfg->size;
+	o.flags = COIL_LOOP_PBUF_INC | cfg->flags;
+	coil_loop_t *loop = t_loop_opts(&o);
+	or_loop = loop;
+	unsigned short port;
+	int lfd = t_listen_tcp4(&port);
+	atomic_store(&or_finished, 0);
+	atomic_store(&or_stop, false);
+	unsigned s = seed | 1;
+	for (int i = 0; i < n; i++) {
+		struct or_conn *c = &or_c[i];
+		memset(c, 0, sizeof(*c));
+		c->id = i;
+		c->rng = seed * 2654435761u + (unsigned)i * 40503u + 1;
+		c->total = total / 2 + or_rand(&s) % total;
+		c->tcp = i % 3 == 2;
+		int fd;
+		if (c->tcp) {
+			c->peer = t_connect_tcp4(port);
+			fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+			CU_ASSERT_FATAL(fd >= 0);
+			int small = 2048 + (int)(or_rand(&s) % 8192);
+			setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small,
+				   sizeof(small));
+		} else {
+			int sv[2];
+			CU_ASSERT_FATAL(socketpair(AF_UNIX,
+						   SOCK_STREAM | SOCK_CLOEXEC,
+						   0, sv) == 0);
+			fd = sv[0];
+			c->peer = sv[1];
+		}
+		fcntl(c->peer, F_SETFL, O_NONBLOCK);
+		/* Small socket buffers for the echo: it backs up into the
+		 * write queue while the peer stalls (backpressure). */
+		int sb = 2048 + (int)(or_rand(&s) % 4096);
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, sizeof(sb));
+		setsockopt(c->peer, SOL_SOCKET, SO_RCVBUF, &sb, sizeof(sb));
+		if (or_rand(&s) % 5 == 0)
+			c->close_at = 1 + or_rand(&s) % c->total;
+		T_ASSERT_OK(coil_channel_wrap(loop, fd,
+					      COIL_IO_READ | COIL_IO_WRITE,
+					      &c->ch));
+		coil_channel_set_queue_size(c->ch, 512 + or_rand(&s) % 8192);
+	}
+	close(lfd);
+	/* Signals connected on the home worker, all before any byte. */
+	for (int i = 0; i < n; i++) {
+		struct or_conn *c = &or_c[i];
+		coil_channel_on_closed(c->ch, or_on_closed, c);
+		coil_channel_on_read(c->ch, or_on_read, c);
+	}
+	/* Forwarded to the home workers in order: run after them. */
+	for (unsigned w = 0; w < cfg->workers; w++)
+		t_run_on(loop, (int)w, or_nop, NULL);
+	pthread_t t;
+	CU_ASSERT_FATAL(pthread_create(&t, NULL, or_peer, &n) == 0);
+	for (int k = 0; k < 30000 && atomic_load(&or_finished) < n; k++)
+		usleep(1000);
+	atomic_store(&or_stop, true);
+	pthread_join(t, NULL);
+	if (atomic_load(&or_finished) < n) {
+		for (int i = 0; i < n; i++)
+			if (!or_c[i].finished)
+				fprintf(stderr, "pbuf oracle: conn %d stuck at "
+					"%zu of %zu (sent %zu, in_read %d, "
+					"eof %d, read queue %zu, write queue "
+					"%zu of %zu)\n", i, or_c[i].pos,
+					or_c[i].total, or_c[i].sent,
+					or_c[i].in_read, or_c[i].eof,
+					coil_channel_read_queue_used(or_c[i].ch),
+					coil_channel_write_queue_used(or_c[i].ch),
+					coil_channel_queue_size(or_c[i].ch));
+		CU_FAIL("pbuf oracle: connections did not finish");
+	}
+	coil__bufring_stat st;
+	or_stat_add(loop, cfg->workers, &st);
+	if (!st.inc)
+		fprintf(stderr, "pbuf oracle: no incremental buffers here\n");
+	or_nobytes += st.nobytes_err + st.nobytes_zero;
+	or_nomore += st.nobytes_nomore;
+	or_enobufs += st.enobufs;
+	or_reuses += st.reuses;
+	or_rounds++;
+	for (int i = 0; i < n; i++)
+		close(or_c[i].peer);
+	T_ASSERT_OK(coil_loop_free(loop));
+	CU_ASSERT_EQUAL(atomic_load(&or_bad), 0);
+}
+
+/* Echo writes fail once a peer is gone (closes mid-stream, the round's
+ * end): counted, not printed. */
+static _Atomic unsigned long long or_unobserved;
+
+static void or_unobserved_cb(int err, const char *msg, void *ud)
+{
+	atomic_fetch_add_explicit(&or_unobserved, 1, memory_order_relaxed);
+}
+
+static void test_inc_oracle(void)
+{
+	static const unsigned fl[] = {
+		0,
+		COIL_LOOP_NO_DEFER_TASKRUN,
+		COIL_LOOP_NO_RECV_CAP,
+		COIL_LOOP_NO_FIXED_FILES,
+		COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_RECV_CAP,
+		COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_FIXED_FILES,
+		COIL_LOOP_NO_RECV_CAP | COIL_LOOP_NO_FIXED_FILES,
+		COIL_LOOP_NO_DEFER_TASKRUN | COIL_LOOP_NO_RECV_CAP |
+			COIL_LOOP_NO_FIXED_FILES,
+	};
+	const char *env = getenv("COIL_PBUF_ORACLE_SECONDS");
+	double secs = env ? atof(env) : 0;
+	const char *fenv = getenv("COIL_PBUF_ORACLE_FLAGS"); /* one config */
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	atomic_store(&or_bad, 0);
+	coil_set_unobserved_handler(or_unobserved_cb, NULL);
+	unsigned seed = env ? (unsigned)time(NULL) : 8000049u;
+	unsigned long long byround[8] = {0};
+	for (unsigned r = 0;; r++) {
+		unsigned k = r % 8;
+		struct or_cfg cfg = {
+			.flags = fenv ? (unsigned)strtoul(fenv, NULL, 0)
+				      : fl[k],
+			.workers = 1 + (r / 8) % 2,
+			.count = (r / 16) % 2 ? 64 : 16,
+			.size = 512,
+		};
+		unsigned long long b0 = atomic_load(&or_bytes);
+		or_round(&cfg, seed + r, t_on_valgrind() ? 6 : 24,
+			 t_on_valgrind() ? 4096 : 24576);
+		byround[k] += atomic_load(&or_bytes) - b0;
+		if (atomic_load(&or_bad))
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		double el = (double)(t1.tv_sec - t0.tv_sec) +
+			    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+		if (r + 1 >= 8 && el >= secs)
+			break;
+	}
+	fprintf(stderr,
+		"pbuf oracle: seed %u, %llu rounds, %llu bytes checked in %llu "
+		"read-signal chunks and %llu reads; %llu write_views, %llu "
+		"closes mid-stream, %llu pauses (an echo took the write queue to half); "
+		"%llu buffer reuses, %llu ENOBUFS; completions naming a "
+		"buffer without bytes: %llu (incremental without BUF_MORE: "
+		"%llu); bytes by config (flags order of the table):",
+		seed, or_rounds, (unsigned long long)atomic_load(&or_bytes),
+		(unsigned long long)atomic_load(&or_chunks),
+		(unsigned long long)atomic_load(&or_reads),
+		(unsigned long long)atomic_load(&or_views),
+		(unsigned long long)atomic_load(&or_closes),
+		(unsigned long long)atomic_load(&or_paused), or_reuses,
+		or_enobufs, or_nobytes, or_nomore);
+	for (int k = 0; k < 8; k++)
+		fprintf(stderr, " %llu", byround[k]);
+	fprintf(stderr, "; %llu echo writes failed after their peer left\n",
+		(unsigned long long)atomic_load(&or_unobserved));
+	coil_set_unobserved_handler(NULL, NULL);
+	CU_ASSERT_EQUAL(atomic_load(&or_bad), 0);
+}
+
 static const coil_test_t tests[] = {
 	{"default_pool", test_default_pool},
 	{"packing", test_packing},
@@ -446,6 +924,7 @@ static const coil_test_t tests[] = {
 	{"loop_free_busy", test_loop_free_busy},
 	{"recv_cap", test_recv_cap},
 	{"eof_keeps_buffer", test_eof_keeps_buffer},
+	{"inc_oracle", test_inc_oracle},
 	{NULL, NULL},
 };
 
