@@ -342,6 +342,15 @@ static void test_unregister_stops(void)
 	fx_close(&f);
 }
 
+/* A byte written to pipe p brings exactly the next call, on p's read end. */
+static void one_more_call(struct fx *f, const int p[2], const char *byte)
+{
+	ctx_next(&f->c, atomic_load(&f->c.calls) + 1, ACT_DRAIN);
+	T_ASSERT_OK(t_write_all(p[1], byte, 1));
+	T_ASSERT_OK(t_wait(f->c.ip));
+	CU_ASSERT_EQUAL(atomic_load(&f->c.last_fd), p[0]);
+}
+
 /* Re-register right after unregister, before the old poll's cancellation
  * can have completed, on the same fd and then on another one. */
 static void test_reregister(void)
@@ -356,17 +365,11 @@ static void test_reregister(void)
 		T_ASSERT_OK(coil_monitor_unregister(f.m));
 		T_ASSERT_OK(coil_monitor_register(f.m, f.p[0], COIL_IO_READ));
 	}
-	ctx_next(&f.c, atomic_load(&f.c.calls) + 1, ACT_DRAIN);
-	T_ASSERT_OK(t_write_all(f.p[1], "2", 1));
-	T_ASSERT_OK(t_wait(f.c.ip));
-	CU_ASSERT_EQUAL(atomic_load(&f.c.last_fd), f.p[0]);
+	one_more_call(&f, f.p, "2");
 
 	T_ASSERT_OK(coil_monitor_unregister(f.m));
 	T_ASSERT_OK(coil_monitor_register(f.m, f.q[0], COIL_IO_READ));
-	ctx_next(&f.c, atomic_load(&f.c.calls) + 1, ACT_DRAIN);
-	T_ASSERT_OK(t_write_all(f.q[1], "3", 1));
-	T_ASSERT_OK(t_wait(f.c.ip));
-	CU_ASSERT_EQUAL(atomic_load(&f.c.last_fd), f.q[0]);
+	one_more_call(&f, f.q, "3");
 	/* The old fd is no longer watched. */
 	int before = atomic_load(&f.c.calls);
 	T_ASSERT_OK(t_write_all(f.p[1], "4", 1));
