@@ -873,9 +873,11 @@ static void test_adoption_loop_constant_memory(void)
 	printf("\n  adoption loop: %ld iterations, live allocations %zu -> "
 	       "%zu, %.2f allocations per iteration\n", a.n, a.live_at_start,
 	       a.live_at_end, per);
-	/* O(1) live: the same number of allocations after 900,000 more
-	 * iterations (before: two more per iteration). */
-	CU_ASSERT_EQUAL(a.live_at_end, a.live_at_start);
+	/* O(1) live: no more allocations after 900,000 more iterations
+	 * (before: two more per iteration). The counter is the process's:
+	 * another thread's frees in the window (valgrind CI once: 20 -> 18)
+	 * can lower it, nothing but this loop can raise it. */
+	CU_ASSERT(a.live_at_end <= a.live_at_start);
 	/* Per iteration: the work handle and the chained handle, nothing
 	 * for the chaining or the adoption itself. */
 	CU_ASSERT(per <= 2.0);
